@@ -1,0 +1,1 @@
+"""Deploy files: ``full.py`` and one per role, thin compositions of the tasks in ``tasks/``."""

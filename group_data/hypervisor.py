@@ -1,0 +1,7 @@
+"""Settings for the hypervisor group. Every key, its form and default: README, "Data keys"."""
+
+# Proxmox API login: root@pam with its password (needed to set a raw hostpci0 address), or set
+# proxmox_api_token_name to use an API token (passthrough then goes through a PCI mapping).
+# The password or token secret is `proxmox_api_secret` in the secrets file.
+proxmox_api_user = "root@pam"
+proxmox_api_token_name = None

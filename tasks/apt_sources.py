@@ -1,0 +1,75 @@
+"""APT sources: keep each host's configured mirror unless the data names one.
+
+Reads ``apt_mirror`` and ``apt_security_mirror``. With ``apt_mirror`` unset (the default) the
+host's own sources are left exactly as they are. Set, the distribution's deb822 sources file
+(``debian.sources`` or ``ubuntu.sources``) is written with that mirror for the host's release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import apt, files
+
+from tasks.datamodel.forms import Optional, Str
+from tasks.datamodel.keys import DataError, Key, Problem, Schema
+from tasks.templating import template_path
+
+URL = Str(r"https?://[^\s]+", what='an http(s) URL such as "http://mirror.example/debian"')
+
+
+def _security_mirror_with_mirror(values: Mapping[str, Any]) -> Iterator[Problem]:
+    if values["apt_mirror"] and not values["apt_security_mirror"]:
+        yield "apt_security_mirror", None, "a URL when apt_mirror is set"
+
+
+DATA = Schema(
+    "apt_sources",
+    Key("apt_mirror", Optional(URL), None, "Distribution mirror; None keeps the host's own."),
+    Key(
+        "apt_security_mirror",
+        Optional(URL),
+        None,
+        "Security archive URL, required with apt_mirror.",
+    ),
+    checks=(_security_mirror_with_mirror,),
+)
+
+COMPONENTS = {
+    "debian": "main non-free-firmware",
+    "ubuntu": "main restricted universe multiverse",
+}
+
+
+@deploy("APT sources", data_defaults=DATA.defaults())
+def apt_sources() -> None:
+    settings = DATA.read(host)
+    if settings.apt_mirror is None:
+        host.noop("apt_mirror unset: keeping the host's configured mirror")
+        return
+    distro = host.get_fact(LinuxDistribution)
+    distro_id = (distro.get("release_meta") or {}).get("ID", "").lower()
+    codename = (distro.get("release_meta") or {}).get("VERSION_CODENAME", "")
+    if distro_id not in COMPONENTS or not codename:
+        raise DataError(
+            host.name,
+            "apt_mirror",
+            settings.apt_mirror,
+            f"unset on {distro_id or 'this'} host (supported: Debian and Ubuntu)",
+        )
+    sources = files.template(
+        name=f"Use {settings.apt_mirror} in {distro_id}.sources",
+        src=template_path("distribution.sources.j2"),
+        dest=f"/etc/apt/sources.list.d/{distro_id}.sources",
+        mode="644",
+        distro_id=distro_id,
+        codename=codename,
+        mirror=settings.apt_mirror,
+        security_mirror=settings.apt_security_mirror,
+        components=COMPONENTS[distro_id],
+    )
+    apt.update(name="Refresh package lists for the new mirror", _if=sources.did_change)

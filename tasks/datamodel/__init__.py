@@ -1,0 +1,1 @@
+"""The data model: value forms, declared keys, secrets and whole-inventory validation."""

@@ -71,6 +71,7 @@ def admin_user() -> None:
         user=settings.admin_user,
         groups=[settings.admin_group],
         shell="/bin/bash",
+        home=f"/home/{settings.admin_user}",
         create_home=True,
     )
     server.user_authorized_keys(
@@ -79,6 +80,8 @@ def admin_user() -> None:
         group=settings.admin_user,
         public_keys=settings.admin_ssh_public_key_files,
         delete_keys=True,
+        # Named, not looked up: on the first run the user does not exist yet at planning time.
+        authorized_key_directory=f"/home/{settings.admin_user}/.ssh",
     )
     checked_template(
         name="Sudo for the admin group",
@@ -86,6 +89,6 @@ def admin_user() -> None:
         dest="/etc/sudoers.d/homelab-admin",
         mode="440",
         check="visudo -cf {}",
-        group=settings.admin_group,
+        admin_group=settings.admin_group,
         nopasswd=settings.admin_sudo_nopasswd,
     )

@@ -17,9 +17,7 @@ from tasks.templating import template_path
 @deploy("Host name and /etc/hosts")
 def hostname() -> None:
     domain = MACHINE.read(host).domain
-    entries = sorted(
-        (str(MACHINE.read(other).lan_address), other.name) for other in inventory.iter_hosts()
-    )
+    entries = sorted((str(MACHINE.read(other).lan_address), other.name) for other in inventory)
     server.hostname(name="Set the host name", hostname=host.name)
     files.template(
         name="Write /etc/hosts with every inventory host",

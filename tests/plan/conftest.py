@@ -1,0 +1,50 @@
+"""Plan-test fixtures: a controller home with an admin public key, and the real fleet's facts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.plan.harness import Plan, plan
+from tests.plan.machines import Machine, real_fleet
+
+# Plan tests need some value for each secret; this is not a credential of anything.
+PLAN_SECRETS = {"proxmox_api_secret": "plan-test-double"}
+
+
+@pytest.fixture(scope="session")
+def controller_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ssh").mkdir()
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "plan-test",
+            "-f",
+            str(home / ".ssh" / "id_ed25519"),
+        ],
+        check=True,
+    )
+    return home
+
+
+@pytest.fixture
+def fleet() -> dict[str, Machine]:
+    return real_fleet()
+
+
+@pytest.fixture
+def plan_of(controller_home: Path, fleet: dict[str, Machine]):
+    def run(deploy_file: str, **kwargs) -> Plan:
+        facts = {name: machine.facts() for name, machine in fleet.items()}
+        return plan(deploy_file, facts, home=controller_home, secrets=PLAN_SECRETS, **kwargs)
+
+    return run

@@ -1,0 +1,174 @@
+"""Plan harness: run the real deploy files against simulated hosts, with no network at all.
+
+Test double: ``FactTable`` answers pyinfra's fact requests from recorded facts of the real
+machines (a Proxmox VE 9 host with the R9700, the Ubuntu 24.04 VM, the Debian 13 embedder),
+in place of the shell commands pyinfra would run over SSH. Everything else is the real code:
+the real inventory file and group_data/, the real deploy files, pyinfra's real operations.
+The result is the plan: per host, the operations and the exact commands they would run.
+
+A fact the table does not know is an error (``MissingFact``), never a silent default, so a
+task that starts reading a new fact makes its plan test say so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from pyinfra.api import Config, State
+from pyinfra.api.command import FileUploadCommand, StringCommand
+from pyinfra.api.host import Host
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+from pyinfra_cli.inventory import make_inventory_from_files
+from pyinfra_cli.util import load_deploy_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+FactAnswer = Any | Callable[[Mapping[str, Any]], Any]
+
+
+class MissingFact(LookupError):
+    """The deploy asked a fact the simulated host has no answer for."""
+
+
+@dataclass
+class FactTable:
+    """Recorded facts of one machine: fact class name -> answer (or callable of kwargs)."""
+
+    facts: dict[str, FactAnswer]
+    asked: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def answer(self, fact_cls: type, kwargs: Mapping[str, Any]) -> Any:
+        name = fact_cls.__name__
+        self.asked.append((name, dict(kwargs)))
+        if name not in self.facts:
+            raise MissingFact(f"no recorded fact {name}({dict(kwargs)})")
+        answer = self.facts[name]
+        return answer(kwargs) if callable(answer) else answer
+
+
+@dataclass
+class PlannedOp:
+    """One operation on one host: its name and the commands it would run."""
+
+    name: str
+    commands: list[str]
+    conditional: bool
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.commands)
+
+
+@dataclass
+class Plan:
+    ops: dict[str, list[PlannedOp]]
+
+    def for_host(self, name: str) -> list[PlannedOp]:
+        return self.ops[name]
+
+    def changing(self, name: str) -> list[PlannedOp]:
+        return [op for op in self.ops[name] if op.changes]
+
+    def commands(self, name: str) -> list[str]:
+        return [command for op in self.ops[name] for command in op.commands]
+
+    def op(self, name: str, op_name: str) -> PlannedOp:
+        for op in self.ops[name]:
+            if op_name in op.name:
+                return op
+        raise KeyError(f"{name} has no operation named like {op_name!r}")
+
+
+def _render(command: Any) -> str:
+    if isinstance(command, StringCommand):
+        return command.get_raw_value()
+    if isinstance(command, FileUploadCommand):
+        src = command.src
+        content = src.getvalue() if hasattr(src, "getvalue") else Path(src).read_text()
+        if isinstance(content, bytes):
+            content = content.decode()
+        return f"upload {command.dest}\n{content}"
+    return repr(command)
+
+
+@contextmanager
+def _environment(home: Path, secrets: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ["HOME"] = str(home)
+    os.environ.pop("HOMELAB_SECRETS_FILE", None)
+    for name, value in secrets.items():
+        os.environ[f"HOMELAB_SECRET_{name.upper()}"] = value
+    cwd = Path.cwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def plan(
+    deploy_file: str,
+    facts: Mapping[str, FactTable],
+    *,
+    home: Path,
+    inventory_file: str = "inventory.py",
+    secrets: Mapping[str, str] | None = None,
+    limit: list[str] | None = None,
+) -> Plan:
+    """Plan ``deploy_file`` over ``inventory_file`` with each host's facts from ``facts``.
+
+    ``home`` is the controller's home directory as the deploy sees it (where
+    ``~/.ssh/id_ed25519.pub`` is read from).
+    """
+    with _environment(home, secrets or {}):
+        state = State()
+        config = Config()
+        with ctx_state.use(state):
+            inventory = make_inventory_from_files(inventory_file, cwd=str(REPO))
+        hosts = [h for h in inventory if limit is None or h.name in limit]
+        missing = [h.name for h in hosts if h.name not in facts]
+        if missing:
+            raise MissingFact(f"no fact table for hosts {missing}")
+        state.init(inventory, config, initial_limit=hosts)
+        for host in hosts:  # what connecting would do, without connecting
+            state.activate_host(host)
+        state.set_stage(StateStage.Prepare)
+
+        def get_fact(host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
+            return facts[host.name].answer(fact_cls, kwargs)
+
+        with (
+            ctx_state.use(state),
+            ctx_inventory.use(inventory),
+            ctx_config.use(config),
+            mock.patch.object(Host, "get_fact", get_fact),
+            mock.patch.object(Host, "connect", _refuse_connection),
+        ):
+            load_deploy_file(state, str(REPO / deploy_file))
+            ops: dict[str, list[PlannedOp]] = {}
+            for host in hosts:
+                host_ops = []
+                for op_hash in state.get_op_order():
+                    if op_hash not in state.ops[host]:
+                        continue
+                    data = state.ops[host][op_hash]
+                    with ctx_host.use(host):
+                        commands = [_render(c) for c in data.command_generator()]
+                    names = sorted(state.op_meta[op_hash].names)
+                    conditional = bool(data.global_arguments.get("_if"))
+                    host_ops.append(PlannedOp(" / ".join(names), commands, bool(conditional)))
+                ops[host.name] = host_ops
+        return Plan(ops)
+
+
+def _refuse_connection(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("a plan test tried to connect to a host")

@@ -1,0 +1,260 @@
+"""Simulated machines for plan tests: the real hosts' facts as pyinfra would gather them.
+
+Test double. Each ``Machine`` holds what matters about a real host's state (OS release, files,
+packages, users, services) and answers pyinfra's facts from it through ``FactTable``. The
+figures are the seed's machines: a Proxmox VE 9 host (Debian 13, Xeon E5-2690 v4, R9700 at
+0000:03:00.0), the ageis-node VM (Ubuntu 24.04 LTS) and the embedder (Debian 13, GTX 1650
+Super), each freshly installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.plan.harness import FactTable
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+@dataclass
+class Machine:
+    hostname: str
+    os_release: dict[str, str]
+    kernel: str
+    files: dict[str, str] = field(default_factory=dict)
+    directories: set[str] = field(default_factory=set)
+    packages: dict[str, str] = field(default_factory=dict)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: set[str] = field(default_factory=set)
+    running: dict[str, bool] = field(default_factory=dict)
+    enabled: dict[str, bool] = field(default_factory=dict)
+    timezone: str = "Etc/UTC"
+    container: str = "none"
+    commands: set[str] = field(default_factory=set)
+    apt_updated_seconds_ago: int | None = None
+
+    def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        path = kwargs["path"]
+        if path not in self.files:
+            return None
+        return {"user": "root", "group": "root", "mode": 644, "size": len(self.files[path])}
+
+    def _directory(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        path = kwargs["path"].rstrip("/") or "/"
+        if path not in self.directories:
+            return None
+        return {"user": "root", "group": "root", "mode": 755}
+
+    def _sha1_file(self, kwargs: Mapping[str, Any]) -> str | None:
+        path = kwargs["path"]
+        return _sha1(self.files[path]) if path in self.files else None
+
+    def _find_in_file(self, kwargs: Mapping[str, Any]) -> list[str] | None:
+        import re
+
+        path = kwargs["path"]
+        if path not in self.files:
+            return None
+        pattern = re.compile(kwargs["pattern"])
+        return [line for line in self.files[path].splitlines() if pattern.search(line)]
+
+    def _home(self, kwargs: Mapping[str, Any]) -> str | None:
+        user = self.users.get(kwargs["user"])
+        return user["home"] if user else None
+
+    def facts(self) -> FactTable:
+        release = self.os_release
+        distro = {
+            "name": release["NAME"],
+            "major": int(release["VERSION_ID"].split(".")[0]),
+            "minor": None,
+            "release_meta": release,
+        }
+        apt_stamp = "/var/lib/apt/periodic/update-success-stamp"
+        return FactTable(
+            {
+                "Hostname": self.hostname,
+                "Os": "Linux",
+                "Kernel": self.kernel,
+                "LinuxName": release["NAME"],
+                "LinuxDistribution": distro,
+                "Which": lambda kw: (
+                    f"/usr/bin/{kw['command']}" if kw["command"] in self.commands else None
+                ),
+                "File": lambda kw: (
+                    {
+                        "user": "root",
+                        "group": "root",
+                        "mode": 644,
+                        "size": 0,
+                        "mtime": _now_minus(self.apt_updated_seconds_ago),
+                    }
+                    if kw["path"] == apt_stamp and self.apt_updated_seconds_ago is not None
+                    else self._file(kw)
+                ),
+                "Directory": self._directory,
+                "Sha1File": self._sha1_file,
+                "FileContents": lambda kw: (
+                    self.files[kw["path"]].splitlines() if kw["path"] in self.files else None
+                ),
+                "FindInFile": self._find_in_file,
+                "DebPackages": {name: [version] for name, version in self.packages.items()},
+                "DebArch": "amd64",
+                "Timezone": self.timezone,
+                "Users": self.users,
+                "Groups": self.groups,
+                "Home": self._home,
+                "SystemdStatus": lambda kw: {
+                    f"{name}.service": state for name, state in self.running.items()
+                },
+                "SystemdEnabled": lambda kw: {
+                    f"{name}.service": state for name, state in self.enabled.items()
+                },
+                "ContainerVirt": self.container,
+                "AuthorizedKeys": lambda kw: [
+                    line for line in self.files.get(kw["path"], "").splitlines() if line
+                ],
+                "TmpDir": "/tmp",
+                "Date": _now_minus(0),
+            }
+        )
+
+
+def _now_minus(seconds: int | None) -> Any:
+    import datetime
+
+    return datetime.datetime.now() - datetime.timedelta(seconds=seconds or 0)
+
+
+def _user(name: str, uid: int, home: str, groups: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "home": home,
+        "shell": "/bin/bash",
+        "group": name,
+        "groups": groups or [],
+        "uid": uid,
+        "gid": uid,
+        "comment": None,
+        "password": None,
+    }
+
+
+DEBIAN_13 = {
+    "PRETTY_NAME": "Debian GNU/Linux 13 (trixie)",
+    "NAME": "Debian GNU/Linux",
+    "VERSION_ID": "13",
+    "VERSION": "13 (trixie)",
+    "VERSION_CODENAME": "trixie",
+    "ID": "debian",
+}
+UBUNTU_24_04 = {
+    "PRETTY_NAME": "Ubuntu 24.04.3 LTS",
+    "NAME": "Ubuntu",
+    "VERSION_ID": "24.04",
+    "VERSION": "24.04.3 LTS (Noble Numbat)",
+    "VERSION_CODENAME": "noble",
+    "ID": "ubuntu",
+    "ID_LIKE": "debian",
+}
+DEBIAN_HOSTS = "127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n"
+COMMON_DIRS = {"/etc", "/etc/ssh", "/etc/ssh/sshd_config.d", "/etc/sudoers.d", "/var/log"}
+COMMANDS = {"hostnamectl", "timedatectl", "apt-get", "useradd", "groupadd", "usermod", "sshd"}
+BASE_PACKAGES = {
+    "ca-certificates": "20250419",
+    "iproute2": "6.15.0-1",
+    "openssh-server": "1:10.0p1-7",
+    "sudo": "1.9.16p2-3",
+    "systemd": "257.8-1~deb13u2",
+}
+
+
+def proxmox_ve_9() -> Machine:
+    """The hypervisor after a Proxmox VE 9 install: root only, PVE's packages, no tuning."""
+    return Machine(
+        hostname="pve",
+        os_release=DEBIAN_13,
+        kernel="6.14.8-2-pve",
+        files={
+            "/etc/hosts": "127.0.0.1 localhost.localdomain localhost\n192.168.1.10 pve.home.arpa pve\n",
+            "/etc/chrony/chrony.conf": "pool 2.debian.pool.ntp.org iburst\n",
+        },
+        directories=COMMON_DIRS | {"/etc/chrony", "/etc/chrony/sources.d", "/var/log/journal"},
+        packages={
+            **BASE_PACKAGES,
+            "proxmox-ve": "9.0.0",
+            "pve-manager": "9.0.10",
+            "chrony": "4.6.1-3",
+            "curl": "8.14.1-2",
+            "pciutils": "1:3.13.0-2",
+        },
+        users={"root": _user("root", 0, "/root")},
+        groups={"root", "sudo", "systemd-journal"},
+        running={"ssh": True, "chrony": True, "pveproxy": True},
+        enabled={"ssh": True, "chrony": True},
+        timezone="Europe/Berlin",
+        commands=COMMANDS,
+        apt_updated_seconds_ago=3 * 86400,
+    )
+
+
+def ubuntu_24_04_vm() -> Machine:
+    """ageis-node as cloud-init leaves it: the default ubuntu user, nothing else."""
+    return Machine(
+        hostname="ageis-node",
+        os_release=UBUNTU_24_04,
+        kernel="6.8.0-86-generic",
+        files={"/etc/hosts": "127.0.0.1 localhost\n127.0.1.1 ageis-node\n"},
+        directories=COMMON_DIRS | {"/home/ubuntu"},
+        packages={**BASE_PACKAGES, "curl": "8.5.0-2ubuntu10.6"},
+        users={
+            "root": _user("root", 0, "/root"),
+            "ubuntu": _user("ubuntu", 1000, "/home/ubuntu", ["sudo"]),
+        },
+        groups={"root", "sudo", "ubuntu", "systemd-journal"},
+        running={"ssh": True},
+        enabled={"ssh": True},
+        commands=COMMANDS,
+        apt_updated_seconds_ago=None,
+    )
+
+
+def debian_13_embedder() -> Machine:
+    """The embedder fresh from the Debian 13 installer (hostname still "debian")."""
+    return Machine(
+        hostname="debian",
+        os_release=DEBIAN_13,
+        kernel="6.12.48+deb13-amd64",
+        files={"/etc/hosts": DEBIAN_HOSTS},
+        directories=COMMON_DIRS,
+        packages=dict(BASE_PACKAGES),
+        users={"root": _user("root", 0, "/root")},
+        groups={"root", "sudo", "systemd-journal"},
+        running={"ssh": True},
+        enabled={"ssh": True},
+        commands=COMMANDS,
+        apt_updated_seconds_ago=None,
+    )
+
+
+def debian_13_lxc(hostname: str) -> Machine:
+    """A service guest: an LXC container from the Debian 13 template."""
+    machine = debian_13_embedder()
+    machine.hostname = hostname
+    machine.container = "lxc"
+    return machine
+
+
+def real_fleet() -> dict[str, Machine]:
+    return {
+        "pve": proxmox_ve_9(),
+        "ageis-node": ubuntu_24_04_vm(),
+        "embedder": debian_13_embedder(),
+        "monitoring": debian_13_lxc("monitoring"),
+        "dns": debian_13_lxc("dns"),
+    }

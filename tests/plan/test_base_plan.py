@@ -1,0 +1,113 @@
+"""Plans of the base tasks on the real machines' facts (no network, no hosts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.plan.harness import Plan
+
+HOSTS = ("pve", "ageis-node", "embedder", "monitoring", "dns")
+
+
+@pytest.fixture
+def full(plan_of) -> Plan:
+    return plan_of("deploys/full.py")
+
+
+def test_every_host_gets_every_base_task(full: Plan) -> None:
+    for name in HOSTS:
+        names = " ".join(op.name for op in full.for_host(name))
+        for task in (
+            "Host name",
+            "Base packages",
+            "Time zone",
+            "Persistent journal",
+            "Admin user",
+            "SSH server",
+        ):
+            assert task in names, f"{name} lacks {task}"
+
+
+def test_hosts_file_lists_every_inventory_host_with_its_lan_address(full: Plan) -> None:
+    upload = full.op("embedder", "Write /etc/hosts").commands[0]
+    assert "192.168.1.10\tpve.home.arpa\tpve" in upload
+    assert "192.168.1.20\tageis-node.home.arpa\tageis-node" in upload
+    assert "192.168.1.30\tembedder.home.arpa\tembedder" in upload
+    # Proxmox needs its own name on the LAN address, not 127.0.1.1.
+    assert "127.0.1.1" not in upload
+
+
+def test_fresh_debian_installer_host_is_renamed(full: Plan) -> None:
+    assert full.op("embedder", "Set the host name").commands == [
+        "hostnamectl set-hostname embedder"
+    ]
+    assert full.op("pve", "Set the host name").commands == []
+
+
+def test_time_zone_changes_only_where_it_differs(full: Plan) -> None:
+    assert full.op("pve", "Set the time zone").commands == ["timedatectl set-timezone Etc/UTC"]
+    assert full.op("ageis-node", "Set the time zone").commands == []
+
+
+def test_chrony_runs_on_machines_but_is_only_enabled_in_containers(full: Plan) -> None:
+    assert "systemctl start chrony.service" in full.op("embedder", "Enable chrony").commands
+    lxc = full.op("dns", "Enable chrony").commands
+    assert "systemctl enable chrony.service" in lxc
+    assert not any("start" in command for command in lxc)
+
+
+def test_package_lists_refresh_only_when_stale(full: Plan, plan_of, fleet) -> None:
+    assert full.op("pve", "Refresh package lists").commands[0] == "apt-get update"
+    fleet["pve"].apt_updated_seconds_ago = 600
+    fresh = plan_of("deploys/full.py")
+    assert fresh.op("pve", "Refresh package lists").commands == []
+
+
+def test_admin_user_gets_only_the_controllers_key(full: Plan, controller_home) -> None:
+    key = (controller_home / ".ssh" / "id_ed25519.pub").read_text().strip()
+    upload = [c for c in full.op("ageis-node", "Admin SSH keys").commands if c.startswith("upload")]
+    assert upload == [f"upload /home/ops/.ssh/authorized_keys\n{key}\n"]
+    assert (
+        "useradd -d /home/ops -s /bin/bash -G homelab-admins -m ops"
+        in full.op("ageis-node", "Admin user ops").commands
+    )
+
+
+def test_sudoers_and_sshd_go_live_only_through_their_checks(full: Plan) -> None:
+    sudo = full.op("embedder", "Sudo for the admin group (checked").commands[0]
+    assert "visudo -cf {}" in sudo and sudo.endswith("'") is False
+    sshd = full.op("embedder", "Key-only SSH login (checked").commands[0]
+    assert "sshd -t -f" in sshd
+    staged = full.op("embedder", "Key-only SSH login (staged)").commands
+    content = next(c for c in staged if c.startswith("upload"))
+    assert "PasswordAuthentication no" in content
+    assert "KbdInteractiveAuthentication no" in content
+    assert "PermitRootLogin prohibit-password" in content
+    reload_op = full.op("embedder", "Reload sshd")
+    assert reload_op.conditional and reload_op.commands == ["systemctl reload ssh.service"]
+
+
+def test_journal_is_persistent_and_capped(full: Plan) -> None:
+    cap = full.op("embedder", "Journal size cap").commands
+    content = next(c for c in cap if c.startswith("upload"))
+    assert "Storage=persistent" in content and "SystemMaxUse=1024M" in content
+
+
+def test_mirror_is_left_alone_unless_data_names_one(full: Plan) -> None:
+    for name in HOSTS:
+        assert all("sources.list.d" not in c for c in full.commands(name))
+
+
+@pytest.mark.parametrize(
+    "deploy, touched",
+    [
+        ("deploys/hypervisor.py", {"pve"}),
+        ("deploys/ageis_node.py", {"ageis-node"}),
+        ("deploys/embedder.py", {"embedder"}),
+        ("deploys/services.py", {"monitoring", "dns"}),
+    ],
+)
+def test_role_deploys_touch_only_their_hosts(plan_of, deploy: str, touched: set[str]) -> None:
+    result = plan_of(deploy)
+    changed = {name for name in HOSTS if any(op.changes for op in result.for_host(name))}
+    assert changed == touched

@@ -181,7 +181,9 @@ def proxmox_ve_9() -> Machine:
         os_release=DEBIAN_13,
         kernel="6.14.8-2-pve",
         files={
-            "/etc/hosts": "127.0.0.1 localhost.localdomain localhost\n192.168.1.10 pve.home.arpa pve\n",
+            "/etc/hosts": (
+                "127.0.0.1 localhost.localdomain localhost\n192.168.1.10 pve.home.arpa pve\n"
+            ),
             "/etc/chrony/chrony.conf": "pool 2.debian.pool.ntp.org iburst\n",
         },
         directories=COMMON_DIRS | {"/etc/chrony", "/etc/chrony/sources.d", "/var/log/journal"},

@@ -115,10 +115,12 @@ class Size(Form):
     def check(self, value: Any) -> int:
         if not isinstance(value, str):
             raise FormError(self.description, value)
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", value, re.IGNORECASE)
+        match = re.fullmatch(
+            r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGTP])(?:i?B)?|B)?\s*", value, re.IGNORECASE
+        )
         if not match:
             raise FormError(self.description, value)
-        number = float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+        number = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()]
         if number < self.minimum:
             raise FormError(f"{self.description}, at least {self.minimum} bytes", value)
         return int(number)
@@ -142,6 +144,8 @@ class IPv4Address(Form):
     description = 'an IPv4 address such as "192.168.1.10"'
 
     def check(self, value: Any) -> ipaddress.IPv4Address:
+        if not isinstance(value, str):  # ipaddress also takes ints and bytes
+            raise FormError(self.description, value)
         try:
             return ipaddress.IPv4Address(value)
         except ValueError as error:
@@ -242,7 +246,7 @@ class Struct(Form):
     def check(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise FormError(self.description, value)
-        unknown = sorted(set(value) - set(self.fields))
+        unknown = sorted(set(value) - set(self.fields), key=str)
         if unknown:
             raise FormError(
                 f"only the fields {', '.join(self.fields)}", unknown[0], f".{unknown[0]}"

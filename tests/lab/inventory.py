@@ -1,0 +1,99 @@
+"""The lab inventory: the lab's containers as the inventory's hosts, reusing group_data/.
+
+Overrides only what the lab must: addresses (the lab bridge), the SSH key and known hosts the
+lab generated, no GPUs and no physical disks, stand-in pool directories, and the lab's own
+secrets file. Run from the repository root:
+
+    pyinfra tests/lab/inventory.py deploys/full.py
+"""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tasks.datamodel.preflight import check_inventory_file
+from tests.lab import hosts as lab
+
+# The lab's secrets (random, made by labctl) unless the caller points elsewhere.
+os.environ.setdefault("HOMELAB_SECRETS_FILE", str(lab.SECRETS_FILE))
+
+# Guests as on the real hypervisor (same IDs and sizes), minus GPU passthrough.
+_GUESTS = {
+    "ageis-node": {
+        "kind": "qemu",
+        "vmid": 100,
+        "cores": 4,
+        "memory": "16G",
+        "disk_size": "256G",
+        "os": "debian-13",
+        "start_order": 2,
+    },
+    "monitoring": {
+        "kind": "lxc",
+        "vmid": 110,
+        "cores": 2,
+        "memory": "2G",
+        "disk_size": "32G",
+        "os": "debian-13",
+        "start_order": 1,
+    },
+    "dns": {
+        "kind": "lxc",
+        "vmid": 111,
+        "cores": 1,
+        "memory": "512M",
+        "disk_size": "8G",
+        "os": "debian-13",
+        "start_order": 1,
+    },
+}
+_HYPERVISOR_POOL_CONTENT = {
+    "ssd": ["images", "rootdir"],
+    "hdd": ["backup", "iso", "vztmpl", "snippets"],
+}
+
+
+def _host_data(lab_host: lab.LabHost) -> dict:
+    data = {
+        "ssh_hostname": lab_host.address,
+        "ssh_user": "root",
+        "ssh_key": str(lab.SSH_KEY),
+        "ssh_known_hosts_file": str(lab.KNOWN_HOSTS),
+        "ssh_strict_host_key_checking": "yes",
+        "lan_address": lab_host.address,
+        "lan_cidr": lab.SUBNET,
+        "admin_ssh_public_key_files": [f"{lab.SSH_KEY}.pub"],
+        "gpus": [],
+        "disks": [],
+        "pools": {
+            name: {
+                "type": "dir",
+                "path": path,
+                "content": _HYPERVISOR_POOL_CONTENT.get(name, [])
+                if "hypervisor" in lab_host.groups
+                else [],
+            }
+            for name, path in lab_host.pools.items()
+        },
+    }
+    if "hypervisor" in lab_host.groups:
+        data["cpu"] = {"vendor": "intel", "model": "lab container", "cores": 2, "threads": 4}
+    if lab_host.name in _GUESTS:
+        data["guest"] = {"hypervisor": "pve", "storage": "ssd", **_GUESTS[lab_host.name]}
+    return data
+
+
+def _group(name: str) -> list:
+    return [(h.name, _host_data(h)) for h in lab.HOSTS if name in h.groups]
+
+
+hypervisor = _group("hypervisor")
+ageis_node = _group("ageis_node")
+embedder = _group("embedder")
+service_guests = _group("service_guests")
+monitoring = _group("monitoring")
+dns = _group("dns")
+
+check_inventory_file(__file__)

@@ -1,0 +1,130 @@
+# homelab-as-code: every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYINFRA := $(VENV)/bin/pyinfra
+PYTEST := $(VENV)/bin/pytest
+LABCTL := $(PYTHON) tests/lab/labctl.py
+LAB_INVENTORY := tests/lab/inventory.py
+INV ?= inventory.py
+HOST ?=
+
+.PHONY: help
+help: ## This list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+# --- Python environment -------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "python3 (>= 3.11) is needed"; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "--> installing python3-venv"; apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt '.[test]'
+	@command -v ssh >/dev/null || { echo "--> installing openssh-client"; apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >/dev/null; }
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create .venv with the locked dependencies
+
+.PHONY: lock
+lock: ## Re-resolve dependencies from pyproject.toml into constraints.txt
+	rm -rf /tmp/homelab-lock && $(PYTHON) -m venv /tmp/homelab-lock
+	/tmp/homelab-lock/bin/pip install -q '.[test]'
+	{ head -2 constraints.txt; /tmp/homelab-lock/bin/pip freeze | grep -v '^homelab-as-code'; } \
+	  > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+# --- Checks that need no hosts ------------------------------------------------------------
+.PHONY: lint
+lint: venv ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: check-data
+check-data: venv ## Validate an inventory's data without connecting (INV=inventory.py)
+	$(PYINFRA) $(INV) debug-inventory >/dev/null && echo "$(INV): data is valid"
+
+.PHONY: test-unit
+test-unit: venv ## Unit tests: data model, validation, helpers
+	$(PYTEST) -q tests/unit
+
+.PHONY: test-plan
+test-plan: venv ## Plan tests: the real deploys on the real machines' facts, no network
+	$(PYTEST) -q tests/plan
+
+.PHONY: docs
+docs: venv ## Regenerate the README's table of data keys
+	$(PY) -m tasks.datamodel.docs --update README.md
+
+# --- The lab ------------------------------------------------------------------------------
+.PHONY: lab-up
+lab-up: venv ## Boot the lab hosts (reuses their roots if present)
+	$(LABCTL) up
+
+.PHONY: lab-up-fresh
+lab-up-fresh: venv ## Boot the lab hosts from a clean copy of the cached image
+	$(LABCTL) up --fresh
+
+.PHONY: lab-down
+lab-down: ## Stop the lab: no process, bridge, nft table or mount left
+	$(LABCTL) down
+
+.PHONY: lab-destroy
+lab-destroy: ## Stop the lab and delete its hosts' roots and pools (the cache stays)
+	$(LABCTL) destroy
+
+.PHONY: lab-status
+lab-status: ## One line per lab host
+	$(LABCTL) status
+
+.PHONY: lab-ssh
+lab-ssh: ## Shell on a lab host: make lab-ssh HOST=pve
+	$(LABCTL) ssh $(HOST)
+
+.PHONY: lab-reboot
+lab-reboot: ## Clean reboot of a lab host, back when SSH answers: HOST=...
+	$(LABCTL) reboot $(HOST)
+
+.PHONY: lab-kill
+lab-kill: ## Pull the plug on a lab host (SIGKILL, no shutdown): HOST=...
+	$(LABCTL) kill $(HOST)
+
+.PHONY: lab-start
+lab-start: ## Start a stopped lab host, back when SSH answers: HOST=...
+	$(LABCTL) start $(HOST)
+
+.PHONY: lab-rollout
+lab-rollout: venv ## Full rollout on the lab
+	@start=$$(date +%s); \
+	$(PYINFRA) -y $(LAB_INVENTORY) deploys/full.py; \
+	echo "--> full rollout over the lab: $$(( $$(date +%s) - start ))s"
+
+.PHONY: lab-verify
+lab-verify: venv ## The verify suite against the lab
+	$(PYTEST) -q tests/verify --inventory $(LAB_INVENTORY)
+
+.PHONY: lab
+lab: venv ## Fresh lab: boot from the cached image, full rollout, verify
+	@start=$$(date +%s); \
+	$(LABCTL) up --fresh; \
+	echo "--> lab up: $$(( $$(date +%s) - start ))s"
+	$(MAKE) --no-print-directory lab-rollout lab-verify
+
+# --- Everything ---------------------------------------------------------------------------
+.PHONY: test
+test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)
+	$(MAKE) --no-print-directory lint test-unit test-plan
+	@trap '$(LABCTL) down' EXIT; \
+	$(MAKE) --no-print-directory lab && \
+	$(PYTEST) -q tests/lab
+
+# --- Real machines ------------------------------------------------------------------------
+.PHONY: verify
+verify: venv ## The verify suite against real hosts: make verify INV=inventory.py
+	$(PYTEST) -q tests/verify --inventory $(INV)

@@ -215,6 +215,16 @@ def _check_guest(
                 )
             )
         else:
+            if parent_gpus[wanted]["passthrough_to"] != view.name:
+                errors.append(
+                    DataError(
+                        view.name,
+                        "guest.passthrough_gpu",
+                        wanted,
+                        f"a GPU whose passthrough_to on {parent.name} names {view.name!r} "
+                        f"(it names {parent_gpus[wanted]['passthrough_to']!r})",
+                    )
+                )
             host_ids = sorted(f["id"] for f in parent_gpus[wanted]["functions"])
             for index, gpu in enumerate(view.values.get("gpus") or []):
                 if gpu["name"] == wanted:

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -533,17 +533,54 @@ def stop_apt_proxy() -> None:
     say("apt proxy: apt-cacher-ng stopped")
 
 
+# --- cgroups ------------------------------------------------------------------------------
+# Without systemd on the lab machine, systemd-nspawn (--keep-unit) puts every container into the
+# same "payload" cgroup below its own. The containers' systemd instances then share one cgroup
+# tree: a unit's cgroup holds the processes of the same unit in the other containers, so stopping
+# it never sees it empty (user@0.service hangs every shutdown for minutes). Each container's nspawn
+# therefore starts in its own cgroup, CGROUP_NAME/<host>, in every process-tracking hierarchy.
+
+CGROUP_NAME = "homelab-lab"
+
+
+def cgroup_bases() -> list[Path]:
+    """``CGROUP_NAME`` in the cgroup2 hierarchy and in the v1 name=systemd one (where mounted)."""
+    bases: list[Path] = []
+    for point, fstype, options in mounts():
+        if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options):
+            bases.append(Path(point) / CGROUP_NAME)
+    return bases
+
+
+def prune_cgroups(top: Path, keep_top: bool) -> list[Path]:
+    """Remove the empty cgroups at and below ``top``; return those that still hold processes."""
+    if not top.is_dir():
+        return []
+    for directory, _, _ in os.walk(top, topdown=False):
+        if keep_top and Path(directory) == top:
+            continue
+        with suppress(OSError):  # still holds processes (or is gone already)
+            os.rmdir(directory)
+    busy = [Path(d) for d, _, _ in os.walk(top)] if top.exists() else []
+    return [d for d in busy if (d / "cgroup.procs").read_text().strip()]
+
+
 # --- mounts and deletion -------------------------------------------------------------------
+
+
+def mounts() -> Iterator[tuple[str, str, list[str]]]:
+    """(mount point, file system type, super options) of every mount of this mount namespace."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        rest = fields[fields.index("-") + 1 :]
+        yield point, rest[0], rest[2].split(",") if len(rest) > 2 else []
 
 
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below ``path``, deepest first."""
     prefix = str(path).rstrip("/")
-    found: list[str] = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-        if point == prefix or point.startswith(prefix + "/"):
-            found.append(point)
+    found = [p for p, _, _ in mounts() if p == prefix or p.startswith(prefix + "/")]
     return sorted(found, key=len, reverse=True)
 
 
@@ -886,13 +923,27 @@ def supervise(host: LabHost) -> int:
 
     status = 0
     veth = Path(f"/sys/class/net/{veth_name(host)}")
+    cgroups = [base / host.name for base in cgroup_bases()]
+
+    def enter_cgroups() -> None:  # runs in the child between fork and exec
+        for cgroup in cgroups:
+            (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
     try:
         while not stopping and not stop_file(host).exists():
             # The veth of the previous boot goes away with its network namespace, not at once.
             if not wait_until(lambda: not veth.exists(), 5):
                 subprocess.run(["ip", "link", "del", veth.name], check=False)
+            for cgroup in cgroups:  # leftovers of the previous boot, if it was killed
+                prune_cgroups(cgroup, keep_top=True)
+                cgroup.mkdir(parents=True, exist_ok=True)
             log(f"starting {' '.join(nspawn_command(host))}")
-            child = subprocess.Popen(nspawn_command(host), stdin=subprocess.DEVNULL)
+            child = subprocess.Popen(
+                nspawn_command(host),
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
+                preexec_fn=enter_cgroups,  # safe: the supervisor runs no other thread
+            )
             status = child.wait()
             child = None
             if status == REBOOT_EXIT_STATUS:
@@ -1067,6 +1118,8 @@ def leftovers() -> list[str]:
     if nft_table_exists():
         found.append(f"nft table {NFT_FAMILY} {NFT_TABLE}")
     found.extend(f"mount {point}" for point in mounts_under(hosts.STATE_DIR))
+    for base in cgroup_bases():
+        found.extend(f"cgroup {busy} (still has processes)" for busy in prune_cgroups(base, False))
     return found
 
 

@@ -101,7 +101,7 @@ def test_pci_address_accepts_full_addresses(given: str) -> None:
     ],
 )
 def test_pci_address_rejects(given: object) -> None:
-    with pytest.raises(FormError, match="PCI address domain:bus:device.function"):
+    with pytest.raises(FormError, match=r"PCI address domain:bus:device\.function"):
         PCI_ADDRESS.check(given)
 
 
@@ -218,7 +218,11 @@ def test_struct_normalises_and_fills_defaults() -> None:
     checked = GPU.check(_gpu())
     assert checked["vram"] == 32 * GiB
     assert checked["passthrough_to"] is None
-    assert checked["functions"][1] == {"id": "1002:ab40", "address": "0000:03:00.1", "kind": "audio"}
+    assert checked["functions"][1] == {
+        "id": "1002:ab40",
+        "address": "0000:03:00.1",
+        "kind": "audio",
+    }
 
 
 def test_nested_error_path_names_the_field() -> None:

@@ -1,0 +1,335 @@
+"""Whole-inventory validation in process: every key, the checks across hosts, and secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks.datamodel.keys import DataError
+from tasks.datamodel.secrets import Secret, SecretsError, load_secrets, secrets_file
+from tasks.datamodel.validate import format_errors, validate_hosts
+
+SECRETS = {"proxmox_api_secret": Secret("s3cret-value")}
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("HOMELAB_SECRET"):
+            monkeypatch.delenv(name)
+
+
+def problems(baseline, secrets=SECRETS) -> list[DataError]:
+    return validate_hosts(baseline.views(), secrets)
+
+
+def only(errors: list[DataError], host: str, key: str) -> DataError:
+    """The one error about ``host``'s ``key``; fails showing every error otherwise."""
+    found = [e for e in errors if e.host == host and e.key == key]
+    assert len(found) == 1, "\n".join(map(str, errors))
+    return found[0]
+
+
+def test_baseline_is_valid(baseline) -> None:
+    assert problems(baseline) == []
+
+
+def test_values_are_normalised(baseline) -> None:
+    views = baseline.views()
+    assert validate_hosts(views, SECRETS) == []
+    pve = views[0].values
+    assert pve["memory"] == 128 * 1024**3
+    assert str(pve["lan_cidr"]) == "192.168.1.0/24"
+    assert pve["proxmox_api_port"] == 8006  # default of a hypervisor-only key
+    assert "proxmox_api_port" not in views[1].values  # not checked where it does not apply
+    assert pve["admin_ssh_public_key_files"][0].startswith("ssh-ed25519 ")
+
+
+def test_a_form_error_names_host_key_value_and_form(baseline) -> None:
+    baseline.host("pve")["gpus"][0]["functions"][1]["id"] = "1002:AB40"
+    error = only(problems(baseline), "pve", "gpus[0].functions[1].id")
+    assert str(error) == (
+        "host 'pve': key 'gpus[0].functions[1].id' is '1002:AB40'; "
+        'expected a PCI vendor:device ID, lower-case hex, "1002:7551"'
+    )
+
+
+def test_every_problem_is_reported_at_once(baseline) -> None:
+    baseline.host("pve")["memory"] = "lots"
+    baseline.host("embedder")["lan_address"] = "192.168.2.30"
+    baseline.host("dns")["timezone"] = "Mars/Olympus"
+    errors = problems(baseline, secrets={})
+    assert {(e.host, e.key) for e in errors} == {
+        ("pve", "memory"),
+        ("embedder", "lan_address"),
+        ("dns", "timezone"),
+        ("pve", "secret proxmox_api_secret"),
+    }
+    text = format_errors(errors, "inventory.py")
+    assert text.splitlines()[0] == (
+        "The inventory data in inventory.py is not valid; nothing was touched:"
+    )
+    assert len(text.splitlines()) == 5
+
+
+def test_address_outside_lan_cidr(baseline) -> None:
+    baseline.host("embedder")["lan_address"] = "192.168.2.30"
+    error = only(problems(baseline), "embedder", "lan_address")
+    assert error.expected == "an address in 192.168.1.0/24"
+    assert "is '192.168.2.30'" in str(error)
+
+
+def test_duplicate_address(baseline) -> None:
+    baseline.host("dns")["lan_address"] = "192.168.1.40"
+    error = only(problems(baseline), "dns", "lan_address")
+    assert error.expected == "an address not used by monitoring"
+
+
+def test_lan_cidr_with_host_bits(baseline) -> None:
+    baseline.host("pve")["lan_cidr"] = "192.168.1.1/24"
+    error = only(problems(baseline), "pve", "lan_cidr")
+    assert "no host bits set" in error.expected
+
+
+def test_disk_pool_not_declared(baseline) -> None:
+    baseline.host("pve")["disks"][4]["pool"] = "archive"
+    error = only(problems(baseline), "pve", "disks[4].pool")
+    assert error.given == "archive"
+    assert error.expected == "one of this host's pools (ssd, hdd)"
+
+
+def test_pool_create_without_disks(baseline) -> None:
+    baseline.host("embedder")["pools"]["ssd"]["create"] = True
+    error = only(problems(baseline), "embedder", "pools['ssd'].create")
+    assert "disks listed with this pool" in error.expected
+
+
+def test_zfs_pool_without_zfs_name(baseline) -> None:
+    del baseline.host("pve")["pools"]["ssd"]["zfs_name"]
+    error = only(problems(baseline), "pve", "pools['ssd'].zfs_name")
+    assert error.expected == "a ZFS pool name"
+
+
+def test_guest_storage_not_a_hypervisor_pool(baseline) -> None:
+    # ageis-node has an "ssd" pool of its own; what counts is pve's pools.
+    baseline.host("monitoring")["guest"]["storage"] = "nvme"
+    error = only(problems(baseline), "monitoring", "guest.storage")
+    assert error.expected == "a pool of pve (ssd, hdd)"
+
+
+def test_passthrough_gpu_not_a_hypervisor_gpu(baseline) -> None:
+    baseline.host("ageis-node")["guest"]["passthrough_gpu"] = "rx7900"
+    errors = problems(baseline)
+    error = only(errors, "ageis-node", "guest.passthrough_gpu")
+    assert error.expected == "a GPU of pve (r9700)"
+    # pve's side of the pair says the same from its end.
+    other_end = only(errors, "pve", "gpus[0].passthrough_to")
+    assert other_end.expected == "a guest whose guest.passthrough_gpu is 'r9700'"
+
+
+def test_passthrough_gpu_on_a_container(baseline) -> None:
+    baseline.host("pve")["gpus"][0]["passthrough_to"] = "monitoring"
+    baseline.host("monitoring")["guest"]["passthrough_gpu"] = "r9700"
+    baseline.host("ageis-node")["guest"]["passthrough_gpu"] = None
+    error = only(problems(baseline), "monitoring", "guest.kind")
+    assert error.expected == "qemu for GPU passthrough"
+
+
+def test_passthrough_to_a_host_not_in_the_inventory(baseline) -> None:
+    baseline.host("pve")["gpus"][0]["passthrough_to"] = "gaming-vm"
+    error = only(problems(baseline), "pve", "gpus[0].passthrough_to")
+    assert error.expected == "an inventory host"
+
+
+def test_passed_through_gpu_needs_every_function_address(baseline) -> None:
+    baseline.host("pve")["gpus"][0]["functions"][1]["address"] = None
+    error = only(problems(baseline), "pve", "gpus[0].functions[1].address")
+    assert "PCI address of every function" in error.expected
+
+
+def test_gpu_function_ids_differ_between_vm_and_hypervisor(baseline) -> None:
+    baseline.host("ageis-node")["gpus"][0]["functions"][1]["id"] = "1002:ab41"
+    error = only(problems(baseline), "ageis-node", "gpus[0].functions")
+    assert error.given == ["1002:7551", "1002:ab41"]
+    assert error.expected == "the same PCI IDs as pve's r9700: ['1002:7551', '1002:ab40']"
+
+
+def test_duplicate_vmid(baseline) -> None:
+    baseline.host("dns")["guest"]["vmid"] = 110
+    error = only(problems(baseline), "dns", "guest.vmid")
+    assert error.expected == "an ID not used by monitoring"
+
+
+def test_guest_hypervisor_not_in_the_hypervisor_group(baseline) -> None:
+    baseline.host("dns")["guest"]["hypervisor"] = "embedder"
+    error = only(problems(baseline), "dns", "guest.hypervisor")
+    assert error.expected == "a host of the hypervisor group (pve)"
+
+
+def test_guest_hypervisor_unknown(baseline) -> None:
+    baseline.host("dns")["guest"]["hypervisor"] = "pve2"
+    only(problems(baseline), "dns", "guest.hypervisor")
+
+
+def test_guest_cores_more_than_hypervisor_threads(baseline) -> None:
+    baseline.host("ageis-node")["guest"]["cores"] = 29
+    error = only(problems(baseline), "ageis-node", "guest.cores")
+    assert error.expected == "at most the 28 threads of pve"
+    baseline.host("ageis-node")["guest"]["cores"] = 28
+    assert problems(baseline) == []
+
+
+def test_hypervisor_without_cpu(baseline) -> None:
+    del baseline.host("pve")["cpu"]
+    error = only(problems(baseline), "pve", "cpu")
+    assert "vendor picks IOMMU flags" in error.expected
+
+
+def test_unknown_key_suggests_the_declared_one(baseline) -> None:
+    baseline.host("pve")["timezon"] = "Europe/Berlin"
+    error = only(problems(baseline), "pve", "timezon")
+    assert error.given == "Europe/Berlin"
+    assert error.expected == "a declared key; this one is unknown (did you mean 'timezone'?)"
+
+
+def test_unknown_key_without_a_close_match(baseline) -> None:
+    baseline.host("pve")["flux_capacitor"] = True
+    error = only(problems(baseline), "pve", "flux_capacitor")
+    assert error.expected == "a declared key; this one is unknown"
+
+
+def test_pyinfra_keys_are_not_ours_to_declare(baseline) -> None:
+    baseline.host("pve").update({"ssh_port": 2222, "_sudo": True, "ssh_hostname": "10.0.0.1"})
+    assert problems(baseline) == []
+
+
+def test_group_limited_key_is_only_checked_where_it_applies(baseline) -> None:
+    baseline.host("embedder")["proxmox_api_port"] = "eighty"
+    assert problems(baseline) == []
+    baseline.host("pve")["proxmox_api_port"] = "eighty"
+    only(problems(baseline), "pve", "proxmox_api_port")
+
+
+def test_apt_mirror_without_apt_security_mirror(baseline) -> None:
+    baseline.host("dns")["apt_mirror"] = "http://deb.debian.org/debian"
+    error = only(problems(baseline), "dns", "apt_security_mirror")
+    assert error.expected == "a URL when apt_mirror is set"
+    baseline.host("dns")["apt_security_mirror"] = "http://security.debian.org/debian-security"
+    assert problems(baseline) == []
+
+
+def test_timezone_must_be_known(baseline) -> None:
+    baseline.host("dns")["timezone"] = "Mars/Olympus"
+    error = only(problems(baseline), "dns", "timezone")
+    assert "IANA time zone" in error.expected
+
+
+def test_admin_key_file_must_be_a_public_key(baseline, key_pair) -> None:
+    baseline.group_data["all"]["admin_ssh_public_key_files"] = [str(key_pair.private)]
+    errors = problems(baseline)
+    assert len(errors) == 5  # every host
+    assert errors[0].key == "admin_ssh_public_key_files[0]"
+    assert errors[0].expected.endswith("(not a public key)")
+
+
+def test_admin_key_file_missing(baseline, tmp_path) -> None:
+    baseline.host("dns")["admin_ssh_public_key_files"] = [str(tmp_path / "nope.pub")]
+    error = only(problems(baseline), "dns", "admin_ssh_public_key_files[0]")
+    assert error.expected.endswith("(cannot read it)")
+
+
+def test_missing_secret_names_the_hosts_that_need_it(baseline) -> None:
+    error = only(problems(baseline, secrets={}), "pve", "secret proxmox_api_secret")
+    assert error.given is None
+    assert "HOMELAB_SECRET_PROXMOX_API_SECRET" in error.expected
+    assert "(needed by pve)" in error.expected
+    assert "is (missing)" in str(error)
+
+
+def test_no_secrets_given_skips_the_secret_check(baseline) -> None:
+    assert problems(baseline, secrets=None) == []
+
+
+def test_no_hypervisor_means_no_secret_needed(baseline) -> None:
+    baseline.groups = {"embedder": baseline.groups["embedder"]}
+    assert problems(baseline, secrets={}) == []
+
+
+# --- secrets ---
+
+
+def write_secrets(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def test_secrets_file_readable_by_others_is_refused(tmp_path) -> None:
+    path = write_secrets(tmp_path / "secrets.toml", 'proxmox_api_secret = "do-not-show"\n', 0o644)
+    with pytest.raises(SecretsError) as caught:
+        load_secrets(path)
+    assert f"chmod 600 {path}" in str(caught.value)
+    assert "0o644" in str(caught.value)
+    assert "do-not-show" not in str(caught.value)
+
+
+def test_secrets_file_group_writable_is_refused(tmp_path) -> None:
+    path = write_secrets(tmp_path / "secrets.toml", 'proxmox_api_secret = "x"\n', 0o620)
+    with pytest.raises(SecretsError, match="chmod 600"):
+        load_secrets(path)
+
+
+def test_secrets_file_mode_600_is_read(tmp_path) -> None:
+    path = write_secrets(tmp_path / "secrets.toml", 'proxmox_api_secret = "from-file"\n')
+    assert load_secrets(path)["proxmox_api_secret"].reveal() == "from-file"
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch) -> None:
+    path = write_secrets(tmp_path / "secrets.toml", 'proxmox_api_secret = "from-file"\n')
+    monkeypatch.setenv("HOMELAB_SECRET_PROXMOX_API_SECRET", "from-env")
+    assert load_secrets(path)["proxmox_api_secret"].reveal() == "from-env"
+
+
+def test_environment_alone_is_enough(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOMELAB_SECRET_PROXMOX_API_SECRET", "from-env")
+    secrets = load_secrets(tmp_path / "absent.toml")
+    assert secrets["proxmox_api_secret"].reveal() == "from-env"
+
+
+def test_empty_values_count_as_missing(tmp_path, monkeypatch, baseline) -> None:
+    path = write_secrets(tmp_path / "secrets.toml", 'proxmox_api_secret = ""\n')
+    monkeypatch.setenv("HOMELAB_SECRET_OTHER", "")
+    secrets = load_secrets(path)
+    assert secrets == {}
+    only(problems(baseline, secrets=secrets), "pve", "secret proxmox_api_secret")
+
+
+def test_missing_secrets_file_is_no_secrets(tmp_path) -> None:
+    assert load_secrets(tmp_path / "absent.toml") == {}
+
+
+def test_secrets_file_must_be_toml_of_strings(tmp_path) -> None:
+    path = write_secrets(tmp_path / "secrets.toml", "proxmox_api_secret = \n")
+    with pytest.raises(SecretsError, match="not valid TOML"):
+        load_secrets(path)
+    write_secrets(path, "proxmox_api_secret = 1234\n")
+    with pytest.raises(SecretsError, match="'proxmox_api_secret' must be a string, got int"):
+        load_secrets(path)
+
+
+def test_secrets_file_location(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("HOMELAB_SECRETS_FILE", raising=False)
+    assert secrets_file() == Path("secrets.toml")
+    monkeypatch.setenv("HOMELAB_SECRETS_FILE", str(tmp_path / "s.toml"))
+    assert secrets_file() == tmp_path / "s.toml"
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret("hunter2")
+    assert str(secret) == "***"
+    assert repr(secret) == "Secret(***)"
+    assert "hunter2" not in f"{secret} {secret!r} {[secret]} {dict(k=secret)}"
+    assert "hunter2" not in "%s %r" % (secret, secret)  # noqa: UP031
+    assert secret.reveal() == "hunter2"

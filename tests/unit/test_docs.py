@@ -91,3 +91,10 @@ def test_update_refuses_a_file_without_proper_markers(tmp_path, capsys, text: st
 def test_prints_the_tables(capsys) -> None:
     assert docs.main([]) == 0
     assert capsys.readouterr().out == docs.keys_markdown()
+
+
+def test_the_repository_readme_table_is_current() -> None:
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    assert docs.main(["--check", str(readme)]) == 0, "README key table is stale: run make docs"

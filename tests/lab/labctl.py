@@ -9,11 +9,11 @@ Commands::
 
     deps                  install the missing host packages (apt-get)
     image [--rebuild]     build (or reuse) the cached debootstrap Debian 13 root
-    up [--fresh] [HOST…]  network, apt proxy, roots, boot; wait for SSH and a running systemd
+    up [--fresh] [HOST...]  network, apt proxy, roots, boot; wait for SSH and a running systemd
     down                  power every host off, tear the network down, check nothing is left
     destroy               down, then delete the lab state (roots, pools); the cache stays
     status                one line per host
-    ssh HOST [CMD…]       ssh into a host as root with the lab key
+    ssh HOST [CMD...]     ssh into a host as root with the lab key
     kill HOST             pull the plug (SIGKILL the container's init, no shutdown)
     start HOST            start a stopped host; return once SSH answers
     wait HOST             wait for SSH and ``systemctl is-system-running`` = running
@@ -100,6 +100,7 @@ APT_PROXY_CONF = "etc/apt/apt.conf.d/01homelab-lab-proxy"
 SSH_TIMEOUT = 120.0  # seconds a host gets to answer on SSH after its container started
 RUNNING_TIMEOUT = 180.0  # seconds for `systemctl is-system-running --wait`
 POWEROFF_TIMEOUT = 20.0  # seconds a clean poweroff gets before the plug is pulled
+LOG_ROTATE_BYTES = 4 << 20  # a container log this big is moved to NAME.log.1 at the next start
 
 T = TypeVar("T")
 
@@ -465,7 +466,17 @@ def teardown_network() -> None:
 # --- apt-cacher-ng -------------------------------------------------------------------------
 
 
+def network_down(who: str) -> LabError:
+    return LabError(f"{who}: the lab network is down ({hosts.BRIDGE} missing); run `labctl up`")
+
+
 def port_answers(address: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a TCP connect to a lab address succeeds.
+
+    Only while the bridge exists: without it the lab's addresses would be routed off this machine.
+    """
+    if not bridge_exists():
+        return False
     try:
         with socket.create_connection((address, port), timeout=timeout):
             return True
@@ -482,6 +493,8 @@ def apt_proxy_url() -> str:
 
 
 def ensure_apt_proxy() -> None:
+    if not bridge_exists():
+        raise network_down("apt proxy")
     if apt_proxy_pid() is not None and port_answers(hosts.GATEWAY, hosts.APT_PROXY_PORT):
         say(f"apt proxy: apt-cacher-ng already answers at {apt_proxy_url()}")
         return
@@ -530,6 +543,7 @@ def stop_apt_proxy() -> None:
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not alive(pid), 5)
     ACNG_PID_FILE.unlink(missing_ok=True)
+    (RUN_DIR / "apt-cacher-ng.socket").unlink(missing_ok=True)
     say("apt proxy: apt-cacher-ng stopped")
 
 
@@ -539,6 +553,8 @@ def stop_apt_proxy() -> None:
 # tree: a unit's cgroup holds the processes of the same unit in the other containers, so stopping
 # it never sees it empty (user@0.service hangs every shutdown for minutes). Each container's nspawn
 # therefore starts in its own cgroup, CGROUP_NAME/<host>, in every process-tracking hierarchy.
+# And the containers get a pure cgroup2 hierarchy (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1) even on a
+# hybrid host, like a real Debian 13 machine: its systemd (257) no longer supports cgroup v1.
 
 CGROUP_NAME = "homelab-lab"
 
@@ -617,7 +633,7 @@ def ensure_image(rebuild: bool = False) -> Path:
     mirror = host_mirror()
     env = dict(os.environ)
     via = "directly"
-    if mirror.startswith("http://") and port_answers(hosts.GATEWAY, hosts.APT_PROXY_PORT):
+    if mirror.startswith("http://") and apt_proxy_pid() is not None and bridge_exists():
         env["http_proxy"] = apt_proxy_url()
         via = f"through {apt_proxy_url()}"
     build = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=IMAGES_DIR))
@@ -717,6 +733,22 @@ def ensure_ssh_key() -> str:
         say(f"ssh: generated the lab key {hosts.SSH_KEY}")
     hosts.SSH_KEY.chmod(0o600)
     return Path(f"{hosts.SSH_KEY}.pub").read_text().strip()
+
+
+def ensure_secrets() -> None:
+    """The lab's secrets file: every secret a role needs, random, mode 600 (never in git)."""
+    import secrets as random_secrets
+
+    path = hosts.SECRETS_FILE
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = ("proxmox_api_secret",)
+    lines = [f'{name} = "{random_secrets.token_urlsafe(24)}"' for name in names]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("# The lab's secrets, made by labctl up.\n" + "\n".join(lines) + "\n")
+    say(f"secrets: wrote the lab's {path}")
 
 
 def create_root(host: LabHost, image: Path, fresh: bool) -> None:
@@ -941,7 +973,7 @@ def supervise(host: LabHost) -> int:
             child = subprocess.Popen(
                 nspawn_command(host),
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
+                env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},  # see cgroups above
                 preexec_fn=enter_cgroups,  # safe: the supervisor runs no other thread
             )
             status = child.wait()
@@ -964,9 +996,7 @@ def start_container(host: LabHost) -> None:
     if not host.root_dir.is_dir():
         raise LabError(f"{host.name}: no root at {host.root_dir}; run `labctl up {host.name}`")
     if not bridge_exists():
-        raise LabError(
-            f"{host.name}: the lab network is down ({hosts.BRIDGE} missing); run `labctl up`"
-        )
+        raise network_down(host.name)
     old = supervisor_pid(host)
     if old is not None:  # a supervisor whose container is gone: let it finish first
         wait_until(lambda: not alive(old), 5)
@@ -974,10 +1004,10 @@ def start_container(host: LabHost) -> None:
             os.kill(old, signal.SIGTERM)
             wait_until(lambda: not alive(old), 5)
     stop_file(host).unlink(missing_ok=True)
-    pid = daemonize(
-        [sys.executable, str(Path(__file__).resolve()), "_supervise", host.name],
-        LOG_DIR / f"{host.name}.log",
-    )
+    log = LOG_DIR / f"{host.name}.log"
+    if log.exists() and log.stat().st_size > LOG_ROTATE_BYTES:
+        os.replace(log, log.with_name(log.name + ".1"))
+    pid = daemonize([sys.executable, str(Path(__file__).resolve()), "_supervise", host.name], log)
     if not wait_until(lambda: nspawn_pid(host) is not None or not alive(pid), 10) or not alive(pid):
         raise LabError(f"{host.name}: systemd-nspawn did not start; see {LOG_DIR / host.name}.log")
     say(f"{host.name}: booting ({host.address})")
@@ -1074,6 +1104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ensure_apt_proxy()
         image = ensure_image()
         public_key = ensure_ssh_key()
+        ensure_secrets()
         nameservers = host_nameservers()
         running = nspawn_processes()
         if args.fresh:
@@ -1091,9 +1122,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         in_parallel(to_boot, prepare, lambda h: h.name)
         write_known_hosts()
-        for host in to_boot:
-            start_container(host)
-        in_parallel(selected, wait_host, lambda h: h.name)
+
+        def boot(host: LabHost) -> None:
+            if host in to_boot:
+                start_container(host)
+            wait_host(host)
+
+        in_parallel(selected, boot, lambda h: h.name)
     say(f"lab up: {', '.join(h.name for h in selected)}")
     return 0
 
@@ -1141,7 +1176,7 @@ def lab_down() -> bool:
         return False
     say(
         f"lab down in {time.monotonic() - started:.1f}s: no container, supervisor, apt proxy,"
-        f" bridge, nft table or mount left (state kept in {hosts.STATE_DIR})"
+        " bridge, nft table, cgroup or mount left"
     )
     return True
 
@@ -1149,7 +1184,10 @@ def lab_down() -> bool:
 def cmd_down(args: argparse.Namespace) -> int:
     require_root()
     with lab_lock():
-        return 0 if lab_down() else 1
+        if not lab_down():
+            return 1
+    say(f"kept the lab state in {hosts.STATE_DIR} and the cache in {hosts.CACHE_DIR}")
+    return 0
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -1221,6 +1259,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         if nspawn_pid(host) is not None:
             say(f"{host.name}: already running")
         else:
+            if not bridge_exists():
+                raise network_down(host.name)
             ensure_apt_proxy()
             start_container(host)
         wait_ssh(host)

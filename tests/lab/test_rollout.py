@@ -33,7 +33,8 @@ def rollout_json(deploy: str = "deploys/full.py") -> tuple[dict, float]:
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     start = result.stdout.index("{")
-    return json.loads(result.stdout[start:]), elapsed
+    # With --json and -y pyinfra prints {"plan": ..., "results": ...}.
+    return json.loads(result.stdout[start:])["results"], elapsed
 
 
 def test_second_full_rollout_changes_nothing() -> None:

@@ -48,7 +48,8 @@ lint: venv ## ruff check and format check
 
 .PHONY: check-data
 check-data: venv ## Validate an inventory's data without connecting (INV=inventory.py)
-	$(PYINFRA) $(INV) debug-inventory >/dev/null && echo "$(INV): data is valid"
+	$(PY) -c 'from tasks.datamodel.preflight import check_inventory_file as c; c("$(INV)")' \
+	  && echo "$(INV): data is valid"
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests: data model, validation, helpers
@@ -120,9 +121,10 @@ lab: venv ## Fresh lab: boot from the cached image, full rollout, verify
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)
 	$(MAKE) --no-print-directory lint test-unit test-plan
-	@trap '$(LABCTL) down' EXIT; \
-	$(MAKE) --no-print-directory lab && \
-	$(PYTEST) -q tests/lab
+	@trap '$(LABCTL) down >/dev/null 2>&1 || true' EXIT; \
+	$(MAKE) --no-print-directory lab; \
+	$(PYTEST) -q tests/lab; \
+	$(LABCTL) down
 
 # --- Real machines ------------------------------------------------------------------------
 .PHONY: verify

@@ -53,11 +53,17 @@ def check_inventory_file(inventory_file: str) -> None:
     global _loading
     if _loading:  # pyinfra's loader runs the inventory file again: do not recurse
         return
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory_from_files
 
     _loading = True
     try:
-        inventory = make_inventory_from_files(inventory_file, cwd=os.getcwd())
+        if ctx_state.isset():  # inside pyinfra's CLI
+            inventory = make_inventory_from_files(inventory_file, cwd=os.getcwd())
+        else:  # called on its own (make check-data): the loader needs a state to exist
+            with ctx_state.use(State()):
+                inventory = make_inventory_from_files(inventory_file, cwd=os.getcwd())
     finally:
         _loading = False
     check_views(views_of(inventory), inventory_file)

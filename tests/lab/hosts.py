@@ -58,7 +58,7 @@ CACHE_DIR = Path(os.environ.get("HOMELAB_LAB_CACHE", "/var/cache/homelab-lab"))
 STATE_DIR = Path(os.environ.get("HOMELAB_LAB_STATE", "/var/lib/homelab-lab"))
 SSH_KEY = CACHE_DIR / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
-# The lab's secrets file (random values, mode 600), made by ``labctl up``.
+# The lab's secrets file (random values, mode 600), made when the lab inventory loads.
 SECRETS_FILE = STATE_DIR / "secrets.toml"
 # Container roots (``MACHINES_DIR/<name>/root``) and stand-in pools (``POOLS_DIR/<name>/<pool>``).
 MACHINES_DIR = STATE_DIR / "machines"

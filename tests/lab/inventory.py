@@ -15,9 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tasks.datamodel.preflight import check_inventory_file
 from tests.lab import hosts as lab
+from tests.lab.lab_secrets import ensure_lab_secrets
 
-# The lab's secrets (random, made by labctl) unless the caller points elsewhere.
+# The lab's secrets (random, one per declared secret) unless the caller points elsewhere.
 os.environ.setdefault("HOMELAB_SECRETS_FILE", str(lab.SECRETS_FILE))
+ensure_lab_secrets(Path(os.environ["HOMELAB_SECRETS_FILE"]))
 
 # Guests as on the real hypervisor (same IDs and sizes), minus GPU passthrough.
 _GUESTS = {

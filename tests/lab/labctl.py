@@ -735,22 +735,6 @@ def ensure_ssh_key() -> str:
     return Path(f"{hosts.SSH_KEY}.pub").read_text().strip()
 
 
-def ensure_secrets() -> None:
-    """The lab's secrets file: every secret a role needs, random, mode 600 (never in git)."""
-    import secrets as random_secrets
-
-    path = hosts.SECRETS_FILE
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = ("proxmox_api_secret",)
-    lines = [f'{name} = "{random_secrets.token_urlsafe(24)}"' for name in names]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("# The lab's secrets, made by labctl up.\n" + "\n".join(lines) + "\n")
-    say(f"secrets: wrote the lab's {path}")
-
-
 def create_root(host: LabHost, image: Path, fresh: bool) -> None:
     machine_dir = host.root_dir.parent
     if fresh:
@@ -1104,7 +1088,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         ensure_apt_proxy()
         image = ensure_image()
         public_key = ensure_ssh_key()
-        ensure_secrets()
         nameservers = host_nameservers()
         running = nspawn_processes()
         if args.fresh:

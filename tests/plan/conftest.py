@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tasks.datamodel.registry import secret_specs
 from tests.plan.harness import Plan, plan
 from tests.plan.machines import Machine, real_fleet
 
-# Plan tests need some value for each secret; this is not a credential of anything.
-PLAN_SECRETS = {"proxmox_api_secret": "plan-test-double"}
+# Plan tests need some value for each declared secret; these are not credentials of anything.
+PLAN_SECRETS = {spec.name: "plan-test-double" for spec in secret_specs()}
 
 
 @pytest.fixture(scope="session")

@@ -38,24 +38,32 @@ class LabHost:
         return POOLS_DIR / self.name / pool
 
 
+# Several labs can run side by side (parallel work on one machine): HOMELAB_LAB_ID=n (0-9)
+# gives lab n its own bridge, subnet, state directory, nft table and apt cache.
+LAB_ID = int(os.environ.get("HOMELAB_LAB_ID", "0"))
+if not 0 <= LAB_ID <= 9:
+    raise ValueError(f"HOMELAB_LAB_ID must be 0-9, not {LAB_ID}")
+SUFFIX = "" if LAB_ID == 0 else f"-{LAB_ID}"
+
 # The lab LAN. Not a range of the user's LAN: only lab containers live here.
-BRIDGE = "hlab0"
-SUBNET = "10.213.0.0/24"
-GATEWAY = "10.213.0.1"
+BRIDGE = f"hlab{LAB_ID}"
+NET_PREFIX = f"10.213.{LAB_ID}"
+SUBNET = f"{NET_PREFIX}.0/24"
+GATEWAY = f"{NET_PREFIX}.1"
 PREFIX_LENGTH = 24
 
 HOSTS: tuple[LabHost, ...] = (
-    LabHost("pve", "10.213.0.10", ("hypervisor",), {"ssd": "/srv/ssd", "hdd": "/srv/hdd"}),
-    LabHost("ageis-node", "10.213.0.20", ("ageis_node",), {"ssd": "/srv/ssd"}),
-    LabHost("embedder", "10.213.0.30", ("embedder",), {"ssd": "/srv/ssd"}),
-    LabHost("monitoring", "10.213.0.40", ("service_guests", "monitoring")),
-    LabHost("dns", "10.213.0.50", ("service_guests", "dns")),
+    LabHost("pve", f"{NET_PREFIX}.10", ("hypervisor",), {"ssd": "/srv/ssd", "hdd": "/srv/hdd"}),
+    LabHost("ageis-node", f"{NET_PREFIX}.20", ("ageis_node",), {"ssd": "/srv/ssd"}),
+    LabHost("embedder", f"{NET_PREFIX}.30", ("embedder",), {"ssd": "/srv/ssd"}),
+    LabHost("monitoring", f"{NET_PREFIX}.40", ("service_guests", "monitoring")),
+    LabHost("dns", f"{NET_PREFIX}.50", ("service_guests", "dns")),
 )
 
 # Where the lab keeps things outside the repository. The cache (base image, apt cache, lab SSH
 # key) survives ``make lab-down``; the state (container roots, stand-in pools) is per lab.
 CACHE_DIR = Path(os.environ.get("HOMELAB_LAB_CACHE", "/var/cache/homelab-lab"))
-STATE_DIR = Path(os.environ.get("HOMELAB_LAB_STATE", "/var/lib/homelab-lab"))
+STATE_DIR = Path(os.environ.get("HOMELAB_LAB_STATE", f"/var/lib/homelab-lab{SUFFIX}"))
 SSH_KEY = CACHE_DIR / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
 # The lab's secrets file (random values, mode 600), made when the lab inventory loads.

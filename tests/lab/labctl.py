@@ -83,11 +83,11 @@ HOST_PACKAGES = (
 )
 
 NFT_FAMILY = "ip"
-NFT_TABLE = "homelab_lab"
+NFT_TABLE = f"homelab_lab{hosts.LAB_ID or ''}"
 REBOOT_EXIT_STATUS = 133  # systemd-nspawn's exit status when the container rebooted
 
 IMAGES_DIR = hosts.CACHE_DIR / "images"
-APT_CACHE_DIR = hosts.CACHE_DIR / "apt-cacher-ng"
+APT_CACHE_DIR = hosts.CACHE_DIR / f"apt-cacher-ng{hosts.SUFFIX}"
 LOG_DIR = hosts.STATE_DIR / "logs"
 RUN_DIR = hosts.STATE_DIR / "run"
 ACNG_CONF_DIR = hosts.STATE_DIR / "apt-cacher-ng"
@@ -556,7 +556,7 @@ def stop_apt_proxy() -> None:
 # And the containers get a pure cgroup2 hierarchy (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1) even on a
 # hybrid host, like a real Debian 13 machine: its systemd (257) no longer supports cgroup v1.
 
-CGROUP_NAME = "homelab-lab"
+CGROUP_NAME = f"homelab-lab{hosts.SUFFIX}"
 
 
 def cgroup_bases() -> list[Path]:

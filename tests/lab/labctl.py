@@ -238,7 +238,7 @@ def nspawn_processes() -> dict[str, int]:
             continue
         for arg in argv:
             if arg.startswith("--machine="):
-                found[arg.split("=", 1)[1]] = pid
+                found[arg.split("=", 1)[1].removesuffix(hosts.SUFFIX)] = pid
     return found
 
 
@@ -903,7 +903,8 @@ def nspawn_command(host: LabHost) -> list[str]:
     command = [
         "systemd-nspawn",
         f"--directory={host.root_dir}",
-        f"--machine={host.name}",
+        # Per-lab machine names: nspawn names the host side of the veth vb-<machine>.
+        f"--machine={host.name}{hosts.SUFFIX}",
         "--boot",
         "--register=no",
         "--keep-unit",
@@ -1116,6 +1117,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def lab_id_of(pid: int) -> int | None:
+    """The HOMELAB_LAB_ID a process runs with (0 when unset), None when it is gone."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for entry in environ:
+        if entry.startswith(b"HOMELAB_LAB_ID="):
+            return int(entry.split(b"=", 1)[1] or b"0")
+    return 0
+
+
 def leftovers() -> list[str]:
     found: list[str] = []
     for name, pid in sorted(nspawn_processes().items()):
@@ -1127,6 +1140,7 @@ def leftovers() -> list[str]:
             and "_supervise" in argv
             and alive(pid)
             and any(arg.endswith("labctl.py") for arg in argv)
+            and lab_id_of(pid) == hosts.LAB_ID
         ):
             found.append(f"supervisor {' '.join(argv[-2:])} (pid {pid})")
     if apt_proxy_pid() is not None:
@@ -1151,6 +1165,8 @@ def lab_down() -> bool:
     stop_apt_proxy()
     teardown_network()
     unmount_under(hosts.STATE_DIR)
+    # Supervisors exit once their container has: give them a moment before judging.
+    wait_until(lambda: not leftovers(), 10)
     left = leftovers()
     if left:
         print("labctl: the lab is NOT fully down; left behind:", file=sys.stderr)

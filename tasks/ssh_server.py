@@ -14,6 +14,7 @@ from pyinfra.operations import systemd
 from tasks.checked_config import checked_template
 from tasks.datamodel.forms import Str
 from tasks.datamodel.keys import Key, Schema
+from tasks.ports import Port
 
 DATA = Schema(
     "ssh_server",
@@ -24,6 +25,8 @@ DATA = Schema(
         "Root login by key only, or not at all (Proxmox clusters need root by key).",
     ),
 )
+
+PORTS = (Port(22, "tcp", "ssh"),)
 
 DROP_IN = "/etc/ssh/sshd_config.d/10-homelab.conf"
 # sshd uses the first value it reads for a keyword: a throw-away main config that includes the

@@ -19,6 +19,7 @@ from tasks.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR, SERVICE_GU
 from tasks.datamodel.preflight import require_valid_data
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
 from tasks.time_sync import time_sync
 
@@ -30,6 +31,7 @@ BASE: tuple[Callable[[], None], ...] = (
     journald,
     admin_user,
     ssh_server,
+    security_updates,
 )
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.

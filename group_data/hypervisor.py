@@ -5,3 +5,6 @@
 # The password or token secret is `proxmox_api_secret` in the secrets file.
 proxmox_api_user = "root@pam"
 proxmox_api_token_name = None
+
+# Proxmox's secure migration streams through SSH tunnels between nodes.
+sshd_allow_tcp_forwarding = True

@@ -17,3 +17,20 @@ class ContainerVirt(FactBase[str]):
 
     def process(self, output: list[str]) -> str:
         return output[0].strip() if output else "none"
+
+
+class OpenSSHVersion(FactBase[tuple[int, int]]):
+    """The installed OpenSSH's (major, minor) version, (0, 0) when it cannot be read.
+
+    sshd refuses algorithm names it does not know, so the hardened lists depend on it: Proxmox
+    VE 8 (Debian 12) runs 9.2, Ubuntu 24.04 9.6, Debian 13 10.0.
+    """
+
+    def command(self) -> str:
+        return "ssh -V 2>&1 || true"
+
+    def process(self, output: list[str]) -> tuple[int, int]:
+        import re
+
+        match = re.search(r"OpenSSH_(\d+)\.(\d+)", " ".join(output))
+        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)

@@ -22,6 +22,7 @@ TASK_MODULES = (
     "tasks.time_sync",
     "tasks.admin_user",
     "tasks.ssh_server",
+    "tasks.security_updates",
     "tasks.journald",
     "tasks.proxmox_api",
 )

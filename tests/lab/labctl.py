@@ -896,7 +896,9 @@ def supervisor_pid(host: LabHost) -> int | None:
 
 
 def veth_name(host: LabHost) -> str:
-    return f"vb-{host.name}"[:15]
+    # nspawn's name for the host side: vb-<machine>, and the machine name carries the lab's
+    # suffix; without it lab n would wait on (and delete) lab 0's veth of the same host.
+    return f"vb-{host.name}{hosts.SUFFIX}"[:15]
 
 
 def nspawn_command(host: LabHost) -> list[str]:

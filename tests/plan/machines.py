@@ -37,6 +37,7 @@ class Machine:
     container: str = "none"
     commands: set[str] = field(default_factory=set)
     apt_updated_seconds_ago: int | None = None
+    openssh: tuple[int, int] = (10, 0)
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -120,6 +121,7 @@ class Machine:
                     line for line in self.files.get(kw["path"], "").splitlines() if line
                 ],
                 "TmpDir": "/tmp",
+                "OpenSSHVersion": self.openssh,
                 "Date": _now_minus(0),
             }
         )
@@ -211,6 +213,7 @@ def ubuntu_24_04_vm() -> Machine:
         hostname="ageis-node",
         os_release=UBUNTU_24_04,
         kernel="6.8.0-86-generic",
+        openssh=(9, 6),
         files={"/etc/hosts": "127.0.0.1 localhost\n127.0.1.1 ageis-node\n"},
         directories=COMMON_DIRS | {"/home/ubuntu"},
         packages={**BASE_PACKAGES, "curl": "8.5.0-2ubuntu10.6"},

@@ -18,6 +18,7 @@ def test_every_host_gets_every_base_task(full: Plan) -> None:
     for name in HOSTS:
         names = " ".join(op.name for op in full.for_host(name))
         for task in (
+            "Security updates",
             "Host name",
             "Base packages",
             "Time zone",
@@ -76,9 +77,9 @@ def test_admin_user_gets_only_the_controllers_key(full: Plan, controller_home) -
 def test_sudoers_and_sshd_go_live_only_through_their_checks(full: Plan) -> None:
     sudo = full.op("embedder", "Sudo for the admin group (checked").commands[0]
     assert "visudo -cf {}" in sudo and sudo.endswith("'") is False
-    sshd = full.op("embedder", "Key-only SSH login (checked").commands[0]
+    sshd = full.op("embedder", "Key-only SSH login, modern algorithms (checked").commands[0]
     assert "sshd -t -f" in sshd
-    staged = full.op("embedder", "Key-only SSH login (staged)").commands
+    staged = full.op("embedder", "Key-only SSH login, modern algorithms (staged)").commands
     content = next(c for c in staged if c.startswith("upload"))
     assert "PasswordAuthentication no" in content
     assert "KbdInteractiveAuthentication no" in content
@@ -111,3 +112,37 @@ def test_role_deploys_touch_only_their_hosts(plan_of, deploy: str, touched: set[
     result = plan_of(deploy)
     changed = {name for name in HOSTS if any(op.changes for op in result.for_host(name))}
     assert changed == touched
+
+
+def _sshd_drop_in(plan: Plan, name: str) -> str:
+    staged = plan.op(name, "Key-only SSH login, modern algorithms (staged)").commands
+    return next(c for c in staged if c.startswith("upload"))
+
+
+def test_sshd_algorithms_follow_each_hosts_openssh(full: Plan) -> None:
+    debian = _sshd_drop_in(full, "embedder")  # Debian 13: OpenSSH 10.0
+    ubuntu = _sshd_drop_in(full, "ageis-node")  # Ubuntu 24.04: OpenSSH 9.6
+    assert "KexAlgorithms mlkem768x25519-sha256,sntrup761x25519-sha512@openssh.com," in debian
+    assert "KexAlgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256," in ubuntu
+    for content in (debian, ubuntu):
+        assert "nistp" not in content and "sha1" not in content
+        assert "HostKey /etc/ssh/ssh_host_ecdsa_key" not in content
+
+
+def test_sshd_allows_the_admin_group_and_root_by_key(full: Plan) -> None:
+    content = _sshd_drop_in(full, "pve")
+    assert "AllowGroups homelab-admins root" in content
+    assert "PermitRootLogin prohibit-password" in content
+    # Proxmox migrations tunnel through SSH: forwarding on the hypervisor only.
+    assert "AllowTcpForwarding yes" in content
+    assert "AllowTcpForwarding no" in _sshd_drop_in(full, "embedder")
+
+
+def test_security_updates_only_from_the_security_archive_without_reboots(full: Plan) -> None:
+    for name in ("pve", "ageis-node"):
+        ops = full.op(name, "Security archive only").commands
+        content = next(c for c in ops if c.startswith("upload"))
+        assert "#clear Unattended-Upgrade::Origins-Pattern;" in content
+        assert 'codename=${distro_codename}-security,label=Debian-Security"' in content
+        assert 'Unattended-Upgrade::Automatic-Reboot "false";' in content
+        assert "Unattended-Upgrade::Mail " not in content  # no address in the data: no mail

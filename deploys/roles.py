@@ -8,19 +8,26 @@ follows the boot order of the system: storage (hypervisor), databases and infere
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 
 from pyinfra import host
 
 from tasks.admin_user import admin_user
 from tasks.apt_sources import apt_sources
 from tasks.base_packages import base_packages
-from tasks.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR, SERVICE_GUESTS
+from tasks.datamodel.machine import AGEIS_NODE, DNS, EMBEDDER, HYPERVISOR, SERVICE_GUESTS
 from tasks.datamodel.preflight import require_valid_data
+from tasks.dns_resolver import dns_resolver
+from tasks.firewall import firewall
+from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.ports import Port
+from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
+from tasks.tailscale import tailscale
 from tasks.time_sync import time_sync
 
 BASE: tuple[Callable[[], None], ...] = (
@@ -32,14 +39,17 @@ BASE: tuple[Callable[[], None], ...] = (
     admin_user,
     ssh_server,
     security_updates,
+    hardening,
+    resolver_client,
 )
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
-    HYPERVISOR: (),
-    AGEIS_NODE: (),
-    EMBEDDER: (),
+    HYPERVISOR: (tailscale,),
+    AGEIS_NODE: (tailscale,),
+    EMBEDDER: (tailscale,),
     SERVICE_GUESTS: (),
+    DNS: (dns_resolver,),
 }
 
 
@@ -47,7 +57,8 @@ def roll_out(*roles: str) -> None:
     """Validate the data, then apply the base and the named roles to the current host.
 
     Hosts in none of ``roles`` are left alone, so ``deploys/embedder.py`` run against the full
-    inventory touches the embedder only.
+    inventory touches the embedder only. The firewall comes last, opening the ports that the
+    host's tasks declare (``declared_ports``).
     """
     unknown = [role for role in roles if role not in ROLES]
     if unknown:
@@ -62,3 +73,21 @@ def roll_out(*roles: str) -> None:
     for role in mine:
         for task in ROLES[role]:
             task()
+    # Last, so a role's service is set up before its port opens.
+    firewall(declared_ports(host.groups))
+
+
+def declared_ports(groups: Iterable[str]) -> tuple[Port, ...]:
+    """The ports (``PORTS``) of every task module a host in ``groups`` runs: base and roles.
+
+    All of the host's roles count, not only those the deploy file names: running
+    ``deploys/embedder.py`` must not close the ports of the host's other roles.
+    """
+    groups = set(groups)
+    tasks = [*BASE, *(task for role, ts in ROLES.items() if role in groups for task in ts)]
+    ports: list[Port] = []
+    for task in tasks:
+        for port in getattr(sys.modules[task.__module__], "PORTS", ()):
+            if port not in ports:
+                ports.append(port)
+    return tuple(sorted(ports))

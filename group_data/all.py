@@ -11,6 +11,35 @@ ssh_key = "~/.ssh/id_ed25519"
 lan_cidr = "192.168.1.0/24"
 # Local DNS domain: hosts are <name>.home.arpa (RFC 8375's special-use domain for homes).
 domain = "home.arpa"
+# Every host resolves through the dns group's unbound first, then these fallbacks (IPv4), so a
+# dead resolver never stops a rollout. None keeps the resolvers each host uses now (usually
+# your router) as its fallbacks; [] means no fallback.
+dns_fallback_servers = None
+
+# --- Firewall (nftables, every host) ---
+# Declared ports (the tasks' own) open only to lan_cidr and the tailnet interface; the rest of
+# what arrives unasked is dropped. A service you add by hand: its port here, e.g.
+#   firewall_extra_ports = [{"port": 9100, "proto": "tcp", "service": "node-exporter"}]
+firewall_extra_ports = []
+# Raw nft rules appended to the input chain (checked with nft -c before they go live), e.g.
+#   firewall_extra_rules = ["ip saddr 192.168.1.5 tcp dport 5201 accept"]
+firewall_extra_rules = []
+# Ping and ICMP errors accepted per protocol (IPv4, IPv6), above a burst of firewall_icmp_burst.
+firewall_icmp_rate = "10/second"
+# The interface Tailscale creates; declared ports are open on it too.
+tailnet_interface = "tailscale0"
+
+# --- Tailscale (the nodes: hypervisor, ageis-node, embedder; not the service guests) ---
+# Release track of Tailscale's signed apt repository, and an optional exact version pin.
+tailscale_track = "stable"
+tailscale_version = None
+# Tags the nodes advertise at login (the auth key, secret tailscale_auth_key, must allow them).
+tailscale_tags = []
+# Tailscale SSH, the tailnet's DNS settings, other nodes' subnet routes: off keeps OpenSSH and
+# the LAN's own resolver in charge.
+tailscale_ssh = False
+tailscale_accept_dns = False
+tailscale_accept_routes = False
 
 # --- Base ---
 # IANA time zone of every host.

@@ -6,5 +6,11 @@
 proxmox_api_user = "root@pam"
 proxmox_api_token_name = None
 
+# The Proxmox web interface and API (pveproxy), open to the LAN and the tailnet only.
+firewall_extra_ports = [{"port": 8006, "proto": "tcp", "service": "proxmox-web"}]
+# The hypervisor forwards whatever enters or leaves these bridges (its guests' networks):
+# vmbr* are the guest bridges, fwbr* the bridges of Proxmox's per-guest firewall.
+firewall_guest_bridges = ["vmbr*", "fwbr*"]
+
 # Proxmox's secure migration streams through SSH tunnels between nodes.
 sshd_allow_tcp_forwarding = True

@@ -22,7 +22,9 @@ from tasks.templating import file_path
 INSTALLER = "/usr/local/sbin/install-apt-key"
 
 # Primary keys' fingerprints of `gpg --show-keys --with-colons`: the fpr record after each pub.
-_PRIMARY_FINGERPRINTS = """awk -F: '$1 == "pub" {p = 1; next} $1 == "fpr" && p {print $10; p = 0}'"""
+_PRIMARY_FINGERPRINTS = (
+    """awk -F: '$1 == "pub" {p = 1; next} $1 == "fpr" && p {print $10; p = 0}'"""
+)
 
 
 class Fingerprint(Form):
@@ -64,12 +66,13 @@ class KeyringFingerprints(FactBase[list[str] | None]):
 
 
 def verified_keyring(
-    *, name: str, url: str, fingerprint: str, dest: str, data_keys: str
+    *, name: str, url: str, url_key: str, fingerprint: str, fingerprint_key: str, dest: str
 ) -> OperationMeta:
     """Install the key at ``url`` as ``dest`` once its fingerprint is ``fingerprint``.
 
-    ``data_keys`` names the data keys the URL and fingerprint come from, for the message a
-    mismatch gives. Returns the operation, so callers can refresh package lists after it.
+    ``url_key`` and ``fingerprint_key`` name the data keys the two come from, for the messages
+    a failed download or a wrong key give. Returns the operation, so callers can refresh
+    package lists after it.
     """
     files.put(
         name="Install the verified APT key installer",
@@ -78,12 +81,8 @@ def verified_keyring(
         mode="755",
     )
     have = host.get_fact(KeyringFingerprints, path=dest)
-    label = f"host {host.name!r} ({data_keys})"
+    args = (INSTALLER, host.name, url_key, url, fingerprint_key, fingerprint, dest)
     return server.shell(
         name=name,
-        commands=[
-            " ".join(shlex.quote(arg) for arg in (INSTALLER, label, url, fingerprint, dest))
-        ]
-        if have != [fingerprint]
-        else [],
+        commands=[" ".join(shlex.quote(arg) for arg in args)] if have != [fingerprint] else [],
     )

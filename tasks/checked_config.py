@@ -3,8 +3,10 @@
 The file is staged under ``/etc/homelab/staged/``; when the staged copy changed (or the live file
 no longer matches it), the host-side
 script ``files/install-checked-config`` runs the check on it and only then installs it. A
-failing check leaves the live file untouched, removes the staged copy (so the next run checks
-again instead of reporting no change) and fails the run with the check's output.
+failing check leaves the live file untouched, puts a copy of the live file in the staged copy's
+place (removes it when there is no live file), and fails the run with the check's output: the
+next run with the same bad input uploads and checks it again, and a run whose input matches
+the live file again (the mistake undone) changes nothing.
 """
 
 from __future__ import annotations

@@ -34,3 +34,59 @@ class OpenSSHVersion(FactBase[tuple[int, int]]):
 
         match = re.search(r"OpenSSH_(\d+)\.(\d+)", " ".join(output))
         return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+class SshSession(FactBase[dict[str, str | int] | None]):
+    """Where the SSH session pyinfra runs in comes from: ``{"client": address, "port": port}``.
+
+    Read from ``$SSH_CONNECTION`` ("client-address client-port server-address server-port") of
+    the login shell; None when there is none (not an SSH session). Ask it with ``_sudo=False``:
+    sudo resets the environment.
+    """
+
+    def command(self) -> str:
+        return 'echo "${SSH_CONNECTION:-}"'
+
+    def process(self, output: list[str]) -> dict[str, str | int] | None:
+        fields = output[0].split() if output else []
+        if len(fields) != 4 or not fields[3].isdigit():
+            return None
+        return {"client": fields[0], "port": int(fields[3])}
+
+
+class NftTableMatches(FactBase[bool]):
+    """Whether the loaded nft ``table`` is, rule for rule, the listing recorded in ``recorded``.
+
+    ``nft -s list table`` (stateless: no counters) prints the table as the kernel holds it; the
+    listing taken right after a load is kept in ``recorded``. False when the table is missing,
+    was changed by hand, or nothing was recorded yet.
+    """
+
+    def command(self, table: str, recorded: str) -> str:
+        return (
+            f"if nft -s list table {table} > /dev/null 2>&1 && "
+            f"nft -s list table {table} | cmp -s - {recorded}; then echo yes; else echo no; fi"
+        )
+
+    def process(self, output: list[str]) -> bool:
+        return bool(output) and output[0].strip() == "yes"
+
+
+class UnattendedUpgradesPending(FactBase["list[str] | None"]):
+    """What unattended-upgrades would install now (its own dry run, with its own origins).
+
+    None when unattended-upgrades is not installed yet.
+    """
+
+    def command(self) -> str:
+        return (
+            "if command -v unattended-upgrade >/dev/null; then"
+            " unattended-upgrade --dry-run --verbose 2>&1"
+            " | sed -n 's/^Packages that will be upgraded: //p'; echo END;"
+            " else echo MISSING; fi"
+        )
+
+    def process(self, output: list[str]) -> list[str] | None:
+        if output and output[-1].strip() == "MISSING":
+            return None
+        return [name for line in output if line.strip() != "END" for name in line.split()]

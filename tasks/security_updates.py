@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files
+from pyinfra.facts.files import File
+from pyinfra.facts.server import Date
+from pyinfra.operations import apt, files, server
 
+from tasks import base_packages
 from tasks.datamodel.forms import Bool, Optional, Str
 from tasks.datamodel.keys import Key, Schema
+from tasks.facts import UnattendedUpgradesPending
 from tasks.templating import template_path
+
+# apt.update(cache_time=...) keeps the time of the last refresh here.
+APT_STAMP = "/var/lib/apt/periodic/update-success-stamp"
 
 EMAIL = Str(r"[^@\s]+@[^@\s]+", what='an e-mail address such as "ops@example.org"')
 
@@ -24,6 +31,13 @@ DATA = Schema(
         Optional(EMAIL),
         None,
         "Mail unattended-upgrades' reports here (needs a working MTA); None: journal only.",
+    ),
+    Key(
+        "security_updates_apply_on_rollout",
+        Bool(),
+        True,
+        "Apply waiting security updates during a rollout (as unattended-upgrades would that"
+        " night; never reboots).",
     ),
     Key(
         "security_updates_mail_only_on_error",
@@ -56,3 +70,23 @@ def security_updates() -> None:
         dest="/etc/apt/apt.conf.d/20auto-upgrades",
         mode="644",
     )
+    if settings.security_updates_apply_on_rollout and _updates_waiting():
+        server.shell(
+            name="Apply waiting security updates now (same rules, no reboot)",
+            commands=["unattended-upgrade"],
+        )
+
+
+def _updates_waiting() -> bool:
+    """Whether unattended-upgrades has work now. Where it is not installed yet, or where the
+    package lists are about to be refreshed earlier in this run (they are stale), it is asked
+    after the refresh: the next run, with fresh lists, then finds nothing to do."""
+    pending = host.get_fact(UnattendedUpgradesPending)
+    if pending:
+        return True
+    stamp = host.get_fact(File, path=APT_STAMP)
+    max_age = base_packages.DATA.read(host).apt_cache_valid_seconds
+    if pending is None or not stamp:
+        return True
+    age = (host.get_fact(Date) - stamp["mtime"]).total_seconds()
+    return age > max_age

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,8 @@ from tasks.datamodel.secrets import SecretsError, load_secrets
 from tasks.datamodel.validate import HostView, format_errors, validate_hosts
 
 _loading = False
-_checked_states: set[int] = set()
+# States already checked (weakly held: a plan test's next State may reuse a freed one's id()).
+_checked_states: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class InvalidData(SystemExit):
@@ -74,7 +76,7 @@ def require_valid_data() -> None:
     from pyinfra import context
 
     state = context.state
-    if id(state) in _checked_states:
+    if state in _checked_states:
         return
     check_views(views_of(state.inventory), "the inventory")
-    _checked_states.add(id(state))
+    _checked_states.add(state)

@@ -23,7 +23,12 @@ TASK_MODULES = (
     "tasks.admin_user",
     "tasks.ssh_server",
     "tasks.security_updates",
+    "tasks.hardening",
     "tasks.journald",
+    "tasks.firewall",
+    "tasks.resolver_client",
+    "tasks.dns_resolver",
+    "tasks.tailscale",
     "tasks.proxmox_api",
 )
 

@@ -1,8 +1,10 @@
 """The lab inventory: the lab's containers as the inventory's hosts, reusing group_data/.
 
 Overrides only what the lab must: addresses (the lab bridge), the SSH key and known hosts the
-lab generated, no GPUs and no physical disks, stand-in pool directories, and the lab's own
-secrets file. Run from the repository root:
+lab generated, no GPUs and no physical disks, stand-in pool directories, the lab's own
+secrets file, the DNS upstream (this machine's resolver: the lab cannot reach the root
+servers), and Tailscale's repository (the lab's signed stand-in, see standin_repo.py). Run from
+the repository root:
 
     pyinfra tests/lab/inventory.py deploys/full.py
 """
@@ -14,8 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tasks.datamodel.preflight import check_inventory_file
+from tasks.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
 from tests.lab import hosts as lab
 from tests.lab.lab_secrets import ensure_lab_secrets
+from tests.lab.labctl import host_nameservers
+from tests.lab.standin_repo import tailscale_data
 
 # The lab's secrets (random, one per declared secret) unless the caller points elsewhere.
 os.environ.setdefault("HOMELAB_SECRETS_FILE", str(lab.SECRETS_FILE))
@@ -57,6 +62,12 @@ _HYPERVISOR_POOL_CONTENT = {
 }
 
 
+# This machine's resolvers (IPv4), read as the inventory loads. The lab cannot reach the root
+# servers, so unbound forwards to them; they are also every lab host's fallback, as labctl
+# wrote them into each host's first /etc/resolv.conf.
+_UPSTREAM_DNS = [s for s in host_nameservers() if ":" not in s]
+
+
 def _host_data(lab_host: lab.LabHost) -> dict:
     data = {
         "ssh_hostname": lab_host.address,
@@ -84,6 +95,12 @@ def _host_data(lab_host: lab.LabHost) -> dict:
         data["cpu"] = {"vendor": "intel", "model": "lab container", "cores": 2, "threads": 4}
     if lab_host.name in _GUESTS:
         data["guest"] = {"hypervisor": "pve", "storage": "ssd", **_GUESTS[lab_host.name]}
+    data["dns_fallback_servers"] = _UPSTREAM_DNS
+    if "dns" in lab_host.groups:
+        data["dns_forwarders"] = _UPSTREAM_DNS
+    if set(_TAILSCALE_GROUPS) & set(lab_host.groups):
+        # Tailscale's repository, key URL and fingerprint: the lab's stand-in (labctl serves it).
+        data.update(tailscale_data())
     return data
 
 

@@ -9,7 +9,8 @@ Commands::
 
     deps                  install the missing host packages (apt-get)
     image [--rebuild]     build (or reuse) the cached debootstrap Debian 13 root
-    up [--fresh] [HOST...]  network, apt proxy, roots, boot; wait for SSH and a running systemd
+    up [--fresh] [HOST...]  network, apt proxy, stand-in Tailscale repository, roots, boot;
+                          wait for SSH and a running systemd
     down                  power every host off, tear the network down, check nothing is left
     destroy               down, then delete the lab state (roots, pools); the cache stays
     status                one line per host
@@ -51,7 +52,7 @@ from typing import TypeVar
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.lab import hosts
+from tests.lab import hosts, standin_repo
 from tests.lab.hosts import LabHost
 
 # --- what the lab is made of ---------------------------------------------------------------
@@ -80,6 +81,15 @@ HOST_PACKAGES = (
     "iproute2",
     "apt-cacher-ng",
     "openssh-client",
+    # The stand-in Tailscale repository (standin_repo.py): its test key, package and indexes.
+    "gnupg",
+    "apt-utils",
+    # DNS tests (test_dns.py): ldns-signzone for the DNSSEC stand-in zones, drill and ping
+    # from outside the LAN.
+    "ldnsutils",
+    "iputils-ping",
+    # The exposure test (test_exposure.py) scans every lab host's TCP ports.
+    "nmap",
 )
 
 NFT_FAMILY = "ip"
@@ -416,7 +426,23 @@ def nft_table_exists() -> bool:
     return result.returncode == 0
 
 
+# Every container's systemd (and its services) takes inotify instances from the one kernel;
+# the default 128 per user runs out with a few labs' worth of hosts ("Too many open files").
+INOTIFY_LIMITS = {
+    Path("/proc/sys/fs/inotify/max_user_instances"): 1024,
+    Path("/proc/sys/fs/inotify/max_user_watches"): 524288,
+}
+
+
+def ensure_kernel_limits() -> None:
+    for path, wanted in INOTIFY_LIMITS.items():
+        if int(path.read_text()) < wanted:
+            path.write_text(f"{wanted}\n")
+            say(f"kernel: {path.name} raised to {wanted} for the lab's systemd instances")
+
+
 def ensure_network() -> None:
+    ensure_kernel_limits()
     if not bridge_exists():
         run(["ip", "link", "add", "name", hosts.BRIDGE, "type", "bridge"], what="create bridge")
     info = json.loads(
@@ -545,6 +571,80 @@ def stop_apt_proxy() -> None:
     ACNG_PID_FILE.unlink(missing_ok=True)
     (RUN_DIR / "apt-cacher-ng.socket").unlink(missing_ok=True)
     say("apt proxy: apt-cacher-ng stopped")
+
+
+# --- the stand-in Tailscale repository ----------------------------------------------------
+# Tailscale's apt repository is unreachable from the lab: standin_repo.py builds a signed one
+# (test key, test-double package) into the cache; a plain HTTP server serves it to the lab.
+
+STANDIN_PID_FILE = RUN_DIR / "standin-repo.pid"
+STANDIN_LOG = LOG_DIR / "standin-repo.log"
+
+
+def standin_url() -> str:
+    return standin_repo.base_url()
+
+
+def standin_pid() -> int | None:
+    return read_pid(STANDIN_PID_FILE, "http.server")
+
+
+def ensure_standin_repo() -> None:
+    """Build the stand-in repository if the cache lacks it, and serve it on the lab bridge."""
+    if not bridge_exists():
+        raise network_down("stand-in Tailscale repository")
+    started = time.monotonic()
+    try:
+        served = standin_repo.ensure_built()
+    except standin_repo.StandinError as exc:
+        raise LabError(f"stand-in Tailscale repository: {exc}") from exc
+    pid = standin_pid()
+    argv = proc_cmdline(pid) if pid is not None else None
+    serving = pid is not None and argv is not None and str(served) in argv
+    if serving and port_answers(hosts.GATEWAY, standin_repo.PORT):
+        say(f"stand-in Tailscale repository: already served at {standin_url()}")
+        return
+    if pid is not None:  # serving an older build, or not answering: replace it
+        stop_standin_repo()
+    if port_answers(hosts.GATEWAY, standin_repo.PORT):
+        raise LabError(
+            f"stand-in Tailscale repository: something else listens on"
+            f" {hosts.GATEWAY}:{standin_repo.PORT}"
+        )
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    pid = daemonize(
+        [
+            sys.executable, "-m", "http.server",
+            "--bind", hosts.GATEWAY,
+            "--directory", str(served),
+            str(standin_repo.PORT),
+        ],
+        STANDIN_LOG,
+    )  # fmt: skip
+    STANDIN_PID_FILE.write_text(f"{pid}\n")
+    if not wait_until(
+        lambda: port_answers(hosts.GATEWAY, standin_repo.PORT) or not alive(pid), 15
+    ) or not alive(pid):
+        text = STANDIN_LOG.read_text(errors="replace") if STANDIN_LOG.exists() else ""
+        raise LabError(f"stand-in Tailscale repository: the server did not start:\n{tail(text)}")
+    say(
+        f"stand-in Tailscale repository: {served.name} (key"
+        f" {standin_repo.fingerprint()}) served at {standin_url()} by pid {pid}"
+        f" ({time.monotonic() - started:.1f}s)"
+    )
+
+
+def stop_standin_repo() -> None:
+    pid = standin_pid()
+    if pid is None:
+        STANDIN_PID_FILE.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    if not wait_until(lambda: not alive(pid), 10):
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not alive(pid), 5)
+    STANDIN_PID_FILE.unlink(missing_ok=True)
+    say("stand-in Tailscale repository: server stopped")
 
 
 # --- cgroups ------------------------------------------------------------------------------
@@ -735,7 +835,9 @@ def ensure_ssh_key() -> str:
     return Path(f"{hosts.SSH_KEY}.pub").read_text().strip()
 
 
-def create_root(host: LabHost, image: Path, fresh: bool) -> None:
+def create_root(host: LabHost, image: Path, fresh: bool) -> bool:
+    """Copy the image to the host's root if it has none; True when the root is new."""
+    created = False
     machine_dir = host.root_dir.parent
     if fresh:
         remove_tree(machine_dir)
@@ -748,23 +850,39 @@ def create_root(host: LabHost, image: Path, fresh: bool) -> None:
         run(["cp", "-a", "--reflink=auto", str(image), str(partial)], what=f"{host.name}: copy")
         partial.chmod(0o755)
         os.rename(partial, host.root_dir)
+        created = True
         say(f"{host.name}: root copied from the image in {time.monotonic() - started:.1f}s")
     for pool in host.pools:
         host.pool_dir(pool).mkdir(parents=True, exist_ok=True)
+    return created
 
 
-def configure_root(host: LabHost, public_key: str, nameservers: list[str]) -> None:
-    root = host.root_dir
-    write_file(root, "etc/hostname", f"{host.name}\n")
-    write_file(
-        root,
-        "etc/hosts",
-        "127.0.0.1\tlocalhost\n"
-        f"127.0.1.1\t{host.name}\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        "ff02::1\tip6-allnodes\n"
-        "ff02::2\tip6-allrouters\n",
+def security_mirror(mirror: str) -> str:
+    """The Debian security archive beside ``mirror`` (its /debian-security sibling)."""
+    override = os.environ.get("HOMELAB_LAB_SECURITY_MIRROR", "").strip()
+    if override:
+        return override.rstrip("/")
+    return mirror.removesuffix("/debian") + "/debian-security"
+
+
+def installer_sources(mirror: str) -> str:
+    """APT sources as Debian 13's installer writes them: release, updates and security."""
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    return (
+        f"Types: deb\nURIs: {mirror}\nSuites: trixie trixie-updates\n"
+        f"Components: main non-free-firmware\nSigned-By: {keyring}\n\n"
+        f"Types: deb\nURIs: {security_mirror(mirror)}\nSuites: trixie-security\n"
+        f"Components: main non-free-firmware\nSigned-By: {keyring}\n"
     )
+
+
+def configure_root(
+    host: LabHost, public_key: str, nameservers: list[str], first_boot: bool
+) -> None:
+    """Lab plumbing on every boot (network, apt proxy, root's key); what an installer leaves
+    behind (host name, hosts file, resolv.conf, APT sources, host keys) only on a new root,
+    so that a rebooted lab host keeps what the deploy made of it."""
+    root = host.root_dir
     # Sorts before the image's 80-container-host0.network, so it wins for host0.
     write_file(
         root,
@@ -775,16 +893,36 @@ def configure_root(host: LabHost, public_key: str, nameservers: list[str]) -> No
         + "".join(f"DNS={server}\n" for server in nameservers)
         + "LinkLocalAddressing=no\nIPv6AcceptRA=no\n",
     )
-    write_file(root, "etc/resolv.conf", "".join(f"nameserver {s}\n" for s in nameservers))
-    machine_id = root / "etc/machine-id"
-    if machine_id.is_symlink() or not machine_id.is_file() or not machine_id.read_text().strip():
-        write_file(root, "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
-    run(["ssh-keygen", "-A", "-f", str(root)], what=f"{host.name}: ssh host keys")
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ssh_dir.chmod(0o700)
     write_file(root, "root/.ssh/authorized_keys", public_key + "\n", 0o600)
-    write_file(root, APT_PROXY_CONF, f'Acquire::http::Proxy "{apt_proxy_url()}";\n')
+    write_file(
+        root,
+        APT_PROXY_CONF,
+        f'Acquire::http::Proxy "{apt_proxy_url()}";\n'
+        # The lab's own servers (the stand-in Tailscale repository) are reached directly.
+        f'Acquire::http::Proxy::{hosts.GATEWAY} "DIRECT";\n',
+    )
+    if not first_boot:
+        return
+    write_file(root, "etc/hostname", f"{host.name}\n")
+    write_file(
+        root,
+        "etc/hosts",
+        "127.0.0.1\tlocalhost\n"
+        f"127.0.1.1\t{host.name}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\tip6-allnodes\n"
+        "ff02::2\tip6-allrouters\n",
+    )
+    write_file(root, "etc/resolv.conf", "".join(f"nameserver {s}\n" for s in nameservers))
+    write_file(root, "etc/apt/sources.list.d/debian.sources", installer_sources(host_mirror()))
+    (root / "etc/apt/sources.list").unlink(missing_ok=True)
+    machine_id = root / "etc/machine-id"
+    if machine_id.is_symlink() or not machine_id.is_file() or not machine_id.read_text().strip():
+        write_file(root, "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    run(["ssh-keygen", "-A", "-f", str(root)], what=f"{host.name}: ssh host keys")
 
 
 def write_known_hosts() -> None:
@@ -1089,6 +1227,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ensure_deps()
         ensure_network()
         ensure_apt_proxy()
+        ensure_standin_repo()
         image = ensure_image()
         public_key = ensure_ssh_key()
         nameservers = host_nameservers()
@@ -1103,8 +1242,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 say(f"{host.name}: already running")
 
         def prepare(host: LabHost) -> None:
-            create_root(host, image, fresh=args.fresh)
-            configure_root(host, public_key, nameservers)
+            created = create_root(host, image, fresh=args.fresh)
+            configure_root(host, public_key, nameservers, first_boot=created)
 
         in_parallel(to_boot, prepare, lambda h: h.name)
         write_known_hosts()
@@ -1147,6 +1286,8 @@ def leftovers() -> list[str]:
             found.append(f"supervisor {' '.join(argv[-2:])} (pid {pid})")
     if apt_proxy_pid() is not None:
         found.append(f"apt-cacher-ng (pid {apt_proxy_pid()})")
+    if standin_pid() is not None:
+        found.append(f"stand-in Tailscale repository server (pid {standin_pid()})")
     if bridge_exists():
         found.append(f"bridge {hosts.BRIDGE}")
     if nft_table_exists():
@@ -1165,6 +1306,7 @@ def lab_down() -> bool:
     for host in stopped:  # supervisors or stray state of hosts already down
         stop_container(host)
     stop_apt_proxy()
+    stop_standin_repo()
     teardown_network()
     unmount_under(hosts.STATE_DIR)
     # Supervisors exit once their container has: give them a moment before judging.
@@ -1222,6 +1364,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     net = "up" if bridge_exists() else "down"
     proxy = "up" if apt_proxy_pid() is not None else "down"
     print(f"network {hosts.BRIDGE}: {net}; apt proxy {apt_proxy_url()}: {proxy}")
+    standin = "up" if standin_pid() is not None else "down"
+    print(f"stand-in Tailscale repository {standin_url()}: {standin}")
     print(f"{'HOST':<12} {'ADDRESS':<13} {'STATE':<8} {'SYSTEMD':<12} SSH")
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts.HOSTS)) as pool:
         for line in pool.map(host_status, hosts.HOSTS):
@@ -1263,6 +1407,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             if not bridge_exists():
                 raise network_down(host.name)
             ensure_apt_proxy()
+            ensure_standin_repo()
             start_container(host)
         wait_ssh(host)
     say(f"{host.name}: started")

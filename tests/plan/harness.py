@@ -123,51 +123,73 @@ def plan(
     inventory_file: str = "inventory.py",
     secrets: Mapping[str, str] | None = None,
     limit: list[str] | None = None,
+    override_data: Mapping[str, Any] | None = None,
 ) -> Plan:
     """Plan ``deploy_file`` over ``inventory_file`` with each host's facts from ``facts``.
 
     ``home`` is the controller's home directory as the deploy sees it (where
-    ``~/.ssh/id_ed25519.pub`` is read from).
+    ``~/.ssh/id_ed25519.pub`` is read from). ``override_data`` sets data keys on every host,
+    as pyinfra's ``--data`` does.
     """
     with _environment(home, secrets or {}):
-        state = State()
-        config = Config()
-        with ctx_state.use(state):
-            inventory = make_inventory_from_files(inventory_file, cwd=str(REPO))
-        hosts = [h for h in inventory if limit is None or h.name in limit]
-        missing = [h.name for h in hosts if h.name not in facts]
+        with ctx_state.use(State()):
+            inventory = make_inventory_from_files(
+                inventory_file, override_data=dict(override_data or {}), cwd=str(REPO)
+            )
+        hosts = [h.name for h in inventory if limit is None or h.name in limit]
+        missing = [name for name in hosts if name not in facts]
         if missing:
             raise MissingFact(f"no fact table for hosts {missing}")
-        state.init(inventory, config, initial_limit=hosts)
-        for host in hosts:  # what connecting would do, without connecting
-            state.activate_host(host)
-        state.set_stage(StateStage.Prepare)
+        # One pyinfra state per host: pyinfra merges the names of operations that sit at the
+        # same place in different hosts' deploys, so a shared state would mislabel them.
+        return Plan(
+            {
+                name: _plan_host(deploy_file, inventory_file, name, facts[name], override_data)
+                for name in hosts
+            }
+        )
 
-        def get_fact(host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
-            return facts[host.name].answer(fact_cls, kwargs)
 
-        with (
-            ctx_state.use(state),
-            ctx_inventory.use(inventory),
-            ctx_config.use(config),
-            mock.patch.object(Host, "get_fact", get_fact),
-            mock.patch.object(Host, "connect", _refuse_connection),
-        ):
-            load_deploy_file(state, str(REPO / deploy_file))
-            ops: dict[str, list[PlannedOp]] = {}
-            for host in hosts:
-                host_ops = []
-                for op_hash in state.get_op_order():
-                    if op_hash not in state.ops[host]:
-                        continue
-                    data = state.ops[host][op_hash]
-                    with ctx_host.use(host):
-                        commands = [_render(c) for c in data.command_generator()]
-                    names = sorted(state.op_meta[op_hash].names)
-                    conditional = bool(data.global_arguments.get("_if"))
-                    host_ops.append(PlannedOp(" / ".join(names), commands, bool(conditional)))
-                ops[host.name] = host_ops
-        return Plan(ops)
+def _plan_host(
+    deploy_file: str,
+    inventory_file: str,
+    name: str,
+    facts: FactTable,
+    override_data: Mapping[str, Any] | None,
+) -> list[PlannedOp]:
+    state = State()
+    config = Config()
+    with ctx_state.use(state):
+        inventory = make_inventory_from_files(
+            inventory_file, override_data=dict(override_data or {}), cwd=str(REPO)
+        )
+    host = inventory.get_host(name)
+    state.init(inventory, config, initial_limit=[host])
+    state.activate_host(host)  # what connecting would do, without connecting
+    state.set_stage(StateStage.Prepare)
+
+    def get_fact(fact_host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
+        return facts.answer(fact_cls, kwargs)
+
+    with (
+        ctx_state.use(state),
+        ctx_inventory.use(inventory),
+        ctx_config.use(config),
+        mock.patch.object(Host, "get_fact", get_fact),
+        mock.patch.object(Host, "connect", _refuse_connection),
+    ):
+        load_deploy_file(state, str(REPO / deploy_file))
+        planned = []
+        for op_hash in state.get_op_order():
+            if op_hash not in state.ops[host]:
+                continue
+            data = state.ops[host][op_hash]
+            with ctx_host.use(host):
+                commands = [_render(c) for c in data.command_generator()]
+            op_name = " / ".join(sorted(state.op_meta[op_hash].names))
+            conditional = bool(data.global_arguments.get("_if"))
+            planned.append(PlannedOp(op_name, commands, conditional))
+    return planned
 
 
 def _refuse_connection(*args: Any, **kwargs: Any) -> None:

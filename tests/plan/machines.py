@@ -27,6 +27,10 @@ class Machine:
     os_release: dict[str, str]
     kernel: str
     files: dict[str, str] = field(default_factory=dict)
+    # Symbolic links: path -> target (such as Ubuntu's /etc/resolv.conf -> resolved's stub).
+    links: dict[str, str] = field(default_factory=dict)
+    # File (and directory) modes other than 644 (755), such as {"/usr/local/sbin/tool": 755}.
+    modes: dict[str, int] = field(default_factory=dict)
     directories: set[str] = field(default_factory=set)
     packages: dict[str, str] = field(default_factory=dict)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -38,18 +42,29 @@ class Machine:
     commands: set[str] = field(default_factory=set)
     apt_updated_seconds_ago: int | None = None
     openssh: tuple[int, int] = (10, 0)
+    # What unattended-upgrades' dry run lists; None: unattended-upgrades is not installed.
+    unattended_upgrades_pending: list[str] | None = None
+    # The controller's address as the host sees pyinfra's SSH session (None: not over SSH).
+    ssh_client: str | None = "192.168.1.2"
+    # Whether the loaded nft table inet homelab is the one the last rollout loaded.
+    firewall_loaded: bool = False
+    # Keyring file -> fingerprints of its primary keys (KeyringFingerprints).
+    keyrings: dict[str, list[str]] = field(default_factory=dict)
+    # TailscaleState: None (not installed) or {"backend_state": ..., "prefs": {...}}.
+    tailscale: dict[str, Any] | None = None
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
         if path not in self.files:
             return None
-        return {"user": "root", "group": "root", "mode": 644, "size": len(self.files[path])}
+        mode = self.modes.get(path, 644)
+        return {"user": "root", "group": "root", "mode": mode, "size": len(self.files[path])}
 
     def _directory(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"].rstrip("/") or "/"
         if path not in self.directories:
             return None
-        return {"user": "root", "group": "root", "mode": 755}
+        return {"user": "root", "group": "root", "mode": self.modes.get(path, 755)}
 
     def _sha1_file(self, kwargs: Mapping[str, Any]) -> str | None:
         path = kwargs["path"]
@@ -63,6 +78,12 @@ class Machine:
             return None
         pattern = re.compile(kwargs["pattern"])
         return [line for line in self.files[path].splitlines() if pattern.search(line)]
+
+    def _link(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | bool | None:
+        path = kwargs["path"]
+        if path in self.links:
+            return {"user": "root", "group": "root", "link_target": self.links[path]}
+        return False if path in self.files else None
 
     def _home(self, kwargs: Mapping[str, Any]) -> str | None:
         user = self.users.get(kwargs["user"])
@@ -99,6 +120,7 @@ class Machine:
                     else self._file(kw)
                 ),
                 "Directory": self._directory,
+                "Link": self._link,
                 "Sha1File": self._sha1_file,
                 "FileContents": lambda kw: (
                     self.files[kw["path"]].splitlines() if kw["path"] in self.files else None
@@ -122,6 +144,13 @@ class Machine:
                 ],
                 "TmpDir": "/tmp",
                 "OpenSSHVersion": self.openssh,
+                "UnattendedUpgradesPending": self.unattended_upgrades_pending,
+                "SshSession": (
+                    {"client": self.ssh_client, "port": 22} if self.ssh_client else None
+                ),
+                "NftTableMatches": self.firewall_loaded,
+                "KeyringFingerprints": lambda kw: self.keyrings.get(kw["path"]),
+                "TailscaleState": self.tailscale,
                 "Date": _now_minus(0),
             }
         )
@@ -165,6 +194,8 @@ UBUNTU_24_04 = {
     "ID_LIKE": "debian",
 }
 DEBIAN_HOSTS = "127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n"
+# What the Debian installer leaves: the router the LAN's DHCP named.
+DEBIAN_RESOLV_CONF = "domain home.arpa\nsearch home.arpa\nnameserver 192.168.1.1\n"
 COMMON_DIRS = {"/etc", "/etc/ssh", "/etc/ssh/sshd_config.d", "/etc/sudoers.d", "/var/log"}
 COMMANDS = {"hostnamectl", "timedatectl", "apt-get", "useradd", "groupadd", "usermod", "sshd"}
 BASE_PACKAGES = {
@@ -187,6 +218,8 @@ def proxmox_ve_9() -> Machine:
                 "127.0.0.1 localhost.localdomain localhost\n192.168.1.10 pve.home.arpa pve\n"
             ),
             "/etc/chrony/chrony.conf": "pool 2.debian.pool.ntp.org iburst\n",
+            # Written by the Proxmox VE installer (and its GUI's System > DNS).
+            "/etc/resolv.conf": "search home.arpa\nnameserver 192.168.1.1\n",
         },
         directories=COMMON_DIRS | {"/etc/chrony", "/etc/chrony/sources.d", "/var/log/journal"},
         packages={
@@ -214,7 +247,15 @@ def ubuntu_24_04_vm() -> Machine:
         os_release=UBUNTU_24_04,
         kernel="6.8.0-86-generic",
         openssh=(9, 6),
-        files={"/etc/hosts": "127.0.0.1 localhost\n127.0.1.1 ageis-node\n"},
+        files={
+            "/etc/hosts": "127.0.0.1 localhost\n127.0.1.1 ageis-node\n",
+            # systemd-resolved's upstreams: netplan's DHCP server (the router).
+            "/run/systemd/resolve/resolv.conf": "nameserver 192.168.1.1\nsearch .\n",
+            "/run/systemd/resolve/stub-resolv.conf": (
+                "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
+            ),
+        },
+        links={"/etc/resolv.conf": "../run/systemd/resolve/stub-resolv.conf"},
         directories=COMMON_DIRS | {"/home/ubuntu"},
         packages={**BASE_PACKAGES, "curl": "8.5.0-2ubuntu10.6"},
         users={
@@ -222,8 +263,8 @@ def ubuntu_24_04_vm() -> Machine:
             "ubuntu": _user("ubuntu", 1000, "/home/ubuntu", ["sudo"]),
         },
         groups={"root", "sudo", "ubuntu", "systemd-journal"},
-        running={"ssh": True},
-        enabled={"ssh": True},
+        running={"ssh": True, "systemd-resolved": True},
+        enabled={"ssh": True, "systemd-resolved": True},
         commands=COMMANDS,
         apt_updated_seconds_ago=None,
     )
@@ -235,7 +276,7 @@ def debian_13_embedder() -> Machine:
         hostname="debian",
         os_release=DEBIAN_13,
         kernel="6.12.48+deb13-amd64",
-        files={"/etc/hosts": DEBIAN_HOSTS},
+        files={"/etc/hosts": DEBIAN_HOSTS, "/etc/resolv.conf": DEBIAN_RESOLV_CONF},
         directories=COMMON_DIRS,
         packages=dict(BASE_PACKAGES),
         users={"root": _user("root", 0, "/root")},
@@ -252,6 +293,10 @@ def debian_13_lxc(hostname: str) -> Machine:
     machine = debian_13_embedder()
     machine.hostname = hostname
     machine.container = "lxc"
+    # Proxmox VE writes the guest's resolv.conf from its own at every guest start.
+    machine.files["/etc/resolv.conf"] = (
+        "# --- BEGIN PVE ---\nsearch home.arpa\nnameserver 192.168.1.1\n# --- END PVE ---\n"
+    )
     return machine
 
 

@@ -95,8 +95,11 @@ def test_journal_is_persistent_and_capped(full: Plan) -> None:
 
 
 def test_mirror_is_left_alone_unless_data_names_one(full: Plan) -> None:
+    # The distribution's own sources; vendor repositories (Tailscale) add files of their own.
     for name in HOSTS:
-        assert all("sources.list.d" not in c for c in full.commands(name))
+        for distribution in ("debian", "ubuntu"):
+            dest = f"sources.list.d/{distribution}.sources"
+            assert all(dest not in c for c in full.commands(name))
 
 
 @pytest.mark.parametrize(
@@ -146,3 +149,22 @@ def test_security_updates_only_from_the_security_archive_without_reboots(full: P
         assert 'codename=${distro_codename}-security,label=Debian-Security"' in content
         assert 'Unattended-Upgrade::Automatic-Reboot "false";' in content
         assert "Unattended-Upgrade::Mail " not in content  # no address in the data: no mail
+
+
+def test_waiting_security_updates_are_applied_on_rollout(plan_of, fleet) -> None:
+    # Fresh hosts (no unattended-upgrades yet, stale lists): applied after the refresh.
+    first = plan_of("deploys/full.py")
+    assert first.op("embedder", "Apply waiting security updates").commands == ["unattended-upgrade"]
+    # A converged host: fresh lists, nothing waiting -> nothing to do.
+    converged = fleet["pve"]
+    converged.unattended_upgrades_pending = []
+    converged.apt_updated_seconds_ago = 600
+    assert not any(
+        "Apply waiting security updates" in op.name
+        for op in plan_of("deploys/full.py").for_host("pve")
+    )
+    # Fresh lists, but the dry run lists work: applied.
+    converged.unattended_upgrades_pending = ["openssl", "libssl3t64"]
+    assert plan_of("deploys/full.py").op("pve", "Apply waiting security updates").commands == [
+        "unattended-upgrade"
+    ]

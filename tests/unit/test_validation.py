@@ -11,7 +11,10 @@ from tasks.datamodel.keys import DataError
 from tasks.datamodel.secrets import Secret, SecretsError, load_secrets, secrets_file
 from tasks.datamodel.validate import format_errors, validate_hosts
 
-SECRETS = {"proxmox_api_secret": Secret("s3cret-value")}
+SECRETS = {
+    "proxmox_api_secret": Secret("s3cret-value"),
+    "tailscale_auth_key": Secret("tskey-value"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -66,12 +69,13 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("embedder", "lan_address"),
         ("dns", "timezone"),
         ("pve", "secret proxmox_api_secret"),
+        ("pve", "secret tailscale_auth_key"),  # the first of the nodes that need it
     }
     text = format_errors(errors, "inventory.py")
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 5
+    assert len(text.splitlines()) == 6
 
 
 def test_address_outside_lan_cidr(baseline) -> None:
@@ -254,7 +258,8 @@ def test_no_secrets_given_skips_the_secret_check(baseline) -> None:
 
 def test_no_hypervisor_means_no_secret_needed(baseline) -> None:
     baseline.groups = {"embedder": baseline.groups["embedder"]}
-    assert problems(baseline, secrets={}) == []
+    # The embedder needs its Tailscale key, and only that.
+    assert problems(baseline, secrets={"tailscale_auth_key": Secret("tskey-value")}) == []
 
 
 # --- secrets ---

@@ -93,9 +93,10 @@ def load_inventory(path: str) -> list[InventoryHost]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "host_in" not in metafunc.fixturenames:
         return
-    role = getattr(metafunc.module, "ROLE", "all")
+    role = getattr(metafunc.module, "ROLE", "all")  # a group, "all", or a tuple of groups
+    roles = (role,) if isinstance(role, str) else tuple(role)
     hosts = load_inventory(metafunc.config.getoption("--inventory"))
-    chosen = [h for h in hosts if role == "all" or role in h.groups]
+    chosen = [h for h in hosts if "all" in roles or set(roles) & set(h.groups)]
     if not chosen:
         pytest.fail(f"the inventory has no host in group {role!r}", pytrace=False)
     metafunc.parametrize("host_in", chosen, ids=[h.name for h in chosen])

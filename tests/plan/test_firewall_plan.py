@@ -1,0 +1,241 @@
+"""Plans of the firewall on the real machines' facts: ports, ruleset, safety (no network)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tasks.datamodel.preflight import InvalidData
+from tasks.firewall import FirewallRefused
+from tests.plan.harness import Plan, PlannedOp
+
+HOSTS = ("pve", "ageis-node", "embedder", "monitoring", "dns")
+LAN = "192.168.1.0/24"
+# Exactly what each real host opens, and what declares it: sshd (every host, ssh_server), the
+# Proxmox web UI (firewall_extra_ports in group_data/hypervisor.py), tailscaled's WireGuard
+# port on the three nodes (tailscale), unbound on the DNS guest (dns_resolver).
+EXPECTED_PORTS = {
+    "pve": {(22, "tcp", "ssh"), (8006, "tcp", "proxmox-web"), (41641, "udp", "tailscaled")},
+    "ageis-node": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
+    "embedder": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
+    "monitoring": {(22, "tcp", "ssh")},
+    "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},
+}
+BROKEN_RULE = "tcp dport 22 acept"
+
+
+@pytest.fixture
+def full(plan_of) -> Plan:
+    return plan_of("deploys/full.py")
+
+
+STAGE = "upload /etc/homelab/staged/etc_nftables.conf\n"
+INSTALL = (
+    "/usr/local/sbin/install-checked-config /etc/homelab/staged/etc_nftables.conf "
+    "/etc/nftables.conf 755 nft -c -f {}"
+)
+LOAD = "nft -f /etc/nftables.conf && nft -s list table inet homelab > /etc/homelab/nftables.loaded"
+DROP_IN = "upload /etc/systemd/system/nftables.service.d/homelab.conf\n"
+
+
+def op_running(plan: Plan, name: str, start: str) -> tuple[int, PlannedOp]:
+    """The position and operation on host ``name`` with a command starting with ``start``.
+
+    Found by command: the harness joins the names of operations that different hosts run at
+    the same step, so a name does not pin down one host's operation.
+    """
+    found = [
+        (index, op)
+        for index, op in enumerate(plan.for_host(name))
+        if any(c.startswith(start) for c in op.commands)
+    ]
+    assert len(found) == 1, f"{name}: {len(found)} operations run {start!r}"
+    return found[0]
+
+
+def ruleset(plan: Plan, name: str) -> str:
+    """The /etc/nftables.conf the plan stages on ``name`` (before its nft -c check)."""
+    _, op = op_running(plan, name, STAGE)
+    return next(c for c in op.commands if c.startswith(STAGE)).split("\n", 1)[1]
+
+
+def chain(text: str, name: str) -> list[str]:
+    """The statements of one chain of the ruleset, comments and blank lines left out."""
+    body = re.search(rf"\n\tchain {name} {{\n(.*?)\n\t}}\n", text, re.S)
+    assert body, f"no chain {name}"
+    lines = [line.strip() for line in body.group(1).splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def opened(text: str) -> tuple[set[tuple[int, str, str]], set[tuple[int, str, str]]]:
+    """(port, proto, service) accepted from the LAN, and on the tailnet interface."""
+    rules = chain(text, "input")
+    lan = re.compile(
+        rf'ip saddr {re.escape(LAN)} (tcp|udp) dport (\d+) accept comment "(.+) \(LAN\)"'
+    )
+    tailnet = re.compile(
+        r'iifname "tailscale0" (tcp|udp) dport (\d+) accept comment "(.+) \(tailnet\)"'
+    )
+    from_lan = {(int(m[2]), m[1], m[3]) for r in rules if (m := lan.fullmatch(r))}
+    from_tailnet = {(int(m[2]), m[1], m[3]) for r in rules if (m := tailnet.fullmatch(r))}
+    port_rules = [r for r in rules if " dport " in r]
+    assert len(port_rules) == len(from_lan) + len(from_tailnet), port_rules
+    return from_lan, from_tailnet
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_each_real_host_opens_exactly_its_declared_ports(full: Plan, name: str) -> None:
+    from_lan, from_tailnet = opened(ruleset(full, name))
+    assert from_lan == EXPECTED_PORTS[name]
+    assert from_tailnet == EXPECTED_PORTS[name]
+
+
+def test_ruleset_replaces_only_our_table_in_one_transaction(full: Plan) -> None:
+    text = ruleset(full, "embedder")
+    assert text.startswith("#!/usr/sbin/nft -f\n# Managed by homelab-as-code (templates/nftables")
+    statements = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert statements[:3] == [
+        "table inet homelab",
+        "delete table inet homelab",
+        "table inet homelab {",
+    ]
+    assert not [line for line in statements if "flush" in line]
+    assert len(re.findall(r"^table ", text, re.M)) == 2  # no other table is declared
+
+
+def test_input_drops_all_but_loopback_replies_icmp_and_the_declared_ports(full: Plan) -> None:
+    rules = chain(ruleset(full, "monitoring"), "input")
+    assert rules[:3] == [
+        "type filter hook input priority filter; policy drop;",
+        'iif "lo" accept',
+        "ct state vmap { invalid : drop, established : accept, related : accept }",
+    ]
+    neighbour = next(r for r in rules if "nd-neighbor-solicit" in r)
+    assert "nd-neighbor-advert" in neighbour and "nd-router-advert" in neighbour
+    assert "limit rate" not in neighbour and neighbour.endswith("ip6 hoplimit 255 accept")
+    ping = [r for r in rules if "echo-request" in r]
+    assert [r.split()[0] for r in ping] == ["icmp", "icmpv6"]
+    assert all("limit rate 10/second burst 20 packets accept" in r for r in ping)
+    assert rules[-2:] == [
+        f'ip saddr {LAN} tcp dport 22 accept comment "ssh (LAN)"',
+        'iifname "tailscale0" tcp dport 22 accept comment "ssh (tailnet)"',
+    ]
+    assert chain(ruleset(full, "monitoring"), "output") == [
+        "type filter hook output priority filter; policy accept;"
+    ]
+
+
+def test_only_the_hypervisor_forwards_and_only_for_its_guest_bridges(full: Plan) -> None:
+    assert chain(ruleset(full, "pve"), "forward") == [
+        "type filter hook forward priority filter; policy drop;",
+        "ct state invalid drop",
+        "ct state { established, related } accept",
+        'iifname "vmbr*" accept',
+        'oifname "vmbr*" accept',
+        'iifname "fwbr*" accept',
+        'oifname "fwbr*" accept',
+    ]
+    for name in ("ageis-node", "embedder", "monitoring", "dns"):
+        assert chain(ruleset(full, name), "forward") == [
+            "type filter hook forward priority filter; policy drop;"
+        ], name
+
+
+def test_icmp_rate_and_tailnet_interface_come_from_the_data(plan_of) -> None:
+    result = plan_of(
+        "deploys/full.py",
+        override_data={
+            "firewall_icmp_rate": "5/minute",
+            "firewall_icmp_burst": 3,
+            "tailnet_interface": "ts0",
+            "firewall_extra_ports": [{"port": 9100, "proto": "tcp", "service": "node-exporter"}],
+        },
+    )
+    text = ruleset(result, "embedder")
+    assert text.count("limit rate 5/minute burst 3 packets accept") == 2
+    assert 'iifname "ts0" tcp dport 22 accept' in text
+    assert f'ip saddr {LAN} tcp dport 9100 accept comment "node-exporter (LAN)"' in text
+    assert "tailscale0" not in chain(text, "input")
+
+
+def test_a_broken_extra_rule_reaches_the_live_file_only_through_nft_check(plan_of) -> None:
+    result = plan_of("deploys/full.py", override_data={"firewall_extra_rules": [BROKEN_RULE]})
+    for name in HOSTS:
+        assert BROKEN_RULE in chain(ruleset(result, name), "input")
+        stage, _ = op_running(result, name, STAGE)
+        install, install_op = op_running(result, name, INSTALL)
+        load, load_op = op_running(result, name, LOAD)
+        assert stage < install < load
+        assert install_op.commands == [INSTALL] and load_op.commands == [LOAD]
+        # Nothing else writes the live file or loads rules.
+        others = [
+            c
+            for index, op in enumerate(result.for_host(name))
+            if index not in (install, load)
+            for c in op.commands
+        ]
+        assert not [c for c in others if "/etc/nftables.conf" in c or c.startswith("nft ")]
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("tcp dport 22 accept; flush ruleset", "no ';' or '#'"),
+        ("tcp dport 22 accept } table ip x {", "balanced braces"),
+    ],
+)
+def test_an_extra_rule_that_could_leave_the_chain_is_refused_as_data(
+    plan_of, rule: str, expected: str
+) -> None:
+    with pytest.raises(InvalidData) as caught:
+        plan_of("deploys/full.py", override_data={"firewall_extra_rules": [rule]})
+    assert "key 'firewall_extra_rules[0]'" in caught.value.message
+    assert expected in caught.value.message and repr(rule) in caught.value.message
+
+
+def test_load_runs_when_the_file_changes_or_the_table_is_not_what_was_loaded(
+    plan_of, fleet
+) -> None:
+    _, fresh = op_running(plan_of("deploys/full.py"), "dns", LOAD)
+    assert not fresh.conditional  # nothing recorded yet: load whatever the file check says
+    fleet["dns"].firewall_loaded = True
+    _, converged = op_running(plan_of("deploys/full.py"), "dns", LOAD)
+    assert converged.conditional  # only when the installed file changes
+
+
+def test_nftables_is_installed_enabled_and_stops_only_our_table(full: Plan) -> None:
+    commands = full.commands("ageis-node")
+    assert any(c.endswith("install --no-install-recommends nftables") for c in commands)
+    assert "systemctl enable nftables.service" in commands
+    index, op = op_running(full, "ageis-node", DROP_IN)
+    drop_in = next(c for c in op.commands if c.startswith(DROP_IN))
+    assert "ExecStop=\nExecStop=-/usr/sbin/nft delete table inet homelab\n" in drop_in
+    reload_op = full.for_host("ageis-node")[index + 1]
+    assert reload_op.commands == ["systemctl daemon-reload"] and reload_op.conditional
+
+
+@pytest.mark.parametrize("client", ["192.168.1.77", "100.101.102.103", "127.0.0.1"])
+def test_a_session_from_the_lan_the_tailnet_or_a_tunnel_is_let_through(
+    plan_of, fleet, client: str
+) -> None:
+    fleet["embedder"].ssh_client = client
+    assert op_running(plan_of("deploys/full.py"), "embedder", LOAD)
+
+
+@pytest.mark.parametrize(
+    "client, reason",
+    [
+        ("203.0.113.7", "comes from 203.0.113.7, which is neither in lan_cidr (192.168.1.0/24)"),
+        ("192.168.2.5", "comes from 192.168.2.5, which is neither in lan_cidr"),
+        (None, "does not come in over SSH"),
+    ],
+)
+def test_rules_that_would_cut_pyinfras_own_session_are_refused(
+    plan_of, fleet, client: str | None, reason: str
+) -> None:
+    fleet["embedder"].ssh_client = client
+    with pytest.raises(FirewallRefused) as caught:
+        plan_of("deploys/full.py")
+    assert caught.value.message.startswith("Firewall on host 'embedder' not applied")
+    assert reason in caught.value.message

@@ -1,0 +1,60 @@
+"""SSH on every host: key-only, modern algorithms, logins for the admin group (and root by key)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.verify.conftest import InventoryHost
+
+pytestmark = pytest.mark.verify
+ROLE = "all"
+WEAK = ("nistp", "sha1", "-cbc", "umac-64", "ssh-rsa,", "ssh-dss", "diffie-hellman-group14")
+
+
+def effective(host_in: InventoryHost) -> dict[str, str]:
+    lines = host_in.testinfra.run("sshd -T").stdout.lower().splitlines()
+    return dict(line.split(" ", 1) for line in lines if " " in line)
+
+
+def test_only_modern_algorithms(host_in: InventoryHost) -> None:
+    settings = effective(host_in)
+    for keyword in (
+        "kexalgorithms",
+        "ciphers",
+        "macs",
+        "hostkeyalgorithms",
+        "pubkeyacceptedalgorithms",
+    ):
+        value = settings[keyword] + ","
+        weak = [w for w in WEAK if w in value]
+        assert not weak, f"{host_in.name}: {keyword} offers {weak}: {value}"
+    assert "curve25519-sha256" in settings["kexalgorithms"]
+
+
+def test_host_keys_are_ed25519_and_rsa_only(host_in: InventoryHost) -> None:
+    settings = host_in.testinfra.run("sshd -T").stdout.splitlines()
+    keys = sorted(line.split()[1] for line in settings if line.startswith("hostkey "))
+    assert keys == ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key"]
+
+
+def test_logins_limited_to_the_admin_group(host_in: InventoryHost) -> None:
+    settings = effective(host_in)
+    group = host_in.data.get("admin_group", "homelab-admins")
+    allowed = settings["allowgroups"].split()
+    assert group in allowed
+    root_login = settings["permitrootlogin"]
+    assert set(allowed) <= {group, "root"}
+    assert ("root" in allowed) == (root_login != "no")
+    assert settings["maxauthtries"] == "3"
+    assert settings["x11forwarding"] == "no"
+    assert settings["allowagentforwarding"] == "no"
+
+
+def test_password_login_is_refused_by_the_server(host_in: InventoryHost) -> None:
+    # Asked from the host itself: the server offers publickey and nothing else.
+    result = host_in.testinfra.run(
+        "ssh -o BatchMode=yes -o PreferredAuthentications=password,keyboard-interactive "
+        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null nobody@127.0.0.1 true"
+    )
+    assert result.rc != 0
+    assert "Permission denied (publickey)" in result.stderr

@@ -60,7 +60,7 @@ EXTRA_PORT = Struct(
         "proto": Field(Str(choices=("tcp", "udp")), doc="tcp or udp"),
         "service": Field(SERVICE_NAME, doc="what listens there (shown in the ruleset)"),
     },
-    what="a port with port, proto, service",
+    what="a port",
 )
 INTERFACE = Str(r"[A-Za-z0-9_.:-]{1,15}", what='a network interface name such as "tailscale0"')
 INTERFACE_PATTERN = Str(

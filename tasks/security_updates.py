@@ -7,6 +7,8 @@ for the operator (the snapshot guard and the boot order matter more than a day's
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
@@ -88,5 +90,6 @@ def _updates_waiting() -> bool:
     max_age = base_packages.DATA.read(host).apt_cache_valid_seconds
     if pending is None or not stamp:
         return True
-    age = (host.get_fact(Date) - stamp["mtime"]).total_seconds()
-    return age > max_age
+    # As apt.update does: the stamp's mtime is naive UTC, the host's Date is zone-aware.
+    now = datetime.fromtimestamp(host.get_fact(Date).timestamp(), UTC)
+    return (now.replace(tzinfo=None) - stamp["mtime"]).total_seconds() > max_age

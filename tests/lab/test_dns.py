@@ -253,6 +253,38 @@ def test_dnssec_bogus_signature_is_refused(standin_zones: list) -> None:
     assert dnssec_standin.TAMPERED_ADDRESS in unchecked, unchecked
 
 
+@pytest.mark.parametrize(
+    "bad_line, why",
+    [
+        ("    no-such-option: yes", "unknown keyword"),
+        ('    module-config: "iterator"', "no DNSSEC validation"),
+        ('    local-zone: "example." no-such-type', "local-zone type"),
+    ],
+)
+def test_a_broken_unbound_config_never_goes_live(bad_line: str, why: str) -> None:
+    """The rollout's own check (install-checked-config + unbound-check-staged) on a bad drop-in:
+    refused with the reason, the live config and the running unbound untouched."""
+    live = "/etc/unbound/unbound.conf.d/homelab.conf"
+    before = on(DNS_HOST, f"sha1sum {live}").stdout
+    staged = on(DNS_HOST, "mktemp /etc/homelab/staged/test-dns.XXXXXX").stdout.strip()
+    try:
+        on(DNS_HOST, f"cp {live} {staged} && printf 'server:\\n%s\\n' '{bad_line}' >> {staged}")
+        result = on(
+            DNS_HOST,
+            f"/usr/local/sbin/install-checked-config {staged} {live} 644"
+            f" /usr/local/sbin/unbound-check-staged {{}} {live}",
+            check=False,
+        )
+    finally:
+        on(DNS_HOST, f"rm -f {staged}", check=False)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert why in result.stderr and f"{live} left unchanged" in result.stderr, result.stderr
+    assert on(DNS_HOST, f"sha1sum {live}").stdout == before
+    assert on(DNS_HOST, "systemctl is-active unbound").stdout.strip() == "active"
+    answer = on(DNS_HOST, f"dig +short @127.0.0.1 {DNS_HOST.name}.{domain()}").stdout.split()
+    assert answer == [DNS_HOST.address]
+
+
 # --- access control --------------------------------------------------------------------------
 
 
@@ -375,7 +407,8 @@ def test_stopped_unbound_does_not_break_a_rollout() -> None:
         finally:
             # Whatever that rollout did, the tests after this one find unbound running.
             on(DNS_HOST, "systemctl is-active unbound || systemctl start unbound", check=False)
-    assert changed_ops(back) == ["DNS resolver (unbound) | Run unbound"], changed_ops(back)
+    assert back["failed_hosts"] == [] and back["totals"]["error"] == 0
+    assert "DNS resolver (unbound) | Run unbound" in changed_ops(back), changed_ops(back)
     assert on(DNS_HOST, "systemctl is-active unbound").stdout.strip() == "active"
     again = rollout("deploys/full.py", "--limit", DNS_HOST.name)
     assert again["totals"]["success"] == 0, changed_ops(again)
@@ -392,6 +425,8 @@ def test_dead_dns_host_costs_about_a_second_a_lookup() -> None:
     finally:
         subprocess.run([*LABCTL, "start", DNS_HOST.name], check=True, capture_output=True)
         subprocess.run([*LABCTL, "wait", DNS_HOST.name], check=True, capture_output=True)
+    # Back after the power cut by itself (enabled at boot), before any rollout.
+    assert on(DNS_HOST, "systemctl is-active unbound").stdout.strip() == "active"
     rollout("deploys/full.py", "--limit", DNS_HOST.name)
     assert on(DNS_HOST, "systemctl is-active unbound").stdout.strip() == "active"
     again = rollout("deploys/full.py", "--limit", DNS_HOST.name)

@@ -12,9 +12,13 @@ is open in the firewall but nothing listens yet). This machine does not connecti
 scans' packets (a notrack table of this module's own), so the 650,000 probes do not fill the
 conntrack table that the other labs on this machine share.
 
-Then the firewall's safety: a broken rule in the data fails the run with nft's error and leaves
-the loaded ruleset and the open SSH sessions alone; a hand change is put back; stopping or
-restarting nftables.service leaves other tables alone.
+A control proves the outside vantage point would see a port the firewall opened to it, and
+IPv6 neighbour discovery and ping are shown to pass while the ports stay shut over IPv6.
+
+Then the firewall's safety: a run whose own SSH session the rules would cut is refused before
+any change; a broken rule in the data fails the run with nft's error and leaves the loaded
+ruleset and the open SSH sessions alone (and the next normal run changes nothing); a hand change
+is put back; stopping or restarting nftables.service leaves other tables alone.
 """
 
 from __future__ import annotations
@@ -149,6 +153,8 @@ def parse_nmap_xml(text: str) -> dict[str, HostScan]:
     scans: dict[str, HostScan] = {}
     for element in ET.fromstring(text).iter("host"):
         address = element.find("address[@addrtype='ipv4']")
+        if address is None:
+            address = element.find("address[@addrtype='ipv6']")
         assert address is not None
         scan = HostScan(address.get("addr", ""))
         for extra in element.iter("extraports"):
@@ -269,6 +275,27 @@ def test_the_outside_vantage_point_sees_a_port_the_firewall_opens(vantage_points
     assert comment not in on(host, "nft list table inet homelab")
 
 
+def test_ipv6_neighbour_discovery_and_ping_pass_but_no_port(vantage_points: None) -> None:
+    """IPv6 on the LAN: neighbour discovery and ping pass the firewall; the ports do not (the
+    LAN is lan_cidr, IPv4; over IPv6 the declared ports are open on the tailnet only)."""
+    host = hosts.by_name("embedder")
+    prefix = f"fd00:213:{hosts.LAB_ID}::"
+    ours, theirs = f"{prefix}250", f"{prefix}{host.address.rsplit('.', 1)[1]}"
+    on(host, f"ip -6 addr add {theirs}/64 dev host0 nodad")
+    try:
+        run(["ip", "-n", LAN_NS, "-6", "addr", "add", f"{ours}/64", "dev", "eth0", "nodad"])
+        # Each side must resolve the other's link-layer address first (NS in, NA back in).
+        ping = run(["ip", "netns", "exec", LAN_NS, "ping", "-6", "-c", "2", "-W", "2", theirs])
+        assert " 0% packet loss" in ping, ping
+        neighbours = on(host, "ip -6 neigh show dev host0")
+        assert ours in neighbours, neighbours
+        ssh_v6 = nmap(LAN_NS, "-6", *NMAP_OPTIONS, "-p", "22", theirs).hosts[theirs]
+        assert not ssh_v6.ports(*ANSWERING)
+        assert len(ssh_v6.ports("filtered")) + ssh_v6.uncounted("filtered") == 1
+    finally:
+        on(host, f"ip -6 addr del {theirs}/64 dev host0", check=False)
+
+
 # --- the firewall keeps itself and others safe -----------------------------------------------
 
 
@@ -292,6 +319,33 @@ def changed_operations(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 def listing(host: LabHost) -> str:
     return on(host, "nft -s list table inet homelab")
+
+
+def test_a_run_whose_session_the_rules_would_cut_is_refused(vantage_points: None) -> None:
+    """pyinfra from outside the LAN (let in by a hand-made rule) must stop before any change."""
+    host = hosts.by_name("embedder")
+    comment = f"exposure-preflight-{uuid.uuid4().hex[:8]}"
+    added = on(
+        host,
+        f"nft --echo --handle insert rule inet homelab input ip saddr {OUTSIDE_PREFIX}.0/24 "
+        f"tcp dport 22 accept comment '\"{comment}\"'",
+    )
+    handle = added.split("# handle")[1].split()[0]
+    try:
+        before = listing(host)
+        result = subprocess.run(
+            ["ip", "netns", "exec", OUTSIDE_NS, str(PYINFRA), "-y", "--limit", host.name,
+             INVENTORY, "deploys/full.py"],
+            cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy(),
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        refusal = f"Firewall on host '{host.name}' not applied, nothing was touched"
+        print("\n" + next((line for line in output.splitlines() if refusal in line), output))
+        assert result.returncode != 0
+        assert refusal in output and f"comes from {OUTSIDE_ADDRESS}" in output
+        assert listing(host) == before  # the hand-made rule is still there: nothing was loaded
+    finally:
+        on(host, f"nft delete rule inet homelab input handle {handle}")
 
 
 def test_a_table_changed_by_hand_is_put_back() -> None:

@@ -151,15 +151,24 @@ class Machine:
                 "NftTableMatches": self.firewall_loaded,
                 "KeyringFingerprints": lambda kw: self.keyrings.get(kw["path"]),
                 "TailscaleState": self.tailscale,
-                "Date": _now_minus(0),
+                "Date": _host_date(),
             }
         )
 
 
 def _now_minus(seconds: int | None) -> Any:
+    """A file's mtime as pyinfra's File fact gives it: naive, in UTC."""
     import datetime
 
-    return datetime.datetime.now() - datetime.timedelta(seconds=seconds or 0)
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return now - datetime.timedelta(seconds=seconds or 0)
+
+
+def _host_date() -> Any:
+    """The host's clock as pyinfra's Date fact gives it: zone-aware."""
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).astimezone()
 
 
 def _user(name: str, uid: int, home: str, groups: list[str] | None = None) -> dict[str, Any]:

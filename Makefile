@@ -123,7 +123,9 @@ test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (
 	$(MAKE) --no-print-directory lint test-unit test-plan
 	@trap '$(LABCTL) down >/dev/null 2>&1 || true' EXIT; \
 	$(MAKE) --no-print-directory lab; \
-	$(PYTEST) -q tests/lab; \
+	$(PYTEST) -q -s tests/lab/test_rollout.py; \
+	$(PYTEST) -q -rs -s tests/lab --ignore=tests/lab/test_rollout.py; \
+	$(PYTEST) -q -s tests/lab/test_rollout.py; \
 	$(LABCTL) down
 
 # --- Real machines ------------------------------------------------------------------------

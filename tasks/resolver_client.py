@@ -16,7 +16,9 @@ How it is configured depends on the host (detected from facts, not from the OS n
   the fallbacks: resolved moves on to the next server when one fails), ``Domains=<domain> ~.``
   (search domain, and these servers for every name rather than in parallel with the links'
   DHCP servers) and ``FallbackDNS=`` (the fallbacks; resolved uses those only when it knows no
-  other server at all). The stub symlink stays.
+  other server at all). The stub symlink stays. resolved keeps using the server that last
+  answered: after a failover it may stay on the fallback until that one fails or resolved
+  restarts (inventory names still resolve there from /etc/hosts).
 - **otherwise** (Debian 13, Proxmox VE, LXC guests): a managed ``/etc/resolv.conf`` with
   ``options timeout:1 attempts:2``, so a dead first server costs about a second a lookup
   (a stopped unbound on a live host answers "port unreachable" and costs nothing). glibc reads

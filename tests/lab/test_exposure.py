@@ -23,6 +23,7 @@ is put back; stopping or restarting nftables.service leaves other tables alone.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -280,7 +281,11 @@ def test_ipv6_neighbour_discovery_and_ping_pass_but_no_port(vantage_points: None
     LAN is lan_cidr, IPv4; over IPv6 the declared ports are open on the tailnet only)."""
     host = hosts.by_name("embedder")
     prefix = f"fd00:213:{hosts.LAB_ID}::"
-    ours, theirs = f"{prefix}250", f"{prefix}{host.address.rsplit('.', 1)[1]}"
+    # Compressed as ip(8) prints them (lab 0's fd00:213:0::250 is fd00:213::250).
+    ours, theirs = (
+        ipaddress.IPv6Address(f"{prefix}{suffix}").compressed
+        for suffix in ("250", host.address.rsplit(".", 1)[1])
+    )
     on(host, f"ip -6 addr add {theirs}/64 dev host0 nodad")
     try:
         run(["ip", "-n", LAN_NS, "-6", "addr", "add", f"{ours}/64", "dev", "eth0", "nodad"])

@@ -4,7 +4,8 @@ Reads ``login_umask``, ``legal_banner``, ``disabled_kernel_modules`` and ``harde
 Kernel sysctls (``kernel.*``, ``fs.*``) belong to the host kernel: a container (the lab, LXC
 guests) cannot set them and systemd-sysctl skips them there; network sysctls are per network
 namespace and apply everywhere. needrestart only lists services to restart (restarts, like
-reboots, are deliberate here).
+reboots, are deliberate here). Process accounting (acct) runs on hosts and VMs, not in
+containers, which may not switch the kernel's accounting on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pyinfra.operations.util import any_changed
 
 from tasks.datamodel.forms import ListOf, Str
 from tasks.datamodel.keys import Key, Schema
+from tasks.facts import ContainerVirt
 from tasks.templating import file_path, template_path
 
 MODULE = Str(r"[a-z0-9_-]+", what='a kernel module name such as "dccp"')
@@ -74,6 +76,10 @@ def hardening() -> None:
     apt.packages(
         name="Install hardening tools", packages=settings.hardening_packages, no_recommends=True
     )
+    # Process accounting needs the kernel's accounting (CAP_SYS_PACCT): hosts and VMs only.
+    if host.get_fact(ContainerVirt) in ("none", ""):
+        apt.packages(name="Process accounting", packages=["acct"], no_recommends=True)
+        systemd.service(name="Process accounting runs", service="acct", running=True, enabled=True)
     files.put(
         name="needrestart lists, never restarts",
         src=file_path("needrestart-homelab.conf"),

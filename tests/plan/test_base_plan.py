@@ -168,3 +168,9 @@ def test_waiting_security_updates_are_applied_on_rollout(plan_of, fleet) -> None
     assert plan_of("deploys/full.py").op("pve", "Apply waiting security updates").commands == [
         "unattended-upgrade"
     ]
+
+
+def test_process_accounting_on_machines_not_in_containers(full: Plan) -> None:
+    names = [op.name for op in full.for_host("embedder")]
+    assert "Host hardening | Process accounting" in names
+    assert not any("Process accounting" in op.name for op in full.for_host("dns"))

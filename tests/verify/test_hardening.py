@@ -59,6 +59,15 @@ def test_accounting_and_ssh_ban_run(host_in: InventoryHost) -> None:
     assert "sshd" in jails
 
 
+def test_process_accounting_on_machines(host_in: InventoryHost) -> None:
+    container = host_in.testinfra.run("systemd-detect-virt --container").stdout.strip()
+    if container in ("", "none"):
+        assert host_in.testinfra.service("acct").is_running
+    else:
+        # A container may not switch on the kernel's accounting: acct is left out there.
+        assert not host_in.testinfra.package("acct").is_installed
+
+
 def test_needrestart_never_restarts_by_itself(host_in: InventoryHost) -> None:
     assert host_in.testinfra.package("needrestart").is_installed
     config = host_in.testinfra.file("/etc/needrestart/conf.d/homelab.conf").content_string

@@ -170,7 +170,7 @@ SECRETS = (
     SecretSpec(
         "tailscale_auth_key",
         NODE_GROUPS,
-        "a Tailscale auth key (tskey-auth-...) the nodes log in with: reusable, pre-approved,"
+        "a Tailscale auth key (admin console) the nodes log in with: reusable, pre-approved,"
         " allowed the tailscale_tags",
     ),
 )

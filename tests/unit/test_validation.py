@@ -13,7 +13,7 @@ from tasks.datamodel.validate import format_errors, validate_hosts
 
 SECRETS = {
     "proxmox_api_secret": Secret("s3cret-value"),
-    "tailscale_auth_key": Secret("tskey-value"),
+    "tailscale_auth_key": Secret("test-double-value"),
 }
 
 
@@ -259,7 +259,7 @@ def test_no_secrets_given_skips_the_secret_check(baseline) -> None:
 def test_no_hypervisor_means_no_secret_needed(baseline) -> None:
     baseline.groups = {"embedder": baseline.groups["embedder"]}
     # The embedder needs its Tailscale key, and only that.
-    assert problems(baseline, secrets={"tailscale_auth_key": Secret("tskey-value")}) == []
+    assert problems(baseline, secrets={"tailscale_auth_key": Secret("test-double-value")}) == []
 
 
 # --- secrets ---

@@ -559,17 +559,22 @@ def ensure_apt_proxy() -> None:
     say(f"apt proxy: apt-cacher-ng (pid {pid}) answers at {apt_proxy_url()}")
 
 
+def stop_daemon(pid: int | None, pid_file: Path) -> bool:
+    """SIGTERM a daemon of the lab (SIGKILL after 10 s), then forget its pid file.
+
+    True when there was one to stop."""
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        if not wait_until(lambda: not alive(pid), 10):
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not alive(pid), 5)
+    pid_file.unlink(missing_ok=True)
+    return pid is not None
+
+
 def stop_apt_proxy() -> None:
-    pid = apt_proxy_pid()
-    if pid is None:
-        ACNG_PID_FILE.unlink(missing_ok=True)
-        return
-    os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not alive(pid), 10):
-        os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not alive(pid), 5)
-    ACNG_PID_FILE.unlink(missing_ok=True)
-    (RUN_DIR / "apt-cacher-ng.socket").unlink(missing_ok=True)
+    if stop_daemon(apt_proxy_pid(), ACNG_PID_FILE):
+        (RUN_DIR / "apt-cacher-ng.socket").unlink(missing_ok=True)
     say("apt proxy: apt-cacher-ng stopped")
 
 
@@ -635,16 +640,8 @@ def ensure_standin_repo() -> None:
 
 
 def stop_standin_repo() -> None:
-    pid = standin_pid()
-    if pid is None:
-        STANDIN_PID_FILE.unlink(missing_ok=True)
-        return
-    os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not alive(pid), 10):
-        os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not alive(pid), 5)
-    STANDIN_PID_FILE.unlink(missing_ok=True)
-    say("stand-in Tailscale repository: server stopped")
+    if stop_daemon(standin_pid(), STANDIN_PID_FILE):
+        say("stand-in Tailscale repository: server stopped")
 
 
 # --- cgroups ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,10 +259,12 @@ def test_lan_sees_exactly_the_declared_ports(lan_scan: Scan) -> None:
         assert 22 in seen.ports("open"), f"{host.name}: sshd does not answer from the LAN"
 
 
-def test_the_outside_vantage_point_sees_a_port_the_firewall_opens(vantage_points: None) -> None:
-    """The control: open one port to the outside subnet by hand, and the scan must see it."""
-    host = hosts.by_name("embedder")
-    comment = f"exposure-control-{uuid.uuid4().hex[:8]}"
+@contextmanager
+def ssh_open_to_outside(host: LabHost) -> Iterator[str]:
+    """A hand-made rule letting the outside subnet reach the host's SSH, removed afterwards.
+
+    Yields the rule's comment."""
+    comment = f"exposure-test-{uuid.uuid4().hex[:8]}"
     added = on(
         host,
         f"nft --echo --handle insert rule inet homelab input ip saddr {OUTSIDE_PREFIX}.0/24 "
@@ -269,10 +272,17 @@ def test_the_outside_vantage_point_sees_a_port_the_firewall_opens(vantage_points
     )
     handle = added.split("# handle")[1].split()[0]
     try:
-        seen = nmap(OUTSIDE_NS, *NMAP_OPTIONS, "-p", "22", host.address)
-        assert seen.hosts[host.address].ports("open") == {22}
+        yield comment
     finally:
         on(host, f"nft delete rule inet homelab input handle {handle}")
+
+
+def test_the_outside_vantage_point_sees_a_port_the_firewall_opens(vantage_points: None) -> None:
+    """The control: open one port to the outside subnet by hand, and the scan must see it."""
+    host = hosts.by_name("embedder")
+    with ssh_open_to_outside(host) as comment:
+        seen = nmap(OUTSIDE_NS, *NMAP_OPTIONS, "-p", "22", host.address)
+        assert seen.hosts[host.address].ports("open") == {22}
     assert comment not in on(host, "nft list table inet homelab")
 
 
@@ -329,14 +339,7 @@ def listing(host: LabHost) -> str:
 def test_a_run_whose_session_the_rules_would_cut_is_refused(vantage_points: None) -> None:
     """pyinfra from outside the LAN (let in by a hand-made rule) must stop before any change."""
     host = hosts.by_name("embedder")
-    comment = f"exposure-preflight-{uuid.uuid4().hex[:8]}"
-    added = on(
-        host,
-        f"nft --echo --handle insert rule inet homelab input ip saddr {OUTSIDE_PREFIX}.0/24 "
-        f"tcp dport 22 accept comment '\"{comment}\"'",
-    )
-    handle = added.split("# handle")[1].split()[0]
-    try:
+    with ssh_open_to_outside(host):
         before = listing(host)
         result = subprocess.run(
             ["ip", "netns", "exec", OUTSIDE_NS, str(PYINFRA), "-y", "--limit", host.name,
@@ -349,8 +352,6 @@ def test_a_run_whose_session_the_rules_would_cut_is_refused(vantage_points: None
         assert result.returncode != 0
         assert refusal in output and f"comes from {OUTSIDE_ADDRESS}" in output
         assert listing(host) == before  # the hand-made rule is still there: nothing was loaded
-    finally:
-        on(host, f"nft delete rule inet homelab input handle {handle}")
 
 
 def test_a_table_changed_by_hand_is_put_back() -> None:

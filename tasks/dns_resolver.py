@@ -47,7 +47,7 @@ DATA = Schema(
     ),
 )
 
-PORTS = (Port(53, "udp", "unbound"), Port(53, "tcp", "unbound"))
+PORTS = (Port(53, "udp", "unbound", probe="dns"), Port(53, "tcp", "unbound", probe="tcp"))
 
 # Tailscale hands out addresses from the CGNAT range and its own IPv6 ULA prefix.
 TAILNET = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))

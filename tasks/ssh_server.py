@@ -39,7 +39,7 @@ DATA = Schema(
     ),
 )
 
-PORTS = (Port(22, "tcp", "ssh"),)
+PORTS = (Port(22, "tcp", "ssh", probe="ssh"),)
 
 DROP_IN = "/etc/ssh/sshd_config.d/10-homelab.conf"
 # sshd uses the first value it reads for a keyword: a throw-away main config that includes the

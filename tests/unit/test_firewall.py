@@ -127,3 +127,13 @@ def test_sessions_the_rules_would_cut_are_refused(session: dict | None, reason: 
 )
 def test_ssh_session_fact_reads_ssh_connection(output: list[str], expected: object) -> None:
     assert SshSession().process(output) == expected
+
+
+def test_port_probe_must_be_a_known_kind() -> None:
+    assert Port(8300, "tcp", "embedding-server", probe="http:/health").probe == "http:/health"
+    with pytest.raises(ValueError, match="probe 'http' of web is not"):
+        Port(80, "tcp", "web", probe="http")
+
+
+def test_port_probe_and_metrics_path_do_not_change_identity() -> None:
+    assert Port(22, "tcp", "ssh", probe="ssh") == Port(22, "tcp", "ssh")

@@ -23,6 +23,7 @@ from tasks.firewall import firewall
 from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.memory_store import memory_store
 from tasks.ports import Port
 from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
@@ -46,7 +47,7 @@ BASE: tuple[Callable[[], None], ...] = (
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
     HYPERVISOR: (tailscale,),
-    AGEIS_NODE: (tailscale,),
+    AGEIS_NODE: (tailscale, memory_store),
     EMBEDDER: (tailscale,),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),

@@ -48,11 +48,14 @@ from tasks.datamodel.forms import Field, Int, IPv4Address, ListOf, Optional, Siz
 from tasks.datamodel.keys import Key, Schema
 from tasks.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE, POOL_NAME
 from tasks.datamodel.secrets import SecretSpec, load_secrets
+from tasks.pgbackrest import database_host
 from tasks.ports import Port
 from tasks.templating import file_path, template_path
 
 # The distribution's PostgreSQL major, by (os-release ID, VERSION_ID).
 DISTRIBUTION_MAJOR = {("ubuntu", "24.04"): 16, ("debian", "13"): 17, ("debian", "12"): 15}
+# The same, by the inventory's guest.os (what another host knows of this one without facts).
+DISTRIBUTION_MAJOR_BY_OS = {"ubuntu-24.04": 16, "debian-13": 17, "debian-12": 15}
 
 DATABASE = "memory_store"
 OWNER = "memory_owner"
@@ -154,7 +157,11 @@ SECRETS = (
     ),
 )
 
-PORTS = (Port(PORT, "tcp", "postgresql", probe="tcp"),)
+PORTS = (
+    Port(PORT, "tcp", "postgresql", probe="tcp"),
+    # pgBackRest's TLS server: the repository host reaches the data directory for backups.
+    Port(8432, "tcp", "pgbackrest-server", probe="tcp"),
+)
 
 
 class HostMemory(FactBase[int | None]):
@@ -260,6 +267,14 @@ def postgresql_major(configured: int | None) -> int:
         return configured
     meta = host.get_fact(LinuxDistribution).get("release_meta") or {}
     key = (meta.get("ID", "").lower(), meta.get("VERSION_ID", ""))
+    guest = MACHINE.read(host).guest
+    expected = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"]) if guest else None
+    if key in DISTRIBUTION_MAJOR and expected and expected != DISTRIBUTION_MAJOR[key]:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'guest.os' is {guest['os']!r} but the host runs"
+            f" {meta.get('PRETTY_NAME')}; fix guest.os (the repository host reads the"
+            " PostgreSQL major from it) or set postgresql_version"
+        )
     if key not in DISTRIBUTION_MAJOR:
         known = ", ".join(f"{d} {v}: {m}" for (d, v), m in DISTRIBUTION_MAJOR.items())
         raise RuntimeError(
@@ -270,15 +285,20 @@ def postgresql_major(configured: int | None) -> int:
     return DISTRIBUTION_MAJOR[key]
 
 
-def data_directory(pool: str, major: int) -> str:
-    """``<pool path>/postgresql/<major>/main`` of this host's ``pool``."""
-    pools = MACHINE.read(host).pools
+def pool_path_of(target: Any, pool: str) -> str:
+    """The path of ``target``'s pool ``pool`` (``target``: a pyinfra host)."""
+    pools = MACHINE.read(target).pools
     if pool not in pools:
         raise RuntimeError(
-            f"host {host.name!r}: key 'postgresql_pool' is {pool!r}; expected one of this"
+            f"host {target.name!r}: key 'postgresql_pool' is {pool!r}; expected one of this"
             f" host's pools ({', '.join(pools) or 'it has none: add it to pools'})"
         )
-    return f"{pools[pool]['path'].rstrip('/')}/postgresql/{major}/main"
+    return pools[pool]["path"].rstrip("/")
+
+
+def data_directory_of(target: Any, pool: str, major: int) -> str:
+    """``<pool path>/postgresql/<major>/main`` of ``target``'s ``pool``."""
+    return f"{pool_path_of(target, pool)}/postgresql/{major}/main"
 
 
 def sizing(ram_bytes: int, percent: int, max_connections: int) -> dict[str, str]:
@@ -361,7 +381,7 @@ def schema_comment(sql: str) -> str:
 def memory_store() -> None:
     settings = DATA.read(host)
     major = postgresql_major(settings.postgresql_version)
-    datadir = data_directory(settings.postgresql_pool, major)
+    datadir = data_directory_of(host, settings.postgresql_pool, major)
     unit = f"postgresql@{major}-main.service"
     conf_dir = f"/etc/postgresql/{major}/main"
     clusters = host.get_fact(PostgresqlClusters) or []
@@ -399,6 +419,8 @@ def memory_store() -> None:
         group="postgres",
         mode="700",
     )
+    # Before the cluster exists: a rebuilt host restores from the repository instead.
+    backup = database_host(major, datadir, pool_path_of(host, settings.postgresql_pool))
     files.directory(name="Memory store config directory", path=CONFIG_DIR, mode="700")
     files.put(
         name="Install the memory store bootstrap script",
@@ -422,7 +444,7 @@ def memory_store() -> None:
         database=DATABASE,
         tables=" ".join(TABLES),
         textfile_dir=TEXTFILE_DIR,
-        extra={},
+        extra={"PGBACKREST_STANZA": backup["stanza"], "RESTORE_SCRATCH": backup["scratch"]},
     )
     files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
     if ours is None:
@@ -440,7 +462,7 @@ def memory_store() -> None:
         listen=listen,
         port=PORT,
         max_connections=settings.postgresql_max_connections,
-        archive=None,
+        archive={"stanza": backup["stanza"], "timeout": backup["timeout"]},
         sizes=sizing(
             _ram(settings.postgresql_memory),
             settings.postgresql_memory_percent,
@@ -462,7 +484,7 @@ def memory_store() -> None:
         src=template_path("postgresql-homelab-mounts.conf.j2"),
         dest=f"/etc/systemd/system/postgresql@{major}-main.service.d/homelab-mounts.conf",
         mode="644",
-        paths=[datadir],
+        paths=[datadir, backup["spool"]],
     )
     integrity_unit = files.template(
         name=f"{INTEGRITY_UNIT}: the store's check before any client",

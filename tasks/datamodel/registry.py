@@ -31,6 +31,7 @@ TASK_MODULES = (
     "tasks.tailscale",
     "tasks.proxmox_api",
     "tasks.memory_store",
+    "tasks.pgbackrest",
 )
 
 

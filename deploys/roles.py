@@ -24,7 +24,11 @@ from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
 from tasks.memory_store import memory_store
-from tasks.pgbackrest import pgbackrest_repository, pgbackrest_stanza
+from tasks.pgbackrest import (
+    memory_store_first_restore_test,
+    pgbackrest_repository,
+    pgbackrest_stanza,
+)
 from tasks.ports import Port
 from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
@@ -58,6 +62,7 @@ ROLES: dict[str, tuple[Callable[[], None], ...]] = {
 # firewall, which every host reaches at the same point, so every host's role tasks are done.
 AFTER_FIREWALL: dict[str, tuple[Callable[[], None], ...]] = {
     HYPERVISOR: (pgbackrest_stanza,),
+    AGEIS_NODE: (memory_store_first_restore_test,),
 }
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import FactBase, deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
@@ -633,4 +634,23 @@ def pgbackrest_stanza() -> None:
     server.shell(
         name="Stanza create, check and a first full backup (the repository has none)",
         commands=[f"{STANZA_SCRIPT} {settings.pgbackrest_stanza}"],
+    )
+
+
+RESTORE_TEST_RESULT = f"{TEXTFILE_DIR}/memory_store_restore_test.prom"
+
+
+@deploy("Memory store restore test", data_defaults=DATA.defaults())
+def memory_store_first_restore_test() -> None:
+    """After the firewall (and the first backup): run the restore test once if it never ran.
+
+    A backup nobody restored is just a file: a new (or rebuilt) database host proves its
+    backups at its first rollout instead of waiting for the timer. Gated on the restore test's
+    result file.
+    """
+    if host.get_fact(File, path=RESTORE_TEST_RESULT):
+        return
+    server.shell(
+        name="Run the restore test once (it never ran here)",
+        commands=["systemctl start memory-store-restore-test.service"],
     )

@@ -57,6 +57,8 @@ class Machine:
     # PostgresqlClusters (pg_lsclusters) and MemoryStoreState (None: PostgreSQL not answering).
     pg_clusters: list[dict[str, Any]] = field(default_factory=list)
     memory_store: dict[str, Any] | None = None
+    # PgbackrestInfo on the repository host: None (not installed) or {"status", "backups"}.
+    pgbackrest_info: dict[str, Any] | None = None
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -159,6 +161,7 @@ class Machine:
                 "HostMemory": self.memory_bytes,
                 "PostgresqlClusters": self.pg_clusters,
                 "MemoryStoreState": self.memory_store,
+                "PgbackrestInfo": self.pgbackrest_info,
                 "Date": _host_date(),
             }
         )

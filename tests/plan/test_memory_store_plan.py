@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tasks.memory_store import roles_digest, scram_verifier
 from tests.plan.conftest import PLAN_SECRETS
-from tests.plan.harness import Plan
+from tests.plan.harness import REPO, Plan
 from tests.plan.machines import DEBIAN_13
 
 NODE = "ageis-node"
 PASSWORD = PLAN_SECRETS["memory_store_actr_engine_password"]
 
 
-def ageis_plan(plan_of, fleet, release: str) -> Plan:
+def ageis_plan(plan_of, fleet, release: str, tmp_path: Path | None = None) -> Plan:
     if release == "debian-13":
+        # The lab's ageis-node: a Debian 13 guest (the inventory says so in guest.os).
+        assert tmp_path is not None
         fleet[NODE].os_release = DEBIAN_13
+        text = (REPO / "inventory.py").read_text()
+        assert text.count('"os": "ubuntu-24.04"') == 1
+        inventory = tmp_path / "inventory.py"
+        inventory.write_text(text.replace('"os": "ubuntu-24.04"', '"os": "debian-13"'))
+        return plan_of("deploys/ageis_node.py", limit=[NODE], inventory_file=str(inventory))
     return plan_of("deploys/ageis_node.py", limit=[NODE])
 
 
@@ -33,9 +42,9 @@ def upload(result: Plan, path: str) -> str:
 
 @pytest.mark.parametrize(("release", "major"), [("ubuntu-24.04", 16), ("debian-13", 17)])
 def test_distribution_major_cluster_on_the_ssd_pool_with_checksums(
-    plan_of, fleet, release: str, major: int
+    plan_of, fleet, release: str, major: int, tmp_path: Path
 ) -> None:
-    result = ageis_plan(plan_of, fleet, release)
+    result = ageis_plan(plan_of, fleet, release, tmp_path)
     install = result.op(NODE, f"Install PostgreSQL {major} and pgvector")
     assert f"postgresql-{major}-pgvector" in " ".join(install.commands)
     env = upload(result, "/etc/homelab/memory-store/memory-store.env")

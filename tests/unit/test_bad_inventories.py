@@ -31,6 +31,7 @@ SECRETS_TOML = (
     'proxmox_api_secret = "throw-away"\ntailscale_auth_key = "throw-away"\n'
     'memory_store_actr_engine_password = "throw-away"\n'
     'memory_store_vector_indexer_password = "throw-away"\n'
+    'pgbackrest_tls_seed = "throw-away"\n'
 )
 PRIVATE_KEY = "{private_key}"  # placeholder for the throw-away private key's path
 

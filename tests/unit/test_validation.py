@@ -16,6 +16,7 @@ SECRETS = {
     "tailscale_auth_key": Secret("test-double-value"),
     "memory_store_actr_engine_password": Secret("test-double-value"),
     "memory_store_vector_indexer_password": Secret("test-double-value"),
+    "pgbackrest_tls_seed": Secret("test-double-value"),
 }
 
 
@@ -74,12 +75,13 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("pve", "secret tailscale_auth_key"),  # the first of the nodes that need it
         ("ageis-node", "secret memory_store_actr_engine_password"),
         ("ageis-node", "secret memory_store_vector_indexer_password"),
+        ("pve", "secret pgbackrest_tls_seed"),
     }
     text = format_errors(errors, "inventory.py")
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 8
+    assert len(text.splitlines()) == 9
 
 
 def test_address_outside_lan_cidr(baseline) -> None:

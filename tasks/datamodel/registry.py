@@ -31,6 +31,8 @@ TASK_MODULES = (
     "tasks.tailscale",
     "tasks.proxmox_api",
     "tasks.snapshot_guard",
+    "tasks.memory_store",
+    "tasks.pgbackrest",
 )
 
 

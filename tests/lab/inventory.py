@@ -98,6 +98,9 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     data["dns_fallback_servers"] = _UPSTREAM_DNS
     if "dns" in lab_host.groups:
         data["dns_forwarders"] = _UPSTREAM_DNS
+    if "ageis_node" in lab_host.groups:
+        # The lab's drills write memories from this machine (the lab gateway) over the LAN.
+        data["postgresql_extra_clients"] = [{"role": "actr_engine", "address": lab.GATEWAY}]
     if set(_TAILSCALE_GROUPS) & set(lab_host.groups):
         # Tailscale's repository, key URL and fingerprint: the lab's stand-in (labctl serves it).
         data.update(tailscale_data())

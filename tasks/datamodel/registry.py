@@ -31,6 +31,9 @@ TASK_MODULES = (
     "tasks.tailscale",
     "tasks.proxmox_api",
     "tasks.snapshot_guard",
+    "tasks.proxmox_storage",
+    "tasks.proxmox_guests",
+    "tasks.proxmox_backup",
 )
 
 

@@ -141,7 +141,7 @@ class Proxmox:
     def _resource(self, path: str) -> Any:
         return self.api(path.strip("/"))
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, /, **params: Any) -> Any:
         return self._request("GET", path, params)
 
     def _request(self, method: str, path: str, params: Mapping[str, Any]) -> Any:
@@ -166,7 +166,7 @@ class Proxmox:
                 f"{self.host_name}: Proxmox API {method} {path} failed: {error}"
             ) from None
 
-    def call(self, method: str, path: str, what: str, **params: Any) -> Any:
+    def call(self, method: str, path: str, what: str, /, **params: Any) -> Any:
         """A write; when it answers a UPID, wait for that task and fail with its log."""
         result = self._request(method, path, params)
         if isinstance(result, str) and result.startswith("UPID:"):
@@ -329,7 +329,7 @@ def reach(name: str) -> Proxmox | None:
         raise
 
 
-def get_or_none(api: Proxmox, path: str, **params: Any) -> Any:
+def get_or_none(api: Proxmox, path: str, /, **params: Any) -> Any:
     """GET ``path``, or None when the API says the object does not exist."""
     try:
         return api.get(path, **params)

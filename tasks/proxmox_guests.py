@@ -26,7 +26,7 @@ import ipaddress
 from typing import Any
 from urllib.parse import quote, unquote
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api import deploy
 
 from tasks.admin_user import DATA as ADMIN
@@ -114,6 +114,14 @@ def _storage_with(api: Proxmox, content: str, what: str) -> str:
 
 
 def _volume(api: Proxmox, storage: str, content: str, name: str) -> bool:
+    # Volumes this run already plans to download (two containers, one template: once).
+    planned = getattr(state, "homelab_planned_volumes", None)
+    if planned is None:
+        planned = set()
+        state.homelab_planned_volumes = planned
+    if (host.name, storage, name) in planned:
+        return True
+    planned.add((host.name, storage, name))
     path = f"nodes/{api.node}/storage/{storage}/content"
     listing = get_or_none(api, path, content=content) or []
     return any(str(v.get("volid", "")).endswith(f"/{name}") for v in listing)

@@ -30,6 +30,10 @@ from tasks.pgbackrest import (
     pgbackrest_stanza,
 )
 from tasks.ports import Port
+from tasks.proxmox_api import proxmox_api_check
+from tasks.proxmox_backup import proxmox_backup_job
+from tasks.proxmox_guests import proxmox_guests
+from tasks.proxmox_storage import proxmox_storages
 from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
@@ -51,7 +55,14 @@ BASE: tuple[Callable[[], None], ...] = (
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
-    HYPERVISOR: (tailscale, pgbackrest_repository),
+    HYPERVISOR: (
+        tailscale,
+        proxmox_api_check,
+        proxmox_storages,
+        proxmox_guests,
+        proxmox_backup_job,
+        pgbackrest_repository,
+    ),
     AGEIS_NODE: (tailscale, memory_store),
     EMBEDDER: (tailscale,),
     SERVICE_GUESTS: (),

@@ -33,6 +33,9 @@ TASK_MODULES = (
     "tasks.snapshot_guard",
     "tasks.memory_store",
     "tasks.pgbackrest",
+    "tasks.proxmox_storage",
+    "tasks.proxmox_guests",
+    "tasks.proxmox_backup",
 )
 
 

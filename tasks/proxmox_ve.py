@@ -321,7 +321,7 @@ def proxmox_ve() -> None:
         present=False,
     )
     _subscription_nag(settings, packages)
-    _rpcbind(settings, packages)
+    _rpcbind(settings, packages, installing=not installed)
 
 
 def _subscription_nag(settings: Settings, packages: dict) -> None:
@@ -355,8 +355,9 @@ def _subscription_nag(settings: Settings, packages: dict) -> None:
     server.shell(name="Hide the subscription dialog in the web UI", commands=[NAG_SCRIPT])
 
 
-def _rpcbind(settings: Settings, packages: dict) -> None:
-    if "rpcbind" not in packages:
+def _rpcbind(settings: Settings, packages: dict, *, installing: bool = False) -> None:
+    """Mask rpcbind, or keep it when the data asks; ``installing``: proxmox-ve brings it now."""
+    if "rpcbind" not in packages and not installing:
         return
     states = host.get_fact(UnitStates, units=RPCBIND_UNITS)
     masked = all(states.get(unit) == "masked" for unit in RPCBIND_UNITS)

@@ -66,6 +66,8 @@ class Machine:
     mounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     disks: dict[str, dict[str, Any]] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
+    # Packages `apt-get dist-upgrade --dry-run` would upgrade (SimulateOperationWillChange).
+    apt_upgradable: int = 0
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -167,6 +169,12 @@ class Machine:
                 "TailscaleState": self.tailscale,
                 "Date": _host_date(),
                 "KernelVersion": self.kernel,
+                "SimulateOperationWillChange": {
+                    "upgraded": self.apt_upgradable,
+                    "newly_installed": 0,
+                    "removed": 0,
+                    "not_upgraded": 0,
+                },
                 "PciDevices": self.pci,
                 "BootLoader": self.boot_loader,
                 "KernelCmdline": self.cmdline,

@@ -126,7 +126,7 @@ def _dir_pool(name: str, pool: Mapping[str, Any], disks: list[str]) -> None:
     path = pool["path"]
     mounts = host.get_fact(Mounts) or {}
     if not disks:
-        files.directory(name=f"Pool {name}: directory {path}", path=path, mode="755")
+        files.directory(name=f"Pool {name}: directory {path}", path=path)
         return
     if len(disks) != 1:
         raise PoolRefused(
@@ -153,7 +153,7 @@ def _dir_pool(name: str, pool: Mapping[str, Any], disks: list[str]) -> None:
             f"host {host.name!r}: pool {name!r}: {device} holds no filesystem and"
             f" pools[{name!r}].create is false; set it to true to format the blank disk"
         )
-    files.directory(name=f"Pool {name}: mount point {path}", path=path, mode="755")
+    files.directory(name=f"Pool {name}: mount point {path}", path=path)
     files.line(
         name=f"Pool {name}: {device} on {path} in /etc/fstab",
         path="/etc/fstab",

@@ -2,9 +2,9 @@
 
 Overrides only what the lab must: addresses (the lab bridge), the SSH key and known hosts the
 lab generated, no physical disks, the hypervisor kept plain Debian (no Proxmox VE install),
-stand-in pool directories, the lab's own secrets file, the DNS upstream (this machine's resolver: the lab cannot reach the root
-servers), and Tailscale's repository (the lab's signed stand-in, see standin_repo.py). Run from
-the repository root:
+stand-in pool directories, the lab's own secrets file, the DNS upstream (this machine's
+resolver: the lab cannot reach the root servers), and Tailscale's repository (the lab's signed
+stand-in, see standin_repo.py). Run from the repository root:
 
     pyinfra tests/lab/inventory.py deploys/full.py
 """

@@ -20,6 +20,7 @@ from tasks.datamodel.machine import AGEIS_NODE, DNS, EMBEDDER, HYPERVISOR, SERVI
 from tasks.datamodel.preflight import require_valid_data
 from tasks.dns_resolver import dns_resolver
 from tasks.firewall import firewall
+from tasks.gpu_passthrough import gpu_passthrough
 from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
@@ -34,9 +35,11 @@ from tasks.proxmox_api import proxmox_api_check
 from tasks.proxmox_backup import proxmox_backup_job
 from tasks.proxmox_guests import proxmox_guests
 from tasks.proxmox_storage import proxmox_storages
+from tasks.proxmox_ve import proxmox_ve
 from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
+from tasks.storage_pools import storage_pools
 from tasks.tailscale import tailscale
 from tasks.time_sync import time_sync
 
@@ -56,6 +59,9 @@ BASE: tuple[Callable[[], None], ...] = (
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
     HYPERVISOR: (
+        proxmox_ve,
+        storage_pools,
+        gpu_passthrough,
         tailscale,
         proxmox_api_check,
         proxmox_storages,

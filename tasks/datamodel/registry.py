@@ -36,6 +36,8 @@ TASK_MODULES = (
     "tasks.proxmox_storage",
     "tasks.proxmox_guests",
     "tasks.proxmox_backup",
+    "tasks.proxmox_ve",
+    "tasks.gpu_passthrough",
 )
 
 

@@ -12,6 +12,7 @@ task that starts reading a new fact makes its plan test say so.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -194,12 +195,22 @@ def _plan_host(
                 generated = list(data.command_generator())
                 commands = [_render(c) for c in generated]
                 for command in generated if run_python else ():
-                    if isinstance(command, FunctionCommand):
+                    # Our python.call functions run (against the API double); pyinfra's own
+                    # connection-level functions (taking state and host, as server.reboot's
+                    # do) would need a real connection and are only planned.
+                    if isinstance(command, FunctionCommand) and not _takes_state_and_host(
+                        command.function
+                    ):
                         command.function(*command.args, **command.kwargs)
             op_name = " / ".join(sorted(state.op_meta[op_hash].names))
             conditional = bool(data.global_arguments.get("_if"))
             planned.append(PlannedOp(op_name, commands, conditional))
     return planned
+
+
+def _takes_state_and_host(function: Any) -> bool:
+    args = inspect.getfullargspec(function).args
+    return "state" in args and "host" in args
 
 
 def _refuse_connection(*args: Any, **kwargs: Any) -> None:

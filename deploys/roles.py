@@ -16,13 +16,22 @@ from pyinfra import host
 from tasks.admin_user import admin_user
 from tasks.apt_sources import apt_sources
 from tasks.base_packages import base_packages
-from tasks.datamodel.machine import AGEIS_NODE, DNS, EMBEDDER, HYPERVISOR, SERVICE_GUESTS
+from tasks.datamodel.machine import (
+    AGEIS_NODE,
+    DNS,
+    EMBEDDER,
+    HYPERVISOR,
+    MONITORING,
+    SERVICE_GUESTS,
+)
 from tasks.datamodel.preflight import require_valid_data
 from tasks.dns_resolver import dns_resolver
 from tasks.firewall import firewall
 from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.monitoring import monitoring
+from tasks.node_exporter import node_exporter
 from tasks.ports import Port
 from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
@@ -41,6 +50,7 @@ BASE: tuple[Callable[[], None], ...] = (
     security_updates,
     hardening,
     resolver_client,
+    node_exporter,
 )
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
@@ -50,6 +60,7 @@ ROLES: dict[str, tuple[Callable[[], None], ...]] = {
     EMBEDDER: (tailscale,),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
+    MONITORING: (monitoring,),
 }
 
 

@@ -10,8 +10,9 @@ prometheus_evaluation_interval = "30s"
 # name a secret from the secrets file (a bearer token, or the SMTP password), e.g.:
 #   alert_receivers = [
 #       {"name": "phone", "kind": "ntfy", "url": "https://ntfy.sh/my-homelab-topic"},
-#       {"name": "mail", "kind": "email", "to": "ops@example.org", "from": "alerts@example.org",
-#        "smarthost": "mail.example.org:587", "username": "alerts", "secret": "alert_smtp_password"},
+#       {"name": "mail", "kind": "email", "to": "ops@example.org",
+#        "from": "alerts@example.org", "smarthost": "mail.example.org:587",
+#        "username": "alerts", "secret": "alert_smtp_password"},
 #   ]
 alert_receivers = []
 

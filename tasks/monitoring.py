@@ -112,9 +112,7 @@ DATA = Schema(
         G,
     ),
     Key("prometheus_scrape_interval", DURATION, "30s", "How often every target is scraped.", G),
-    Key(
-        "prometheus_evaluation_interval", DURATION, "30s", "How often alert rules are checked.", G
-    ),
+    Key("prometheus_evaluation_interval", DURATION, "30s", "How often alert rules are checked.", G),
     Key(
         "alert_down_for",
         DURATION,
@@ -221,9 +219,7 @@ DATA = Schema(
     ),
     Key("alertmanager_group_wait", DURATION, "30s", "Wait before the first notification.", G),
     Key("alertmanager_group_interval", DURATION, "5m", "Wait between updates of a group.", G),
-    Key(
-        "alertmanager_repeat_interval", DURATION, "4h", "Repeat a still-firing notification.", G
-    ),
+    Key("alertmanager_repeat_interval", DURATION, "4h", "Repeat a still-firing notification.", G),
     Key(
         "pve_exporter_version",
         Str(r"[0-9]+(\.[0-9]+)*", what='a version such as "3.10.2"'),
@@ -260,7 +256,9 @@ DATA = Schema(
                     "host": Field(HOSTNAME, doc="inventory host"),
                     "port": Field(Int(1, 65535)),
                     "service": Field(Str(r"[a-z0-9][a-z0-9_.-]*", what="a service name")),
-                    "probe": Field(Str(r"(tcp|ssh|dns|http:/\S*)", what="tcp, ssh, dns or http:/PATH")),
+                    "probe": Field(
+                        Str(r"(tcp|ssh|dns|http:/\S*)", what="tcp, ssh, dns or http:/PATH")
+                    ),
                 },
                 what="a probe with host, port, service, probe",
             )
@@ -300,7 +298,12 @@ SECRETS_DIR = f"{CONFIG_DIR}/secrets"
 PVE_VENV = "/opt/prometheus-pve-exporter"
 BLACKBOX = "127.0.0.1:9115"
 PVE_EXPORTER = "127.0.0.1:9221"
-BLACKBOX_MODULES = {"tcp": "tcp_connect", "ssh": "ssh_banner", "dns": "dns_local", "http": "http_2xx"}
+BLACKBOX_MODULES = {
+    "tcp": "tcp_connect",
+    "ssh": "ssh_banner",
+    "dns": "dns_local",
+    "http": "http_2xx",
+}
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,18 @@ _HYPERVISOR_POOL_CONTENT = {
 _UPSTREAM_DNS = [s for s in host_nameservers() if ":" not in s]
 
 
+_LAB_MONITORING = {
+    "prometheus_scrape_interval": "5s",
+    "prometheus_evaluation_interval": "5s",
+    "alert_down_for": "20s",
+    "alert_fill_window": "2m",
+    "alert_fill_for": "15s",
+    "alertmanager_group_wait": "5s",
+    "alertmanager_group_interval": "10s",
+    "pve_exporter_verify_tls": False,
+}
+
+
 def _host_data(lab_host: lab.LabHost) -> dict:
     data = {
         "ssh_hostname": lab_host.address,
@@ -98,6 +110,9 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     data["dns_fallback_servers"] = _UPSTREAM_DNS
     if "dns" in lab_host.groups:
         data["dns_forwarders"] = _UPSTREAM_DNS
+    if "monitoring" in lab_host.groups:
+        # Short windows, so the lab sees alerts fire and resolve within a test's minutes.
+        data.update(_LAB_MONITORING)
     if set(_TAILSCALE_GROUPS) & set(lab_host.groups):
         # Tailscale's repository, key URL and fingerprint: the lab's stand-in (labctl serves it).
         data.update(tailscale_data())

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 from pyinfra import host, inventory
@@ -228,6 +229,14 @@ DATA = Schema(
         G,
     ),
     Key(
+        "pve_exporter_wheelhouse",
+        Optional(Str(r"[~/][^\0]*", what='a directory on the controller such as "~/wheels"')),
+        None,
+        "A directory of wheels on the controller to install the exporter from, with no index"
+        " (offline installs, the lab); None: PyPI.",
+        G,
+    ),
+    Key(
         "pve_exporter_user",
         Str(r"[^@\s]+@(pam|pve|[a-z0-9-]+)", what='a Proxmox user such as "monitoring@pve"'),
         "monitoring@pve",
@@ -296,6 +305,7 @@ CONFIG_DIR = "/etc/prometheus"
 RULES = f"{CONFIG_DIR}/rules/homelab.rules.yml"
 SECRETS_DIR = f"{CONFIG_DIR}/secrets"
 PVE_VENV = "/opt/prometheus-pve-exporter"
+WHEELHOUSE = "/var/cache/homelab/pve-exporter-wheels"
 BLACKBOX = "127.0.0.1:9115"
 PVE_EXPORTER = "127.0.0.1:9221"
 BLACKBOX_MODULES = {
@@ -594,11 +604,32 @@ def monitoring() -> None:
     )
 
     # --- Proxmox VE exporter (PyPI, venv) --------------------------------------------------
-    pip.venv(name="Venv for prometheus-pve-exporter", path=PVE_VENV, python="python3")
+    venv = pip.venv(name="Venv for prometheus-pve-exporter", path=PVE_VENV, python="python3")
+    install_args = None
+    if settings.pve_exporter_wheelhouse:
+        wheelhouse = Path(settings.pve_exporter_wheelhouse).expanduser()
+        if not wheelhouse.is_dir():
+            raise DataError(
+                host.name, "pve_exporter_wheelhouse", str(wheelhouse), "an existing directory"
+            )
+        files.sync(
+            name="Wheelhouse for prometheus-pve-exporter (no index)",
+            src=str(wheelhouse),
+            dest=WHEELHOUSE,
+            delete=True,
+        )
+        install_args = f"--no-index --find-links {WHEELHOUSE}"
     exporter = pip.packages(
         name=f"Install prometheus-pve-exporter {settings.pve_exporter_version}",
         packages=[f"prometheus-pve-exporter=={settings.pve_exporter_version}"],
         pip=f"{PVE_VENV}/bin/pip",
+        extra_install_args=install_args,
+    )
+    # The hosts' umask is 027 (hardening): the exporter's user must be able to read its code.
+    server.shell(
+        name="Proxmox exporter: its venv readable by the exporter's user",
+        commands=[f"chmod -R a+rX {PVE_VENV}"],
+        _if=any_changed(venv, exporter),
     )
     token = files.put(
         name="Proxmox exporter: read-only API token (secret)",

@@ -114,11 +114,24 @@ def node_exporter() -> None:
         packages=PACKAGES,
         no_recommends=True,
     )
+    defaults = files.template(
+        name="node-exporter: every pool's filesystem collected (/mnt too)",
+        src=template_path("prometheus-node-exporter.default.j2"),
+        dest="/etc/default/prometheus-node-exporter",
+        mode="644",
+    )
     systemd.service(
         name="Run prometheus-node-exporter",
         service="prometheus-node-exporter",
         running=True,
         enabled=True,
+    )
+    systemd.service(
+        name="Restart prometheus-node-exporter for its new arguments",
+        service="prometheus-node-exporter",
+        running=None,
+        restarted=True,
+        _if=defaults.did_change,
     )
 
     if smart:

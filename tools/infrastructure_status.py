@@ -39,6 +39,8 @@ class Shell(Protocol):
 class Http(Protocol):
     def get_json(self, url: str) -> Any | None: ...
 
+    def connect_seconds(self, address: str, port: int) -> float | None: ...
+
 
 @dataclass
 class Line:
@@ -89,7 +91,10 @@ class PrometheusApi:
         body = response.json()
         if body.get("status") != "success":
             raise RuntimeError(f"Prometheus: {body.get('error', body)}")
-        return [(r["metric"], float(r["value"][1])) for r in body["data"]["result"]]
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            return [({}, float(data["result"][1]))]
+        return [(r["metric"], float(r["value"][1])) for r in data["result"]]
 
 
 class SshShell:
@@ -125,6 +130,24 @@ class SshShell:
 
 
 class HttpJson:
+    """HTTP answers (Ollama's API) and TCP connect times, from where the report runs."""
+
+    def connect_seconds(self, address: str, port: int) -> float | None:
+        """Best of three TCP connects: the network latency to a host, like a ping."""
+        import socket
+        import time
+
+        best = None
+        for _ in range(3):
+            start = time.perf_counter()
+            try:
+                with socket.create_connection((address, port), timeout=2):
+                    elapsed = time.perf_counter() - start
+            except OSError:
+                continue
+            best = elapsed if best is None else min(best, elapsed)
+        return best
+
     def get_json(self, url: str) -> Any | None:
         import requests
 
@@ -335,11 +358,12 @@ class Report:
         text, bad = self.services(node)
         s.add("services", text, degraded=bad)
         up = self.host_up(node)
-        latency = self.one(f'max(probe_duration_seconds{{instance="{node.name}",service="ssh"}})')
+        latency = self.http.connect_seconds(node.address, int(node.data.get("ssh_port") or 22))
         if up is None:
             s.add("status", None)
         elif up:
             lat = f"{latency * 1000:.1f}ms" if latency is not None else UNKNOWN
+            # TCP connect from here to its SSH port, best of three: the LAN's round trip.
             s.add("status", f"ONLINE (latency: {lat})")
         else:
             s.add("status", "OFFLINE", degraded=True)

@@ -21,6 +21,7 @@ from tests.lab import hosts as lab
 from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
 from tests.lab.standin_repo import tailscale_data
+from tests.lab.wheelhouse import ensure_wheelhouse
 
 # The lab's secrets (random, one per declared secret) unless the caller points elsewhere.
 os.environ.setdefault("HOMELAB_SECRETS_FILE", str(lab.SECRETS_FILE))
@@ -113,6 +114,9 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     if "monitoring" in lab_host.groups:
         # Short windows, so the lab sees alerts fire and resolve within a test's minutes.
         data.update(_LAB_MONITORING)
+        data["pve_exporter_wheelhouse"] = str(
+            ensure_wheelhouse("pve-exporter", "prometheus-pve-exporter==3.10.2")
+        )
     if set(_TAILSCALE_GROUPS) & set(lab_host.groups):
         # Tailscale's repository, key URL and fingerprint: the lab's stand-in (labctl serves it).
         data.update(tailscale_data())

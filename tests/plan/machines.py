@@ -52,6 +52,8 @@ class Machine:
     keyrings: dict[str, list[str]] = field(default_factory=dict)
     # TailscaleState: None (not installed) or {"backend_state": ..., "prefs": {...}}.
     tailscale: dict[str, Any] | None = None
+    # PipPackages (of any pip asked): name -> [versions].
+    pip_packages: dict[str, list[str]] = field(default_factory=dict)
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -151,6 +153,7 @@ class Machine:
                 "NftTableMatches": self.firewall_loaded,
                 "KeyringFingerprints": lambda kw: self.keyrings.get(kw["path"]),
                 "TailscaleState": self.tailscale,
+                "PipPackages": dict(self.pip_packages),
                 "Date": _host_date(),
             }
         )

@@ -381,10 +381,14 @@ class Report:
                 f"{labels.get('instance')}:{labels.get('disk')}" for labels, _ in unhealthy
             )
             s.add("smart", f"FAILING: {names}", degraded=True)
+        # The store's textfile metrics (pgbackrest info on the repository host), else the
+        # names of prometheus-pgbackrest-exporter.
         since = self.q(
-            "min by (instance, stanza) (pgbackrest_backup_since_last_completion_seconds)"
+            "time() - max by (instance, stanza) (homelab_backup_newest_timestamp_seconds)"
+        ) or self.q("min by (instance, stanza) (pgbackrest_backup_since_last_completion_seconds)")
+        size = self.one("max(homelab_backup_repository_bytes)") or self.one(
+            'max(pgbackrest_backup_last_repo_size_bytes{backup_type="incr"})'
         )
-        size = self.one('max(pgbackrest_backup_last_repo_size_bytes{backup_type="incr"})')
         if since:
             worst = max(v for _, v in since)
             size_part = f", {size_text(int(size))}" if size else ""
@@ -395,7 +399,7 @@ class Report:
             )
         else:
             s.add("backups", None)
-        restore_ok = self.q("homelab_restore_test_success")
+        restore_ok = self.q("homelab_restore_test_last_run_success")
         restore_at = self.one("max(homelab_restore_test_last_run_timestamp_seconds)")
         now = self.one("time()")
         if restore_ok and restore_at and now:

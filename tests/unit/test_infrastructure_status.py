@@ -138,11 +138,11 @@ HEALTHY = [
     (r"^up\{job=\"node-exporter\"\}", [({"instance": h.name}, 1) for h in HOSTS]),
     (r"^smartmon_device_smart_healthy\{", [({"disk": "/dev/nvme0"}, 1)]),
     (r"nvme_percentage_used_ratio", [({}, 0.14)]),
-    (r"pgbackrest_backup_since_last_completion_seconds", [({"stanza": "memory"}, 6 * 3600)]),
-    (r"pgbackrest_backup_last_repo_size_bytes", [({}, 247 * 1024**3)]),
-    (r"^homelab_restore_test_success", [({"instance": "ageis-node"}, 1)]),
+    (r"homelab_backup_newest_timestamp_seconds", [({"stanza": "memory"}, 6 * 3600)]),
+    (r"max\(homelab_backup_repository_bytes", [({}, 247 * 1024**3)]),
+    (r"^homelab_restore_test_last_run_success", [({"instance": "ageis-node"}, 1)]),
     (r"homelab_restore_test_last_run_timestamp_seconds", [({}, 1_000_000)]),
-    (r"^time\(\)", [({}, 1_000_000 + 86400)]),
+    (r"^time\(\)$", [({}, 1_000_000 + 86400)]),
     (r"^homelab_vzdump_last_ok", [({"instance": "pve"}, 1)]),
 ]
 TAILSCALE = json.dumps(
@@ -215,8 +215,8 @@ def test_a_stopped_service_is_marked_and_exits_non_zero() -> None:
 
 def test_old_backup_failed_restore_and_smart_are_degraded() -> None:
     answers = [
-        (r"pgbackrest_backup_since_last_completion_seconds", [({"stanza": "memory"}, 30 * 3600)]),
-        (r"^homelab_restore_test_success", [({"instance": "ageis-node"}, 0)]),
+        (r"homelab_backup_newest_timestamp_seconds", [({"stanza": "memory"}, 30 * 3600)]),
+        (r"^homelab_restore_test_last_run_success", [({"instance": "ageis-node"}, 0)]),
         (r"^smartmon_device_smart_healthy == 0", [({"instance": "pve", "disk": "/dev/sdb"}, 0)]),
         *HEALTHY,
     ]
@@ -229,7 +229,7 @@ def test_old_backup_failed_restore_and_smart_are_degraded() -> None:
 def test_unmeasurable_figures_print_unknown_without_degrading() -> None:
     # The lab: no thermals, no GPU, no ROCm, no Ollama, no backups yet.
     answers = [
-        (p, r) for p, r in HEALTHY if not re.search(r"temp|gpu_memory|pgbackrest|restore|vzdump", p)
+        (p, r) for p, r in HEALTHY if not re.search(r"temp|gpu_memory|backup|restore|vzdump", p)
     ]
     built = Report(HOSTS, RecordedPrometheus(answers), RecordedShell({}), RecordedHttp({}))
     built.build()
@@ -271,3 +271,46 @@ def test_unreachable_prometheus_exits_two_and_says_so() -> None:
         json.loads(render_json(built.sections, built.prometheus_ok))["prometheus_reachable"]
         is False
     )
+
+
+class RecordedResponse:
+    """Test double for a requests response: a recorded Prometheus API answer."""
+
+    def __init__(self, body: dict) -> None:
+        self.body = body
+
+    def raise_for_status(self) -> None:
+        return None
+
+    def json(self) -> dict:
+        return self.body
+
+
+def test_prometheus_api_reads_vectors_and_scalars(monkeypatch) -> None:
+    import requests
+
+    from tools.infrastructure_status import PrometheusApi
+
+    answers = {
+        "up": {
+            "status": "success",
+            "data": {
+                "resultType": "vector",
+                "result": [{"metric": {"instance": "pve"}, "value": [1.0, "1"]}],
+            },
+        },
+        "time()": {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "42"]}},
+        "bad(": {"status": "error", "error": "parse error"},
+    }
+    monkeypatch.setattr(
+        requests, "get", lambda url, params, timeout: RecordedResponse(answers[params["query"]])
+    )
+    api = PrometheusApi("http://192.168.1.40:9090/")
+    assert api.query("up") == [({"instance": "pve"}, 1.0)]
+    assert api.query("time()") == [({}, 42.0)]
+    try:
+        api.query("bad(")
+    except RuntimeError as error:
+        assert "parse error" in str(error)
+    else:
+        raise AssertionError("an error answer must raise")

@@ -49,6 +49,18 @@ from tasks.datamodel.secrets import SecretSpec, load_secrets
 from tasks.ports import Port
 from tasks.templating import template_path
 
+PVE_COLLECTORS = (
+    "status",
+    "version",
+    "node",
+    "cluster",
+    "resources",
+    "backup-info",
+    "qdevice",
+    "config",
+    "replication",
+    "subscription",
+)
 DURATION = Str(r"([0-9]+(ms|s|m|h|d|w|y))+", what='a Prometheus duration such as "30s" or "3d"')
 DECIMAL = Str(r"[0-9]+(\.[0-9]+)?", what='a decimal number such as "0.5"')
 URL = Str(r"https?://[^\s\"']+", what='an http(s) URL such as "https://ntfy.example/homelab"')
@@ -248,6 +260,13 @@ DATA = Schema(
         Str(r"[A-Za-z][A-Za-z0-9._-]*", what='a token ID such as "exporter"'),
         "exporter",
         "Token ID of that user; its secret is pve_exporter_token_secret.",
+        G,
+    ),
+    Key(
+        "pve_exporter_disabled_collectors",
+        ListOf(Str(choices=PVE_COLLECTORS), unique=True),
+        [],
+        "prometheus-pve-exporter collectors switched off (--no-collector.NAME).",
         G,
     ),
     Key(
@@ -654,6 +673,7 @@ def monitoring() -> None:
         venv=PVE_VENV,
         config=f"{CONFIG_DIR}/pve.yml",
         listen="0.0.0.0:9221",
+        disabled=settings.pve_exporter_disabled_collectors,
     )
     systemd.daemon_reload(name="Proxmox exporter: reload systemd", _if=unit.did_change)
     systemd.service(

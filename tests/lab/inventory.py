@@ -11,6 +11,7 @@ the repository root:
 
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -26,6 +27,11 @@ from tests.lab.wheelhouse import ensure_wheelhouse
 # The lab's secrets (random, one per declared secret) unless the caller points elsewhere.
 os.environ.setdefault("HOMELAB_SECRETS_FILE", str(lab.SECRETS_FILE))
 ensure_lab_secrets(Path(os.environ["HOMELAB_SECRETS_FILE"]))
+# The exporter's token in the lab is the double's root@pam!homelab: the same secret.
+os.environ.setdefault(
+    "HOMELAB_SECRET_PVE_EXPORTER_TOKEN_SECRET",
+    tomllib.loads(Path(os.environ["HOMELAB_SECRETS_FILE"]).read_text())["proxmox_api_secret"],
+)
 
 # Guests as on the real hypervisor (same IDs and sizes), minus GPU passthrough.
 _GUESTS = {
@@ -78,6 +84,17 @@ _LAB_MONITORING = {
     "alertmanager_group_wait": "5s",
     "alertmanager_group_interval": "10s",
     "pve_exporter_verify_tls": False,
+    # The lab's Proxmox API double knows one token, root@pam!homelab (secret
+    # proxmox_api_secret), and implements the read endpoints of these collectors only.
+    "pve_exporter_user": "root@pam",
+    "pve_exporter_token_name": "homelab",
+    "pve_exporter_disabled_collectors": [
+        "backup-info",
+        "config",
+        "replication",
+        "subscription",
+        "qdevice",
+    ],
 }
 
 

@@ -32,6 +32,12 @@ TASK_MODULES = (
     "tasks.proxmox_api",
     "tasks.node_exporter",
     "tasks.monitoring",
+    "tasks.snapshot_guard",
+    "tasks.memory_store",
+    "tasks.pgbackrest",
+    "tasks.proxmox_storage",
+    "tasks.proxmox_guests",
+    "tasks.proxmox_backup",
 )
 
 

@@ -23,8 +23,18 @@ MONITORING = {
     (9221, "tcp", "pve-exporter"),
 }
 EXPECTED_PORTS = {
-    "pve": {(22, "tcp", "ssh"), (8006, "tcp", "proxmox-web"), (41641, "udp", "tailscaled")},
-    "ageis-node": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
+    "pve": {
+        (22, "tcp", "ssh"),
+        (8006, "tcp", "proxmox-web"),
+        (8432, "tcp", "pgbackrest-server"),
+        (41641, "udp", "tailscaled"),
+    },
+    "ageis-node": {
+        (22, "tcp", "ssh"),
+        (5432, "tcp", "postgresql"),
+        (8432, "tcp", "pgbackrest-server"),
+        (41641, "udp", "tailscaled"),
+    },
     "embedder": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
     "monitoring": {(22, "tcp", "ssh"), *MONITORING},
     "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},

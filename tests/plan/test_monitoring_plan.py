@@ -28,22 +28,9 @@ ADDRESSES = {
 }
 
 
-@pytest.fixture(scope="module")
-def full(request) -> Plan:
-    return request.getfixturevalue("plan_of")("deploys/full.py")
-
-
-@pytest.fixture(scope="module")
-def plan_of(controller_home):
-    from tests.plan.conftest import PLAN_SECRETS
-    from tests.plan.harness import plan
-    from tests.plan.machines import real_fleet
-
-    def run_plan(deploy_file: str, **kwargs) -> Plan:
-        facts = {name: machine.facts() for name, machine in real_fleet().items()}
-        return plan(deploy_file, facts, home=controller_home, secrets=PLAN_SECRETS, **kwargs)
-
-    return run_plan
+@pytest.fixture
+def full(plan_of) -> Plan:
+    return plan_of("deploys/full.py")
 
 
 def upload(plan: Plan, host: str, dest: str) -> str:

@@ -181,7 +181,7 @@ def size_text(value: int | None) -> str | None:
         return None
     for unit, scale in (("T", 1024**4), ("G", GIB), ("M", 1024**2)):
         if value >= scale:
-            return f"{value / scale:g}{unit}B".replace(".0", "")
+            return f"{value / scale:.1f}".removesuffix(".0") + f"{unit}B"
     return f"{value}B"
 
 

@@ -83,3 +83,20 @@ def test_vzdump_reports_the_newest_finished_task() -> None:
     assert 'homelab_vzdump_last_ok{node="pve"} 0' in text
     assert 'homelab_vzdump_last_end_timestamp_seconds{node="pve"} 400' in text
     assert 'homelab_vzdump_collector_up{node="pve"} 0' in vzdump.render("pve", None, up=False)
+
+
+def test_vzdump_collector_writes_nothing_where_there_is_no_proxmox(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    stale = tmp_path / "homelab-vzdump.prom"
+    stale.write_text("homelab_vzdump_last_ok 1\n")
+    result = subprocess.run(
+        [sys.executable, str(FILES / "homelab-vzdump-metrics"), "--output", str(stale)],
+        env={"PATH": str(tmp_path)},  # no pvesh on it
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()

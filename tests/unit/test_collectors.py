@@ -3,6 +3,7 @@ on recorded tool output: what the GPU tools and Proxmox's task list print on rea
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
@@ -12,7 +13,12 @@ FILES = Path(__file__).resolve().parents[2] / "files"
 
 
 def load(name: str) -> ModuleType:
-    return SourceFileLoader(name.replace("-", "_"), str(FILES / name)).load_module()
+    """A host-side script (no .py suffix) as a module."""
+    loader = SourceFileLoader(name.replace("-", "_"), str(FILES / name))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 # Recorded: nvidia-smi --query-gpu=... --format=csv,noheader,nounits on a GTX 1650 Super.

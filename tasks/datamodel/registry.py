@@ -30,6 +30,12 @@ TASK_MODULES = (
     "tasks.dns_resolver",
     "tasks.tailscale",
     "tasks.proxmox_api",
+    "tasks.snapshot_guard",
+    "tasks.memory_store",
+    "tasks.pgbackrest",
+    "tasks.proxmox_storage",
+    "tasks.proxmox_guests",
+    "tasks.proxmox_backup",
     "tasks.proxmox_ve",
     "tasks.gpu_passthrough",
 )

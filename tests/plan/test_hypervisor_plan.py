@@ -511,7 +511,12 @@ def _pools() -> dict[str, Any]:
             "create": True,
             "content": ["images", "rootdir"],
         },
-        "hdd": {"type": "dir", "path": "/mnt/hdd", "create": True, "content": ["backup"]},
+        "hdd": {
+            "type": "dir",
+            "path": "/mnt/hdd",
+            "create": True,
+            "content": ["backup", "iso", "vztmpl", "snippets", "import"],
+        },
     }
 
 

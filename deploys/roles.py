@@ -24,8 +24,18 @@ from tasks.firewall import firewall
 from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.memory_store import memory_store
 from tasks.nvidia_driver import nvidia_driver
+from tasks.pgbackrest import (
+    memory_store_first_restore_test,
+    pgbackrest_repository,
+    pgbackrest_stanza,
+)
 from tasks.ports import Port
+from tasks.proxmox_api import proxmox_api_check
+from tasks.proxmox_backup import proxmox_backup_job
+from tasks.proxmox_guests import proxmox_guests
+from tasks.proxmox_storage import proxmox_storages
 from tasks.resolver_client import resolver_client
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
@@ -49,11 +59,25 @@ BASE: tuple[Callable[[], None], ...] = (
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
-    HYPERVISOR: (tailscale,),
-    AGEIS_NODE: (tailscale,),
+    HYPERVISOR: (
+        tailscale,
+        proxmox_api_check,
+        proxmox_storages,
+        proxmox_guests,
+        proxmox_backup_job,
+        pgbackrest_repository,
+    ),
+    AGEIS_NODE: (tailscale, memory_store),
     EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
+}
+
+# Tasks that need the firewalls of other hosts open (their peers' ports): they run after the
+# firewall, which every host reaches at the same point, so every host's role tasks are done.
+AFTER_FIREWALL: dict[str, tuple[Callable[[], None], ...]] = {
+    HYPERVISOR: (pgbackrest_stanza,),
+    AGEIS_NODE: (memory_store_first_restore_test,),
 }
 
 
@@ -79,6 +103,9 @@ def roll_out(*roles: str) -> None:
             task()
     # Last, so a role's service is set up before its port opens.
     firewall(declared_ports(host.groups))
+    for role in mine:
+        for task in AFTER_FIREWALL.get(role, ()):
+            task()
 
 
 def declared_ports(groups: Iterable[str]) -> tuple[Port, ...]:

@@ -163,12 +163,19 @@ def embedder_runtime(device: str = "cpu") -> OperationMeta:
 
 
 def service(
-    unit: str, template: str, restart_on: list[OperationMeta] | None = None, **variables: Any
+    unit: str,
+    template: str,
+    restart_on: list[OperationMeta] | None = None,
+    wait: bool = True,
+    **variables: Any,
 ) -> OperationMeta:
     """Install ``/etc/systemd/system/<unit>`` from ``template``; enable and run it.
 
     A running service is restarted when its unit, the environment or the code changed (or an
     op of ``restart_on`` did); a stopped one is just started, already with the new ones.
+    ``wait=False`` starts and restarts without waiting for the start to finish (systemctl
+    --no-block): for a service that waits for another host, which may come up later in the
+    same rollout (the vector indexer waits for PostgreSQL on ageis-node).
     """
     path = f"/etc/systemd/system/{unit}"
     unit_op = files.template(
@@ -180,17 +187,32 @@ def service(
     )
     systemd.daemon_reload(name="systemd reloads the units", _if=unit_op.did_change)
     was_running = bool((host.get_fact(SystemdStatus) or {}).get(unit))
-    systemd.service(name=f"{unit} runs and starts at boot", service=unit, running=True,
-                    enabled=True)  # fmt: skip
     extra = restart_on or []
-    systemd.service(
-        name=f"Restart {unit} for the change",
-        service=unit,
-        restarted=True,
-        _if=lambda: (
-            was_running
-            and (unit_op.did_change() or runtime_changed() or any(op.did_change() for op in extra))
-        ),
+
+    def changed() -> bool:
+        return unit_op.did_change() or runtime_changed() or any(op.did_change() for op in extra)
+
+    if wait:
+        systemd.service(
+            name=f"{unit} runs and starts at boot", service=unit, running=True, enabled=True
+        )
+        systemd.service(
+            name=f"Restart {unit} for the change",
+            service=unit,
+            restarted=True,
+            _if=lambda: was_running and changed(),
+        )
+        return unit_op
+    systemd.service(name=f"{unit} starts at boot", service=unit, enabled=True)
+    server.shell(
+        name=f"Start {unit} (not waiting for it)",
+        commands=[f"systemctl start --no-block {unit}"],
+        _if=lambda: not was_running,
+    )
+    server.shell(
+        name=f"Restart {unit} for the change (not waiting for it)",
+        commands=[f"systemctl restart --no-block {unit}"],
+        _if=lambda: was_running and changed(),
     )
     return unit_op
 

@@ -28,28 +28,18 @@ from pyinfra.operations import files
 from tasks.datamodel.forms import HOSTNAME, Int, Optional, Str
 from tasks.datamodel.keys import Key, Schema
 from tasks.datamodel.machine import AGEIS_NODE, EMBEDDER
-from tasks.datamodel.secrets import SecretSpec, load_secrets
+from tasks.datamodel.secrets import load_secrets
 from tasks.embedder_runtime import APP, VENV, service
 from tasks.embedding_server import PORT as EMBEDDING_PORT
 from tasks.ports import Port
 
 PORT = 9310
 UNIT = "vector-indexer.service"
+# Declared by the memory store (tasks/memory_store.py) for ageis-node and the embedder.
 SECRET = "memory_store_vector_indexer_password"
 CONFIG_DIR = "/etc/vector-indexer"
 PASSWORD_FILE = f"{CONFIG_DIR}/db-password"
 GROUPS = (EMBEDDER,)
-
-# Owned by the memory store (tasks/memory_store.py declares it for ageis-node); declared here
-# too because the embedder needs it as well (the registry merges the two declarations).
-SECRETS = (
-    SecretSpec(
-        SECRET,
-        GROUPS,
-        "password of the memory store's vector_indexer role (ageis-node's PostgreSQL; the"
-        " embedder's vector indexer logs in with it)",
-    ),
-)
 
 PORTS = (Port(PORT, "tcp", "vector-indexer", probe="http:/health", metrics_path="/metrics"),)
 
@@ -135,6 +125,7 @@ def vector_indexer() -> None:
         UNIT,
         "vector-indexer.service.j2",
         restart_on=[password],
+        wait=False,
         venv=VENV,
         app=APP,
         password_file=PASSWORD_FILE,

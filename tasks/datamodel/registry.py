@@ -35,6 +35,12 @@ TASK_MODULES = (
     "tasks.embedding_server",
     "tasks.vector_indexer",
     "tasks.tts",
+    "tasks.snapshot_guard",
+    "tasks.memory_store",
+    "tasks.pgbackrest",
+    "tasks.proxmox_storage",
+    "tasks.proxmox_guests",
+    "tasks.proxmox_backup",
 )
 
 
@@ -48,14 +54,4 @@ def all_schemas() -> tuple[Schema, ...]:
 
 
 def secret_specs() -> tuple[SecretSpec, ...]:
-    """Every declared secret once. A secret two tasks declare (the owner, and a client on
-    another host: the memory store's vector_indexer password, needed on ageis-node and on the
-    embedder) is needed by the groups of both; the first declaration's text is kept."""
-    merged: dict[str, SecretSpec] = {}
-    for spec in (spec for m in _modules() for spec in getattr(m, "SECRETS", ())):
-        if spec.name in merged:
-            first = merged[spec.name]
-            groups = first.groups + tuple(g for g in spec.groups if g not in first.groups)
-            spec = SecretSpec(spec.name, groups, first.doc)
-        merged[spec.name] = spec
-    return tuple(merged.values())
+    return tuple(spec for m in _modules() for spec in getattr(m, "SECRETS", ()))

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tasks.datamodel.registry import secret_specs
+from tests.doubles.fixtures import RunningDouble, pve_double, pve_double_cert  # noqa: F401
 from tests.plan.harness import Plan, plan
 from tests.plan.machines import Machine, real_fleet
 
 # Plan tests need some value for each declared secret; these are not credentials of anything.
-# Each is different, so a test can tell where one secret (and no other) ends up.
-PLAN_SECRETS = {spec.name: f"plan-test-double-{spec.name}" for spec in secret_specs()}
+PLAN_SECRETS = {spec.name: "plan-test-double" for spec in secret_specs()}
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +44,17 @@ def fleet() -> dict[str, Machine]:
 
 
 @pytest.fixture
-def plan_of(controller_home: Path, fleet: dict[str, Machine]):
+def plan_of(
+    controller_home: Path,
+    fleet: dict[str, Machine],
+    pve_double: RunningDouble,  # noqa: F811
+):
+    """Plan a deploy file over the fleet; the hypervisor's Proxmox API is the test double
+    (``pve_double``, empty unless a test fills it), every request checked against the schema."""
+
     def run(deploy_file: str, **kwargs) -> Plan:
         facts = {name: machine.facts() for name, machine in fleet.items()}
+        kwargs["override_data"] = {**pve_double.data, **kwargs.get("override_data", {})}
         return plan(deploy_file, facts, home=controller_home, secrets=PLAN_SECRETS, **kwargs)
 
     return run

@@ -58,6 +58,13 @@ class Machine:
     nvidia: dict[str, Any] = field(
         default_factory=lambda: {"module": None, "nouveau": False, "cards": []}
     )
+    # RAM in bytes as /proc/meminfo's MemTotal gives it (HostMemory).
+    memory_bytes: int | None = None
+    # PostgresqlClusters (pg_lsclusters) and MemoryStoreState (None: PostgreSQL not answering).
+    pg_clusters: list[dict[str, Any]] = field(default_factory=list)
+    memory_store: dict[str, Any] | None = None
+    # PgbackrestInfo on the repository host: None (not installed) or {"status", "backups"}.
+    pgbackrest_info: dict[str, Any] | None = None
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -159,6 +166,10 @@ class Machine:
                 "TailscaleState": self.tailscale,
                 "PciDevices": self.pci,
                 "NvidiaState": self.nvidia,
+                "HostMemory": self.memory_bytes,
+                "PostgresqlClusters": self.pg_clusters,
+                "MemoryStoreState": self.memory_store,
+                "PgbackrestInfo": self.pgbackrest_info,
                 "Date": _host_date(),
             }
         )
@@ -284,6 +295,8 @@ def ubuntu_24_04_vm() -> Machine:
         enabled={"ssh": True, "systemd-resolved": True},
         commands=COMMANDS,
         apt_updated_seconds_ago=None,
+        # 16 GiB given to the VM; the kernel keeps some (MemTotal 16,365,432 kB).
+        memory_bytes=16_365_432 * 1024,
     )
 
 

@@ -16,8 +16,18 @@ LAN = "192.168.1.0/24"
 # Proxmox web UI (firewall_extra_ports in group_data/hypervisor.py), tailscaled's WireGuard
 # port on the three nodes (tailscale), unbound on the DNS guest (dns_resolver).
 EXPECTED_PORTS = {
-    "pve": {(22, "tcp", "ssh"), (8006, "tcp", "proxmox-web"), (41641, "udp", "tailscaled")},
-    "ageis-node": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
+    "pve": {
+        (22, "tcp", "ssh"),
+        (8006, "tcp", "proxmox-web"),
+        (8432, "tcp", "pgbackrest-server"),
+        (41641, "udp", "tailscaled"),
+    },
+    "ageis-node": {
+        (22, "tcp", "ssh"),
+        (5432, "tcp", "postgresql"),
+        (8432, "tcp", "pgbackrest-server"),
+        (41641, "udp", "tailscaled"),
+    },
     "embedder": {
         (22, "tcp", "ssh"),
         (41641, "udp", "tailscaled"),

@@ -203,7 +203,7 @@ def service(
             _if=lambda: was_running and changed(),
         )
         return unit_op
-    systemd.service(name=f"{unit} starts at boot", service=unit, enabled=True)
+    systemd.service(name=f"{unit} starts at boot", service=unit, running=None, enabled=True)
     server.shell(
         name=f"Start {unit} (not waiting for it)",
         commands=[f"systemctl start --no-block {unit}"],

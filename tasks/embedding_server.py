@@ -100,7 +100,7 @@ DATA = Schema(
     Key(
         "embedding_max_batch_tokens",
         Int(256, 262144),
-        4096,
+        16384,
         "Most padded tokens (texts x longest text) in one model call.",
         GROUPS,
     ),

@@ -43,7 +43,7 @@ def ssh(host: hosts.LabHost, command: str, timeout: float = 120, stdin: str | No
 
 
 def copy(host: hosts.LabHost, source: Path, dest: str) -> None:
-    ssh(host, f"cat > {dest}", stdin=source.read_text())
+    ssh(host, f"cat > {dest} && chmod 644 {dest}", stdin=source.read_text())
 
 
 def http(

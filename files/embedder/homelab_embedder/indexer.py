@@ -176,6 +176,11 @@ def serve_http(listen: str, state: State) -> ThreadingHTTPServer:
     return server
 
 
+def text_of(content: str | bytes) -> str:
+    """A chunk's text; a database in SQL_ASCII hands text over as bytes (taken as UTF-8)."""
+    return content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+
+
 def vector_text(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.7g}" for x in vector.tolist()) + "]"
 
@@ -253,7 +258,7 @@ class Indexer:
         if not rows:
             PENDING.set(0)
             return 0
-        model, vectors = self.embed([content for _, content in rows])
+        model, vectors = self.embed([text_of(content) for _, content in rows])
         conn = self.ensure_connected()
         cursor = conn.execute(
             WRITE, (model, [row[0] for row in rows], [vector_text(v) for v in vectors])
@@ -273,14 +278,16 @@ class Indexer:
         while time.monotonic() < deadline:
             alive()
             got = 0
-            for _ in conn.notifies(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+            for _ in conn.notifies(timeout=min(1.0, max(0.01, deadline - time.monotonic()))):
                 got += 1
                 NOTIFIED.inc()
-                # Take whatever else is queued at once, then go and scan.
-                for _ in conn.notifies(timeout=0):
+                break
+            if got:
+                # Take whatever else is already queued (a short timeout: 0 would mean none),
+                # then go and scan.
+                for _ in conn.notifies(timeout=0.01):
                     got += 1
                     NOTIFIED.inc()
-                break
             if got:
                 return
 

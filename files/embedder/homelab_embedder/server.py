@@ -319,7 +319,7 @@ def main() -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--max-batch-tokens", type=int, default=4096)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-inputs", type=int, default=2048)
     args = parser.parse_args()

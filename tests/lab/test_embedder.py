@@ -1,8 +1,9 @@
 """The embedder in the lab: embedding server, vector indexer, TTS, and their benchmarks.
 
 Runs after the rollout (make test). Numbers are printed and kept in the lab's state
-directory (bench/*.json); EMBEDDER_BENCH_SECONDS, EMBEDDER_INGEST_CHUNKS and
-EMBEDDER_LATENCY_CHUNKS size the benchmarks (small in make test, full in make bench-embedder).
+directory (bench/*.json); EMBEDDER_BENCH_* , EMBEDDER_INGEST_CHUNKS and
+EMBEDDER_LATENCY_CHUNKS size the benchmarks (small in make test, full in make bench-embedder:
+1 000 chunks, 10 s points, 3 rounds).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from tests.lab.embedder_helpers import (
 pytestmark = pytest.mark.lab
 
 BENCH_SECONDS = float(os.environ.get("EMBEDDER_BENCH_SECONDS", "3"))
-INGEST_CHUNKS = int(os.environ.get("EMBEDDER_INGEST_CHUNKS", "1000"))
+INGEST_CHUNKS = int(os.environ.get("EMBEDDER_INGEST_CHUNKS", "300"))
+BENCH_BATCHES = os.environ.get("EMBEDDER_BENCH_BATCHES", "1,16,64")
+BENCH_ROUNDS = int(os.environ.get("EMBEDDER_BENCH_ROUNDS", "2"))
+BENCH_LATENCY_REQUESTS = int(os.environ.get("EMBEDDER_BENCH_LATENCY_REQUESTS", "30"))
 LATENCY_CHUNKS = int(os.environ.get("EMBEDDER_LATENCY_CHUNKS", "20"))
 # Goal: the server under 32 clients keeps >= 90 % of the model's best direct throughput
 # (make bench-embedder asserts it). On the lab's shared CPUs a 3 s point swings by 2x, so
@@ -113,7 +117,8 @@ def test_embedding_server_keeps_up_with_the_model_called_directly() -> None:
         EMBEDDER,
         f"PYTHONPATH=/opt/embedder/app {VENV_PYTHON} /root/embedding_bench.py"
         f" --model-dir {MODEL_DIR} --cache-dir /root/.cache/embedding-bench"
-        f" --url http://127.0.0.1:8300 --seconds {BENCH_SECONDS}",
+        f" --url http://127.0.0.1:8300 --seconds {BENCH_SECONDS} --batches {BENCH_BATCHES}"
+        f" --rounds {BENCH_ROUNDS} --latency-requests {BENCH_LATENCY_REQUESTS}",
         timeout=900,
     )
     result = json.loads(output)

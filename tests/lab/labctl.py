@@ -52,7 +52,7 @@ from typing import TypeVar
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.lab import hosts, pve_api_double, standin_repo
+from tests.lab import hosts, pve_api_double, standin_repo, wheelhouse
 from tests.lab.hosts import LabHost
 
 # --- what the lab is made of ---------------------------------------------------------------
@@ -644,6 +644,57 @@ def stop_standin_repo() -> None:
         say("stand-in Tailscale repository: server stopped")
 
 
+# --- the wheelhouse (the embedder's Python packages, wheelhouse.py) ------------------------
+
+WHEELHOUSE_PID_FILE = RUN_DIR / "wheelhouse.pid"
+WHEELHOUSE_LOG = LOG_DIR / "wheelhouse.log"
+
+
+def wheelhouse_pid() -> int | None:
+    return read_pid(WHEELHOUSE_PID_FILE, str(wheelhouse.DIR))
+
+
+def ensure_wheelhouse() -> None:
+    """Download the embedder's wheels once (cached) and serve them on the lab bridge."""
+    if not bridge_exists():
+        raise network_down("wheelhouse")
+    started = time.monotonic()
+    try:
+        served = wheelhouse.ensure()
+    except (wheelhouse.WheelhouseError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"wheelhouse: {exc}") from exc
+    if wheelhouse_pid() is not None and port_answers(hosts.GATEWAY, wheelhouse.PORT):
+        say(f"wheelhouse: already served at {wheelhouse.url()}")
+        return
+    if port_answers(hosts.GATEWAY, wheelhouse.PORT):
+        raise LabError(f"wheelhouse: something else listens on {hosts.GATEWAY}:{wheelhouse.PORT}")
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    pid = daemonize(
+        [
+            sys.executable, "-m", "http.server",
+            "--bind", hosts.GATEWAY,
+            "--directory", str(served),
+            str(wheelhouse.PORT),
+        ],
+        WHEELHOUSE_LOG,
+    )  # fmt: skip
+    WHEELHOUSE_PID_FILE.write_text(f"{pid}\n")
+    if not wait_until(
+        lambda: port_answers(hosts.GATEWAY, wheelhouse.PORT) or not alive(pid), 15
+    ) or not alive(pid):
+        text = WHEELHOUSE_LOG.read_text(errors="replace") if WHEELHOUSE_LOG.exists() else ""
+        raise LabError(f"wheelhouse: the server did not start:\n{tail(text)}")
+    say(
+        f"wheelhouse: {served} served at {wheelhouse.url()} by pid {pid}"
+        f" ({time.monotonic() - started:.1f}s)"
+    )
+
+
+def stop_wheelhouse() -> None:
+    if stop_daemon(wheelhouse_pid(), WHEELHOUSE_PID_FILE):
+        say("wheelhouse: server stopped")
+
+
 # --- cgroups ------------------------------------------------------------------------------
 # Without systemd on the lab machine, systemd-nspawn (--keep-unit) puts every container into the
 # same "payload" cgroup below its own. The containers' systemd instances then share one cgroup
@@ -1225,6 +1276,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ensure_network()
         ensure_apt_proxy()
         ensure_standin_repo()
+        ensure_wheelhouse()
         image = ensure_image()
         public_key = ensure_ssh_key()
         nameservers = host_nameservers()
@@ -1288,6 +1340,8 @@ def leftovers() -> list[str]:
         found.append(f"apt-cacher-ng (pid {apt_proxy_pid()})")
     if standin_pid() is not None:
         found.append(f"stand-in Tailscale repository server (pid {standin_pid()})")
+    if wheelhouse_pid() is not None:
+        found.append(f"wheelhouse server (pid {wheelhouse_pid()})")
     if bridge_exists():
         found.append(f"bridge {hosts.BRIDGE}")
     if nft_table_exists():
@@ -1307,6 +1361,7 @@ def lab_down() -> bool:
         stop_container(host)
     stop_apt_proxy()
     stop_standin_repo()
+    stop_wheelhouse()
     teardown_network()
     unmount_under(hosts.STATE_DIR)
     # Supervisors exit once their container has: give them a moment before judging.
@@ -1408,6 +1463,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 raise network_down(host.name)
             ensure_apt_proxy()
             ensure_standin_repo()
+            ensure_wheelhouse()
             start_container(host)
         wait_ssh(host)
     say(f"{host.name}: started")

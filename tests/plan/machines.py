@@ -54,6 +54,10 @@ class Machine:
     tailscale: dict[str, Any] | None = None
     # PipPackages (of any pip asked): name -> [versions].
     pip_packages: dict[str, list[str]] = field(default_factory=dict)
+    # NvidiaState: loaded nvidia module version, nouveau loaded, cards nvidia-smi lists.
+    nvidia: dict[str, Any] = field(
+        default_factory=lambda: {"module": None, "nouveau": False, "cards": []}
+    )
     # RAM in bytes as /proc/meminfo's MemTotal gives it (HostMemory).
     memory_bytes: int | None = None
     # PostgresqlClusters (pg_lsclusters) and MemoryStoreState (None: PostgreSQL not answering).
@@ -177,6 +181,7 @@ class Machine:
                 "KeyringFingerprints": lambda kw: self.keyrings.get(kw["path"]),
                 "TailscaleState": self.tailscale,
                 "PipPackages": dict(self.pip_packages),
+                "NvidiaState": self.nvidia,
                 "HostMemory": self.memory_bytes,
                 "PostgresqlClusters": self.pg_clusters,
                 "MemoryStoreState": self.memory_store,
@@ -503,13 +508,49 @@ def ubuntu_24_04_vm() -> Machine:
     )
 
 
+# The deb822 sources the Debian 13 installer writes (its mirror's name replaced by an example).
+DEBIAN_13_SOURCES = (
+    "Types: deb\nURIs: http://mirror.example/debian/\nSuites: trixie trixie-updates\n"
+    "Components: main non-free-firmware\n"
+    "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+    "Types: deb\nURIs: http://security.example/debian-security/\nSuites: trixie-security\n"
+    "Components: main non-free-firmware\n"
+    "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+)
+# The embedder's PCI bus (a desktop board): host bridge, PCIe root port, the GTX 1650 Super
+# (TU116: VGA 10de:2187, HD audio 10de:1aeb; its USB-C/UCSI functions are absent on this
+# board's card), SATA, USB, Ethernet.
+EMBEDDER_PCI = {
+    address: pci(address, pci_class, pci_id, driver, group, description)
+    for address, pci_class, pci_id, driver, group, description in (
+        ("0000:00:00.0", "060000", "8086:3e0f", None, "0", "Host bridge"),
+        ("0000:00:01.0", "060400", "8086:1901", "pcieport", "1", "PCIe root port"),
+        ("0000:00:14.0", "0c0330", "8086:a36d", "xhci_hcd", "2", "USB 3.1 xHCI"),
+        ("0000:00:17.0", "010601", "8086:a352", "ahci", "3", "SATA AHCI"),
+        ("0000:00:1f.0", "060100", "8086:a308", None, "4", "LPC/eSPI"),
+        ("0000:01:00.0", "030000", "10de:2187", "nouveau", "1", "GeForce GTX 1650 SUPER"),
+        ("0000:01:00.1", "040300", "10de:1aeb", "snd_hda_intel", "1", "TU116 HD Audio"),
+        ("0000:02:00.0", "020000", "10ec:8168", "r8169", "5", "RTL8111 Ethernet"),
+    )
+}
+
+
 def debian_13_embedder() -> Machine:
-    """The embedder fresh from the Debian 13 installer (hostname still "debian")."""
+    """The embedder fresh from the Debian 13 installer (hostname still "debian").
+
+    The installer loads nouveau for the GTX 1650 Super; no NVIDIA package is installed.
+    """
     return Machine(
         hostname="debian",
         os_release=DEBIAN_13,
         kernel="6.12.48+deb13-amd64",
-        files={"/etc/hosts": DEBIAN_HOSTS, "/etc/resolv.conf": DEBIAN_RESOLV_CONF},
+        pci=dict(EMBEDDER_PCI),
+        nvidia={"module": None, "nouveau": True, "cards": []},
+        files={
+            "/etc/hosts": DEBIAN_HOSTS,
+            "/etc/resolv.conf": DEBIAN_RESOLV_CONF,
+            "/etc/apt/sources.list.d/debian.sources": DEBIAN_13_SOURCES,
+        },
         directories=COMMON_DIRS,
         packages=dict(BASE_PACKAGES),
         users={"root": _user("root", 0, "/root")},
@@ -526,6 +567,8 @@ def debian_13_lxc(hostname: str) -> Machine:
     machine = debian_13_embedder()
     machine.hostname = hostname
     machine.container = "lxc"
+    machine.pci = {}
+    machine.nvidia = {"module": None, "nouveau": False, "cards": []}
     # Proxmox VE writes the guest's resolv.conf from its own at every guest start.
     machine.files["/etc/resolv.conf"] = (
         "# --- BEGIN PVE ---\nsearch home.arpa\nnameserver 192.168.1.1\n# --- END PVE ---\n"

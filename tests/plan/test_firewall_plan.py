@@ -37,7 +37,13 @@ EXPECTED_PORTS = {
         (8432, "tcp", "pgbackrest-server"),
         (41641, "udp", "tailscaled"),
     },
-    "embedder": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
+    "embedder": {
+        (22, "tcp", "ssh"),
+        (41641, "udp", "tailscaled"),
+        (8300, "tcp", "embedding-server"),
+        (5500, "tcp", "tts (piper)"),
+        (9310, "tcp", "vector-indexer"),
+    },
     "monitoring": {(22, "tcp", "ssh"), *MONITORING},
     "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},
 }

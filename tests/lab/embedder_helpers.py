@@ -1,0 +1,82 @@
+"""Helpers of the embedder's lab tests: SSH to a lab host, copy a file, HTTP from the LAN.
+
+The controller is on the lab LAN (the bridge's gateway address is inside lan_cidr), so HTTP
+from here is what a LAN client sees through the embedder's firewall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.lab import hosts, labctl
+
+REPO = Path(__file__).resolve().parents[2]
+EMBEDDER = hosts.by_name("embedder")
+STORE = hosts.by_name("ageis-node")
+EMBED_URL = f"http://{EMBEDDER.address}:8300"
+TTS_URL = f"http://{EMBEDDER.address}:5500"
+INDEXER_URL = f"http://{EMBEDDER.address}:9310"
+BENCH_DIR = Path(os.environ.get("HOMELAB_BENCH_DIR", hosts.STATE_DIR / "bench"))
+
+
+def ssh(host: hosts.LabHost, command: str, timeout: float = 120, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [*labctl.ssh_command(host), command],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{host.name}: {command!r} exited {result.returncode}:\n{result.stdout[-2000:]}"
+        f"\n{result.stderr[-3000:]}"
+    )
+    return result.stdout.strip()
+
+
+def copy(host: hosts.LabHost, source: Path, dest: str) -> None:
+    ssh(host, f"cat > {dest} && chmod 644 {dest}", stdin=source.read_text())
+
+
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 60
+) -> tuple[int, bytes, dict[str, str]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+def wait_healthy(url: str, timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            status, body, _ = http("GET", url, timeout=5)
+            if status == 200:
+                return
+            last = (status, body[:200])
+        except OSError as error:
+            last = error
+        time.sleep(1)
+    raise AssertionError(f"{url} not healthy within {timeout:.0f}s: {last}")
+
+
+def record(name: str, result: dict[str, Any]) -> None:
+    """Print a benchmark's figures and keep them under the lab's state directory."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    (BENCH_DIR / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{name}: {json.dumps(result)}")

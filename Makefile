@@ -117,6 +117,11 @@ lab: venv ## Fresh lab: boot from the cached image, full rollout, verify
 	echo "--> lab up: $$(( $$(date +%s) - start ))s"
 	$(MAKE) --no-print-directory lab-rollout lab-verify
 
+.PHONY: drills
+drills: venv ## Memory store drills, full counts (10 power cuts), on the rolled-out lab (make lab)
+	HOMELAB_DRILL_REPEAT=10 HOMELAB_DRILL_WIPE=host HOMELAB_DRILL_WRITE_S=90 \
+	  $(PYTEST) -q -rs -s tests/lab/test_memory_store_drills.py
+
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)

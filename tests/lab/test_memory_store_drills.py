@@ -7,7 +7,10 @@ lab-only stand-in unit (``tests/lab/fixtures/memory-store-client-standin.service
 double wired like every client: ``Requires=``/``After=`` the integrity unit).
 
 Repetitions are parameters: ``HOMELAB_DRILL_REPEAT`` power cuts (3 in ``make test``, 10 in
-``make drills``), ``HOMELAB_DRILL_OUTAGE`` seconds of repository outage (75). Measured figures
+``make drills``), ``HOMELAB_DRILL_OUTAGE`` seconds of repository outage (75),
+``HOMELAB_DRILL_WIPE`` what the lost SSD takes (``data``: the data volume, in make test;
+``host``: the whole VM, in make drills), ``HOMELAB_DRILL_WRITE_S`` seconds of writing before
+the loss (5; 90 in make drills). Measured figures
 are printed and appended to ``<lab state>/drills-memory-store.jsonl``. Every drill leaves the
 lab converged (the rollout test after the lab tests checks it).
 """
@@ -39,6 +42,9 @@ CLIENT_UNIT = REPO / "tests" / "lab" / "fixtures" / CLIENT
 REPEAT = int(os.environ.get("HOMELAB_DRILL_REPEAT", "3"))
 OUTAGE = float(os.environ.get("HOMELAB_DRILL_OUTAGE", "75"))
 ARCHIVE_TIMEOUT = 60  # pgbackrest_archive_timeout's default, which the lab uses
+# Lose the SSD: "data" (make test) wipes the data volume, "host" (make drills) the whole host.
+WIPE = os.environ.get("HOMELAB_DRILL_WIPE", "data")
+WRITE_BEFORE_LOSS = float(os.environ.get("HOMELAB_DRILL_WRITE_S", "5"))
 RESULTS = hosts.STATE_DIR / "drills-memory-store.jsonl"
 STANZA = "memory"
 
@@ -308,13 +314,32 @@ def test_rotten_backup_fails_verify_and_restore_test_loudly(store: None) -> None
     )
 
 
+def wipe_data_volume() -> None:
+    """The SSD volume dies, the root survives: pool and cluster config gone (host is off)."""
+    pool = DB.pool_dir("ssd")
+    subprocess.run(["find", str(pool), "-mindepth", "1", "-delete"], check=True)
+    for config in (DB.root_dir / "etc" / "postgresql").glob("*/main"):
+        subprocess.run(["rm", "-rf", str(config)], check=True)
+
+
 def test_lose_the_ssd(store: None) -> None:
+    """``HOMELAB_DRILL_WIPE=host`` (make drills): the whole VM's disk is gone, as on the real
+    ageis-node (its disk lives on the SSD pool): a fresh host, the full rollout, the restore.
+    ``data`` (make test): only the data volume and the cluster's config are gone; the rollout
+    re-creates the cluster from the repository the same way (memory-store-bootstrap).
+    """
     with MemoryWriter() as writer:
-        writer.wait_for_acks(200)
+        writer.wait_for_acks(50)
+        time.sleep(WRITE_BEFORE_LOSS)  # writing, as the store always is, when the disk dies
         labctl_run("kill", DB.name)  # the disk dies with the host: no clean shutdown
         died = time.time()
+    oldest = writer.log.acks[0].at
     wiped = time.monotonic()
-    labctl_run("up", "--fresh", DB.name, timeout=900)  # new root, empty SSD pool
+    if WIPE == "host":
+        labctl_run("up", "--fresh", DB.name, timeout=900)  # new root, empty SSD pool
+    else:
+        wipe_data_volume()
+        labctl_run("start", DB.name)
     rollout_s = rollout(DB.name)
     install_client()
     wait_client_ready()
@@ -324,19 +349,24 @@ def test_lose_the_ssd(store: None) -> None:
     acks = writer.log.acks
     span = (missing[-1].at - missing[0].at) if missing else 0.0
     window = (died - missing[0].at) if missing else 0.0
+    older = int(sql(f"SELECT count(*) FROM memory_chunk WHERE created_at < to_timestamp({oldest})",
+                    database="memory_store"))
     record(
         "lose-the-ssd",
+        wipe=WIPE,
         rto_s=round(rto, 1),
         rollout_s=round(rollout_s, 1),
+        writing_before_loss_s=round(died - oldest, 1),
         commits_acknowledged=len(acks),
         rpo_commits_lost=len(missing),
         rpo_lost_span_s=round(span, 1),
         rpo_window_before_failure_s=round(window, 1),
         archive_timeout_s=ARCHIVE_TIMEOUT,
+        rows_restored_from_before_the_drill=older,
     )
+    assert older > 0, "the rebuilt store holds none of the memories from before the drill"
     # What was archived survives; what was not is at most about archive_timeout's worth, and
     # only the newest commits (a tail: never a hole in the middle).
     assert window <= ARCHIVE_TIMEOUT + 15, f"lost {window:.1f}s of commits (> archive_timeout)"
     kept = {a.seq for a in acks} - {a.seq for a in missing}
-    assert kept, "nothing survived the lost disk"
-    assert all(a.seq > max(kept) for a in missing), "a hole in the restored history"
+    assert all(a.seq > max(kept, default=0) for a in missing), "a hole in the restored history"

@@ -349,8 +349,12 @@ def test_lose_the_ssd(store: None) -> None:
     acks = writer.log.acks
     span = (missing[-1].at - missing[0].at) if missing else 0.0
     window = (died - missing[0].at) if missing else 0.0
-    older = int(sql(f"SELECT count(*) FROM memory_chunk WHERE created_at < to_timestamp({oldest})",
-                    database="memory_store"))
+    older = int(
+        sql(
+            f"SELECT count(*) FROM memory_chunk WHERE created_at < to_timestamp({oldest})",
+            database="memory_store",
+        )
+    )
     record(
         "lose-the-ssd",
         wipe=WIPE,

@@ -149,6 +149,12 @@ embedder-drill: venv ## Embedder outage drill: embedding server, then PostgreSQL
 embedder-lock: ## Re-resolve files/embedder/requirements-{cpu,cuda}.txt (CPython 3.13, x86_64)
 	$(PYTHON) files/embedder/lock.py
 
+# --- The memory store's drills, full counts ---------------------------------------------
+.PHONY: drills
+drills: venv ## Memory store drills, full counts (10 power cuts), on the rolled-out lab (make lab)
+	HOMELAB_DRILL_REPEAT=10 HOMELAB_DRILL_WIPE=host HOMELAB_DRILL_WRITE_S=90 \
+	  $(PYTEST) -q -rs -s tests/lab/test_memory_store_drills.py
+
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)

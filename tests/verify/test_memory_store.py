@@ -53,6 +53,11 @@ def test_cluster_runs_with_checksums_from_the_pool(host_in: InventoryHost) -> No
     assert sql(host_in, "SELECT coalesce(sum(checksum_failures), 0) FROM pg_stat_database") == "0"
 
 
+def test_memory_store_database_is_utf8(host_in: InventoryHost) -> None:
+    query = "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = 'memory_store'"
+    assert sql(host_in, query) == "UTF8"
+
+
 def test_integrity_unit_passed(host_in: InventoryHost) -> None:
     unit = host_in.testinfra.service("memory-store-integrity")
     assert unit.is_enabled

@@ -16,6 +16,7 @@ Standard library only: the double also runs inside a lab container with Debian's
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import json
 import re
@@ -23,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Where the schema lives: next to this file, or ../shared/reference/pve-api from the repository.
+# Where the schema lives: next to this file (where the lab copies it), ../shared/reference/pve-api
+# from the repository (the reference), else the copy in the repository (pve-api/*.json.gz, the
+# same files compressed, with their GFDL licence), so a clone anywhere has it.
 _HERE = Path(__file__).resolve()
 SCHEMA_DIRS = (
-    _HERE.parent,  # next to the double (where the lab copies it)
+    _HERE.parent,
     *(parent / "shared" / "reference" / "pve-api" for parent in _HERE.parents[2:5]),
+    _HERE.parent / "pve-api",
 )
 
 
@@ -35,11 +39,19 @@ def schema_file(version: int = 9) -> Path:
     """The schema file for Proxmox VE ``version`` (8 or 9); FileNotFoundError names where."""
     name = f"apidata-v{version}.json"
     for folder in SCHEMA_DIRS:
-        if (folder / name).is_file():
-            return folder / name
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
     raise FileNotFoundError(
         f"the Proxmox API schema {name} is in none of: " + ", ".join(map(str, SCHEMA_DIRS))
     )
+
+
+def schema_bytes(version: int = 9) -> bytes:
+    """The schema's JSON, uncompressed."""
+    path = schema_file(version)
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
 
 
 # --- named formats ----------------------------------------------------------------------
@@ -317,7 +329,8 @@ class ApiSchema:
     def __init__(self, version: int = 9, path: Path | None = None) -> None:
         self.version = version
         self.file = path or schema_file(version)
-        tree = json.loads(self.file.read_text())
+        raw = self.file.read_bytes()
+        tree = json.loads(gzip.decompress(raw) if self.file.suffix == ".gz" else raw)
         self.endpoints: list[Endpoint] = []
         stack = list(tree)
         while stack:

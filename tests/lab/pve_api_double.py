@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.doubles.certs import self_signed
-from tests.doubles.pve_schema import schema_file
+from tests.doubles.pve_schema import schema_bytes
 from tests.lab import hosts
 from tests.lab.hosts import LabHost
 
@@ -79,9 +79,7 @@ def install(host: LabHost) -> None:
     for name in ("pve_api.py", "pve_schema.py"):
         _write(root, f"{CODE_DIR}/{name}", (DOUBLES / name).read_text(), 0o644)
     for version in (8, 9):
-        _write(
-            root, f"{CODE_DIR}/apidata-v{version}.json", schema_file(version).read_bytes(), 0o644
-        )
+        _write(root, f"{CODE_DIR}/apidata-v{version}.json", schema_bytes(version), 0o644)
     secret = lab_secret()
     _write(root, f"{CONF_DIR}/pve.pem", cert.read_text(), 0o644)
     _write(root, f"{CONF_DIR}/pve.key", key.read_text(), 0o600)

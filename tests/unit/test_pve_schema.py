@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
+from tests.doubles import pve_schema
 from tests.doubles.pve_schema import ApiSchema, SchemaError
 
 VM_CONFIG = "/nodes/pve/qemu/100/config"
@@ -98,3 +101,17 @@ def test_pci_mapping_entries_are_checked(schema: ApiSchema) -> None:
         schema, "POST", "/cluster/mapping/pci", id="r9700", map="node=pve,path=0000:03:00,id=xx"
     )
     assert "map" in error.errors
+
+
+@pytest.mark.parametrize("version", [9, 8])
+def test_the_repositorys_copy_of_the_schema_is_the_reference(version: int) -> None:
+    """The compressed copy (for clones without ../shared) holds the reference's exact bytes."""
+    copy = pve_schema._HERE.parent / "pve-api" / f"apidata-v{version}.json.gz"
+    references = [
+        folder / f"apidata-v{version}.json"
+        for folder in pve_schema.SCHEMA_DIRS[1:-1]
+        if (folder / f"apidata-v{version}.json").is_file()
+    ]
+    if not references:
+        pytest.skip("../shared/reference/pve-api is not on this machine: nothing to compare with")
+    assert gzip.decompress(copy.read_bytes()) == references[0].read_bytes()

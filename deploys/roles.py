@@ -23,8 +23,10 @@ from tasks.firewall import firewall
 from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.ollama import ollama
 from tasks.ports import Port
 from tasks.resolver_client import resolver_client
+from tasks.rocm import rocm
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
 from tasks.tailscale import tailscale
@@ -46,7 +48,7 @@ BASE: tuple[Callable[[], None], ...] = (
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
     HYPERVISOR: (tailscale,),
-    AGEIS_NODE: (tailscale,),
+    AGEIS_NODE: (tailscale, rocm, ollama),
     EMBEDDER: (tailscale,),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),

@@ -73,13 +73,13 @@ class Fit:
             f"{gib(self.ram_reserve)} reserve), the host has {gib(self.ram)}"
         )
         if self.verdict == "no-fit":
-            return f"{where}; {needs}: it cannot be loaded ({gib(self.ram_needed - self.ram)} short)"
+            return (
+                f"{where}; {needs}: it cannot be loaded ({gib(self.ram_needed - self.ram)} short)"
+            )
         return f"{where}; {needs} ({gib(self.ram - self.ram_needed)} left)"
 
 
-def fit(
-    model: str, size: int, *, vram: int, ram: int, gpu_overhead: int, ram_reserve: int
-) -> Fit:
+def fit(model: str, size: int, *, vram: int, ram: int, gpu_overhead: int, ram_reserve: int) -> Fit:
     """Split ``size`` bytes of weights between ``vram`` (less overhead) and ``ram``."""
     usable = max(vram - gpu_overhead, 0) if vram else 0
     on_gpu = min(size, usable)

@@ -246,10 +246,12 @@ def _bytes(size: str | int) -> int:
 def capacity_preflight(settings: Any) -> list[str]:
     """Check every model against VRAM and RAM; report offload, stop on one that cannot fit."""
     ram = host.data.get("memory")
+    if not settings.ollama_models:
+        return []
     if ram is None:
         raise RuntimeError(
             f"host {host.name!r}: key 'memory' is None; the capacity preflight of "
-            "ollama_models needs the host's RAM, such as \"16G\""
+            'ollama_models needs the host\'s RAM, such as "16G"'
         )
     ram_bytes = _bytes(ram)
     vram = sum(_bytes(gpu["vram"]) for gpu in amd_gpus(host.data))
@@ -354,8 +356,8 @@ def ollama() -> None:
         service="ollama.service",
         running=True,
         enabled=True,
-        daemon_reload=unit.did_change() or drop_in.did_change(),
-        restarted=installed or unit.did_change() or drop_in.did_change(),
+        daemon_reload=unit.changed or drop_in.changed,
+        restarted=installed or unit.changed or drop_in.changed,
     )
 
     present = host.get_fact(OllamaModels)

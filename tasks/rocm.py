@@ -47,8 +47,13 @@ SUPPORTED_SUITES = ("noble", "jammy")
 AMD_VENDOR = "1002"
 
 VERSION = Str(r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='a ROCm version such as "7.1.1"')
-AMDGPU_VERSION = Str(r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='an amdgpu driver version such as "30.20.1"')
-URL = Str(r"https?://[^\s{}]+(\{[a-z_]+\}[^\s{}]*)*", what='an http(s) URL such as "https://repo.radeon.com/rocm/apt/{version}"')  # fmt: skip
+AMDGPU_VERSION = Str(
+    r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='an amdgpu driver version such as "30.20.1"'
+)
+URL = Str(
+    r"https?://[^\s{}]+(\{[a-z_]+\}[^\s{}]*)*",
+    what='an http(s) URL such as "https://repo.radeon.com/rocm/apt/{version}"',
+)
 PACKAGE = Str(r"[a-z0-9][a-z0-9+.{}_-]+", what='a package name such as "rocminfo"')
 
 DATA = Schema(
@@ -146,7 +151,7 @@ class PciDeviceIds(FactBase[list[str]]):
 
     def command(self) -> str:
         return (
-            "for d in /sys/bus/pci/devices/*; do test -r \"$d/vendor\" || continue; "
+            'for d in /sys/bus/pci/devices/*; do test -r "$d/vendor" || continue; '
             'echo "$(cat "$d/vendor"):$(cat "$d/device")"; done'
         )
 
@@ -307,4 +312,3 @@ def _repository_and_packages(
             latest=True,
             no_recommends=True,
         )
-

@@ -30,6 +30,10 @@ TASK_MODULES = (
     "tasks.dns_resolver",
     "tasks.tailscale",
     "tasks.proxmox_api",
+    "tasks.rocm",
+    "tasks.ollama",
+    "tasks.actr_engine",
+    "tasks.openclaw_pipeline",
 )
 
 

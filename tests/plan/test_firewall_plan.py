@@ -17,7 +17,7 @@ LAN = "192.168.1.0/24"
 # port on the three nodes (tailscale), unbound on the DNS guest (dns_resolver).
 EXPECTED_PORTS = {
     "pve": {(22, "tcp", "ssh"), (8006, "tcp", "proxmox-web"), (41641, "udp", "tailscaled")},
-    "ageis-node": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
+    "ageis-node": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled"), (11434, "tcp", "ollama")},
     "embedder": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
     "monitoring": {(22, "tcp", "ssh")},
     "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},

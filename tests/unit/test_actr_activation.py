@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "files" / "actr-engine"))
 
-from actr_engine.activation import MIN_AGE, activation, base_level, rank  # noqa: E402
+from actr_engine.activation import MIN_AGE, activation, base_level, rank
 
 
 def test_one_access_is_minus_d_times_log_age() -> None:

@@ -27,7 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 DEPLOY = "deploys/full.py"
 TIME_LIMIT_S = 5.0
-SECRETS_TOML = 'proxmox_api_secret = "throw-away"\ntailscale_auth_key = "throw-away"\n'
+SECRETS_TOML = (
+    'openclaw_gateway_token = "throw-away"\nproxmox_api_secret = "throw-away"\n'
+    'tailscale_auth_key = "throw-away"\n'
+)
 PRIVATE_KEY = "{private_key}"  # placeholder for the throw-away private key's path
 
 pytestmark = pytest.mark.skipif(not PYINFRA.exists(), reason=f"no pyinfra CLI at {PYINFRA}")

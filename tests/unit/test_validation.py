@@ -14,6 +14,7 @@ from tasks.datamodel.validate import format_errors, validate_hosts
 SECRETS = {
     "proxmox_api_secret": Secret("s3cret-value"),
     "tailscale_auth_key": Secret("test-double-value"),
+    "openclaw_gateway_token": Secret("test-double-value"),
 }
 
 
@@ -70,12 +71,13 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("dns", "timezone"),
         ("pve", "secret proxmox_api_secret"),
         ("pve", "secret tailscale_auth_key"),  # the first of the nodes that need it
+        ("ageis-node", "secret openclaw_gateway_token"),
     }
     text = format_errors(errors, "inventory.py")
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 6
+    assert len(text.splitlines()) == 7
 
 
 def test_address_outside_lan_cidr(baseline) -> None:

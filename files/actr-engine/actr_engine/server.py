@@ -28,7 +28,6 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -259,7 +258,7 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "actr-engine/1.0"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
 
         def reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
@@ -271,7 +270,7 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
             engine.metrics.request(self.path.split("?")[0], status)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path == "/health":
                 if engine.healthy():
                     self.reply(200, {"status": "ok"})
@@ -282,7 +281,7 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
             else:
                 self.reply(404, {"error": "not found"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")

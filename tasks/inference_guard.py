@@ -1,17 +1,16 @@
 """The snapshot guard around ageis-node's risky changes (ROCm, Ollama installs and upgrades).
 
-``guarded(change)`` is the one place the inference tasks enter the hypervisor's snapshot guard
-(``tasks/snapshot_guard.py``): the operations made inside the ``with`` block run after a
-snapshot of the host's VM, and the snapshot is there to roll back to if they fail.
+``guarded(change, operations)`` is the one place the inference tasks enter the hypervisor's
+snapshot guard (``tasks/snapshot_guard.py``): the operations ``operations()`` adds run after a
+snapshot of the host's VM, which is rolled back to if they fail and removed once they succeed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import Any
 
 
-@contextmanager
-def guarded(change: str) -> Iterator[None]:
+def guarded(change: str, operations: Callable[[], Any]) -> None:
     # Wired to tasks.snapshot_guard once main has it (milestone main-has-snapshot-guard).
-    yield
+    operations()

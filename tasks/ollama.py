@@ -321,11 +321,13 @@ def ollama() -> None:
             if have
             else f"Ollama {settings.ollama_version} install"
         )
-        with guarded(change):
-            server.shell(
-                name=f"{change} ({', '.join(wanted)}, SHA-256 verified)",
-                commands=[install_command(settings, wanted)],
-            )
+        command = install_command(settings, wanted)
+        guarded(
+            change,
+            lambda: server.shell(
+                name=f"{change} ({', '.join(wanted)}, SHA-256 verified)", commands=[command]
+            ),
+        )
         installed = True
 
     unit = files.template(

@@ -26,7 +26,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.server import Kernel, LinuxDistribution
+from pyinfra.facts.server import KernelVersion, LinuxDistribution
 from pyinfra.operations import apt, files, server
 
 from tasks.apt_keys import Fingerprint, verified_keyring
@@ -224,7 +224,7 @@ def rocm() -> None:
     if settings.rocm_check_pci:
         require_declared_gpus_present(gpus)
     apt_suite = suite(settings)
-    kernel = host.get_fact(Kernel)
+    kernel = host.get_fact(KernelVersion)
     rocm_url = settings.rocm_repo_url.format(version=settings.rocm_version)
     amdgpu_url = settings.rocm_amdgpu_repo_url.format(amdgpu_version=settings.rocm_amdgpu_version)
     wanted = rocm_wanted(settings, kernel)
@@ -238,8 +238,12 @@ def rocm() -> None:
             if upgrade
             else f"ROCm {settings.rocm_version} install ({', '.join(missing)})"
         )
-        with guarded(change):
-            _repository_and_packages(settings, apt_suite, rocm_url, amdgpu_url, wanted, upgrade)
+        guarded(
+            change,
+            lambda: _repository_and_packages(
+                settings, apt_suite, rocm_url, amdgpu_url, wanted, upgrade
+            ),
+        )
         logger.warning(
             f"{host.name}: {change}: amdgpu-dkms built the driver for {kernel}; it loads at the "
             "next boot: reboot the VM, then `rocminfo` lists "

@@ -107,6 +107,7 @@ class Machine:
                 "Hostname": self.hostname,
                 "Os": "Linux",
                 "Kernel": self.kernel,
+                "KernelVersion": self.kernel,
                 "LinuxName": release["NAME"],
                 "LinuxDistribution": distro,
                 "Which": lambda kw: (

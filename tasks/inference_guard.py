@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tasks.snapshot_guard import snapshot_guard
+
 
 def guarded(change: str, operations: Callable[[], Any]) -> None:
-    # Wired to tasks.snapshot_guard once main has it (milestone main-has-snapshot-guard).
-    operations()
+    """Run ``operations`` inside the snapshot guard; it snapshots only when they change."""
+    snapshot_guard(change, operations)

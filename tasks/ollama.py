@@ -314,21 +314,21 @@ def ollama() -> None:
     marker = host.get_fact(FileContents, path=MARKER)
     have = " ".join(marker or []).strip()
     want = " ".join([settings.ollama_version, *wanted])
-    installed = False
-    if have != want:
-        change = (
-            f"Ollama {have.split()[0]} -> {settings.ollama_version}"
-            if have
-            else f"Ollama {settings.ollama_version} install"
-        )
-        command = install_command(settings, wanted)
-        guarded(
-            change,
-            lambda: server.shell(
-                name=f"{change} ({', '.join(wanted)}, SHA-256 verified)", commands=[command]
-            ),
-        )
-        installed = True
+    installed = have != want
+    change = (
+        f"Ollama {have.split()[0]} -> {settings.ollama_version}"
+        if have and installed
+        else f"Ollama {settings.ollama_version} install"
+    )
+    command = install_command(settings, wanted)
+    # The guard snapshots the VM only when the install plans a change (a new release).
+    guarded(
+        change,
+        lambda: server.shell(
+            name=f"{change} ({', '.join(wanted)}, SHA-256 verified)",
+            commands=[command] if installed else [],
+        ),
+    )
 
     unit = files.template(
         name="Ollama's systemd unit",

@@ -232,25 +232,26 @@ def rocm() -> None:
     missing = [name for name in wanted if name not in packages]
     have = installed_rocm_version()
     upgrade = have is not None and have != settings.rocm_version
+    change = (
+        f"ROCm {have} -> {settings.rocm_version}"
+        if upgrade
+        else f"ROCm {settings.rocm_version} install ({', '.join(missing)})"
+        if missing
+        else f"ROCm {settings.rocm_version}"
+    )
+    # The guard snapshots the VM only when one of these operations plans a change.
+    guarded(
+        change,
+        lambda: _repository_and_packages(
+            settings, apt_suite, rocm_url, amdgpu_url, wanted, upgrade
+        ),
+    )
     if missing or upgrade:
-        change = (
-            f"ROCm {have} -> {settings.rocm_version}"
-            if upgrade
-            else f"ROCm {settings.rocm_version} install ({', '.join(missing)})"
-        )
-        guarded(
-            change,
-            lambda: _repository_and_packages(
-                settings, apt_suite, rocm_url, amdgpu_url, wanted, upgrade
-            ),
-        )
         logger.warning(
-            f"{host.name}: {change}: amdgpu-dkms built the driver for {kernel}; it loads at the "
+            f"{host.name}: {change}: amdgpu-dkms builds the driver for {kernel}; it loads at the "
             "next boot: reboot the VM, then `rocminfo` lists "
             f"{settings.rocm_gfx_target} (make verify)"
         )
-    else:
-        _repository_and_packages(settings, apt_suite, rocm_url, amdgpu_url, wanted, False)
     admin = host.data.get("admin_user") or "ops"
     for user in dict.fromkeys([admin, *settings.rocm_gpu_users]):
         server.user(

@@ -30,6 +30,7 @@ TASK_MODULES = (
     "tasks.dns_resolver",
     "tasks.tailscale",
     "tasks.proxmox_api",
+    "tasks.snapshot_guard",
     "tasks.rocm",
     "tasks.ollama",
     "tasks.actr_engine",

@@ -52,7 +52,7 @@ from typing import TypeVar
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.lab import hosts, inference_standin, standin_repo
+from tests.lab import hosts, inference_standin, pve_api_double, standin_repo
 from tests.lab.hosts import LabHost
 
 # --- what the lab is made of ---------------------------------------------------------------
@@ -1300,6 +1300,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             wait_host(host)
 
         in_parallel(selected, boot, lambda h: h.name)
+        for host in selected:
+            if "hypervisor" in host.groups:  # Proxmox VE cannot run here: its API double does
+                start_pve_api_double(host)
     say(f"lab up: {', '.join(h.name for h in selected)}")
     return 0
 
@@ -1499,6 +1502,33 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     return 0
 
 
+def start_pve_api_double(host: LabHost) -> None:
+    try:
+        took = pve_api_double.start(host, nsenter)
+    except RuntimeError as exc:
+        raise LabError(f"Proxmox API double: {exc}") from exc
+    say(f"{host.name}: Proxmox API test double on https://{host.address}:{pve_api_double.PORT}"
+        f" ({took:.1f}s)")  # fmt: skip
+
+
+def cmd_pve_api(args: argparse.Namespace) -> int:
+    require_root()
+    host = one_host(args.host)
+    with lab_lock():
+        if nspawn_pid(host) is None:
+            raise LabError(f"{host.name}: not running")
+        if args.action == "start":
+            start_pve_api_double(host)
+        elif args.action == "reset":
+            pve_api_double.reset(host, nsenter)
+            say(f"{host.name}: Proxmox API test double reset (empty state)")
+        elif args.action == "stop":
+            pve_api_double.stop(host, nsenter)
+        state = "answers" if pve_api_double.answers(host) else "does not answer"
+        say(f"{host.name}: Proxmox API test double {state} on {host.address}:{pve_api_double.PORT}")
+    return 0
+
+
 def cmd_supervise(args: argparse.Namespace) -> int:
     return supervise(one_host(args.host))
 
@@ -1532,6 +1562,10 @@ def parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("host", metavar="HOST")
         command.set_defaults(func=func)
+    pve_api = sub.add_parser("pve-api", help="the Proxmox API test double on the hypervisor")
+    pve_api.add_argument("action", choices=("start", "stop", "reset", "status"))
+    pve_api.add_argument("host", nargs="?", default="pve", metavar="HOST")
+    pve_api.set_defaults(func=cmd_pve_api)
     supervise_parser = sub.add_parser("_supervise")  # internal: the per-container supervisor
     supervise_parser.add_argument("host", metavar="HOST")
     supervise_parser.set_defaults(func=cmd_supervise)

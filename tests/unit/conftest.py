@@ -263,3 +263,7 @@ def key_pair(ssh_home: Path) -> KeyPair:
 @pytest.fixture
 def baseline(key_pair: KeyPair) -> Baseline:
     return Baseline(key_pair.public)
+
+
+# The Proxmox API test double (in-process, HTTPS): pve_double, pve_double_cert.
+from tests.doubles.fixtures import pve_double, pve_double_cert  # noqa: E402, F401

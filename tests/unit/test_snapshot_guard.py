@@ -1,0 +1,156 @@
+"""The snapshot guard, run for real by pyinfra against the Proxmox API test double.
+
+Each test runs ``pyinfra`` (the CLI, as a user would) on this machine (``@local``) as the
+guest ``ageis-node`` (VM 100 on the hypervisor ``pve``, whose API is the double): the guarded
+step changes the VM (as a ROCm upgrade would) and then fails or succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.doubles.fixtures import TEST_SECRET, RunningDouble
+from tests.doubles.pve_api import PveApiDouble
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = Path(sys.executable).with_name("pyinfra")
+
+VM_CONFIG = {"name": "ageis-node", "cores": "4", "memory": "16384", "machine": "q35"}
+
+
+def _seed_vm(double: PveApiDouble) -> None:
+    double.state.guests[100] = {
+        "kind": "qemu", "config": dict(VM_CONFIG), "status": "running", "snapshots": {},
+    }  # fmt: skip
+
+
+def _run(tmp_path: Path, running: RunningDouble, step: str, policy: str = "rollback"):
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        textwrap.dedent(
+            f"""
+            hypervisor = [("pve", {{
+                "lan_address": "127.0.0.1",
+                "proxmox_api_host": "127.0.0.1",
+                "proxmox_api_port": {running.port},
+                "proxmox_api_ca_file": {str(running.ca_file)!r},
+            }})]
+            ageis_node = [("@local", {{
+                "guest": {{"hypervisor": "pve", "kind": "qemu", "vmid": 100, "cores": 4,
+                           "memory": "16G", "disk_size": "32G", "storage": "ssd",
+                           "os": "debian-13"}},
+                "snapshot_guard_on_failure": {policy!r},
+            }})]
+            """
+        )
+    )
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(
+        textwrap.dedent(
+            """
+            from pyinfra.operations import files, python, server
+            from tasks.proxmox_api import connect, hypervisor_named
+            from tasks.snapshot_guard import snapshot_guard
+
+            def change_vm():
+                api = connect(hypervisor_named("pve"))
+                api.call("POST", "nodes/pve/qemu/100/config", "test change", cores=8)
+
+            def step():
+            """
+        )
+        + textwrap.indent(textwrap.dedent(step), "    ")
+        + '\nsnapshot_guard("test upgrade", step)\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOMELAB_SECRET_PROXMOX_API_SECRET": TEST_SECRET}
+    env.pop("HOMELAB_SECRETS_FILE", None)
+    return subprocess.run(
+        [str(PYINFRA), "-y", str(inventory), str(deploy), "--limit", "@local"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def _paths(double: PveApiDouble, method: str) -> list[str]:
+    return [path for m, path, _, _ in double.requests if m == method]
+
+
+def test_a_failing_guarded_step_rolls_the_vm_back(tmp_path: Path, pve_double: RunningDouble):
+    double = pve_double.double
+    _seed_vm(double)
+    step = """
+        python.call(name="Change the VM", function=change_vm)
+        server.shell(name="Risky step that fails", commands=["exit 3"])
+    """
+    result = _run(tmp_path, pve_double, step)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    vm = double.state.guests[100]
+    assert vm["config"] == VM_CONFIG, "the VM was not rolled back"
+    assert vm["status"] == "running", "the VM ran before the change: it must run again"
+    assert vm["snapshots"] == {}, "the snapshot is removed after the rollback"
+    assert any(p.endswith("/rollback") for p in _paths(double, "POST")), double.requests
+    assert "rolled back to snapshot" in output
+    pve_double.assert_all_accepted()
+
+
+def test_keep_policy_keeps_the_snapshot_and_the_failed_state(
+    tmp_path: Path, pve_double: RunningDouble
+) -> None:
+    double = pve_double.double
+    _seed_vm(double)
+    step = """
+        python.call(name="Change the VM", function=change_vm)
+        server.shell(name="Risky step that fails", commands=["exit 3"])
+    """
+    result = _run(tmp_path, pve_double, step, policy="keep")
+    assert result.returncode != 0
+    vm = double.state.guests[100]
+    assert vm["config"]["cores"] == "8"
+    [name] = vm["snapshots"]
+    assert name.startswith("guard-test-upgrade-")
+    assert vm["snapshots"][name]["config"] == VM_CONFIG
+    assert "is kept" in result.stdout + result.stderr
+
+
+def test_a_passing_guarded_step_leaves_no_snapshot(tmp_path: Path, pve_double: RunningDouble):
+    double = pve_double.double
+    _seed_vm(double)
+    step = """
+        python.call(name="Change the VM", function=change_vm)
+        server.shell(name="Risky step that works", commands=["true"])
+    """
+    result = _run(tmp_path, pve_double, step)
+    assert result.returncode == 0, result.stdout + result.stderr
+    vm = double.state.guests[100]
+    assert vm["config"]["cores"] == "8", "the change stays"
+    assert vm["snapshots"] == {}
+    assert any(p.endswith("/snapshot") for p in _paths(double, "POST")), "no snapshot was taken"
+    assert any("/snapshot/guard-" in p for p in _paths(double, "DELETE"))
+    pve_double.assert_all_accepted()
+
+
+def test_nothing_to_change_takes_no_snapshot(tmp_path: Path, pve_double: RunningDouble):
+    double = pve_double.double
+    _seed_vm(double)
+    step = f"""
+        files.directory(name="Already there", path={str(tmp_path)!r})
+    """
+    result = _run(tmp_path, pve_double, step)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert double.requests == [], "a converged host must not touch the API"
+
+
+@pytest.mark.parametrize("reason", ["ROCm 7.1 upgrade", "x" * 80, "!!!"])
+def test_snapshot_names_fit_proxmox(reason: str) -> None:
+    from tasks.snapshot_guard import snapshot_name
+    from tests.doubles.pve_schema import NAMED_PATTERNS
+
+    name = snapshot_name(reason, now=0)
+    assert len(name) <= 40
+    assert __import__("re").fullmatch(NAMED_PATTERNS["pve-configid"], name)

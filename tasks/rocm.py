@@ -235,7 +235,7 @@ def rocm() -> None:
     change = (
         f"ROCm {have} -> {settings.rocm_version}"
         if upgrade
-        else f"ROCm {settings.rocm_version} install ({', '.join(missing)})"
+        else f"ROCm {settings.rocm_version} install"
         if missing
         else f"ROCm {settings.rocm_version}"
     )
@@ -248,9 +248,9 @@ def rocm() -> None:
     )
     if missing or upgrade:
         logger.warning(
-            f"{host.name}: {change}: amdgpu-dkms builds the driver for {kernel}; it loads at the "
-            "next boot: reboot the VM, then `rocminfo` lists "
-            f"{settings.rocm_gfx_target} (make verify)"
+            f"{host.name}: {change} ({', '.join(missing or wanted)}): amdgpu-dkms builds the"
+            f" driver for {kernel}; it loads at the next boot: reboot the VM, then `rocminfo`"
+            f" lists {settings.rocm_gfx_target} (make verify)"
         )
     admin = host.data.get("admin_user") or "ops"
     for user in dict.fromkeys([admin, *settings.rocm_gpu_users]):

@@ -112,7 +112,7 @@ def test_no_amd_gpu_declared_means_no_rocm(plan_of) -> None:
     names = " ".join(op.name for op in result.for_host(HOST))
     assert "ROCm" not in names and "amdgpu" not in names
     # Ollama without the ROCm archive.
-    (install,) = result.op(HOST, "Ollama 0.12.11 install").commands
+    (install,) = result.op(HOST, "SHA-256 verified").commands
     assert "rocm" not in install
 
 
@@ -136,7 +136,7 @@ def test_a_model_that_cannot_fit_stops_the_run_with_numbers(plan_of) -> None:
 
 
 def test_ollama_release_is_pinned_and_verified(node: Plan) -> None:
-    (install,) = node.op(HOST, "Ollama 0.12.11 install").commands
+    (install,) = node.op(HOST, "SHA-256 verified").commands
     assert install == (
         "/usr/local/sbin/install-ollama ageis-node 0.12.11"
         " https://github.com/ollama/ollama/releases/download/v0.12.11"
@@ -171,5 +171,31 @@ def test_converged_node_plans_no_install_and_no_pull(plan_of, fleet) -> None:
     machine.ollama_models = ["llama3.1:70b-instruct-q4_K_M"]
     result = plan_of("deploys/ageis_node.py", limit=[HOST])
     names = [op.name for op in result.for_host(HOST)]
-    assert not any("install" in name.lower() and "Ollama 0.12" in name for name in names)
-    assert not any(name.startswith("Pull the model") for name in names)
+    assert result.op(HOST, "SHA-256 verified").commands == []
+    assert not any("Pull the model" in name for name in names)
+
+
+@pytest.mark.parametrize("change", ["ROCm 7.1.1 install", "Ollama 0.12.11 install"])
+def test_installs_run_inside_the_snapshot_guard(node: Plan, change: str) -> None:
+    names = [op.name for op in node.for_host(HOST)]
+    snap = next(i for i, n in enumerate(names) if f"Snapshot VM 100 before {change}" in n)
+    remove = next(i for i, n in enumerate(names) if f"snapshot taken before {change}" in n)
+    guarded = names[snap + 1 : remove]
+    assert guarded and all("Snapshot guard" in name for name in guarded)
+    wanted = "amdgpu-dkms, kernel headers" if "ROCm" in change else "SHA-256 verified"
+    assert any(wanted in name for name in guarded)
+    # Taken and removed only when a guarded operation changes something (checked at run time).
+    assert node.op(HOST, f"Snapshot VM 100 before {change}").conditional
+    assert node.op(HOST, f"snapshot taken before {change}").conditional
+
+
+def test_rocm_upgrade_is_guarded_and_named(plan_of, fleet) -> None:
+    machine = fleet[HOST]
+    for name in ("linux-headers-6.8.0-86-generic", "linux-modules-extra-6.8.0-86-generic",
+                 "amdgpu-dkms", "rocm-hip-runtime", "rocminfo", "amd-smi-lib"):  # fmt: skip
+        machine.packages[name] = "1"
+    machine.packages["rocm-core"] = "7.1.0.70100-20~24.04"
+    result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.0 -> 7.1.1").conditional
+    (command,) = result.op(HOST, "Upgrade ROCm to 7.1.1").commands
+    assert "--only-upgrade" in command or "install" in command

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 # Where the schema lives, relative to the repository root's parent (the shared folder).
+_HERE = Path(__file__).resolve()
 SCHEMA_DIRS = (
-    Path(__file__).resolve().parents[3] / "shared" / "reference" / "pve-api",
+    # (a copy in the lab's pve, /opt/homelab-pve-api-double/, has no third parent)
+    *([_HERE.parents[3] / "shared" / "reference" / "pve-api"] if len(_HERE.parents) > 3 else []),
     Path("/work/shared/reference/pve-api"),
     Path(__file__).resolve().parent,  # next to the double (copied there in the lab)
 )

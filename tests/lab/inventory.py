@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tasks.datamodel.preflight import check_inventory_file
 from tasks.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
 from tests.lab import hosts as lab
+from tests.lab import pve_api_double
 from tests.lab.inference_standin import ollama_data, rocm_data
 from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
@@ -104,6 +105,9 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     }
     if "hypervisor" in lab_host.groups:
         data["cpu"] = {"vendor": "intel", "model": "lab container", "cores": 2, "threads": 4}
+        # The Proxmox API is the lab's test double on pve:8006 (tests/lab/pve_api_double.py),
+        # trusted by its own self-signed certificate.
+        data["proxmox_api_ca_file"] = str(pve_api_double.ca_file())
     if lab_host.name in _GUESTS:
         data["guest"] = {"hypervisor": "pve", "storage": "ssd", **_GUESTS[lab_host.name]}
     data["dns_fallback_servers"] = _UPSTREAM_DNS

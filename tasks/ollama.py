@@ -315,9 +315,10 @@ def ollama() -> None:
     have = " ".join(marker or []).strip()
     want = " ".join([settings.ollama_version, *wanted])
     installed = have != want
+    old = have.split()[0] if have else None
     change = (
-        f"Ollama {have.split()[0]} -> {settings.ollama_version}"
-        if have and installed
+        f"Ollama {old} -> {settings.ollama_version}"
+        if old and old != settings.ollama_version
         else f"Ollama {settings.ollama_version} install"
     )
     command = install_command(settings, wanted)

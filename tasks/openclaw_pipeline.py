@@ -282,9 +282,8 @@ def openclaw_pipeline() -> None:
     node_current = any(v.startswith(f"{version}-") for v in node)
     apt.update(
         name="Refresh package lists for NodeSource's repository",
-        _if=lambda: not node_current or key.did_change() or sources.did_change()
-        or pin.did_change(),
-    )  # fmt: skip
+        _if=lambda: not node_current or any(op.changed for op in (key, sources, pin)),
+    )
     apt.packages(
         name=f"Node.js {version} (NodeSource)",
         packages=[f"nodejs={version}-*"] if not node_current else ["nodejs"],

@@ -13,9 +13,9 @@ signed by AMD's key (``rocm_key_fingerprint``, checked before it is trusted), an
 The version is in the repositories' URLs: changing ``rocm_version`` is an upgrade.
 
 Then ``amdgpu-dkms`` with the running kernel's headers (and Ubuntu's modules-extra), the ROCm
-packages of ``rocm_packages``, and the admin user plus ``rocm_gpu_users`` in ``render`` and
-``video``. The install and every upgrade run inside the snapshot guard (a VM snapshot first).
-After install the driver loads at the next boot; ``rocminfo`` must then list
+packages of ``rocm_packages``, and ``rocm_gpu_users`` (Ollama's user joins itself) in
+``render`` and ``video``. The install and every upgrade run inside the snapshot guard (a VM
+snapshot first). After install the driver loads at the next boot; ``rocminfo`` must then list
 ``rocm_gfx_target`` and ``amd-smi`` see the card (``tests/verify``, hardware-only checks).
 """
 
@@ -126,7 +126,8 @@ DATA = Schema(
         "rocm_gpu_users",
         ListOf(UNIX_NAME, unique=True),
         [],
-        "Users put in render and video besides the admin user (Ollama's user joins itself).",
+        "Users put in render and video (Ollama's user joins them itself; not the admin user,"
+        " whose groups admin_user sets exactly).",
         GROUPS,
     ),
     Key(
@@ -252,8 +253,8 @@ def rocm() -> None:
             f" driver for {kernel}; it loads at the next boot: reboot the VM, then `rocminfo`"
             f" lists {settings.rocm_gfx_target} (make verify)"
         )
-    admin = host.data.get("admin_user") or "ops"
-    for user in dict.fromkeys([admin, *settings.rocm_gpu_users]):
+    # The admin user is not added: admin_user sets its groups exactly (it uses sudo for the GPU).
+    for user in settings.rocm_gpu_users:
         server.user(
             name=f"{user} may use the GPU ({' and '.join(GPU_GROUPS)})",
             user=user,
@@ -302,7 +303,7 @@ def _repository_and_packages(
     needed = [name for name in wanted if name not in packages]
     apt.update(
         name="Refresh package lists for AMD's repositories",
-        _if=lambda: bool(needed) or upgrade or any(op.did_change() for op in (key, sources, pin)),
+        _if=lambda: bool(needed) or upgrade or any(op.changed for op in (key, sources, pin)),
     )
     apt.packages(
         name="amdgpu-dkms, kernel headers and ROCm",

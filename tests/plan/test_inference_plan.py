@@ -85,11 +85,13 @@ def test_amdgpu_dkms_with_the_running_kernels_headers_and_rocm(node: Plan) -> No
     )
 
 
-def test_admin_and_ollama_join_render_and_video(node: Plan) -> None:
-    assert node.op(HOST, "ops may use the GPU").changes
-    assert any(
-        "render" in c and "video" in c for c in node.op(HOST, "ops may use the GPU").commands
+def test_ollama_and_gpu_users_join_render_and_video(plan_of) -> None:
+    node = plan_of(
+        "deploys/ageis_node.py", limit=[HOST], override_data={"rocm_gpu_users": ["ubuntu"]}
     )
+    commands = node.op(HOST, "ubuntu may use the GPU").commands
+    assert any("usermod" in c and "render,video" in c and c.endswith("ubuntu") for c in commands)
+    assert not any("ops may use the GPU" in op.name for op in node.for_host(HOST))
     ollama_user = " ".join(node.op(HOST, "Ollama's system user").commands)
     assert "useradd" in ollama_user and "-G render,video" in ollama_user
 

@@ -211,7 +211,7 @@ def installed_rocm_version() -> str | None:
     versions = (host.get_fact(DebPackages) or {}).get("rocm-core") or []
     if not versions:
         return None
-    upstream = versions[0].split("-")[0]  # 7.1.1.70101-38~24.04 -> 7.1.1.70101
+    upstream = sorted(versions)[-1].split("-")[0]  # 7.1.1.70101-38~24.04 -> 7.1.1.70101
     return ".".join(upstream.split(".")[:3])
 
 

@@ -36,7 +36,7 @@ BASE_DIR = hosts.CACHE_DIR / "inference-standin"
 PORT = 8082
 OLLAMA_VERSION = "0.12.11"
 ARCHIVES = ("ollama-linux-amd64.tgz", "ollama-linux-amd64-rocm.tgz")
-RECIPE = 2
+RECIPE = 4
 ROCM_VERSION = "7.1.1"
 AMDGPU_VERSION = "30.20.1"
 NODE_VERSION = "24.21.0"
@@ -60,17 +60,10 @@ def repositories() -> dict[tuple[str, str, str], list[tuple[str, str, dict[str, 
     return {
         (f"rocm/apt/{ROCM_VERSION}", SUITE, "repo.radeon.com"): [
             ("rocm-core", rocm, {}),
-            ("rocm-hip-runtime", rocm, {}),
-            (
-                "rocminfo",
-                rocm,
-                {"opt/rocm/bin/rocminfo": (ROCM_BIN.format(name="rocminfo"), 0o755)},
-            ),
-            (
-                "amd-smi-lib",
-                rocm,
-                {"opt/rocm/bin/amd-smi": (ROCM_BIN.format(name="amd-smi"), 0o755)},
-            ),
+            # Like AMD's packages, these depend on rocm-core (whose version the deploy reads).
+            ("rocm-hip-runtime", rocm, {"DEPENDS": ("rocm-core", 0)}),
+            ("rocminfo", rocm, {**_stub("rocminfo"), "DEPENDS": ("rocm-core", 0)}),
+            ("amd-smi-lib", rocm, {**_stub("amd-smi"), "DEPENDS": ("rocm-core", 0)}),
         ],
         (f"amdgpu/{AMDGPU_VERSION}/ubuntu", SUITE, "repo.radeon.com"): [
             ("amdgpu-dkms", f"1:6.16.6.{AMDGPU_VERSION.replace('.', '')}00-1~24.04", {}),
@@ -138,6 +131,8 @@ def ensure_built() -> Path:
 
 def _deb(work: Path, name: str, version: str, content: dict[str, tuple[str, int]]) -> Path:
     root = work / f"pkg-{name}"
+    content = dict(content)
+    depends = content.pop("DEPENDS", ("", 0))[0]
     for path, (text, mode) in {
         **content,
         f"usr/share/homelab-standin/{name}": (
@@ -152,7 +147,8 @@ def _deb(work: Path, name: str, version: str, content: dict[str, tuple[str, int]
     (root / "DEBIAN").mkdir()
     (root / "DEBIAN" / "control").write_text(
         f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
-        "Maintainer: homelab-as-code lab <lab@homelab.invalid>\nSection: misc\n"
+        + (f"Depends: {depends}\n" if depends else "")
+        + "Maintainer: homelab-as-code lab <lab@homelab.invalid>\nSection: misc\n"
         f"Priority: optional\nDescription: lab stand-in for {name} (a TEST DOUBLE)\n"
         " Installs only a marker (and a stub command); no driver, no runtime.\n"
     )

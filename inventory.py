@@ -84,7 +84,7 @@ hypervisor = [
                 "hdd": {
                     "type": "dir",
                     "path": "/mnt/hdd",
-                    "content": ["backup", "iso", "vztmpl", "snippets"],
+                    "content": ["backup", "iso", "vztmpl", "snippets", "import"],
                 },
             },
         },

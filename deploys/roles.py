@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from pyinfra import host
 
+from tasks.actr_engine import actr_engine
 from tasks.admin_user import admin_user
 from tasks.apt_sources import apt_sources
 from tasks.base_packages import base_packages
@@ -20,15 +21,29 @@ from tasks.datamodel.machine import AGEIS_NODE, DNS, EMBEDDER, HYPERVISOR, SERVI
 from tasks.datamodel.preflight import require_valid_data
 from tasks.dns_resolver import dns_resolver
 from tasks.firewall import firewall
+from tasks.gpu_passthrough import gpu_passthrough
 from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
+from tasks.memory_store import memory_store
 from tasks.ollama import ollama
+from tasks.openclaw_pipeline import openclaw_pipeline
+from tasks.pgbackrest import (
+    memory_store_first_restore_test,
+    pgbackrest_repository,
+    pgbackrest_stanza,
+)
 from tasks.ports import Port
+from tasks.proxmox_api import proxmox_api_check
+from tasks.proxmox_backup import proxmox_backup_job
+from tasks.proxmox_guests import proxmox_guests
+from tasks.proxmox_storage import proxmox_storages
+from tasks.proxmox_ve import proxmox_ve
 from tasks.resolver_client import resolver_client
 from tasks.rocm import rocm
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
+from tasks.storage_pools import storage_pools
 from tasks.tailscale import tailscale
 from tasks.time_sync import time_sync
 
@@ -47,11 +62,28 @@ BASE: tuple[Callable[[], None], ...] = (
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Callable[[], None], ...]] = {
-    HYPERVISOR: (tailscale,),
-    AGEIS_NODE: (tailscale, rocm, ollama),
+    HYPERVISOR: (
+        proxmox_ve,
+        storage_pools,
+        gpu_passthrough,
+        tailscale,
+        proxmox_api_check,
+        proxmox_storages,
+        proxmox_guests,
+        proxmox_backup_job,
+        pgbackrest_repository,
+    ),
+    AGEIS_NODE: (tailscale, memory_store, rocm, ollama, actr_engine, openclaw_pipeline),
     EMBEDDER: (tailscale,),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
+}
+
+# Tasks that need the firewalls of other hosts open (their peers' ports): they run after the
+# firewall, which every host reaches at the same point, so every host's role tasks are done.
+AFTER_FIREWALL: dict[str, tuple[Callable[[], None], ...]] = {
+    HYPERVISOR: (pgbackrest_stanza,),
+    AGEIS_NODE: (memory_store_first_restore_test,),
 }
 
 
@@ -77,6 +109,9 @@ def roll_out(*roles: str) -> None:
             task()
     # Last, so a role's service is set up before its port opens.
     firewall(declared_ports(host.groups))
+    for role in mine:
+        for task in AFTER_FIREWALL.get(role, ()):
+            task()
 
 
 def declared_ports(groups: Iterable[str]) -> tuple[Port, ...]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from pyinfra import host as current_host
 from pyinfra import inventory as current_inventory
+from pyinfra.api import deploy
 from pyinfra.operations import python
 
 from tasks.datamodel.forms import Bool, Int, Optional, Str
@@ -140,7 +141,7 @@ class Proxmox:
     def _resource(self, path: str) -> Any:
         return self.api(path.strip("/"))
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, /, **params: Any) -> Any:
         return self._request("GET", path, params)
 
     def _request(self, method: str, path: str, params: Mapping[str, Any]) -> Any:
@@ -165,7 +166,7 @@ class Proxmox:
                 f"{self.host_name}: Proxmox API {method} {path} failed: {error}"
             ) from None
 
-    def call(self, method: str, path: str, what: str, **params: Any) -> Any:
+    def call(self, method: str, path: str, what: str, /, **params: Any) -> Any:
         """A write; when it answers a UPID, wait for that task and fail with its log."""
         result = self._request(method, path, params)
         if isinstance(result, str) and result.startswith("UPID:"):
@@ -309,3 +310,48 @@ def api_change(name: str, changes: list[str], apply: Callable[[], None]) -> None
         apply()
 
     python.call(name=f"{name}: " + "; ".join(changes), function=run)
+
+
+def reach(name: str) -> Proxmox | None:
+    """The current (hypervisor) host's API client for planning; None when Proxmox VE is not
+    installed yet (the host's first run installs it: the API work waits for the next run)."""
+    from pyinfra.facts.deb import DebPackages
+
+    try:
+        return connect(current_host)
+    except ProxmoxError:
+        if "pve-manager" not in (current_host.get_fact(DebPackages) or {}):
+            current_host.noop(
+                f"{name}: Proxmox VE is not installed yet; this converges on the run after"
+                " the installation"
+            )
+            return None
+        raise
+
+
+def get_or_none(api: Proxmox, path: str, /, **params: Any) -> Any:
+    """GET ``path``, or None when the API says the object does not exist."""
+    try:
+        return api.get(path, **params)
+    except ProxmoxError as error:
+        if "does not exist" in str(error) or " 404 " in str(error):
+            return None
+        raise
+
+
+def diff(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, str]:
+    """The wanted keys whose current value (as text) differs."""
+    return {
+        key: str(value)
+        for key, value in wanted.items()
+        if str(current.get(key, "")) != str(int(value) if isinstance(value, bool) else value)
+    }
+
+
+@deploy("Proxmox VE API", data_defaults=DATA.defaults())
+def proxmox_api_check() -> None:
+    """Plan-time proof that the API answers with these credentials (its version)."""
+    api = reach("Proxmox VE API")
+    if api is not None:
+        version = api.get("version")
+        current_host.noop(f"Proxmox VE API answers: pve-manager {version.get('version')}")

@@ -101,7 +101,9 @@ POOL = Struct(
             Bool(), required=False, default=False, doc="opt-in: create it on blank disks"
         ),
         "content": Field(
-            ListOf(Str(choices=("images", "rootdir", "backup", "iso", "vztmpl", "snippets"))),
+            ListOf(
+                Str(choices=("images", "rootdir", "backup", "iso", "vztmpl", "snippets", "import"))
+            ),
             required=False,
             default=[],
             doc="Proxmox content types (hypervisor)",

@@ -84,6 +84,16 @@ class ApiError(Exception):
         self.errors = errors or {}
 
 
+_SCHEMAS: dict[int, ApiSchema] = {}
+
+
+def _schema(version: int) -> ApiSchema:
+    """The parsed schema, once per process (it is read-only)."""
+    if version not in _SCHEMAS:
+        _SCHEMAS[version] = ApiSchema(version)
+    return _SCHEMAS[version]
+
+
 class PveState:
     """Everything the double remembers; JSON-serialisable (saved to ``state_file``)."""
 
@@ -131,7 +141,7 @@ class PveApiDouble:
         check_paths: bool = False,
         running_polls: int = 1,
     ) -> None:
-        self.schema = ApiSchema(version)
+        self.schema = _schema(version)
         self.version = version
         self.password = password
         self.tokens = dict(tokens or {})  # "root@pam!homelab" -> secret

@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Where the schema lives, relative to the repository root's parent (the shared folder).
+# Where the schema lives: next to this file, or ../shared/reference/pve-api from the repository.
 _HERE = Path(__file__).resolve()
 SCHEMA_DIRS = (
-    # (a copy in the lab's pve, /opt/homelab-pve-api-double/, has no third parent)
-    *([_HERE.parents[3] / "shared" / "reference" / "pve-api"] if len(_HERE.parents) > 3 else []),
-    Path("/work/shared/reference/pve-api"),
-    Path(__file__).resolve().parent,  # next to the double (copied there in the lab)
+    _HERE.parent,  # next to the double (where the lab copies it)
+    *(parent / "shared" / "reference" / "pve-api" for parent in _HERE.parents[2:5]),
 )
 
 

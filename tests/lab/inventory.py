@@ -1,10 +1,10 @@
 """The lab inventory: the lab's containers as the inventory's hosts, reusing group_data/.
 
 Overrides only what the lab must: addresses (the lab bridge), the SSH key and known hosts the
-lab generated, no GPUs and no physical disks, stand-in pool directories, the lab's own
-secrets file, the DNS upstream (this machine's resolver: the lab cannot reach the root
-servers), and Tailscale's repository (the lab's signed stand-in, see standin_repo.py). Run from
-the repository root:
+lab generated, no physical disks, the hypervisor kept plain Debian (no Proxmox VE install),
+stand-in pool directories, the lab's own secrets file, the DNS upstream (this machine's
+resolver: the lab cannot reach the root servers), and Tailscale's repository (the lab's signed
+stand-in, see standin_repo.py). Run from the repository root:
 
     pyinfra tests/lab/inventory.py deploys/full.py
 """
@@ -70,7 +70,20 @@ _LAB_R9700 = {
 }
 _HYPERVISOR_POOL_CONTENT = {
     "ssd": ["images", "rootdir"],
-    "hdd": ["backup", "iso", "vztmpl", "snippets"],
+    "hdd": ["backup", "iso", "vztmpl", "snippets", "import"],
+}
+
+
+# The R9700 of inventory.py (same name, IDs and addresses), passed through to ageis-node.
+_LAB_R9700 = {
+    "name": "r9700",
+    "vendor": "amd",
+    "model": "AMD Radeon AI PRO R9700",
+    "vram": "32G",
+    "functions": [
+        {"id": "1002:7551", "address": "0000:03:00.0", "kind": "display"},
+        {"id": "1002:ab40", "address": "0000:03:00.1", "kind": "audio"},
+    ],
 }
 
 
@@ -113,6 +126,18 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     data["dns_fallback_servers"] = _UPSTREAM_DNS
     if "dns" in lab_host.groups:
         data["dns_forwarders"] = _UPSTREAM_DNS
+    if "ageis_node" in lab_host.groups:
+        # The lab's drills write memories from this machine (the lab gateway) over the LAN.
+        data["postgresql_extra_clients"] = [{"role": "actr_engine", "address": lab.GATEWAY}]
+    if "hypervisor" in lab_host.groups:
+        # Lab override: the host stays plain Debian 13 (Proxmox's repository is unreachable);
+        # the install path is plan-tested (tests/plan/test_hypervisor_plan.py).
+        data["proxmox_ve_install"] = False
+        # The real GPU's data, so the VFIO files are written for real; a container has no PCI
+        # devices or IOMMU of its own, so the hardware steps are skipped (and say so).
+        data["gpus"] = [{**_LAB_R9700, "passthrough_to": "ageis-node"}]
+    if lab_host.name == "ageis-node":
+        data["guest"]["passthrough_gpu"] = _LAB_R9700["name"]
     if set(_TAILSCALE_GROUPS) & set(lab_host.groups):
         # Tailscale's repository, key URL and fingerprint: the lab's stand-in (labctl serves it).
         data.update(tailscale_data())

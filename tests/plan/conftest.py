@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.datamodel.registry import secret_specs
+from tests.doubles.fixtures import RunningDouble, pve_double, pve_double_cert  # noqa: F401
 from tests.plan.harness import Plan, plan
 from tests.plan.machines import Machine, real_fleet
 
@@ -43,9 +44,17 @@ def fleet() -> dict[str, Machine]:
 
 
 @pytest.fixture
-def plan_of(controller_home: Path, fleet: dict[str, Machine]):
+def plan_of(
+    controller_home: Path,
+    fleet: dict[str, Machine],
+    pve_double: RunningDouble,  # noqa: F811
+):
+    """Plan a deploy file over the fleet; the hypervisor's Proxmox API is the test double
+    (``pve_double``, empty unless a test fills it), every request checked against the schema."""
+
     def run(deploy_file: str, **kwargs) -> Plan:
         facts = {name: machine.facts() for name, machine in fleet.items()}
+        kwargs["override_data"] = {**pve_double.data, **kwargs.get("override_data", {})}
         return plan(deploy_file, facts, home=controller_home, secrets=PLAN_SECRETS, **kwargs)
 
     return run

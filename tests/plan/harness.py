@@ -12,6 +12,7 @@ task that starts reading a new fact makes its plan test say so.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Any
 from unittest import mock
 
 from pyinfra.api import Config, State
-from pyinfra.api.command import FileUploadCommand, StringCommand
+from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.api.host import Host
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
@@ -124,12 +125,15 @@ def plan(
     secrets: Mapping[str, str] | None = None,
     limit: list[str] | None = None,
     override_data: Mapping[str, Any] | None = None,
+    run_python: bool = False,
 ) -> Plan:
     """Plan ``deploy_file`` over ``inventory_file`` with each host's facts from ``facts``.
 
     ``home`` is the controller's home directory as the deploy sees it (where
     ``~/.ssh/id_ed25519.pub`` is read from). ``override_data`` sets data keys on every host,
-    as pyinfra's ``--data`` does.
+    as pyinfra's ``--data`` does. ``run_python`` also runs, in order, the functions of the
+    planned ``python.call`` operations (controller-side work such as Proxmox API calls, against
+    the API test double); shell commands are never run.
     """
     with _environment(home, secrets or {}):
         with ctx_state.use(State()):
@@ -144,7 +148,9 @@ def plan(
         # same place in different hosts' deploys, so a shared state would mislabel them.
         return Plan(
             {
-                name: _plan_host(deploy_file, inventory_file, name, facts[name], override_data)
+                name: _plan_host(
+                    deploy_file, inventory_file, name, facts[name], override_data, run_python
+                )
                 for name in hosts
             }
         )
@@ -156,6 +162,7 @@ def _plan_host(
     name: str,
     facts: FactTable,
     override_data: Mapping[str, Any] | None,
+    run_python: bool = False,
 ) -> list[PlannedOp]:
     state = State()
     config = Config()
@@ -185,11 +192,25 @@ def _plan_host(
                 continue
             data = state.ops[host][op_hash]
             with ctx_host.use(host):
-                commands = [_render(c) for c in data.command_generator()]
+                generated = list(data.command_generator())
+                commands = [_render(c) for c in generated]
+                for command in generated if run_python else ():
+                    # Our python.call functions run (against the API double); pyinfra's own
+                    # connection-level functions (taking state and host, as server.reboot's
+                    # do) would need a real connection and are only planned.
+                    if isinstance(command, FunctionCommand) and not _takes_state_and_host(
+                        command.function
+                    ):
+                        command.function(*command.args, **command.kwargs)
             op_name = " / ".join(sorted(state.op_meta[op_hash].names))
             conditional = bool(data.global_arguments.get("_if"))
             planned.append(PlannedOp(op_name, commands, conditional))
     return planned
+
+
+def _takes_state_and_host(function: Any) -> bool:
+    args = inspect.getfullargspec(function).args
+    return "state" in args and "host" in args
 
 
 def _refuse_connection(*args: Any, **kwargs: Any) -> None:

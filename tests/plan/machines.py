@@ -52,6 +52,29 @@ class Machine:
     keyrings: dict[str, list[str]] = field(default_factory=dict)
     # TailscaleState: None (not installed) or {"backend_state": ..., "prefs": {...}}.
     tailscale: dict[str, Any] | None = None
+    # RAM in bytes as /proc/meminfo's MemTotal gives it (HostMemory).
+    memory_bytes: int | None = None
+    # PostgresqlClusters (pg_lsclusters) and MemoryStoreState (None: PostgreSQL not answering).
+    pg_clusters: list[dict[str, Any]] = field(default_factory=list)
+    memory_store: dict[str, Any] | None = None
+    # PgbackrestInfo on the repository host: None (not installed) or {"status", "backups"}.
+    pgbackrest_info: dict[str, Any] | None = None
+    # Hypervisor hardware (tasks/hypervisor_facts.py): PCI functions by address (PciDevices),
+    # boot loader, running kernel command line, /proc/fb, CPU vendor, imported ZFS pools,
+    # mounts, disks' signatures by device and units' `systemctl is-enabled` states.
+    pci: dict[str, dict[str, Any]] = field(default_factory=dict)
+    boot_loader: dict[str, Any] = field(
+        default_factory=lambda: {"loader": "none", "proxmox_boot_tool": False, "efi": False}
+    )
+    cmdline: list[str] = field(default_factory=list)
+    framebuffers: list[str] = field(default_factory=list)
+    cpu_vendor: str = "intel"
+    zfs: dict[str, dict[str, Any]] | None = None
+    mounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    # Packages `apt-get dist-upgrade --dry-run` would upgrade (SimulateOperationWillChange).
+    apt_upgradable: int = 0
     # PCI vendor:device IDs on the host's bus (PciDeviceIds, what lspci -n lists).
     pci_ids: list[str] = field(default_factory=list)
     # Models the local Ollama lists (OllamaModels); None: Ollama does not answer.
@@ -107,7 +130,6 @@ class Machine:
                 "Hostname": self.hostname,
                 "Os": "Linux",
                 "Kernel": self.kernel,
-                "KernelVersion": self.kernel,
                 "LinuxName": release["NAME"],
                 "LinuxDistribution": distro,
                 "Which": lambda kw: (
@@ -156,9 +178,33 @@ class Machine:
                 "NftTableMatches": self.firewall_loaded,
                 "KeyringFingerprints": lambda kw: self.keyrings.get(kw["path"]),
                 "TailscaleState": self.tailscale,
+                "HostMemory": self.memory_bytes,
+                "PostgresqlClusters": self.pg_clusters,
+                "MemoryStoreState": self.memory_store,
+                "PgbackrestInfo": self.pgbackrest_info,
                 "PciDeviceIds": self.pci_ids,
                 "OllamaModels": self.ollama_models,
                 "Date": _host_date(),
+                "KernelVersion": self.kernel,
+                "SimulateOperationWillChange": {
+                    "upgraded": self.apt_upgradable,
+                    "newly_installed": 0,
+                    "removed": 0,
+                    "not_upgraded": 0,
+                },
+                "PciDevices": self.pci,
+                "BootLoader": self.boot_loader,
+                "KernelCmdline": self.cmdline,
+                "Framebuffers": self.framebuffers,
+                "CpuVendor": self.cpu_vendor,
+                "ZfsPools": self.zfs,
+                "Mounts": self.mounts,
+                "DiskSignatures": lambda kw: self.disks.get(
+                    kw["device"], {"exists": False, "signatures": [], "partitions": []}
+                ),
+                "UnitStates": lambda kw: {
+                    unit: self.units.get(unit, "not-found") for unit in kw["units"]
+                },
             }
         )
 
@@ -223,6 +269,148 @@ BASE_PACKAGES = {
 }
 
 
+def pci(
+    address: str,
+    pci_class: str,
+    pci_id: str,
+    driver: str | None,
+    group: str | None,
+    description: str,
+    boot_vga: bool = False,
+) -> dict[str, Any]:
+    """One PCI function as the PciDevices fact reads it from /sys/bus/pci/devices."""
+    return {
+        "address": address,
+        "pci_class": pci_class,
+        "id": pci_id,
+        "driver": driver,
+        "iommu_group": group,
+        "boot_vga": boot_vga,
+        "description": description,
+    }
+
+
+# The hypervisor's PCI functions (Supermicro X10 board, Xeon E5-2690 v4, C612 chipset), with
+# the IOMMU groups the kernel gives them with VT-d on. The R9700 sits behind its own PCIe
+# switch (Navi 48's upstream and downstream ports), below CPU root port 00:02.0; the switch
+# has no ACS, so its ports share the card's group. The console is on the BMC's ASPEED VGA.
+R9700_AT = ("0000:03:00.0", "0000:03:00.1")
+
+
+def xeon_pci(iommu: bool = True, gpu_driver: str | None = "amdgpu") -> dict[str, dict[str, Any]]:
+    def group(number: str) -> str | None:
+        return number if iommu else None
+
+    audio_driver = "snd_hda_intel" if gpu_driver == "amdgpu" else gpu_driver
+    devices = [
+        pci(
+            "0000:00:00.0",
+            "060000",
+            "8086:6f00",
+            None,
+            group("0"),
+            "Host bridge: Intel Corporation Xeon E7 v4/Xeon E5 v4/Xeon E3 v4/Xeon D DMI2",
+        ),
+        pci(
+            "0000:00:02.0",
+            "060400",
+            "8086:6f04",
+            "pcieport",
+            group("29"),
+            "PCI bridge: Intel Corporation Xeon E7 v4/Xeon E5 v4/Xeon E3 v4/Xeon D PCI Express"
+            " Root Port 2",
+        ),
+        pci(
+            "0000:00:1c.0",
+            "060400",
+            "8086:8d10",
+            "pcieport",
+            group("34"),
+            "PCI bridge: Intel Corporation C610/X99 series chipset PCI Express Root Port #1",
+        ),
+        pci(
+            "0000:00:1c.4",
+            "060400",
+            "8086:8d18",
+            "pcieport",
+            group("35"),
+            "PCI bridge: Intel Corporation C610/X99 series chipset PCI Express Root Port #5",
+        ),
+        pci(
+            "0000:00:1f.2",
+            "010601",
+            "8086:8d02",
+            "ahci",
+            group("37"),
+            "SATA controller: Intel Corporation C610/X99 series chipset 6-Port SATA Controller"
+            " [AHCI mode]",
+        ),
+        pci(
+            "0000:01:00.0",
+            "060400",
+            "1002:1478",
+            "pcieport",
+            group("30"),
+            "PCI bridge: Advanced Micro Devices, Inc. [AMD/ATI] Navi 10 XL Upstream Port of"
+            " PCI Express Switch (rev 24)",
+        ),
+        pci(
+            "0000:02:00.0",
+            "060400",
+            "1002:1479",
+            "pcieport",
+            group("30"),
+            "PCI bridge: Advanced Micro Devices, Inc. [AMD/ATI] Navi 10 XL Downstream Port of"
+            " PCI Express Switch (rev 24)",
+        ),
+        pci(
+            R9700_AT[0],
+            "030000",
+            "1002:7551",
+            gpu_driver,
+            group("30"),
+            "VGA compatible controller: Advanced Micro Devices, Inc. [AMD/ATI] Navi 48"
+            " [Radeon AI PRO R9700] (rev c0)",
+        ),
+        pci(
+            R9700_AT[1],
+            "040300",
+            "1002:ab40",
+            audio_driver,
+            group("30"),
+            "Audio device: Advanced Micro Devices, Inc. [AMD/ATI] Navi 48 HDMI/DP Audio Controller",
+        ),
+        pci(
+            "0000:05:00.0",
+            "020000",
+            "8086:1533",
+            "igb",
+            group("36"),
+            "Ethernet controller: Intel Corporation I210 Gigabit Network Connection (rev 03)",
+        ),
+        pci(
+            "0000:07:00.0",
+            "030000",
+            "1a03:2000",
+            "ast",
+            group("38"),
+            "VGA compatible controller: ASPEED Technology, Inc. ASPEED Graphics Family (rev 30)",
+            boot_vga=True,
+        ),
+    ]
+    return {device["address"]: device for device in devices}
+
+
+PVE_ENTERPRISE_SOURCES = (
+    "Types: deb\nURIs: https://enterprise.proxmox.com/debian/pve\nSuites: trixie\n"
+    "Components: pve-enterprise\nSigned-By: /usr/share/keyrings/proxmox-archive-keyring.gpg\n"
+)
+CEPH_ENTERPRISE_SOURCES = (
+    "Types: deb\nURIs: https://enterprise.proxmox.com/debian/ceph-squid\nSuites: trixie\n"
+    "Components: enterprise\nSigned-By: /usr/share/keyrings/proxmox-archive-keyring.gpg\n"
+)
+
+
 def proxmox_ve_9() -> Machine:
     """The hypervisor after a Proxmox VE 9 install: root only, PVE's packages, no tuning."""
     return Machine(
@@ -236,6 +424,9 @@ def proxmox_ve_9() -> Machine:
             "/etc/chrony/chrony.conf": "pool 2.debian.pool.ntp.org iburst\n",
             # Written by the Proxmox VE installer (and its GUI's System > DNS).
             "/etc/resolv.conf": "search home.arpa\nnameserver 192.168.1.1\n",
+            # The installer's enterprise repositories (they fail without a subscription).
+            "/etc/apt/sources.list.d/pve-enterprise.sources": PVE_ENTERPRISE_SOURCES,
+            "/etc/apt/sources.list.d/ceph.sources": CEPH_ENTERPRISE_SOURCES,
         },
         directories=COMMON_DIRS | {"/etc/chrony", "/etc/chrony/sources.d", "/var/log/journal"},
         packages={
@@ -245,6 +436,9 @@ def proxmox_ve_9() -> Machine:
             "chrony": "4.6.1-3",
             "curl": "8.14.1-2",
             "pciutils": "1:3.13.0-2",
+            "proxmox-archive-keyring": "4.0",
+            "rpcbind": "1.2.7-1",
+            "zfsutils-linux": "2.3.4-pve1",
         },
         users={"root": _user("root", 0, "/root")},
         groups={"root", "sudo", "systemd-journal"},
@@ -253,6 +447,30 @@ def proxmox_ve_9() -> Machine:
         timezone="Europe/Berlin",
         commands=COMMANDS,
         apt_updated_seconds_ago=3 * 86400,
+        # Installed on ext4/LVM (UEFI): GRUB. The PVE kernel turns the Intel IOMMU on by
+        # default, so the groups exist before the command line names it.
+        pci=xeon_pci(),
+        boot_loader={"loader": "grub", "proxmox_boot_tool": False, "efi": True},
+        cmdline=[
+            "BOOT_IMAGE=/boot/vmlinuz-6.14.8-2-pve",
+            "root=/dev/mapper/pve-root",
+            "ro",
+            "quiet",
+        ],
+        framebuffers=["0 astdrmfb", "1 amdgpudrmfb"],
+        cpu_vendor="intel",
+        # The pools as the operator made them (README): ZFS "ssd", the HDD mounted.
+        zfs={"ssd": {"mountpoint": "/ssd", "mounted": True}},
+        mounts={
+            "/": {"device": "/dev/mapper/pve-root", "type": "ext4", "options": ["rw"]},
+            "/ssd": {"device": "ssd", "type": "zfs", "options": ["rw"]},
+            "/mnt/hdd": {
+                "device": "/dev/sde",
+                "type": "ext4",
+                "options": ["rw", "relatime"],
+            },
+        },
+        units={"rpcbind.service": "enabled", "rpcbind.socket": "enabled"},
     )
 
 
@@ -285,6 +503,8 @@ def ubuntu_24_04_vm() -> Machine:
         enabled={"ssh": True, "systemd-resolved": True},
         commands=COMMANDS,
         apt_updated_seconds_ago=None,
+        # 16 GiB given to the VM; the kernel keeps some (MemTotal 16,365,432 kB).
+        memory_bytes=16_365_432 * 1024,
     )
 
 

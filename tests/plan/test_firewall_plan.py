@@ -13,11 +13,26 @@ from tests.plan.harness import Plan, PlannedOp
 HOSTS = ("pve", "ageis-node", "embedder", "monitoring", "dns")
 LAN = "192.168.1.0/24"
 # Exactly what each real host opens, and what declares it: sshd (every host, ssh_server), the
-# Proxmox web UI (firewall_extra_ports in group_data/hypervisor.py), tailscaled's WireGuard
+# Proxmox web UI (firewall_extra_ports in group_data/hypervisor.py), Proxmox's spiceproxy
+# (proxmox_ve), tailscaled's WireGuard
 # port on the three nodes (tailscale), unbound on the DNS guest (dns_resolver).
 EXPECTED_PORTS = {
-    "pve": {(22, "tcp", "ssh"), (8006, "tcp", "proxmox-web"), (41641, "udp", "tailscaled")},
-    "ageis-node": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled"), (11434, "tcp", "ollama")},
+    "pve": {
+        (22, "tcp", "ssh"),
+        (3128, "tcp", "spiceproxy"),
+        (8006, "tcp", "proxmox-web"),
+        (8432, "tcp", "pgbackrest-server"),
+        (41641, "udp", "tailscaled"),
+    },
+    "ageis-node": {
+        (22, "tcp", "ssh"),
+        (5432, "tcp", "postgresql"),
+        (8100, "tcp", "actr-engine"),
+        (8432, "tcp", "pgbackrest-server"),
+        (11434, "tcp", "ollama"),
+        (18789, "tcp", "openclaw-gateway"),
+        (41641, "udp", "tailscaled"),
+    },
     "embedder": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
     "monitoring": {(22, "tcp", "ssh")},
     "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},

@@ -14,6 +14,9 @@ from tasks.datamodel.validate import format_errors, validate_hosts
 SECRETS = {
     "proxmox_api_secret": Secret("s3cret-value"),
     "tailscale_auth_key": Secret("test-double-value"),
+    "memory_store_actr_engine_password": Secret("test-double-value"),
+    "memory_store_vector_indexer_password": Secret("test-double-value"),
+    "pgbackrest_tls_seed": Secret("test-double-value"),
     "openclaw_gateway_token": Secret("test-double-value"),
 }
 
@@ -71,13 +74,16 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("dns", "timezone"),
         ("pve", "secret proxmox_api_secret"),
         ("pve", "secret tailscale_auth_key"),  # the first of the nodes that need it
+        ("ageis-node", "secret memory_store_actr_engine_password"),
+        ("ageis-node", "secret memory_store_vector_indexer_password"),
+        ("pve", "secret pgbackrest_tls_seed"),
         ("ageis-node", "secret openclaw_gateway_token"),
     }
     text = format_errors(errors, "inventory.py")
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 7
+    assert len(text.splitlines()) == 10
 
 
 def test_address_outside_lan_cidr(baseline) -> None:
@@ -260,8 +266,12 @@ def test_no_secrets_given_skips_the_secret_check(baseline) -> None:
 
 def test_no_hypervisor_means_no_secret_needed(baseline) -> None:
     baseline.groups = {"embedder": baseline.groups["embedder"]}
-    # The embedder needs its Tailscale key, and only that.
-    assert problems(baseline, secrets={"tailscale_auth_key": Secret("test-double-value")}) == []
+    # The embedder needs its Tailscale key and the vector indexer's password, and only those.
+    only_these = {
+        "tailscale_auth_key": Secret("test-double-value"),
+        "memory_store_vector_indexer_password": Secret("test-double-value"),
+    }
+    assert problems(baseline, secrets=only_these) == []
 
 
 # --- secrets ---

@@ -1,0 +1,656 @@
+"""pgBackRest: the memory store's WAL archive and backups, on the hypervisor's HDD pool.
+
+A dedicated repository host (the hypervisor, ``pgbackrest_repository_host``) keeps the
+repository in ``<pools[pgbackrest_repository_pool].path>/pgbackrest``. The two hosts talk over
+pgBackRest's own TLS server (port 8432 on both, client certificates checked against a small CA,
+``tls-server-auth`` naming the one peer and the stanza): no SSH keys between the hosts. The CA
+and the hosts' certificates are made on the controller from the secret ``pgbackrest_tls_seed``
+(Ed25519 keys derived from it, certificates with fixed fields: the same seed gives the same
+files on every run, so nothing changes on a second run and no CA file has to be kept
+anywhere else; a new seed re-keys everything).
+
+On the database host (``tasks/memory_store.py`` calls :func:`database_host`): PostgreSQL archives
+with ``archive_command = pgbackrest archive-push`` in async mode from a local spool
+(``pgbackrest_spool_path``), ``archive_timeout`` is ``pgbackrest_archive_timeout`` (the most
+WAL a dead disk can take with it), and a daily restore test (``memory-store-restore-test``)
+proves the newest backup plus WAL restores and holds what the live store held.
+
+On the repository host: full and differential backups on systemd timers, retention as data,
+a weekly ``verify``; each writes its outcome for node-exporter's textfile collector
+(``homelab_backup_*``). After the firewall (both hosts reachable), the deploy creates the
+stanza when the repository lacks it, runs ``check`` and takes the first full backup when there
+is none (each gated on the repository's ``info``, so a second run does nothing).
+
+pgBackRest's versions must be equal on both hosts (its protocol checks): Debian 12 ships 2.45,
+Debian 13 2.55, Ubuntu 24.04 2.50; a mixed pair is refused at ``check`` with both versions
+named. Options used here exist in both 2.45 and 2.55.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import json
+from dataclasses import dataclass
+from io import StringIO
+from typing import Any
+
+from pyinfra import host, inventory
+from pyinfra.api import FactBase, deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
+from tasks.datamodel.keys import Key, Schema
+from tasks.datamodel.machine import AGEIS_NODE, HYPERVISOR, MACHINE, POOL_NAME
+from tasks.datamodel.secrets import SecretSpec, load_secrets
+from tasks.ports import Port
+from tasks.templating import file_path, template_path
+
+TLS_PORT = 8432
+CONF = "/etc/pgbackrest/pgbackrest.conf"
+TLS_DIR = "/etc/pgbackrest/tls"
+REPO_USER = "pgbackrest"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+BACKUP_SCRIPT = "/usr/local/sbin/pgbackrest-run"
+STANZA_SCRIPT = "/usr/local/sbin/pgbackrest-stanza-ready"
+RESTORE_TEST_SCRIPT = "/usr/local/sbin/memory-store-restore-test"
+METRICS_SCRIPT = "/usr/local/sbin/memory-store-metrics"
+
+# A systemd OnCalendar= expression (checked loosely here; systemd-analyze calendar is the judge).
+CALENDAR = Str(
+    r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "Sun *-*-* 01:30:00"'
+)
+
+DATA = Schema(
+    "pgbackrest",
+    Key(
+        "pgbackrest_stanza",
+        Str(r"[a-z][a-z0-9_-]*", what='a stanza name such as "memory"'),
+        "memory",
+        "pgBackRest stanza of the memory store.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_repository_host",
+        Optional(HOSTNAME),
+        None,
+        "Inventory host that keeps the repository; None: the hypervisor.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_repository_pool",
+        POOL_NAME,
+        "hdd",
+        "The repository host's pool that holds the repository (<pool path>/pgbackrest).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_archive_timeout",
+        Int(1, 3600),
+        60,
+        "archive_timeout in seconds: a WAL segment is closed and archived at least this often,"
+        " so losing the SSD loses at most about this much.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "pgbackrest_spool_path",
+        ABSOLUTE_PATH,
+        "/var/spool/pgbackrest",
+        "Async archive-push spool on the database host.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "pgbackrest_process_max",
+        Int(1, 64),
+        2,
+        "Parallel processes for backup, restore and async archiving.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_retention_full",
+        Int(1, 100),
+        2,
+        "Full backups kept (older ones expire with the WAL only they need).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_retention_diff",
+        Int(1, 100),
+        6,
+        "Differential backups kept.",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_full_schedule",
+        CALENDAR,
+        "Sun *-*-* 01:30:00",
+        "When a full backup runs (systemd OnCalendar=).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_diff_schedule",
+        CALENDAR,
+        "Mon..Sat *-*-* 01:30:00",
+        "When a differential backup runs (systemd OnCalendar=).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_verify_schedule",
+        CALENDAR,
+        "Sun *-*-* 05:00:00",
+        "When pgbackrest verify checks the whole repository (weekly).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "memory_store_restore_test_schedule",
+        CALENDAR,
+        "*-*-* 03:30:00",
+        "When the restore test runs on the database host (daily).",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "memory_store_restore_test_path",
+        Optional(ABSOLUTE_PATH),
+        None,
+        "Scratch directory of the restore test; None: <postgresql_pool path>/restore-test.",
+        (AGEIS_NODE,),
+    ),
+)
+
+SECRETS = (
+    SecretSpec(
+        "pgbackrest_tls_seed",
+        (AGEIS_NODE, HYPERVISOR),
+        "seed of pgBackRest's TLS CA and host keys (any long random string; a new one re-keys"
+        " both hosts)",
+    ),
+)
+
+PORTS = (Port(TLS_PORT, "tcp", "pgbackrest-server", probe="tcp"),)
+
+
+# --- certificates, derived from the seed --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostTls:
+    ca_cert: str
+    cert: str
+    key: str
+
+
+_NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+_NOT_AFTER = datetime.datetime(2125, 1, 1, tzinfo=datetime.UTC)
+
+
+def _derived_key(seed: str, label: str) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    raw = hmac.new(seed.encode(), f"homelab pgbackrest {label}".encode(), "sha256").digest()
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def _serial(seed: str, label: str) -> int:
+    digest = hmac.new(seed.encode(), f"serial {label}".encode(), "sha256").digest()
+    return int.from_bytes(digest[:16], "big") >> 1  # positive, < 2**127
+
+
+def host_tls(seed: str, name: str, domain: str) -> HostTls:
+    """The CA certificate, ``name``'s certificate (server and client) and its private key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = _derived_key(seed, "ca")
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "homelab-as-code pgBackRest CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(_serial(seed, "ca"))
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, None)
+    )
+    key = _derived_key(seed, f"host {name}")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(_serial(seed, f"host {name}"))
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name), x509.DNSName(f"{name}.{domain}")]),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, None)
+    )
+    pem = serialization.Encoding.PEM
+    return HostTls(
+        ca_cert=ca.public_bytes(pem).decode(),
+        cert=cert.public_bytes(pem).decode(),
+        key=key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    )
+
+
+# --- facts ---------------------------------------------------------------------------------
+
+
+class PgbackrestInfo(FactBase[dict[str, Any] | None]):
+    """``pgbackrest info --output=json`` of ``stanza`` as ``user``: status code and backups.
+
+    None when pgBackRest is not installed or the command fails; else ``{"status": code,
+    "backups": n}`` (code 0: ok, 1: missing stanza path, ...).
+    """
+
+    def command(self, stanza: str, user: str) -> str:
+        return (
+            "command -v pgbackrest >/dev/null 2>&1 && id -u "
+            f"{user} >/dev/null 2>&1 || exit 0; "
+            f"runuser -u {user} -- pgbackrest --stanza={stanza} --output=json info 2>/dev/null"
+            " || true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        try:
+            stanzas = json.loads("\n".join(output))
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(stanzas, list) or not stanzas:
+            return None
+        stanza = stanzas[0]
+        return {
+            "status": (stanza.get("status") or {}).get("code"),
+            "backups": len(stanza.get("backup") or []),
+        }
+
+
+# --- shared pieces -------------------------------------------------------------------------
+
+
+def repository_host_name(configured: str | None) -> str:
+    if configured:
+        names = [h.name for h in inventory]
+        if configured not in names:
+            raise RuntimeError(
+                f"host {host.name!r}: key 'pgbackrest_repository_host' is {configured!r};"
+                f" expected an inventory host ({', '.join(names)})"
+            )
+        return configured
+    hypervisors = [h.name for h in inventory.get_group(HYPERVISOR, [])]
+    if len(hypervisors) != 1:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_repository_host' is None and the inventory"
+            f" has {len(hypervisors)} hypervisors ({', '.join(hypervisors) or 'none'});"
+            " expected exactly one, or name the repository host"
+        )
+    return hypervisors[0]
+
+
+def database_host_names() -> list[str]:
+    return [h.name for h in inventory.get_group(AGEIS_NODE, [])]
+
+
+def _tls_files(owner: str) -> None:
+    """The CA certificate and this host's certificate and key, readable by ``owner`` only."""
+    seed = load_secrets().get("pgbackrest_tls_seed")
+    if seed is None:
+        raise RuntimeError(
+            f"host {host.name!r}: the secrets file lacks pgbackrest_tls_seed"
+            " (see secrets.example.toml)"
+        )
+    domain = str(MACHINE.read(host).domain)
+    tls = host_tls(seed.reveal(), host.name, domain)
+    files.directory(
+        name="pgBackRest TLS directory", path=TLS_DIR, user=owner, group=owner, mode="700"
+    )
+    for name, text, mode in (
+        ("ca.crt", tls.ca_cert, "644"),
+        ("host.crt", tls.cert, "644"),
+        ("host.key", tls.key, "600"),
+    ):
+        files.put(
+            name=f"pgBackRest TLS {name}",
+            src=StringIO(text),
+            dest=f"{TLS_DIR}/{name}",
+            user=owner,
+            group=owner,
+            mode=mode,
+        )
+
+
+def _common(owner: str, log_owner: str) -> None:
+    apt.packages(name="Install pgBackRest", packages=["pgbackrest"])
+    for path in ("/var/log/pgbackrest", "/var/lib/pgbackrest"):
+        files.directory(
+            name=f"pgBackRest {path}", path=path, user=log_owner, group=log_owner, mode="750"
+        )
+    files.directory(name="/etc/pgbackrest", path="/etc/pgbackrest", mode="755")
+    files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
+    _tls_files(owner)
+
+
+def _server_unit(user: str, mounts: list[str]) -> Any:
+    unit = files.template(
+        name="pgbackrest-server.service (TLS server for the peer host)",
+        src=template_path("pgbackrest-server.service.j2"),
+        dest="/etc/systemd/system/pgbackrest-server.service",
+        mode="644",
+        user_name=user,
+        mounts=mounts,
+    )
+    return unit
+
+
+# --- the database host (ageis-node) --------------------------------------------------------
+
+
+def database_host(major: int, datadir: str, pool_path: str) -> dict[str, Any]:
+    """pgBackRest on the database host, before its cluster exists (a rebuilt host restores).
+
+    Returns what PostgreSQL's settings and the memory store's scripts need.
+    """
+    settings = DATA.read(host)
+    repo = repository_host_name(settings.pgbackrest_repository_host)
+    _common("postgres", "postgres")
+    files.directory(
+        name="pgBackRest spool",
+        path=settings.pgbackrest_spool_path,
+        user="postgres",
+        group="postgres",
+        mode="750",
+    )
+    conf = files.template(
+        name="pgbackrest.conf (database host)",
+        src=template_path("pgbackrest-db.conf.j2"),
+        dest=CONF,
+        user="root",
+        group="postgres",
+        mode="640",
+        stanza=settings.pgbackrest_stanza,
+        repo_host=repo,
+        port=TLS_PORT,
+        tls_dir=TLS_DIR,
+        spool=settings.pgbackrest_spool_path,
+        process_max=settings.pgbackrest_process_max,
+        datadir=datadir,
+        archive_timeout=settings.pgbackrest_archive_timeout,
+    )
+    unit = _server_unit("postgres", [datadir])
+    systemd.daemon_reload(name="systemd reads pgbackrest-server", _if=unit.did_change)
+    systemd.service(
+        name="pgbackrest-server runs", service="pgbackrest-server", running=True, enabled=True
+    )
+    systemd.service(
+        name="pgbackrest-server takes its new settings",
+        service="pgbackrest-server",
+        restarted=True,
+        _if=lambda: conf.did_change() or unit.did_change(),
+    )
+    scratch = settings.memory_store_restore_test_path or f"{pool_path}/restore-test"
+    files.put(
+        name="Install the restore test",
+        src=file_path("memory-store-restore-test"),
+        dest=RESTORE_TEST_SCRIPT,
+        mode="755",
+    )
+    files.template(
+        name="memory-store-restore-test.service",
+        src=template_path("memory-store-restore-test.service.j2"),
+        dest="/etc/systemd/system/memory-store-restore-test.service",
+        mode="644",
+        script=RESTORE_TEST_SCRIPT,
+        major=major,
+        mounts=[datadir, scratch],
+    )
+    timer = files.template(
+        name="memory-store-restore-test.timer",
+        src=template_path("systemd-timer.j2"),
+        dest="/etc/systemd/system/memory-store-restore-test.timer",
+        mode="644",
+        description="Daily restore test of the memory store's newest backup",
+        schedule=settings.memory_store_restore_test_schedule,
+        delay="30min",
+    )
+    systemd.daemon_reload(name="systemd reads the restore test timer", _if=timer.did_change)
+    systemd.service(
+        name="Restore test timer",
+        service="memory-store-restore-test.timer",
+        running=True,
+        enabled=True,
+    )
+    files.put(
+        name="Install the archiving metrics script",
+        src=file_path("memory-store-metrics"),
+        dest=METRICS_SCRIPT,
+        mode="755",
+    )
+    metrics_unit = files.template(
+        name="memory-store-metrics.service",
+        src=template_path("memory-store-metrics.service.j2"),
+        dest="/etc/systemd/system/memory-store-metrics.service",
+        mode="644",
+        script=METRICS_SCRIPT,
+        major=major,
+    )
+    metrics_timer = files.template(
+        name="memory-store-metrics.timer",
+        src=template_path("systemd-timer.j2"),
+        dest="/etc/systemd/system/memory-store-metrics.timer",
+        mode="644",
+        description="WAL archiving metrics of the memory store, every minute",
+        schedule="*-*-* *:*:00",
+        delay="0",
+    )
+    systemd.daemon_reload(
+        name="systemd reads the metrics timer",
+        _if=lambda: metrics_unit.did_change() or metrics_timer.did_change(),
+    )
+    systemd.service(
+        name="Archiving metrics timer",
+        service="memory-store-metrics.timer",
+        running=True,
+        enabled=True,
+    )
+    return {
+        "stanza": settings.pgbackrest_stanza,
+        "timeout": settings.pgbackrest_archive_timeout,
+        "spool": settings.pgbackrest_spool_path,
+        "scratch": scratch,
+        "conf_changed": conf,
+    }
+
+
+# --- the repository host (hypervisor) ------------------------------------------------------
+
+
+def _database_data_directory(name: str) -> str:
+    """The data directory of the database host ``name``, from that host's data."""
+    from tasks.memory_store import DATA as STORE
+    from tasks.memory_store import DISTRIBUTION_MAJOR_BY_OS, data_directory_of
+
+    other = inventory.get_host(name)
+    store = STORE.read(other)
+    major = store.postgresql_version
+    guest = MACHINE.read(other).guest
+    if major is None and guest:
+        major = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"])
+    if major is None:
+        raise RuntimeError(
+            f"host {host.name!r}: cannot tell the PostgreSQL major of {name!r} from the data:"
+            f" set postgresql_version for {name} (or its guest.os)"
+        )
+    return data_directory_of(other, store.postgresql_pool, major)
+
+
+@deploy("pgBackRest repository", data_defaults=DATA.defaults())
+def pgbackrest_repository() -> None:
+    settings = DATA.read(host)
+    repo = repository_host_name(settings.pgbackrest_repository_host)
+    if repo != host.name:
+        host.noop(f"the pgBackRest repository lives on {repo}")
+        return
+    pools = MACHINE.read(host).pools
+    pool = settings.pgbackrest_repository_pool
+    if pool not in pools:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_repository_pool' is {pool!r}; expected one of"
+            f" this host's pools ({', '.join(pools) or 'none'})"
+        )
+    repo_path = f"{pools[pool]['path'].rstrip('/')}/pgbackrest"
+    databases = [(name, _database_data_directory(name)) for name in database_host_names()]
+    if len(databases) != 1:
+        raise RuntimeError(
+            f"host {host.name!r}: the pgBackRest repository serves exactly one database host;"
+            f" the inventory's ageis_node group has {len(databases)}"
+        )
+    server.group(name="pgbackrest group", group=REPO_USER, system=True)
+    server.user(
+        name="pgbackrest user (owns the repository)",
+        user=REPO_USER,
+        group=REPO_USER,
+        system=True,
+        home="/var/lib/pgbackrest",
+        shell="/usr/sbin/nologin",
+    )
+    _common(REPO_USER, REPO_USER)
+    files.directory(
+        name="pgBackRest repository on the HDD pool",
+        path=repo_path,
+        user=REPO_USER,
+        group=REPO_USER,
+        mode="750",
+    )
+    conf = files.template(
+        name="pgbackrest.conf (repository host)",
+        src=template_path("pgbackrest-repo.conf.j2"),
+        dest=CONF,
+        user="root",
+        group=REPO_USER,
+        mode="640",
+        stanza=settings.pgbackrest_stanza,
+        repo_path=repo_path,
+        port=TLS_PORT,
+        tls_dir=TLS_DIR,
+        process_max=settings.pgbackrest_process_max,
+        retention_full=settings.pgbackrest_retention_full,
+        retention_diff=settings.pgbackrest_retention_diff,
+        db_host=databases[0][0],
+        db_path=databases[0][1],
+    )
+    unit = _server_unit(REPO_USER, [repo_path])
+    files.put(
+        name="Install pgbackrest-run",
+        src=file_path("pgbackrest-run"),
+        dest=BACKUP_SCRIPT,
+        mode="755",
+    )
+    files.put(
+        name="Install pgbackrest-stanza-ready",
+        src=file_path("pgbackrest-stanza-ready"),
+        dest=STANZA_SCRIPT,
+        mode="755",
+    )
+    service = files.template(
+        name="pgbackrest-run@.service (backup full/diff, verify)",
+        src=template_path("pgbackrest-run@.service.j2"),
+        dest="/etc/systemd/system/pgbackrest-run@.service",
+        mode="644",
+        script=BACKUP_SCRIPT,
+        stanza=settings.pgbackrest_stanza,
+        mounts=[repo_path],
+    )
+    timers = []
+    for job, schedule, what in (
+        ("full", settings.pgbackrest_full_schedule, "Full backup of the memory store"),
+        ("diff", settings.pgbackrest_diff_schedule, "Differential backup of the memory store"),
+        ("verify", settings.pgbackrest_verify_schedule, "Verify the pgBackRest repository"),
+    ):
+        timers.append(
+            files.template(
+                name=f"pgbackrest-run@{job}.timer",
+                src=template_path("systemd-timer.j2"),
+                dest=f"/etc/systemd/system/pgbackrest-run@{job}.timer",
+                mode="644",
+                description=what,
+                schedule=schedule,
+                delay="10min",
+            )
+        )
+    systemd.daemon_reload(
+        name="systemd reads the pgBackRest units",
+        _if=lambda: (
+            unit.did_change() or service.did_change() or any(t.did_change() for t in timers)
+        ),
+    )
+    systemd.service(
+        name="pgbackrest-server runs", service="pgbackrest-server", running=True, enabled=True
+    )
+    systemd.service(
+        name="pgbackrest-server takes its new settings",
+        service="pgbackrest-server",
+        restarted=True,
+        _if=lambda: conf.did_change() or unit.did_change(),
+    )
+    for job in ("full", "diff", "verify"):
+        systemd.service(
+            name=f"pgbackrest-run@{job}.timer",
+            service=f"pgbackrest-run@{job}.timer",
+            running=True,
+            enabled=True,
+        )
+
+
+@deploy("pgBackRest stanza", data_defaults=DATA.defaults())
+def pgbackrest_stanza() -> None:
+    """After the firewall (both hosts reachable): stanza-create, check, a first full backup.
+
+    Gated on the repository's ``info``: an existing stanza with a backup does nothing.
+    """
+    settings = DATA.read(host)
+    if repository_host_name(settings.pgbackrest_repository_host) != host.name:
+        return
+    info = host.get_fact(PgbackrestInfo, stanza=settings.pgbackrest_stanza, user=REPO_USER)
+    if info and info["status"] == 0 and info["backups"] > 0:
+        return
+    server.shell(
+        name="Stanza create, check and a first full backup (the repository has none)",
+        commands=[f"{STANZA_SCRIPT} {settings.pgbackrest_stanza}"],
+    )
+
+
+RESTORE_TEST_RESULT = f"{TEXTFILE_DIR}/memory_store_restore_test.prom"
+
+
+@deploy("Memory store restore test", data_defaults=DATA.defaults())
+def memory_store_first_restore_test() -> None:
+    """After the firewall (and the first backup): run the restore test once if it never ran.
+
+    A backup nobody restored is just a file: a new (or rebuilt) database host proves its
+    backups at its first rollout instead of waiting for the timer. Gated on the restore test's
+    result file.
+    """
+    if host.get_fact(File, path=RESTORE_TEST_RESULT):
+        return
+    server.shell(
+        name="Run the restore test once (it never ran here)",
+        commands=["systemctl start memory-store-restore-test.service"],
+    )

@@ -1,0 +1,570 @@
+"""Plans of the hypervisor's own tasks (Proxmox VE, storage pools, GPU passthrough) on simulated
+hosts: IOMMU layouts, boot loaders, CPU vendors, Proxmox VE 8 and 9, plain Debian 13.
+
+The R9700 is at 0000:03:00.0 (1002:7551) and 0000:03:00.1 (1002:ab40), as in inventory.py; the
+PCI functions, groups and drivers are those the kernel shows in /sys on the real board
+(``tests/plan/machines.py``: ``xeon_pci``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tasks.gpu_passthrough import PassthroughRefused, group_problems, preflight
+from tasks.proxmox_ve import ProxmoxRefused
+from tasks.storage_pools import PoolRefused
+from tests.plan.harness import Plan
+from tests.plan.machines import (
+    DEBIAN_13,
+    R9700_AT,
+    Machine,
+    debian_13_embedder,
+    pci,
+    xeon_pci,
+)
+
+DEPLOY = "deploys/hypervisor.py"
+TASKS = ("Proxmox VE |", "Storage pools |", "GPU passthrough")
+GRUB_DROPIN = "/etc/default/grub.d/homelab-iommu.cfg"
+MODPROBE = "/etc/modprobe.d/homelab-vfio.conf"
+MODULES = "/etc/modules-load.d/homelab-vfio.conf"
+REBOOT = "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &"
+DEBIAN_12 = {
+    "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)",
+    "NAME": "Debian GNU/Linux",
+    "VERSION_ID": "12",
+    "VERSION": "12 (bookworm)",
+    "VERSION_CODENAME": "bookworm",
+    "ID": "debian",
+}
+TRIXIE_FINGERPRINTS = (
+    "24B30F06ECC1836A4E5EFECBA7BCD1420BFE778E F4E136C67CDCE41AE6DE6FC81140AF8F639E0C39"
+)
+AMD_CPU = {"vendor": "amd", "model": "AMD EPYC 7302P", "cores": 16, "threads": 32}
+
+
+def plan_pve(plan_of: Any, **kwargs: Any) -> Plan:
+    return plan_of(DEPLOY, limit=["pve"], **kwargs)
+
+
+def ours(result: Plan) -> list[tuple[str, list[str]]]:
+    """The hypervisor tasks' operations that would change something: (name, commands)."""
+    return [
+        (op.name, op.commands)
+        for op in result.for_host("pve")
+        if op.name.startswith(TASKS) and op.commands
+    ]
+
+
+def steps(result: Plan, task: str = "GPU passthrough") -> list[str]:
+    """One word per changing operation of ``task``, in order: what the host would go through."""
+    found = []
+    for name, commands in ours(result):
+        if not name.startswith(task):
+            continue
+        text = "\n".join(commands)
+        if REBOOT in text:
+            found.append("reboot")
+        elif f"upload {GRUB_DROPIN}" in text:
+            found.append("grub-dropin")
+        elif "upload /etc/kernel/cmdline" in text:
+            found.append("kernel-cmdline")
+        elif f"upload {MODULES}" in text:
+            found.append("modules")
+        elif f"upload {MODPROBE}" in text:
+            found.append("modprobe")
+        else:
+            found.append(text)
+    return found
+
+
+def op_names(result: Plan) -> list[str]:
+    return [op.name for op in result.for_host("pve")]
+
+
+def refused(plan_of: Any, error: type[Exception], **kwargs: Any) -> str:
+    """Plan the hypervisor and return the refusal's message (it must refuse)."""
+    with pytest.raises(Exception) as caught:
+        plan_pve(plan_of, **kwargs)
+    original = getattr(caught.value, "exception", caught.value)
+    assert isinstance(original, error), repr(original)
+    return str(original)
+
+
+def converge(machine: Machine) -> None:
+    """The pve machine after a complete hypervisor rollout: IOMMU on, GPU on vfio-pci."""
+    machine.pci = xeon_pci(gpu_driver="vfio-pci")
+    machine.cmdline += ["intel_iommu=on", "iommu=pt"]
+    machine.framebuffers = ["0 astdrmfb"]
+    for path in ("pve-enterprise.sources", "ceph.sources"):
+        full = f"/etc/apt/sources.list.d/{path}"
+        machine.files[full] = "Enabled: no\n" + machine.files[full]
+    machine.units = {"rpcbind.service": "masked", "rpcbind.socket": "masked"}
+    machine.directories |= {
+        "/etc/apt/sources.list.d",
+        "/etc/default/grub.d",
+        "/etc/modules-load.d",
+        "/etc/modprobe.d",
+    }
+    machine.files.update(_rendered_files())
+
+
+def _rendered_files() -> dict[str, str]:
+    """The hypervisor task's files, rendered from the templates as a rollout wrote them."""
+    import jinja2
+
+    from tasks.templating import TEMPLATES
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True
+    )
+    r9700 = {
+        "name": "r9700",
+        "model": "AMD Radeon AI PRO R9700",
+        "passthrough_to": "ageis-node",
+        "functions": [
+            {"address": R9700_AT[0], "id": "1002:7551", "kind": "display"},
+            {"address": R9700_AT[1], "id": "1002:ab40", "kind": "audio"},
+        ],
+    }
+    return {
+        GRUB_DROPIN: env.get_template("grub-homelab-iommu.cfg.j2").render(
+            flags=["intel_iommu=on", "iommu=pt"]
+        ),
+        MODULES: env.get_template("modules-load-homelab-vfio.conf.j2").render(
+            modules=("vfio", "vfio_iommu_type1", "vfio_pci")
+        ),
+        MODPROBE: env.get_template("modprobe-homelab-vfio.conf.j2").render(
+            gpus=[r9700],
+            ids=["1002:7551", "1002:ab40"],
+            softdeps=["amdgpu", "radeon", "snd_hda_intel"],
+        ),
+        "/etc/apt/sources.list.d/pve-install-repo.sources": env.get_template(
+            "pve-install-repo.sources.j2"
+        ).render(
+            repo_url="http://download.proxmox.com/debian/pve",
+            codename="trixie",
+            keyring="/usr/share/keyrings/proxmox-archive-keyring.gpg",
+        ),
+    }
+
+
+# --- GPU passthrough: IOMMU layouts ---
+
+
+def test_gpu_behind_its_own_switch_gets_exactly_the_passthrough_steps(plan_of) -> None:
+    # Fresh PVE 9 (GRUB, Intel): group 30 holds the card's switch ports and its two functions.
+    result = plan_pve(plan_of)
+    assert steps(result) == [
+        "grub-dropin",
+        "update-grub",
+        "modules",
+        "modprobe",
+        "update-initramfs -u -k all",
+        "reboot",
+    ]
+    dropin = result.op("pve", "IOMMU flags in").commands
+    assert (
+        'GRUB_CMDLINE_LINUX_DEFAULT="${GRUB_CMDLINE_LINUX_DEFAULT} intel_iommu=on iommu=pt"'
+        in "\n".join(dropin)
+    )
+    modprobe = "\n".join(result.op("pve", "vfio-pci takes every GPU function").commands)
+    assert "options vfio-pci ids=1002:7551,1002:ab40\n" in modprobe
+    for module in ("amdgpu", "radeon", "snd_hda_intel"):
+        assert f"softdep {module} pre: vfio-pci\n" in modprobe
+    modules = "\n".join(result.op("pve", "VFIO modules loaded at boot").commands)
+    assert modules.count("\nvfio\nvfio_iommu_type1\nvfio_pci\n") == 1
+    assert "\nvfio_virqfd" not in modules  # merged into vfio since kernel 6.2
+    # The proof comes last, after the reboot.
+    names = op_names(result)
+    assert names.index(
+        "GPU passthrough (IOMMU, VFIO) | Every GPU function is bound to vfio-pci"
+    ) > (names.index("GPU passthrough (IOMMU, VFIO) | Reboot so vfio-pci takes the GPU"))
+
+
+def test_clean_group_with_only_the_gpu_functions(plan_of, fleet) -> None:
+    # A switch with ACS: the two functions are alone in group 31.
+    for address in ("0000:01:00.0", "0000:02:00.0"):
+        fleet["pve"].pci[address]["iommu_group"] = "40" if address.startswith("0000:01") else "41"
+    for address in R9700_AT:
+        fleet["pve"].pci[address]["iommu_group"] = "31"
+    assert steps(plan_pve(plan_of))[-2:] == ["update-initramfs -u -k all", "reboot"]
+
+
+def test_gpu_sharing_its_group_with_a_sata_controller_stops_before_any_change(
+    plan_of, fleet
+) -> None:
+    machine = fleet["pve"]
+    machine.pci["0000:04:00.0"] = pci(
+        "0000:04:00.0",
+        "010601",
+        "1b21:0612",
+        "ahci",
+        "30",
+        "SATA controller: ASMedia Technology Inc. ASM1062 Serial ATA Controller (rev 02)",
+    )
+    message = refused(plan_of, PassthroughRefused)
+    assert "GPU passthrough refused; nothing was changed" in message
+    assert "holds 0000:04:00.0" in message
+    # The group's full listing, every member with its class, ID and driver, and what to do.
+    assert "IOMMU group 30:" in message
+    for address in ("0000:01:00.0", "0000:02:00.0", *R9700_AT, "0000:04:00.0"):
+        assert f"  {address}  class " in message
+    assert "[1b21:0612]  driver ahci" in message and "NOT ALLOWED" in message
+    assert "PCI bridge / switch port (allowed)" in message
+    assert "another slot" in message and "ACS" in message
+    assert "pcie_acs_override" in message
+
+
+def test_preflight_lists_only_the_offending_device_as_not_allowed() -> None:
+    devices = xeon_pci()
+    devices["0000:04:00.0"] = pci("0000:04:00.0", "0c0330", "1912:0015", "xhci_hcd", "30", "USB")
+    gpu = {
+        "name": "r9700",
+        "functions": [
+            {"address": R9700_AT[0], "id": "1002:7551", "kind": "display"},
+            {"address": R9700_AT[1], "id": "1002:ab40", "kind": "audio"},
+        ],
+    }
+    listing, offending = group_problems(gpu, devices)
+    assert offending == ["0000:04:00.0"]
+    assert listing[0] == "IOMMU group 30:" and len(listing) == 6
+    assert preflight("pve", [gpu], xeon_pci(), [], "intel", "intel", check_groups=True) == []
+
+
+def test_console_on_the_gpu_stops_the_run(plan_of, fleet) -> None:
+    machine = fleet["pve"]
+    machine.pci["0000:07:00.0"]["boot_vga"] = False
+    machine.pci[R9700_AT[0]]["boot_vga"] = True
+    machine.framebuffers = ["0 EFI VGA"]
+    message = refused(plan_of, PassthroughRefused)
+    assert "boot display is 0000:03:00.0 (boot_vga=1" in message and "EFI VGA" in message
+    assert "primary display" in message
+
+
+def test_a_function_of_the_card_missing_from_the_data_stops_the_run(plan_of, fleet) -> None:
+    fleet["pve"].pci["0000:03:00.2"] = pci(
+        "0000:03:00.2", "0c0330", "1002:7552", "xhci_hcd", "30", "USB controller"
+    )
+    message = refused(plan_of, PassthroughRefused)
+    assert "function 0000:03:00.2 [1002:7552] of the card is not in its functions" in message
+
+
+def test_a_wrong_address_or_id_stops_the_run(plan_of, fleet) -> None:
+    fleet["pve"].pci[R9700_AT[1]]["id"] = "1002:ab30"
+    message = refused(plan_of, PassthroughRefused)
+    assert "0000:03:00.1 is [1002:ab30]" in message and "not the declared 1002:ab40" in message
+
+
+def test_iommu_off_sets_the_command_line_and_checks_the_groups_after_the_reboot(
+    plan_of, fleet
+) -> None:
+    fleet["pve"].pci = xeon_pci(iommu=False)
+    result = plan_pve(plan_of)
+    assert steps(result) == [
+        "grub-dropin",
+        "update-grub",
+        "reboot",
+        "modules",
+        "modprobe",
+        "update-initramfs -u -k all",
+        "reboot",
+    ]
+    names = [n for n in op_names(result) if n.startswith("GPU passthrough")]
+    check = names.index("GPU passthrough (IOMMU, VFIO) | IOMMU groups after the reboot are safe")
+    assert names.index(
+        "GPU passthrough (IOMMU, VFIO) | Reboot into the IOMMU kernel command line"
+    ) < (check)
+    assert check < names.index(
+        "GPU passthrough (IOMMU, VFIO) | VFIO modules loaded at boot (/etc/modules-load.d/"
+        "homelab-vfio.conf)"
+    )
+
+
+def test_iommu_flags_on_but_no_groups_means_the_firmware_has_it_off(plan_of, fleet) -> None:
+    fleet["pve"].pci = xeon_pci(iommu=False)
+    fleet["pve"].cmdline += ["intel_iommu=on", "iommu=pt"]
+    message = refused(plan_of, PassthroughRefused)
+    assert "made no IOMMU groups" in message and "VT-d" in message
+
+
+# --- boot loaders and CPU vendors ---
+
+
+def test_systemd_boot_gets_etc_kernel_cmdline_and_proxmox_boot_tool(plan_of, fleet) -> None:
+    machine = fleet["pve"]
+    machine.boot_loader = {"loader": "systemd-boot", "proxmox_boot_tool": True, "efi": True}
+    machine.files["/etc/kernel/cmdline"] = "root=ZFS=rpool/ROOT/pve-1 boot=zfs\n"
+    result = plan_pve(plan_of)
+    assert steps(result) == [
+        "kernel-cmdline",
+        "proxmox-boot-tool refresh",
+        "modules",
+        "modprobe",
+        "update-initramfs -u -k all",
+        "reboot",
+    ]
+    upload = "\n".join(result.op("pve", "IOMMU flags in /etc/kernel/cmdline").commands)
+    assert (
+        "upload /etc/kernel/cmdline\nroot=ZFS=rpool/ROOT/pve-1 boot=zfs intel_iommu=on iommu=pt\n"
+        in upload
+    )
+    assert "update-grub" not in "\n".join(result.commands("pve"))
+
+
+def test_grub_kept_by_proxmox_boot_tool_is_refreshed_through_it(plan_of, fleet) -> None:
+    fleet["pve"].boot_loader = {"loader": "grub", "proxmox_boot_tool": True, "efi": False}
+    assert steps(plan_pve(plan_of))[:2] == ["grub-dropin", "proxmox-boot-tool refresh"]
+
+
+def test_amd_cpu_gets_iommu_pt_only(plan_of, fleet) -> None:
+    fleet["pve"].cpu_vendor = "amd"
+    result = plan_pve(plan_of, override_data={"cpu": AMD_CPU})
+    dropin = "\n".join(result.op("pve", "IOMMU flags in").commands)
+    assert '"${GRUB_CMDLINE_LINUX_DEFAULT} iommu=pt"' in dropin and "intel_iommu" not in dropin
+
+
+def test_cpu_vendor_in_the_data_must_be_the_hosts(plan_of, fleet) -> None:
+    fleet["pve"].cpu_vendor = "amd"
+    message = refused(plan_of, PassthroughRefused)
+    assert "key 'cpu.vendor' is 'intel' but the host's CPU is amd" in message
+
+
+# --- Proxmox VE 8 / 9, plain Debian ---
+
+
+def test_pve_9_is_accepted_and_its_enterprise_repositories_disabled(plan_of) -> None:
+    result = plan_pve(plan_of)
+    proxmox = dict(ours(result))
+    source = "\n".join(proxmox["Proxmox VE | Proxmox VE no-subscription repository (deb822)"])
+    assert (
+        "Types: deb\nURIs: http://download.proxmox.com/debian/pve\nSuites: trixie\n"
+        "Components: pve-no-subscription\n"
+        "Signed-By: /usr/share/keyrings/proxmox-archive-keyring.gpg\n"
+    ) in source
+    for path in ("pve-enterprise.sources", "ceph.sources"):
+        name = (
+            f"Proxmox VE | Disable the enterprise repository in /etc/apt/sources.list.d/{path}"
+            " (Enabled: no)"
+        )
+        assert proxmox[name] == [f"sed -i '/^Types:/i Enabled: no' /etc/apt/sources.list.d/{path}"]
+    # The archive keyring belongs to Proxmox's package there: not downloaded again.
+    assert not any("install-apt-key" in c and "proxmox" in c for c in result.commands("pve"))
+    assert not any("proxmox-ve" in c and "apt-get" in c for c in result.commands("pve"))
+    assert proxmox[
+        "Proxmox VE | Mask rpcbind (no NFS storage: nothing may listen on port 111)"
+    ] == ["systemctl mask --now rpcbind.service rpcbind.socket"]
+
+
+def test_pve_8_on_bookworm(plan_of, fleet) -> None:
+    machine = fleet["pve"]
+    machine.os_release = DEBIAN_12
+    machine.kernel = "6.8.12-11-pve"
+    machine.packages["pve-manager"] = "8.4.1"
+    del machine.packages["proxmox-archive-keyring"]
+    for path in ("pve-enterprise.sources", "ceph.sources"):
+        del machine.files[f"/etc/apt/sources.list.d/{path}"]
+    machine.files["/etc/apt/sources.list.d/pve-enterprise.list"] = (
+        "deb https://enterprise.proxmox.com/debian/pve bookworm pve-enterprise\n"
+    )
+    result = plan_pve(plan_of)
+    key = result.op("pve", "Proxmox's bookworm archive keyring").commands
+    assert key == [
+        "/usr/local/sbin/install-apt-key pve 'proxmox (release key URL)'"
+        " https://enterprise.proxmox.com/debian/proxmox-release-bookworm.gpg"
+        " 'proxmox (release key fingerprints)' F4E136C67CDCE41AE6DE6FC81140AF8F639E0C39"
+        " /usr/share/keyrings/proxmox-release-bookworm.gpg"
+    ]
+    source = "\n".join(result.op("pve", "no-subscription repository").commands)
+    assert "Suites: bookworm\n" in source
+    assert "Signed-By: /usr/share/keyrings/proxmox-release-bookworm.gpg" in source
+    assert result.op("pve", "pve-enterprise.list (commented out)").commands == [
+        r"sed -i 's|^\(deb .*enterprise\.proxmox\.com.*\)$|# \1|'"
+        " /etc/apt/sources.list.d/pve-enterprise.list"
+    ]
+
+
+def test_pve_8_on_trixie_is_refused(plan_of, fleet) -> None:
+    fleet["pve"].packages["pve-manager"] = "8.4.1"
+    message = refused(plan_of, ProxmoxRefused)
+    assert "pve-manager 8.4.1 on Debian trixie; expected Proxmox VE 9" in message
+
+
+def plain_debian_13() -> Machine:
+    machine = debian_13_embedder()
+    machine.hostname = "pve"
+    machine.packages.update(
+        {"linux-image-amd64": "6.12.48-1", "linux-image-6.12.48+deb13-amd64": "6.12.48-1"}
+    )
+    machine.pci = xeon_pci()
+    machine.boot_loader = {"loader": "grub", "proxmox_boot_tool": False, "efi": True}
+    machine.cmdline = ["BOOT_IMAGE=/boot/vmlinuz-6.12.48+deb13-amd64", "root=UUID=x", "ro"]
+    machine.zfs = None
+    machine.mounts = {
+        "/mnt/hdd": {"device": "/dev/sde", "type": "ext4", "options": ["rw"]},
+    }
+    return machine
+
+
+def test_plain_debian_13_gets_proxmox_ve_installed_step_by_step(plan_of, fleet) -> None:
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    fleet["pve"].apt_upgradable = 14
+    result = plan_pve(plan_of)
+    proxmox = [
+        (name.removeprefix("Proxmox VE | "), cmds)
+        for name, cmds in ours(result)
+        if name.startswith("Proxmox VE |")
+    ]
+    names = [name for name, _ in proxmox]
+    assert names == [
+        "Install the verified APT key installer",
+        "Proxmox's trixie archive keyring (fingerprints checked)",
+        "Proxmox VE no-subscription repository (deb822)",
+        "Refresh package lists for Proxmox's repository",
+        "Full upgrade before the Proxmox kernel (as the guide says)",
+        "Proxmox VE kernel (proxmox-default-kernel)",
+        "Reboot into the Proxmox VE kernel",
+        "Preseed postfix (Local only) for proxmox-ve",
+        "Load the postfix preseed",
+        "Proxmox VE (proxmox-ve postfix open-iscsi chrony)",
+        "Remove Debian's kernel (Proxmox VE brings its own)",
+        "Update GRUB after removing Debian's kernel",
+        # proxmox-ve brings rpcbind (nfs-common): masked in the same run, not the next one.
+        "Mask rpcbind (no NFS storage: nothing may listen on port 111)",
+    ]
+    commands = dict(proxmox)
+    assert commands["Proxmox's trixie archive keyring (fingerprints checked)"][0].endswith(
+        "https://enterprise.proxmox.com/debian/proxmox-archive-keyring-trixie.gpg"
+        f" 'proxmox (release key fingerprints)' '{TRIXIE_FINGERPRINTS}'"
+        " /usr/share/keyrings/proxmox-archive-keyring.gpg"
+    )
+    assert any(
+        "apt-get -y" in c and "install proxmox-default-kernel" in c
+        for c in commands["Proxmox VE kernel (proxmox-default-kernel)"]
+    )
+    assert any(
+        "install proxmox-ve postfix open-iscsi chrony" in c
+        for c in commands["Proxmox VE (proxmox-ve postfix open-iscsi chrony)"]
+    )
+    removed = " ".join(commands["Remove Debian's kernel (Proxmox VE brings its own)"])
+    assert "remove linux-image-6.12.48+deb13-amd64 linux-image-amd64" in removed
+
+
+def test_plain_debian_stays_plain_with_the_lab_override(plan_of, fleet) -> None:
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    result = plan_pve(plan_of, override_data={"proxmox_ve_install": False})
+    assert [name for name, _ in ours(result) if name.startswith("Proxmox VE |")] == []
+
+
+def test_a_release_proxmox_does_not_run_on_is_refused(plan_of, fleet) -> None:
+    fleet["pve"].os_release = {**DEBIAN_13, "VERSION_CODENAME": "forky", "VERSION_ID": "14"}
+    assert "runs on Debian 12 (bookworm) or 13 (trixie)" in refused(plan_of, ProxmoxRefused)
+
+
+# --- a converged host ---
+
+
+def test_a_converged_hypervisor_plans_zero_changes(plan_of, fleet) -> None:
+    converge(fleet["pve"])
+    result = plan_pve(plan_of)
+    assert ours(result) == []
+    names = op_names(result)
+    assert not any("Reboot" in name for name in names)
+    assert not any("update-initramfs" in c for c in result.commands("pve"))
+
+
+# --- storage pools ---
+
+
+SSD_DISKS = (
+    "/dev/disk/by-id/ata-TEAM_T253X2001T_EXAMPLE1",
+    "/dev/disk/by-id/ata-TEAM_T253X2001T_EXAMPLE2",
+    "/dev/disk/by-id/ata-Samsung_SSD_870_EVO_1TB_EXAMPLE",
+    "/dev/disk/by-id/nvme-Samsung_SSD_960_EVO_500GB_EXAMPLE",
+)
+HDD = "/dev/disk/by-id/ata-WDC_WD220EDGZ_EXAMPLE"
+BLANK = {"exists": True, "signatures": [], "partitions": []}
+
+
+def pools_to_create() -> dict[str, Any]:
+    """The real inventory's pools and disks, opted in for creation (override data reaches
+    every host, so each carries them; only the hypervisor acts on them)."""
+    disks = [
+        {"device": device, "model": "disk", "size": "1T", "kind": "ssd", "pool": "ssd"}
+        for device in SSD_DISKS
+    ]
+    disks.append({"device": HDD, "model": "WD", "size": "22T", "kind": "hdd", "pool": "hdd"})
+    return {"disks": disks, "pools": _pools()}
+
+
+def _pools() -> dict[str, Any]:
+    return {
+        "ssd": {
+            "type": "zfs",
+            "zfs_name": "ssd",
+            "path": "/ssd",
+            "layout": "single",
+            "create": True,
+            "content": ["images", "rootdir"],
+        },
+        "hdd": {
+            "type": "dir",
+            "path": "/mnt/hdd",
+            "create": True,
+            # As in inventory.py: the guests' cloud image and template live here too.
+            "content": ["backup", "iso", "vztmpl", "snippets", "import"],
+        },
+    }
+
+
+def test_a_missing_pool_without_create_stops_the_run(plan_of, fleet) -> None:
+    fleet["pve"].zfs = {}
+    message = refused(plan_of, PoolRefused)
+    assert "ZFS pool 'ssd' is not imported" in message and "create" in message
+
+
+def test_pools_are_created_on_blank_disks_when_opted_in(plan_of, fleet) -> None:
+    machine = fleet["pve"]
+    machine.zfs = {}
+    del machine.mounts["/mnt/hdd"]
+    machine.disks = {device: BLANK for device in (*SSD_DISKS, HDD)}
+    # The real inventory's pools, opted in for creation (every host shares override data).
+    result = plan_pve(plan_of, override_data=pools_to_create())
+    storage = dict(ours(result))
+    assert storage["Storage pools | Pool ssd: create ZFS pool ssd (single)"] == [
+        "zpool create -o ashift=12 -O compression=lz4 -O atime=off -O xattr=sa"
+        " -O acltype=posixacl -m /ssd ssd " + " ".join(SSD_DISKS)
+    ]
+    assert storage[f"Storage pools | Pool hdd: ext4 on {HDD}"] == [f"mkfs.ext4 -q -L hdd {HDD}"]
+    fstab = storage[f"Storage pools | Pool hdd: {HDD} on /mnt/hdd in /etc/fstab"]
+    assert any(
+        f"{HDD} /mnt/hdd auto defaults,nofail,x-systemd.device-timeout=30s 0 2" in c for c in fstab
+    )
+    assert storage["Storage pools | Pool hdd: mount /mnt/hdd"][-1] == "mount /mnt/hdd"
+
+
+@pytest.mark.parametrize(
+    "state, named",
+    [
+        ({"exists": True, "signatures": ["gpt", "PMBR"], "partitions": []}, "gpt"),
+        ({"exists": True, "signatures": ["ext4"], "partitions": []}, "ext4"),
+        ({"exists": True, "signatures": ["zfs_member"], "partitions": []}, "zfs_member"),
+        ({"exists": True, "signatures": [], "partitions": ["/dev/sdb1"]}, "partition /dev/sdb1"),
+        ({"exists": False, "signatures": [], "partitions": []}, "no such block device"),
+    ],
+)
+def test_creating_a_pool_on_a_disk_that_holds_anything_is_refused(
+    plan_of, fleet, state: dict, named: str
+) -> None:
+    machine = fleet["pve"]
+    machine.zfs = {}
+    machine.disks = {device: BLANK for device in (*SSD_DISKS, HDD)}
+    machine.disks[SSD_DISKS[1]] = state
+    message = refused(plan_of, PoolRefused, override_data=pools_to_create())
+    assert "key 'pools['ssd'].create' is true" in message and "nothing was changed" in message
+    assert SSD_DISKS[1] in message and named in message
+    assert SSD_DISKS[0] not in message  # the blank ones are not blamed

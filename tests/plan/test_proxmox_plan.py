@@ -1,0 +1,151 @@
+"""The hypervisor role's Proxmox API work, planned and applied against the API test double.
+
+The real deploy file (``deploys/hypervisor.py``) over the real inventory, with the pve
+machine's recorded facts; its API is the Proxmox API test double (``pve_double``), which checks
+every request against Proxmox's schema. ``run_python`` applies what the plan would change (the
+``python.call`` operations: API writes), as a run would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.proxmox_api import TaskFailed
+from tests.doubles.fixtures import RunningDouble, start_double
+from tests.plan.harness import Plan, PlannedOp
+
+REPO = Path(__file__).resolve().parents[2]
+API_OPS = (
+    "Proxmox storage",
+    "VM ",
+    "Container ",
+    "Nightly vzdump",
+    "Cloud image",
+    "LXC template",
+    "PCI resource mapping",
+)
+
+
+def api_changes(plan: Plan) -> list[PlannedOp]:
+    return [op for op in plan.changing("pve") if any(mark in op.name for mark in API_OPS)]
+
+
+def writes(double: Any, method: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (m, path, params)
+        for m, path, params, who in double.requests
+        if m != "GET" and who != "login" and (method is None or m == method)
+    ]
+
+
+@pytest.fixture
+def hypervisor(plan_of: Any) -> Any:
+    def run(**kwargs: Any) -> Plan:
+        return plan_of("deploys/hypervisor.py", limit=["pve"], **kwargs)
+
+    return run
+
+
+def test_a_fresh_node_plans_storages_guests_and_the_job_without_writing(
+    hypervisor: Any, pve_double: RunningDouble
+) -> None:
+    plan = hypervisor()
+    names = " | ".join(op.name for op in api_changes(plan))
+    for expected in (
+        "Proxmox storage ssd",
+        "Proxmox storage hdd",
+        "VM 100 (ageis-node)",
+        "Container 110 (monitoring)",
+        "Container 111 (dns)",
+        "Nightly vzdump job homelab-nightly",
+        "Cloud image",
+        "LXC template",
+    ):
+        assert expected in names
+    assert writes(pve_double.double) == [], "planning must not write to the API"
+    pve_double.assert_all_accepted()
+
+
+def test_creating_twice_creates_once(hypervisor: Any, pve_double: RunningDouble) -> None:
+    double = pve_double.double
+    hypervisor(run_python=True)
+    created = [
+        p for m, p, _ in writes(double, "POST") if p in ("/nodes/pve/qemu", "/nodes/pve/lxc")
+    ]
+    assert created == ["/nodes/pve/qemu", "/nodes/pve/lxc", "/nodes/pve/lxc"]
+    vm = double.state.guests[100]["config"]
+    assert vm["machine"] == "q35" and vm["bios"] == "ovmf" and vm["cpu"] == "host"
+    assert vm["balloon"] == "0" and vm["onboot"] == "1" and vm["startup"] == "order=2"
+    assert vm["hostpci0"] == "0000:03:00,pcie=1", "root@pam: the raw address, every function"
+    assert vm["scsi0"].startswith("ssd:vm-100-disk-") and "size=256G" in vm["scsi0"]
+    assert vm["efidisk0"].startswith("ssd:") and "efitype=4m" in vm["efidisk0"]
+    assert double.state.guests[100]["status"] == "running"
+    storages = double.state.storages
+    assert storages["hdd"]["is_mountpoint"] == "yes" and storages["ssd"]["type"] == "zfspool"
+    job = double.state.backup_jobs["homelab-nightly"]
+    assert job["prune-backups"] == "keep-daily=7,keep-weekly=4,keep-monthly=6"
+    assert (job["mode"], job["compress"], job["storage"]) == ("snapshot", "zstd", "hdd")
+    before = len(writes(double))
+    again = hypervisor(run_python=True)
+    assert api_changes(again) == [], [op.name for op in api_changes(again)]
+    assert len(writes(double)) == before, "a converged node gets no API write"
+    pve_double.assert_all_accepted()
+
+
+def test_changing_cores_in_the_data_updates_only_cores(
+    hypervisor: Any, pve_double: RunningDouble, tmp_path: Path
+) -> None:
+    double = pve_double.double
+    hypervisor(run_python=True)
+    text = (REPO / "inventory.py").read_text()
+    changed = text.replace(
+        '"vmid": 100,\n                "cores": 4,', '"vmid": 100,\n                "cores": 6,'
+    )
+    assert changed != text
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(changed)
+    before = len(writes(double))
+    plan = hypervisor(run_python=True, inventory_file=str(inventory))
+    assert [op.name for op in api_changes(plan)] == [
+        "Proxmox guests | VM 100 (ageis-node) config: cores=6"
+    ]
+    [(method, path, params)] = writes(double)[before:]
+    assert (method, path) == ("POST", "/nodes/pve/qemu/100/config")
+    assert params == {"cores": "6"}
+    assert double.state.guests[100]["config"]["cores"] == "6"
+
+
+def test_api_token_passes_the_gpu_through_a_pci_mapping(
+    hypervisor: Any, pve_double: RunningDouble
+) -> None:
+    double = pve_double.double
+    hypervisor(run_python=True, override_data={"proxmox_api_token_name": "homelab"})
+    assert double.state.guests[100]["config"]["hostpci0"] == "mapping=r9700,pcie=1"
+    mapping = double.state.pci_mappings["r9700"]
+    assert mapping["map"] == ["node=pve,path=0000:03:00,id=1002:7551"]
+    assert {who for *_, who in double.requests} == {"root@pam!homelab"}
+    pve_double.assert_all_accepted()
+
+
+def test_a_failed_task_fails_the_run_with_its_log(
+    hypervisor: Any, pve_double: RunningDouble
+) -> None:
+    pve_double.double.fail_tasks["qmcreate"] = "unable to create VM 100 - no space left"
+    with pytest.raises(TaskFailed, match=r"(?s)creating VM 100.*TASK ERROR: unable to create"):
+        hypervisor(run_python=True)
+
+
+def test_proxmox_ve_8_schema_accepts_the_same_requests(
+    hypervisor: Any, pve_double_cert: Any
+) -> None:
+    v8 = start_double(pve_double_cert, version=8)
+    try:
+        hypervisor(run_python=True, override_data=v8.data)
+        hypervisor(run_python=True, override_data=v8.data)
+        v8.assert_all_accepted()
+        assert 100 in v8.double.state.guests
+    finally:
+        v8.double.stop()

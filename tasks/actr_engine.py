@@ -158,7 +158,8 @@ def source_digest(source: dict[str, Any]) -> str:
 
 
 def _shipped(path: Path) -> bool:
-    return "__pycache__" not in path.parts and not path.name.endswith(".pyc")
+    return not any(part in ("__pycache__", "build") or part.endswith(".egg-info")
+                   for part in path.parts) and not path.name.endswith(".pyc")  # fmt: skip
 
 
 def local_source(source: dict[str, Any]) -> Path:
@@ -226,17 +227,22 @@ def actr_engine() -> None:
     )
     files.directory(name="actr-engine's directory", path=BASE, mode="755")
     files.put(name=f"Install {WAIT}", src=file_path("wait-for-http"), dest=WAIT, mode="755")
-    synced = False
     if source["kind"] == "path":
         root = local_source(source)
-        sync = files.sync(
-            name="actr-engine's source (from the controller)",
-            src=str(root),
-            dest=SRC,
-            delete=True,
-            exclude=["__pycache__", "*.pyc", "*.egg-info", "build"],
-        )
-        synced = sync.changed
+        shipped = sorted(p for p in root.rglob("*") if p.is_file() and _shipped(p))
+        for directory in sorted({str(p.parent.relative_to(root)) for p in shipped}):
+            files.directory(
+                name=f"actr-engine's source: {directory}/",
+                path=f"{SRC}/{directory}".rstrip("/.") or SRC,
+                mode="755",
+            )
+        for path in shipped:
+            files.put(
+                name=f"actr-engine's source: {path.relative_to(root)}",
+                src=str(path),
+                dest=f"{SRC}/{path.relative_to(root)}",
+                mode="644",
+            )
     venv = server.shell(
         name="actr-engine's venv (system site-packages: the distribution's psycopg)",
         commands=[f"test -x {VENV}/bin/python || python3 -m venv --system-site-packages {VENV}"]
@@ -247,8 +253,11 @@ def actr_engine() -> None:
     have = " ".join(host.get_fact(FileContents, path=MARKER) or []).strip()
     install = server.shell(
         name=f"Install actr-engine ({digest})",
-        commands=[pip_command(source), f"echo {shlex.quote(digest)} > {MARKER}"]
-        if have != digest or synced or venv.changed
+        commands=[
+            pip_command(source),
+            f"echo {shlex.quote(digest)} > {MARKER}",
+        ]
+        if have != digest or venv.changed
         else [],
     )
 

@@ -36,7 +36,9 @@ BASE_DIR = hosts.CACHE_DIR / "inference-standin"
 PORT = 8082
 OLLAMA_VERSION = "0.12.11"
 ARCHIVES = ("ollama-linux-amd64.tgz", "ollama-linux-amd64-rocm.tgz")
-RECIPE = 4
+RECIPE = 5
+OPENCLAW_VERSION = "2026.9.6"
+OPENCLAW_ARCHIVE = f"openclaw-standin-{OPENCLAW_VERSION}.tgz"
 ROCM_VERSION = "7.1.1"
 AMDGPU_VERSION = "30.20.1"
 NODE_VERSION = "24.21.0"
@@ -120,6 +122,10 @@ def ensure_built() -> Path:
             lines.append(f"{sha256(release / name)}  ./{name}\n")
         (release / "sha256sum.txt").write_text("".join(lines))
         _apt_repositories(work)
+        (work / "openclaw").mkdir()
+        with tarfile.open(work / "openclaw" / OPENCLAW_ARCHIVE, "w:gz") as tar:
+            _add(tar, "package/bin/openclaw", (SOURCE / "openclaw").read_bytes(), 0o755)
+            _add(tar, "package/TEST-DOUBLE", b"Lab stand-in of OpenClaw: a TEST DOUBLE.\n", 0o644)
         for path in [work, *work.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         with contextlib.suppress(OSError):  # another lab built it meanwhile: keep theirs
@@ -241,8 +247,16 @@ def rocm_data() -> dict:
     }
 
 
-def nodejs_data() -> dict:
+def pipeline_data() -> dict:
+    """Node.js from the stand-in NodeSource repository, OpenClaw from the stand-in archive."""
+    archive = served_dir() / "openclaw" / OPENCLAW_ARCHIVE
     return {
+        "openclaw_version": OPENCLAW_VERSION,
+        "openclaw_source": {
+            "kind": "archive",
+            "url": f"{base_url()}/openclaw/{OPENCLAW_ARCHIVE}",
+            "sha256": sha256(archive),
+        },
         "nodejs_version": NODE_VERSION,
         "nodejs_repo_url": base_url() + "/node_{major}.x",
         "nodejs_key_url": base_url() + "/gpgkey/nodesource-repo.gpg.key",

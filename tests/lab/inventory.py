@@ -19,7 +19,7 @@ from tasks.datamodel.preflight import check_inventory_file
 from tasks.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
 from tests.lab import hosts as lab
 from tests.lab import pve_api_double
-from tests.lab.inference_standin import ollama_data, rocm_data
+from tests.lab.inference_standin import ollama_data, pipeline_data, rocm_data
 from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
 from tests.lab.standin_repo import tailscale_data
@@ -149,6 +149,8 @@ def _host_data(lab_host: lab.LabHost) -> dict:
         # groups run for real against the stand-in (rocm_data turns the PCI check off).
         data["gpus"] = [_LAB_R9700]
         data.update(rocm_data())
+        # Node.js and OpenClaw for the pipeline: the stand-in NodeSource repository and archive.
+        data.update(pipeline_data())
     return data
 
 

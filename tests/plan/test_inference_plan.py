@@ -201,3 +201,78 @@ def test_rocm_upgrade_is_guarded_and_named(plan_of, fleet) -> None:
     assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.0 -> 7.1.1").conditional
     (command,) = result.op(HOST, "Upgrade ROCm to 7.1.1").commands
     assert "--only-upgrade" in command or "install" in command
+
+
+def test_actr_engine_unit_requires_the_integrity_check_and_waits_for_the_embedder(plan_of):
+    url = "http://embedder.home.arpa:8300/v1/embeddings"
+    node = plan_of(
+        "deploys/ageis_node.py", limit=[HOST], override_data={"actr_engine_embedder_url": url}
+    )
+    unit = upload(node, "actr-engine's systemd unit")
+    assert "Requires=memory-store-integrity.service" in unit
+    assert "After=memory-store-integrity.service ollama.service network-online.target" in unit
+    assert (
+        "ExecStartPre=/usr/local/sbin/wait-for-http http://embedder.home.arpa:8300/health 120"
+        in unit
+    )
+    assert "ExecStart=/opt/actr-engine/venv/bin/actr-engine" in unit
+    assert "LoadCredential=db-password:/etc/actr-engine/db-password" in unit
+    assert "Restart=on-failure" in unit and "RestartMaxDelaySec=60" in unit
+    env = upload(node, "actr-engine's environment (drop-in)")
+    assert f'Environment="ACTR_EMBEDDER_URL={url}"' in env
+    assert 'Environment="ACTR_DECAY=0.5"' in env and "password" not in env.lower()
+
+
+def test_a_users_own_engine_replaces_the_reference(plan_of) -> None:
+    node = plan_of(
+        "deploys/ageis_node.py",
+        limit=[HOST],
+        override_data={
+            "actr_engine_source": {"kind": "package", "ref": "my-engine==1.2"},
+            "actr_engine_command": ["my-engine", "--serve"],
+            "actr_engine_environment": {"MY_ENGINE_MODE": "fast"},
+        },
+    )
+    install = node.op(HOST, "Install actr-engine (package my-engine==1.2)").commands
+    assert install[0].endswith("pip install --quiet --disable-pip-version-check my-engine==1.2")
+    assert "ExecStart=/opt/actr-engine/venv/bin/my-engine --serve" in upload(
+        node, "actr-engine's systemd unit"
+    )
+    assert 'Environment="MY_ENGINE_MODE=fast"' in upload(node, "actr-engine's environment")
+    assert not any("actr-engine's source" in op.name for op in node.for_host(HOST))
+
+
+def test_pipeline_comes_last_with_its_restart_hook(node: Plan) -> None:
+    unit = upload(node, "openclaw-pipeline's systemd unit")
+    assert "Requires=memory-store-integrity.service actr-engine.service" in unit
+    assert (
+        "After=memory-store-integrity.service ollama.service actr-engine.service"
+        " network-online.target" in unit
+    )
+    assert (
+        "ExecStartPre=/usr/local/sbin/openclaw-pipeline-recover resume /var/lib/openclaw-pipeline"
+        in unit
+    )
+    assert "ExecStopPost=/usr/local/sbin/openclaw-pipeline-recover stopped" in unit
+    assert "ExecStartPre=/usr/local/sbin/wait-for-http http://127.0.0.1:8100/health 120" in unit
+    config = upload(node, "OpenClaw gateway configuration")
+    assert '"baseUrl": "http://127.0.0.1:11434"' in config
+    assert '"primary": "ollama/llama3.1:70b-instruct-q4_K_M"' in config
+    assert "plan-test-double" not in config  # the token is a credential, not in the config
+
+
+def test_nodejs_from_nodesource_pinned(node: Plan) -> None:
+    source = upload(node, "NodeSource's apt source")
+    assert "URIs: https://deb.nodesource.com/node_24.x" in source
+    assert "Suites: nodistro" in source
+    assert "Signed-By: /usr/share/keyrings/nodesource.gpg" in source
+    pin = upload(node, "Pin Node.js 24.21.0")
+    assert pin.splitlines()[-3:] == [
+        "Package: nodejs",
+        "Pin: version 24.21.0-*",
+        "Pin-Priority: 1001",
+    ]
+    (install,) = node.op(HOST, "Install OpenClaw 2026.9.6 (npm)").commands[:1]
+    assert install == (
+        "npm install --global --prefix /opt/openclaw --omit=dev --no-fund openclaw@2026.9.6"
+    )

@@ -117,6 +117,10 @@ lab: venv ## Fresh lab: boot from the cached image, full rollout, verify
 	echo "--> lab up: $$(( $$(date +%s) - start ))s"
 	$(MAKE) --no-print-directory lab-rollout lab-verify
 
+.PHONY: bench-actr
+bench-actr: venv ## Benchmark: actr-engine retrieval vs plain pgvector, 100 000 memories (lab)
+	$(PY) tests/bench/actr_retrieval.py --count 100000 --queries 500
+
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)

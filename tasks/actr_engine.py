@@ -174,7 +174,8 @@ def local_source(source: dict[str, Any]) -> Path:
 
 
 def pip_command(source: dict[str, Any]) -> str:
-    pip = f"{VENV}/bin/pip install --quiet --disable-pip-version-check"
+    # umask 022: the service's user reads what root installs (the hosts' login umask is 027).
+    pip = f"umask 022 && {VENV}/bin/pip install --quiet --disable-pip-version-check"
     if source["kind"] == "path":
         # The reference needs only psycopg, from the distribution (system site-packages).
         return f"{pip} --no-index --no-build-isolation --no-deps {SRC}"
@@ -245,7 +246,10 @@ def actr_engine() -> None:
             )
     venv = server.shell(
         name="actr-engine's venv (system site-packages: the distribution's psycopg)",
-        commands=[f"test -x {VENV}/bin/python || python3 -m venv --system-site-packages {VENV}"]
+        commands=[
+            f"test -x {VENV}/bin/python || (umask 022 && python3 -m venv --system-site-packages"
+            f" {VENV})"
+        ]
         if not host.get_fact(FileContents, path=f"{VENV}/pyvenv.cfg")
         else [],
     )

@@ -218,11 +218,14 @@ def install_commands(settings: Any) -> list[str]:
     marker = f"echo {shlex.quote(install_id(settings))} > {MARKER}"
     if source["kind"] == "npm":
         spec = shlex.quote(f"openclaw@{version}")
-        return [f"npm install --global --prefix {PREFIX} --omit=dev --no-fund {spec}", marker]
+        return [
+            f"umask 022 && npm install --global --prefix {PREFIX} --omit=dev --no-fund {spec}",
+            marker,
+        ]
     if source["kind"] == "archive":
         url, sha = shlex.quote(source["url"]), source["sha256"]
         return [
-            "work=$(mktemp -d) && trap 'rm -rf \"$work\"' EXIT && "
+            "umask 022 && work=$(mktemp -d) && trap 'rm -rf \"$work\"' EXIT && "
             f'curl -fsSL --retry 3 -o "$work/openclaw.tgz" {url} && '
             f'echo "{sha}  $work/openclaw.tgz" | sha256sum -c --quiet - && '
             f"rm -rf {PREFIX}/lib/openclaw && mkdir -p {PREFIX}/lib/openclaw {PREFIX}/bin && "
@@ -231,7 +234,7 @@ def install_commands(settings: Any) -> list[str]:
             marker,
         ]
     return [
-        f"mkdir -p {PREFIX}/bin && ln -sfn {shlex.quote(source['path'])}/bin/openclaw"
+        f"umask 022 && mkdir -p {PREFIX}/bin && ln -sfn {shlex.quote(source['path'])}/bin/openclaw"
         f" {PREFIX}/bin/openclaw",
         marker,
     ]

@@ -234,7 +234,10 @@ def test_a_users_own_engine_replaces_the_reference(plan_of) -> None:
         },
     )
     install = node.op(HOST, "Install actr-engine (package my-engine==1.2)").commands
-    assert install[0].endswith("pip install --quiet --disable-pip-version-check my-engine==1.2")
+    assert install[0] == (
+        "umask 022 && /opt/actr-engine/venv/bin/pip install --quiet --disable-pip-version-check"
+        " my-engine==1.2"
+    )
     assert "ExecStart=/opt/actr-engine/venv/bin/my-engine --serve" in upload(
         node, "actr-engine's systemd unit"
     )
@@ -274,5 +277,6 @@ def test_nodejs_from_nodesource_pinned(node: Plan) -> None:
     ]
     (install,) = node.op(HOST, "Install OpenClaw 2026.9.6 (npm)").commands[:1]
     assert install == (
-        "npm install --global --prefix /opt/openclaw --omit=dev --no-fund openclaw@2026.9.6"
+        "umask 022 && npm install --global --prefix /opt/openclaw --omit=dev --no-fund"
+        " openclaw@2026.9.6"
     )

@@ -34,7 +34,7 @@ import psycopg
 args = json.loads(sys.argv[1])
 password = open("/etc/actr-engine/db-password").read().strip()
 conn = psycopg.connect("host=127.0.0.1 dbname=memory_store user=actr_engine",
-                       password=password, autocommit=True)
+                       password=password, autocommit=True, client_encoding="utf8")
 run = f"bench-{int(time.time())}"
 dims = conn.execute(
     "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'memory_chunk'::regclass"
@@ -86,14 +86,20 @@ def plain(vector):
     assert rows
     return elapsed
 
-for _ in range(20):  # warm-up: caches, connections
-    v = cue(); engine(v); plain(v)
 times = {"engine": [], "engine (server side)": [], "pgvector": []}
-for _ in range(args["queries"]):
-    v = cue()
-    e, server = engine(v)
-    times["engine"].append(e); times["engine (server side)"].append(server)
-    times["pgvector"].append(plain(v))
+try:
+    for _ in range(20):  # warm-up: caches, connections
+        v = cue(); engine(v); plain(v)
+    for _ in range(args["queries"]):
+        v = cue()
+        e, server = engine(v)
+        times["engine"].append(e); times["engine (server side)"].append(server)
+        times["pgvector"].append(plain(v))
+finally:
+    if not args["keep"]:
+        conn.execute("DELETE FROM memory_chunk WHERE metadata->>'bench' = %s", (run,))
+        conn.execute("VACUUM ANALYZE memory_chunk")
+        conn.execute("VACUUM ANALYZE memory_access")
 
 def pct(values, p):
     values = sorted(values)
@@ -105,10 +111,6 @@ for name, values in times.items():
     result[name] = {"p50_ms": round(pct(values, 50), 2), "p95_ms": round(pct(values, 95), 2),
                     "p99_ms": round(pct(values, 99), 2),
                     "mean_ms": round(statistics.fmean(values) * 1000, 2)}
-if not args["keep"]:
-    conn.execute("DELETE FROM memory_chunk WHERE metadata->>'bench' = %s", (run,))
-    conn.execute("VACUUM ANALYZE memory_chunk")
-    conn.execute("VACUUM ANALYZE memory_access")
 print(json.dumps(result))
 """
 

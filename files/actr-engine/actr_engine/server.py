@@ -159,8 +159,12 @@ class Engine:
     def connection(self) -> psycopg.Connection:
         conn = getattr(self.local, "conn", None)
         if conn is None or conn.closed:
+            # UTF-8 whatever the database's encoding (a SQL_ASCII cluster would give bytes).
             conn = psycopg.connect(
-                self.config.database, password=self.config.password, autocommit=True
+                self.config.database,
+                password=self.config.password,
+                autocommit=True,
+                client_encoding="utf8",
             )
             self.local.conn = conn
         return conn

@@ -43,7 +43,22 @@ log = lambda text: print(text, file=sys.stderr, flush=True)
 
 started = time.monotonic()
 done = 0
-while done < args["count"]:
+index = None
+if args["count"] > 20000:
+    # A big fill: an HNSW insert per row is slow; as PostgreSQL builds an index in bulk much
+    # faster, the store's HNSW index is dropped for the fill and created again, the same.
+    import subprocess
+    def as_postgres(sql):
+        subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v",
+                        "ON_ERROR_STOP=1", "memory_store"], input=sql, text=True, check=True)
+    index = conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'memory_chunk'"
+        " AND indexdef ILIKE '%USING hnsw%'").fetchone()
+    if index:
+        as_postgres(f"DROP INDEX {index[0]};")
+        log(f"  dropped {index[0]} for the fill")
+try:
+  while done < args["count"]:
     batch = min(10000, args["count"] - done)
     conn.execute(
         "INSERT INTO memory_chunk (content, metadata, embedding, embedding_model, embedded_at)"
@@ -53,6 +68,11 @@ while done < args["count"]:
         " FROM generate_series(1, %(n)s) g", {"run": run, "dims": dims, "n": batch})
     done += batch
     log(f"  {done} chunks ({time.monotonic() - started:.0f} s)")
+finally:
+  if index:
+    t = time.monotonic()
+    as_postgres("SET maintenance_work_mem = '1GB';\n" + index[1] + ";")
+    log(f"  {index[0]} created again ({time.monotonic() - t:.0f} s)")
 conn.execute(
     "INSERT INTO memory_access (chunk_id, accessed_at)"
     " SELECT c.id, now() - random() * interval '30 days'"

@@ -9,7 +9,8 @@ Endpoints (JSON in and out):
   embedding server when one is configured, else left to the vector indexer. 201 ``{"id"}``.
 - ``POST /retrieve`` ``{"cue"?: str, "embedding"?: [float], "limit"?: int, "threshold"?: float}``:
   the ``ACTR_CANDIDATES`` nearest chunks by cosine distance (pgvector's HNSW index), ranked
-  by ACT-R activation (``activation.py``); the chunks returned are recorded as accessed.
+  by ACT-R activation (``activation.py``); the chunks returned are recorded as accessed
+  once the reply has gone out (the next retrieval on the connection sees them).
 
 Configuration, from the environment (the systemd unit's drop-in):
 ``ACTR_LISTEN`` (host:port, default 127.0.0.1:8100), ``ACTR_DATABASE`` (libpq conninfo without
@@ -234,11 +235,6 @@ class Engine:
             threshold=threshold,
             limit=limit,
         )
-        if best:
-            conn.execute(
-                "INSERT INTO memory_access (chunk_id) SELECT unnest(%s::bigint[])",
-                ([chunk_id for chunk_id, *_ in best],),
-            )
         elapsed = time.perf_counter() - started
         self.metrics.retrieval(elapsed)
         return {
@@ -255,6 +251,22 @@ class Engine:
             ],
             "elapsed_ms": round(elapsed * 1000, 3),
         }
+
+    def record_access(self, answer: dict[str, Any]) -> None:
+        """Record the retrieved chunks as accessed (after the reply has gone out).
+
+        Without waiting for the commit's flush (synchronous_commit off for this statement's
+        transaction): an access record is a statistic of use; a power cut may lose the last
+        fraction of a second of them, never the store's consistency.
+        """
+        ids = [chunk["id"] for chunk in answer["chunks"]]
+        if ids:
+            conn = self.connection()
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                conn.execute(
+                    "INSERT INTO memory_access (chunk_id) SELECT unnest(%s::bigint[])", (ids,)
+                )
 
 
 def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
@@ -294,7 +306,9 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 if self.path == "/chunks":
                     self.reply(201, {"id": engine.store(payload)})
                 elif self.path == "/retrieve":
-                    self.reply(200, engine.retrieve(payload))
+                    answer = engine.retrieve(payload)
+                    self.reply(200, answer)
+                    engine.record_access(answer)
                 else:
                     self.reply(404, {"error": "not found"})
             except (BadRequest, json.JSONDecodeError) as error:

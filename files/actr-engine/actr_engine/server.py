@@ -39,19 +39,20 @@ from actr_engine.activation import rank
 
 log = logging.getLogger("actr-engine")
 
+# The nearest candidates through pgvector's HNSW index, then each one's access ages through
+# the (chunk_id, accessed_at) index. LIMIT is a literal (the configured count): as a parameter,
+# a prepared statement's generic plan would not know it is small and may scan memory_access.
 CANDIDATES_SQL = """
-WITH cand AS (
+SELECT c.id, c.content, c.metadata, c.similarity,
+       ARRAY(SELECT extract(epoch FROM now() - a.accessed_at)::float8
+             FROM memory_access a WHERE a.chunk_id = c.id)
+FROM (
     SELECT id, content, metadata, 1 - (embedding <=> %(q)s::vector) AS similarity
     FROM memory_chunk
     WHERE embedding IS NOT NULL
     ORDER BY embedding <=> %(q)s::vector
-    LIMIT %(n)s
-)
-SELECT c.id, c.content, c.metadata, c.similarity,
-       coalesce(array_agg(extract(epoch FROM now() - a.accessed_at)::float8)
-                FILTER (WHERE a.chunk_id IS NOT NULL), '{}')
-FROM cand c LEFT JOIN memory_access a ON a.chunk_id = c.id
-GROUP BY c.id, c.content, c.metadata, c.similarity
+    LIMIT {limit:d}
+) c
 """
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -224,9 +225,8 @@ class Engine:
             raise BadRequest(f"limit must be a whole number from 1 to {self.config.candidates}")
         threshold = payload.get("threshold", self.config.threshold)
         conn = self.connection()
-        rows = conn.execute(
-            CANDIDATES_SQL, {"q": vector_text(embedding), "n": self.config.candidates}
-        ).fetchall()
+        query = CANDIDATES_SQL.format(limit=self.config.candidates)
+        rows = conn.execute(query, {"q": vector_text(embedding)}).fetchall()  # type: ignore[arg-type]
         by_id = {row[0]: row for row in rows}
         best = rank(
             ((row[0], float(row[3]), row[4]) for row in rows),

@@ -12,6 +12,7 @@ LABCTL := $(PYTHON) tests/lab/labctl.py
 LAB_INVENTORY := tests/lab/inventory.py
 INV ?= inventory.py
 HOST ?=
+ARGS ?=
 
 .PHONY: help
 help: ## This list
@@ -51,12 +52,27 @@ check-data: venv ## Validate an inventory's data without connecting (INV=invento
 	$(PY) -c 'from tasks.datamodel.preflight import check_inventory_file as c; c("$(INV)")' \
 	  && echo "$(INV): data is valid"
 
+# promtool and amtool (Debian's prometheus, prometheus-alertmanager) unpacked under build/,
+# not installed: no daemon starts on the controller. The unit tests check configs and rules.
+PROMTOOLS := build/prometheus-tools
+$(PROMTOOLS)/.installed:
+	@command -v apt-get >/dev/null || { echo "promtool/amtool: need apt-get (Debian)"; exit 1; }
+	rm -rf $(PROMTOOLS) && mkdir -p $(PROMTOOLS)/debs
+	cd $(PROMTOOLS)/debs && { apt-get download -qq prometheus prometheus-alertmanager \
+	  2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus prometheus-alertmanager; }; }
+	for deb in $(PROMTOOLS)/debs/*.deb; do dpkg-deb -x "$$deb" $(PROMTOOLS)/root; done
+	$(PROMTOOLS)/root/usr/bin/promtool --version >/dev/null
+	touch $@
+
+.PHONY: promtools
+promtools: $(PROMTOOLS)/.installed ## Unpack promtool and amtool (Debian packages) under build/
+
 .PHONY: test-unit
-test-unit: venv ## Unit tests: data model, validation, helpers
+test-unit: venv promtools ## Unit tests: data model, validation, helpers, Prometheus rules
 	$(PYTEST) -q tests/unit
 
 .PHONY: test-plan
-test-plan: venv ## Plan tests: the real deploys on the real machines' facts, no network
+test-plan: venv promtools ## Plan tests: the real deploys on the real machines' facts, no network
 	$(PYTEST) -q tests/plan
 
 .PHONY: docs
@@ -133,6 +149,10 @@ test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (
 	$(LABCTL) down
 
 # --- Real machines ------------------------------------------------------------------------
+.PHONY: status
+status: venv ## Infrastructure status report from live data: make status INV=inventory.py [ARGS=--json]
+	$(PY) -m tools.infrastructure_status --inventory $(INV) $(ARGS)
+
 .PHONY: verify
 verify: venv ## The verify suite against real hosts: make verify INV=inventory.py
 	$(PYTEST) -q tests/verify --inventory $(INV)

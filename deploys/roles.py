@@ -17,7 +17,14 @@ from tasks.actr_engine import actr_engine
 from tasks.admin_user import admin_user
 from tasks.apt_sources import apt_sources
 from tasks.base_packages import base_packages
-from tasks.datamodel.machine import AGEIS_NODE, DNS, EMBEDDER, HYPERVISOR, SERVICE_GUESTS
+from tasks.datamodel.machine import (
+    AGEIS_NODE,
+    DNS,
+    EMBEDDER,
+    HYPERVISOR,
+    MONITORING,
+    SERVICE_GUESTS,
+)
 from tasks.datamodel.preflight import require_valid_data
 from tasks.dns_resolver import dns_resolver
 from tasks.firewall import firewall
@@ -26,6 +33,8 @@ from tasks.hardening import hardening
 from tasks.hostname import hostname
 from tasks.journald import journald
 from tasks.memory_store import memory_store
+from tasks.monitoring import monitoring
+from tasks.node_exporter import node_exporter
 from tasks.ollama import ollama
 from tasks.openclaw_pipeline import openclaw_pipeline
 from tasks.pgbackrest import (
@@ -58,6 +67,7 @@ BASE: tuple[Callable[[], None], ...] = (
     security_updates,
     hardening,
     resolver_client,
+    node_exporter,
 )
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
@@ -77,6 +87,7 @@ ROLES: dict[str, tuple[Callable[[], None], ...]] = {
     EMBEDDER: (tailscale,),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
+    MONITORING: (monitoring,),
 }
 
 # Tasks that need the firewalls of other hosts open (their peers' ports): they run after the

@@ -26,7 +26,7 @@ import ipaddress
 from typing import Any
 from urllib.parse import quote, unquote
 
-from pyinfra import host, state
+from pyinfra import host, logger, state
 from pyinfra.api import deploy
 
 from tasks.admin_user import DATA as ADMIN
@@ -265,6 +265,12 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
                 if image.get("sha256")
                 else {}
             )
+            if not checksum:
+                logger.warning(
+                    f"{host.name}: the cloud image for {spec['os']} has no sha256 in"
+                    " proxmox_cloud_images: it is downloaded unverified; pin the checksum"
+                    " from the image's SHA256SUMS"
+                )
             api_change(
                 f"Cloud image {image['file']} on {store}",
                 [f"download {image['url']}"],

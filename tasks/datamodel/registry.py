@@ -30,6 +30,8 @@ TASK_MODULES = (
     "tasks.dns_resolver",
     "tasks.tailscale",
     "tasks.proxmox_api",
+    "tasks.node_exporter",
+    "tasks.monitoring",
     "tasks.snapshot_guard",
     "tasks.memory_store",
     "tasks.pgbackrest",

@@ -11,6 +11,7 @@ stand-in, see standin_repo.py). Run from the repository root:
 
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -23,10 +24,16 @@ from tests.lab.inference_standin import ollama_data, pipeline_data, rocm_data
 from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
 from tests.lab.standin_repo import tailscale_data
+from tests.lab.wheelhouse import ensure_wheelhouse
 
 # The lab's secrets (random, one per declared secret) unless the caller points elsewhere.
 os.environ.setdefault("HOMELAB_SECRETS_FILE", str(lab.SECRETS_FILE))
 ensure_lab_secrets(Path(os.environ["HOMELAB_SECRETS_FILE"]))
+# The exporter's token in the lab is the double's root@pam!homelab: the same secret.
+os.environ.setdefault(
+    "HOMELAB_SECRET_PVE_EXPORTER_TOKEN_SECRET",
+    tomllib.loads(Path(os.environ["HOMELAB_SECRETS_FILE"]).read_text())["proxmox_api_secret"],
+)
 
 # Guests as on the real hypervisor (same IDs and sizes), minus GPU passthrough.
 _GUESTS = {
@@ -93,6 +100,29 @@ _LAB_R9700 = {
 _UPSTREAM_DNS = [s for s in host_nameservers() if ":" not in s]
 
 
+_LAB_MONITORING = {
+    "prometheus_scrape_interval": "5s",
+    "prometheus_evaluation_interval": "5s",
+    "alert_down_for": "20s",
+    "alert_fill_window": "2m",
+    "alert_fill_for": "15s",
+    "alertmanager_group_wait": "5s",
+    "alertmanager_group_interval": "10s",
+    "pve_exporter_verify_tls": False,
+    # The lab's Proxmox API double knows one token, root@pam!homelab (secret
+    # proxmox_api_secret), and implements the read endpoints of these collectors only.
+    "pve_exporter_user": "root@pam",
+    "pve_exporter_token_name": "homelab",
+    "pve_exporter_disabled_collectors": [
+        "backup-info",
+        "config",
+        "replication",
+        "subscription",
+        "qdevice",
+    ],
+}
+
+
 def _host_data(lab_host: lab.LabHost) -> dict:
     data = {
         "ssh_hostname": lab_host.address,
@@ -126,6 +156,12 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     data["dns_fallback_servers"] = _UPSTREAM_DNS
     if "dns" in lab_host.groups:
         data["dns_forwarders"] = _UPSTREAM_DNS
+    if "monitoring" in lab_host.groups:
+        # Short windows, so the lab sees alerts fire and resolve within a test's minutes.
+        data.update(_LAB_MONITORING)
+        data["pve_exporter_wheelhouse"] = str(
+            ensure_wheelhouse("pve-exporter", "prometheus-pve-exporter==3.10.2")
+        )
     if "ageis_node" in lab_host.groups:
         # The lab's drills write memories from this machine (the lab gateway) over the LAN.
         data["postgresql_extra_clients"] = [{"role": "actr_engine", "address": lab.GATEWAY}]

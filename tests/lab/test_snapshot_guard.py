@@ -98,3 +98,31 @@ def test_a_passing_guarded_step_leaves_no_snapshot(tmp_path: Path, api: Any) -> 
     assert "snapshot 'guard-lab-guard-test-" in output, "the change must have been guarded"
     snapshots = [s["name"] for s in api.get(f"{VM}/snapshot") if s["name"] != "current"]
     assert not [s for s in snapshots if s.startswith("guard-")], snapshots
+
+
+def test_the_verify_check_fails_for_a_stopped_vm(api: Any) -> None:
+    """tests/verify/test_proxmox_api.py can fail: with VM 100 stopped it must."""
+    api.call("POST", f"{VM}/status/stop", "stopping VM 100 for the verify check")
+    try:
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("pytest")),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/verify/test_proxmox_api.py",
+                "--inventory",
+                "tests/lab/inventory.py",
+                "-k",
+                "every_guest_exists_and_runs",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        api.call("POST", f"{VM}/status/start", "starting VM 100 again")
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "ageis-node (qemu 100) is stopped" in result.stdout, result.stdout[-2000:]
+    assert api.get(f"{VM}/status/current")["status"] == "running"

@@ -52,6 +52,8 @@ class Machine:
     keyrings: dict[str, list[str]] = field(default_factory=dict)
     # TailscaleState: None (not installed) or {"backend_state": ..., "prefs": {...}}.
     tailscale: dict[str, Any] | None = None
+    # PipPackages (of any pip asked): name -> [versions].
+    pip_packages: dict[str, list[str]] = field(default_factory=dict)
     # RAM in bytes as /proc/meminfo's MemTotal gives it (HostMemory).
     memory_bytes: int | None = None
     # PostgresqlClusters (pg_lsclusters) and MemoryStoreState (None: PostgreSQL not answering).
@@ -178,6 +180,7 @@ class Machine:
                 "NftTableMatches": self.firewall_loaded,
                 "KeyringFingerprints": lambda kw: self.keyrings.get(kw["path"]),
                 "TailscaleState": self.tailscale,
+                "PipPackages": dict(self.pip_packages),
                 "HostMemory": self.memory_bytes,
                 "PostgresqlClusters": self.pg_clusters,
                 "MemoryStoreState": self.memory_store,

@@ -16,6 +16,13 @@ LAN = "192.168.1.0/24"
 # Proxmox web UI (firewall_extra_ports in group_data/hypervisor.py), Proxmox's spiceproxy
 # (proxmox_ve), tailscaled's WireGuard
 # port on the three nodes (tailscale), unbound on the DNS guest (dns_resolver).
+NODE_EXPORTER = (9100, "tcp", "node-exporter")
+MONITORING = {
+    (9090, "tcp", "prometheus"),
+    (9093, "tcp", "alertmanager"),
+    (9115, "tcp", "blackbox-exporter"),
+    (9221, "tcp", "pve-exporter"),
+}
 EXPECTED_PORTS = {
     "pve": {
         (22, "tcp", "ssh"),
@@ -34,9 +41,11 @@ EXPECTED_PORTS = {
         (41641, "udp", "tailscaled"),
     },
     "embedder": {(22, "tcp", "ssh"), (41641, "udp", "tailscaled")},
-    "monitoring": {(22, "tcp", "ssh")},
+    "monitoring": {(22, "tcp", "ssh"), *MONITORING},
     "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},
 }
+for _ports in EXPECTED_PORTS.values():
+    _ports.add(NODE_EXPORTER)
 BROKEN_RULE = "tcp dport 22 acept"
 
 
@@ -132,10 +141,10 @@ def test_input_drops_all_but_loopback_replies_icmp_and_the_declared_ports(full: 
     ping = [r for r in rules if "echo-request" in r]
     assert [r.split()[0] for r in ping] == ["icmp", "icmpv6"]
     assert all("limit rate 10/second burst 20 packets accept" in r for r in ping)
-    assert rules[-2:] == [
-        f'ip saddr {LAN} tcp dport 22 accept comment "ssh (LAN)"',
-        'iifname "tailscale0" tcp dport 22 accept comment "ssh (tailnet)"',
-    ]
+    ssh = rules.index(f'ip saddr {LAN} tcp dport 22 accept comment "ssh (LAN)"')
+    assert rules[ssh + 1] == 'iifname "tailscale0" tcp dport 22 accept comment "ssh (tailnet)"'
+    # After the fixed rules, only the declared ports' accepts follow.
+    assert all("dport" in rule and rule.endswith(')"') for rule in rules[ssh:])
     assert chain(ruleset(full, "monitoring"), "output") == [
         "type filter hook output priority filter; policy accept;"
     ]

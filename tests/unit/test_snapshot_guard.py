@@ -132,6 +132,8 @@ def test_a_passing_guarded_step_leaves_no_snapshot(tmp_path: Path, pve_double: R
     assert vm["snapshots"] == {}
     assert any(p.endswith("/snapshot") for p in _paths(double, "POST")), "no snapshot was taken"
     assert any("/snapshot/guard-" in p for p in _paths(double, "DELETE"))
+    output = result.stdout + result.stderr
+    assert "snapshot 'guard-test-upgrade-" in output and "removed" in output, output[-2000:]
     pve_double.assert_all_accepted()
 
 

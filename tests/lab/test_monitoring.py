@@ -1,0 +1,237 @@
+"""Monitoring in the lab for real: targets from the inventory, alerts that fire and resolve.
+
+Runs against the rolled-out lab (``make lab``). The lab's data shortens the windows (5 s
+scrapes and evaluations, ``alert_down_for`` 20 s, fill prediction over 2 min for 15 s), so an
+alert's whole life fits in a test. Each test puts back what it changed: the stopped service
+is started again, the stand-in disk (a 64 MiB tmpfs inside a lab container: memory, never
+this machine's disk) is unmounted. The status report runs against the lab last.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.lab import hosts, labctl
+from tests.lab.hosts import LabHost
+
+pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parents[2]
+MONITORING = hosts.by_name("monitoring")
+PROMETHEUS = f"http://{MONITORING.address}:9090"
+ALERTMANAGER = f"http://{MONITORING.address}:9093"
+FILL_HOST = hosts.by_name("dns")
+FILL_MOUNT = "/mnt/homelab-fill-standin"
+# Measured figures, printed at the end of the module (make test runs pytest -s).
+MEASURED: dict[str, str] = {}
+
+
+def on(host: LabHost, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*labctl.ssh_command(host), command], capture_output=True, text=True, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{host.name}: {command}: {result.stderr or result.stdout}")
+    return result
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, every: float = 2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def query(expr: str) -> list[dict[str, Any]]:
+    body = requests.get(f"{PROMETHEUS}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def firing(alertname: str, **labels: str) -> list[dict[str, Any]]:
+    alerts = requests.get(f"{ALERTMANAGER}/api/v2/alerts", timeout=10).json()
+    return [
+        a
+        for a in alerts
+        if a["labels"].get("alertname") == alertname
+        and a["status"]["state"] == "active"
+        and all(a["labels"].get(k) == v for k, v in labels.items())
+    ]
+
+
+def api_double_answers() -> bool:
+    """Whether the hypervisor's Proxmox API (the lab's API double) listens on 8006."""
+    pve = hosts.by_name("pve")
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex((pve.address, 8006)) == 0
+
+
+def expected_targets() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(job, instance) of every scrape and (instance, service) of every probe, from the lab
+    inventory and the tasks' declared ports: what Prometheus must have, computed independently
+    of its config."""
+    from deploys.roles import declared_ports
+
+    scrapes, probes = set(), set()
+    for lab_host in hosts.HOSTS:
+        for port in declared_ports(lab_host.groups):
+            if port.metrics_path:
+                scrapes.add((port.service, lab_host.name))
+            if port.probe:
+                probes.add((lab_host.name, port.service))
+        if "hypervisor" in lab_host.groups:
+            scrapes.add(("pve", lab_host.name))
+    return scrapes, probes
+
+
+def test_every_inventory_host_and_service_is_an_up_target() -> None:
+    scrapes, probes = expected_targets()
+    skip_pve = not api_double_answers()
+
+    def all_up() -> dict | None:
+        body = requests.get(f"{PROMETHEUS}/api/v1/targets", timeout=10).json()
+        active = body["data"]["activeTargets"]
+        found = {(t["labels"]["job"], t["labels"]["instance"]): t for t in active}
+        missing = {s for s in scrapes if s not in found and s[0] != "blackbox"}
+        assert not missing, f"Prometheus lacks scrape targets {sorted(missing)}"
+        down = {
+            key: t["lastError"]
+            for key, t in found.items()
+            if t["health"] != "up" and not (skip_pve and key[0] == "pve")
+        }
+        return None if down else found
+
+    start = time.monotonic()
+    wait_for("every target up", all_up, timeout=90)
+    probe_results = {
+        (r["metric"]["instance"], r["metric"]["service"]): float(r["value"][1])
+        for r in query("probe_success")
+    }
+    assert set(probe_results) >= probes
+    assert all(probe_results[p] == 1 for p in probes), probe_results
+    nodes = {r["metric"]["instance"] for r in query('up{job="node-exporter"} == 1')}
+    assert nodes == {h.name for h in hosts.HOSTS}
+    MEASURED["targets"] = (
+        f"{len(scrapes)} scrape targets and {len(probes)} probes up"
+        f" (checked in {time.monotonic() - start:.0f} s)"
+        + ("; pve job not checked: no Proxmox API (double) on pve:8006" if skip_pve else "")
+    )
+
+
+@pytest.fixture
+def unbound_stopped() -> Iterator[float]:
+    on(FILL_HOST, "systemctl stop unbound")
+    try:
+        yield time.monotonic()
+    finally:
+        on(FILL_HOST, "systemctl start unbound")
+
+
+def test_a_stopped_service_fires_its_alert_and_resolves_after_restart(
+    unbound_stopped: float,
+) -> None:
+    """ServiceProbeDown (for: alert_down_for = 20 s in the lab) reaches Alertmanager within
+    its window plus a scrape, an evaluation and group_wait, the status report marks the
+    resolver down (exit 1), and the alert resolves once the service is back."""
+    budget = 20 + 5 + 5 + 5 + 30
+    wait_for(
+        "ServiceProbeDown for unbound on dns in Alertmanager",
+        lambda: firing("ServiceProbeDown", instance="dns", service="unbound"),
+        timeout=budget,
+    )
+    fired = time.monotonic() - unbound_stopped
+    # While it is down, the status report marks it and exits non-zero.
+    status = run_status()
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert "!! dns: local resolver DOWN" in status.stdout
+    MEASURED["status (unbound stopped)"] = f"exit {status.returncode}\n{status.stdout}"
+    on(FILL_HOST, "systemctl start unbound")
+    restarted = time.monotonic()
+    wait_for(
+        "ServiceProbeDown to resolve",
+        lambda: not firing("ServiceProbeDown", instance="dns", service="unbound"),
+        timeout=60,
+    )
+    MEASURED["service alert"] = (
+        f"unbound stopped: ServiceProbeDown active in Alertmanager after {fired:.0f} s"
+        f" (for: 20 s); resolved {time.monotonic() - restarted:.0f} s after the restart"
+    )
+
+
+@pytest.fixture
+def standin_disk() -> Iterator[str]:
+    on(FILL_HOST, f"mkdir -p {FILL_MOUNT} && mount -t tmpfs -o size=64M homelab-fill {FILL_MOUNT}")
+    try:
+        yield FILL_MOUNT
+    finally:
+        on(FILL_HOST, f"umount {FILL_MOUNT}; rmdir {FILL_MOUNT}", check=False)
+
+
+def test_filling_a_standin_disk_fires_the_fill_prediction(standin_disk: str) -> None:
+    """A 64 MiB tmpfs written at 1 MiB/s: predicted full within 24 h and under 40 % free."""
+    start = time.monotonic()
+    writer = subprocess.Popen(
+        [
+            *labctl.ssh_command(FILL_HOST),
+            f"for i in $(seq 1 56); do dd if=/dev/zero of={standin_disk}/f$i bs=1M count=1"
+            " status=none; sleep 1; done",
+        ]
+    )
+    try:
+        alert = wait_for(
+            "FilesystemFillsWithin24h for the stand-in disk",
+            lambda: firing("FilesystemFillsWithin24h", instance="dns", mountpoint=standin_disk),
+            timeout=150,
+        )
+    finally:
+        writer.kill()
+        writer.wait()
+    assert alert[0]["annotations"]["runbook"]
+    MEASURED["fill alert"] = (
+        f"64 MiB tmpfs filled at 1 MiB/s: FilesystemFillsWithin24h active after"
+        f" {time.monotonic() - start:.0f} s"
+    )
+
+
+def run_status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.infrastructure_status", "--inventory",
+         "tests/lab/inventory.py", *args],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_status_report_prints_every_section_with_lab_numbers() -> None:
+    result = run_status()
+    text = result.stdout
+    for title in ("[hypervisor: pve]", "[ageis-node - AI VM]", "[embedder-node]",
+                  "[storage health]", "[network]"):  # fmt: skip
+        assert title in text, text
+    assert "   thermals: cpu unknown / gpu unknown" in text
+    assert "   os: Debian GNU/Linux 13 (trixie)" in text
+    assert "   dns: local resolver active" in text
+    assert "   status: ONLINE (latency: " in text
+    assert "ram: " in text and "GiB" in text
+    as_json = json.loads(run_status("--json").stdout)
+    assert [s["title"] for s in as_json["sections"]][-2:] == ["storage health", "network"]
+    MEASURED["status (healthy)"] = f"exit {result.returncode}\n{text}"
+
+
+def test_zz_print_measurements() -> None:
+    assert MEASURED
+    for name, figure in MEASURED.items():
+        print(f"\n--> monitoring lab: {name}: {figure}")

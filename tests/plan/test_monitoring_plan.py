@@ -1,0 +1,186 @@
+"""Plans of monitoring on the real machines' facts: collectors per host, targets from the inventory.
+
+The real inventory: pve (hypervisor, physical disks, R9700 passed through), ageis-node (VM with
+the R9700), embedder (physical, GTX 1650 Super), monitoring and dns (LXC guests). The configs
+the plan uploads are checked with the same promtool/amtool the deploy runs on the host.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.plan.harness import Plan
+from tests.prometheus_tools import run
+
+STAGED = "/etc/homelab/staged/"
+PROMETHEUS_YML = STAGED + "etc_prometheus_prometheus.yml"
+RULES = STAGED + "etc_prometheus_rules_homelab.rules.yml"
+ALERTMANAGER_YML = STAGED + "etc_prometheus_alertmanager.yml"
+ADDRESSES = {
+    "pve": "192.168.1.10",
+    "ageis-node": "192.168.1.20",
+    "embedder": "192.168.1.30",
+    "monitoring": "192.168.1.40",
+    "dns": "192.168.1.50",
+}
+
+
+@pytest.fixture
+def full(plan_of) -> Plan:
+    return plan_of("deploys/full.py")
+
+
+def upload(plan: Plan, host: str, dest: str) -> str:
+    for command in plan.commands(host):
+        if command.startswith(f"upload {dest}\n"):
+            return command.split("\n", 1)[1]
+    raise AssertionError(f"{host}: nothing is uploaded to {dest}")
+
+
+def op_names(plan: Plan, host: str) -> list[str]:
+    return [op.name for op in plan.for_host(host)]
+
+
+def test_node_exporter_on_every_host(full: Plan) -> None:
+    for host in ADDRESSES:
+        ops = "\n".join(plan_op.name for plan_op in full.for_host(host))
+        assert "Install prometheus-node-exporter and its textfile collectors" in ops, host
+        commands = "\n".join(full.commands(host))
+        assert "prometheus-node-exporter" in commands and "--no-install-recommends" in commands
+
+
+def test_smart_timers_only_where_physical_disks_are(full: Plan) -> None:
+    for host in ("pve", "embedder"):
+        commands = "\n".join(full.commands(host))
+        assert "smartmontools" in commands and "nvme-cli" in commands, host
+        assert "systemctl enable prometheus-node-exporter-smartmon.timer" in commands, host
+        assert "systemctl start prometheus-node-exporter-nvme.timer" in commands, host
+    for host in ("ageis-node", "monitoring", "dns"):
+        commands = "\n".join(full.commands(host))
+        assert "smartmontools" not in commands, host
+        names = op_names(full, host)
+        assert any("Disable prometheus-node-exporter-smartmon.timer" in n for n in names), host
+        assert "systemctl start prometheus-node-exporter-smartmon.timer" not in commands, host
+
+
+def test_gpu_collectors_follow_the_declared_gpus(full: Plan) -> None:
+    amd = upload(full, "ageis-node", "/etc/systemd/system/homelab-gpu-metrics.service")
+    assert "--vendor amd --output /var/lib/prometheus/node-exporter/homelab-gpu.prom" in amd
+    nvidia = upload(full, "embedder", "/etc/systemd/system/homelab-gpu-metrics.service")
+    assert "--vendor nvidia" in nvidia
+    assert "systemctl start homelab-gpu-metrics.timer" in "\n".join(full.commands("embedder"))
+    # The hypervisor's R9700 is passed through: the host cannot read it, the VM does.
+    for host in ("pve", "monitoring", "dns"):
+        with pytest.raises(AssertionError):
+            upload(full, host, "/etc/systemd/system/homelab-gpu-metrics.service")
+
+
+def test_vzdump_collector_on_the_hypervisor_only(full: Plan) -> None:
+    assert "pvesh" in upload(full, "pve", "/usr/local/sbin/homelab-vzdump-metrics")
+    for host in ("ageis-node", "embedder", "monitoring", "dns"):
+        with pytest.raises(AssertionError):
+            upload(full, host, "/usr/local/sbin/homelab-vzdump-metrics")
+
+
+def test_every_inventory_host_is_scraped_and_probed(full: Plan) -> None:
+    config = upload(full, "monitoring", PROMETHEUS_YML)
+    node_job = config.split('job_name: "node-exporter"')[1].split("job_name:")[0]
+    for host, address in ADDRESSES.items():
+        assert (
+            f'targets: ["{address}:9100"]\n        labels:\n          instance: "{host}"'
+            in node_job
+        )
+        # Every host's sshd is probed (probe "ssh" declared by the ssh_server task).
+        assert re.search(
+            rf'targets: \["{address}:22"\]\n\s+labels:\n\s+instance: "{host}"\n\s+service: "ssh"'
+            r'\n\s+__param_module: "ssh_banner"',
+            config,
+        ), host
+    assert 'targets: ["192.168.1.50:53"]' in config and '"dns_local"' in config
+    # Proxmox VE through the exporter, and the monitoring guest's own services.
+    assert 'job_name: "pve"' in config and 'targets: ["192.168.1.10"]' in config
+    for job in ("prometheus", "alertmanager", "blackbox-exporter", "pve-exporter"):
+        assert f'job_name: "{job}"' in config
+    # No hand-kept list: nothing outside the inventory's addresses.
+    found = set(re.findall(r"192\.168\.1\.\d+", config))
+    assert found == set(ADDRESSES.values())
+
+
+def test_configs_pass_promtool_and_amtool(full: Plan, tmp_path: Path) -> None:
+    rules = tmp_path / "homelab.rules.yml"
+    rules.write_text(upload(full, "monitoring", RULES))
+    config = upload(full, "monitoring", PROMETHEUS_YML)
+    assert "/etc/prometheus/rules/homelab.rules.yml" in config
+    prometheus_yml = tmp_path / "prometheus.yml"
+    prometheus_yml.write_text(config.replace("/etc/prometheus/rules/homelab.rules.yml", str(rules)))
+    result = run("promtool", "check", "config", str(prometheus_yml))
+    assert result.returncode == 0, result.stdout + result.stderr
+    alertmanager_yml = tmp_path / "alertmanager.yml"
+    alertmanager_yml.write_text(upload(full, "monitoring", ALERTMANAGER_YML))
+    result = run("amtool", "check-config", str(alertmanager_yml))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_broken_config_fails_promtool(tmp_path: Path) -> None:
+    bad = tmp_path / "prometheus.yml"
+    bad.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: often\n")
+    assert run("promtool", "check", "config", str(bad)).returncode != 0
+
+
+def test_receivers_and_their_secrets_as_data(plan_of, tmp_path: Path) -> None:
+    receivers = [
+        {
+            "name": "phone",
+            "kind": "ntfy",
+            "url": "https://ntfy.example/homelab",
+            "secret": "ntfy_token",
+        },
+        {"name": "hook", "kind": "webhook", "url": "http://192.168.1.2:9000/alerts"},
+        {
+            "name": "mail",
+            "kind": "email",
+            "to": "ops@example.org",
+            "from": "alerts@example.org",
+            "smarthost": "mail.example.org:587",
+            "username": "alerts",
+            "secret": "smtp_password",
+        },
+    ]
+    import os
+
+    os.environ["HOMELAB_SECRET_NTFY_TOKEN"] = "plan-test-double-ntfy"
+    os.environ["HOMELAB_SECRET_SMTP_PASSWORD"] = "plan-test-double-smtp"
+    try:
+        plan = plan_of(
+            "deploys/full.py", limit=["monitoring"], override_data={"alert_receivers": receivers}
+        )
+    finally:
+        del os.environ["HOMELAB_SECRET_NTFY_TOKEN"], os.environ["HOMELAB_SECRET_SMTP_PASSWORD"]
+    config = upload(plan, "monitoring", ALERTMANAGER_YML)
+    assert 'url: "https://ntfy.example/homelab?template=alertmanager"' in config
+    assert "credentials_file: /etc/prometheus/secrets/ntfy_token" in config
+    assert "auth_password_file: /etc/prometheus/secrets/smtp_password" in config
+    assert "plan-test-double" not in config
+    assert (
+        upload(plan, "monitoring", "/etc/prometheus/secrets/smtp_password")
+        == "plan-test-double-smtp"
+    )
+    # Secrets travel only as uploaded file content, never in a command line.
+    for command in plan.commands("monitoring"):
+        if not command.startswith("upload "):
+            assert "plan-test-double" not in command
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(config)
+    result = run("amtool", "check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Found:\n - global config\n - route\n - 1 inhibit rules\n - 4 receivers" in result.stdout
+
+
+def test_pve_exporter_token_is_a_root_only_file(full: Plan) -> None:
+    pve = upload(full, "monitoring", "/etc/prometheus/pve.yml")
+    assert 'user: "monitoring@pve"' in pve and 'token_name: "exporter"' in pve
+    assert 'token_value: "plan-test-double"' in pve
+    assert "prometheus-pve-exporter==3.10.2" in "\n".join(full.commands("monitoring"))

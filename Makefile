@@ -155,6 +155,10 @@ drills: venv ## Memory store drills, full counts (10 power cuts), on the rolled-
 	HOMELAB_DRILL_REPEAT=10 HOMELAB_DRILL_WIPE=host HOMELAB_DRILL_WRITE_S=90 \
 	  $(PYTEST) -q -rs -s tests/lab/test_memory_store_drills.py
 
+.PHONY: bench-actr
+bench-actr: venv ## Benchmark: actr-engine retrieval vs plain pgvector, 100 000 memories (lab)
+	$(PY) tests/bench/actr_retrieval.py --count 100000 --queries 500
+
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from pyinfra import host
 
+from tasks.actr_engine import actr_engine
 from tasks.admin_user import admin_user
 from tasks.apt_sources import apt_sources
 from tasks.base_packages import base_packages
@@ -36,6 +37,8 @@ from tasks.memory_store import memory_store
 from tasks.monitoring import monitoring
 from tasks.node_exporter import node_exporter
 from tasks.nvidia_driver import nvidia_driver
+from tasks.ollama import ollama
+from tasks.openclaw_pipeline import openclaw_pipeline
 from tasks.pgbackrest import (
     memory_store_first_restore_test,
     pgbackrest_repository,
@@ -48,6 +51,7 @@ from tasks.proxmox_guests import proxmox_guests
 from tasks.proxmox_storage import proxmox_storages
 from tasks.proxmox_ve import proxmox_ve
 from tasks.resolver_client import resolver_client
+from tasks.rocm import rocm
 from tasks.security_updates import security_updates
 from tasks.ssh_server import ssh_server
 from tasks.storage_pools import storage_pools
@@ -83,7 +87,7 @@ ROLES: dict[str, tuple[Callable[[], None], ...]] = {
         proxmox_backup_job,
         pgbackrest_repository,
     ),
-    AGEIS_NODE: (tailscale, memory_store),
+    AGEIS_NODE: (tailscale, memory_store, rocm, ollama, actr_engine, openclaw_pipeline),
     EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
@@ -115,8 +119,15 @@ def roll_out(*roles: str) -> None:
         return
     for task in BASE:
         task()
+    # The hypervisor's tasks from a line of their own, before the other roles': pyinfra orders
+    # operations across hosts by the line numbers they are called from, so this puts every
+    # hypervisor operation (storages, the guests' creation) before any guest's role tasks (the
+    # snapshot guard of ageis-node's ROCm and Ollama needs its VM to exist).
+    if HYPERVISOR in mine:
+        for task in ROLES[HYPERVISOR]:
+            task()
     for role in mine:
-        for task in ROLES[role]:
+        for task in ROLES[role] if role != HYPERVISOR else ():
             task()
     # Last, so a role's service is set up before its port opens.
     firewall(declared_ports(host.groups))

@@ -45,6 +45,10 @@ TASK_MODULES = (
     "tasks.proxmox_backup",
     "tasks.proxmox_ve",
     "tasks.gpu_passthrough",
+    "tasks.rocm",
+    "tasks.ollama",
+    "tasks.actr_engine",
+    "tasks.openclaw_pipeline",
 )
 
 

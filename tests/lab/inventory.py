@@ -20,6 +20,7 @@ from tasks.datamodel.preflight import check_inventory_file
 from tasks.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
 from tests.lab import hosts as lab
 from tests.lab import pve_api_double
+from tests.lab.inference_standin import ollama_data, pipeline_data, rocm_data
 from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
 from tests.lab.standin_repo import tailscale_data
@@ -64,6 +65,16 @@ _GUESTS = {
         "os": "debian-13",
         "start_order": 1,
     },
+}
+_LAB_R9700 = {
+    "name": "r9700",
+    "vendor": "amd",
+    "model": "AMD Radeon AI PRO R9700",
+    "vram": "32G",
+    "functions": [
+        {"id": "1002:7551", "address": None, "kind": "display"},
+        {"id": "1002:ab40", "address": None, "kind": "audio"},
+    ],
 }
 _HYPERVISOR_POOL_CONTENT = {
     "ssd": ["images", "rootdir"],
@@ -172,6 +183,16 @@ def _host_data(lab_host: lab.LabHost) -> dict:
         # on this machine): a rollout fetches nothing from the internet.
         data["pip_find_links"] = wheelhouse_url()
         data["pip_only_find_links"] = True
+    if "ageis_node" in lab_host.groups:
+        # Ollama's release: the lab's stand-in (labctl serves it); the VM's RAM as on pve.
+        data.update(ollama_data())
+        data["memory"] = "16G"
+        # The R9700 as the VM's data declares it, so ROCm's repository, pin, packages and
+        # groups run for real against the stand-in (rocm_data turns the PCI check off).
+        data["gpus"] = [_LAB_R9700]
+        data.update(rocm_data())
+        # Node.js and OpenClaw for the pipeline: the stand-in NodeSource repository and archive.
+        data.update(pipeline_data())
     return data
 
 

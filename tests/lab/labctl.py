@@ -52,7 +52,7 @@ from typing import TypeVar
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.lab import hosts, pve_api_double, standin_repo, wheelhouse
+from tests.lab import hosts, inference_standin, pve_api_double, standin_repo, wheelhouse
 from tests.lab.hosts import LabHost
 
 # --- what the lab is made of ---------------------------------------------------------------
@@ -695,6 +695,54 @@ def stop_wheelhouse() -> None:
         say("wheelhouse: server stopped")
 
 
+# --- the stand-in Ollama release ------------------------------------------------------------
+# Ollama's release downloads are unreachable from the lab: inference_standin.py builds a release
+# of the same shape (test-double archives, sha256sum.txt) into the cache, served like the above.
+
+INFERENCE_PID_FILE = RUN_DIR / "inference-standin.pid"
+INFERENCE_LOG = LOG_DIR / "inference-standin.log"
+
+
+def inference_standin_pid() -> int | None:
+    return read_pid(INFERENCE_PID_FILE, "http.server")
+
+
+def ensure_inference_standin() -> None:
+    """Build the stand-in Ollama release if the cache lacks it, and serve it on the bridge."""
+    if not bridge_exists():
+        raise network_down("stand-in Ollama release")
+    served = inference_standin.ensure_built()
+    pid = inference_standin_pid()
+    argv = proc_cmdline(pid) if pid is not None else None
+    serving = pid is not None and argv is not None and str(served) in argv
+    if serving and port_answers(hosts.GATEWAY, inference_standin.PORT):
+        say(f"stand-in Ollama release: already served at {inference_standin.base_url()}")
+        return
+    stop_inference_standin()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    pid = daemonize(
+        [
+            sys.executable, "-m", "http.server",
+            "--bind", hosts.GATEWAY,
+            "--directory", str(served),
+            str(inference_standin.PORT),
+        ],
+        INFERENCE_LOG,
+    )  # fmt: skip
+    INFERENCE_PID_FILE.write_text(f"{pid}\n")
+    if not wait_until(
+        lambda: port_answers(hosts.GATEWAY, inference_standin.PORT) or not alive(pid), 15
+    ) or not alive(pid):
+        text = INFERENCE_LOG.read_text(errors="replace") if INFERENCE_LOG.exists() else ""
+        raise LabError(f"stand-in Ollama release: the server did not start:\n{tail(text)}")
+    say(f"stand-in Ollama release: served at {inference_standin.base_url()} by pid {pid}")
+
+
+def stop_inference_standin() -> None:
+    if stop_daemon(inference_standin_pid(), INFERENCE_PID_FILE):
+        say("stand-in Ollama release: server stopped")
+
+
 # --- cgroups ------------------------------------------------------------------------------
 # Without systemd on the lab machine, systemd-nspawn (--keep-unit) puts every container into the
 # same "payload" cgroup below its own. The containers' systemd instances then share one cgroup
@@ -1277,6 +1325,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ensure_apt_proxy()
         ensure_standin_repo()
         ensure_wheelhouse()
+        ensure_inference_standin()
         image = ensure_image()
         public_key = ensure_ssh_key()
         nameservers = host_nameservers()
@@ -1342,6 +1391,8 @@ def leftovers() -> list[str]:
         found.append(f"stand-in Tailscale repository server (pid {standin_pid()})")
     if wheelhouse_pid() is not None:
         found.append(f"wheelhouse server (pid {wheelhouse_pid()})")
+    if inference_standin_pid() is not None:
+        found.append(f"stand-in Ollama release server (pid {inference_standin_pid()})")
     if bridge_exists():
         found.append(f"bridge {hosts.BRIDGE}")
     if nft_table_exists():
@@ -1362,6 +1413,7 @@ def lab_down() -> bool:
     stop_apt_proxy()
     stop_standin_repo()
     stop_wheelhouse()
+    stop_inference_standin()
     teardown_network()
     unmount_under(hosts.STATE_DIR)
     # Supervisors exit once their container has: give them a moment before judging.
@@ -1464,6 +1516,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             ensure_apt_proxy()
             ensure_standin_repo()
             ensure_wheelhouse()
+            ensure_inference_standin()
             start_container(host)
         wait_ssh(host)
     say(f"{host.name}: started")

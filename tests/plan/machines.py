@@ -81,6 +81,10 @@ class Machine:
     units: dict[str, str] = field(default_factory=dict)
     # Packages `apt-get dist-upgrade --dry-run` would upgrade (SimulateOperationWillChange).
     apt_upgradable: int = 0
+    # PCI vendor:device IDs on the host's bus (PciDeviceIds, what lspci -n lists).
+    pci_ids: list[str] = field(default_factory=list)
+    # Models the local Ollama lists (OllamaModels); None: Ollama does not answer.
+    ollama_models: list[str] | None = None
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -186,6 +190,8 @@ class Machine:
                 "PostgresqlClusters": self.pg_clusters,
                 "MemoryStoreState": self.memory_store,
                 "PgbackrestInfo": self.pgbackrest_info,
+                "PciDeviceIds": self.pci_ids,
+                "OllamaModels": self.ollama_models,
                 "Date": _host_date(),
                 "KernelVersion": self.kernel,
                 "SimulateOperationWillChange": {
@@ -498,7 +504,9 @@ def ubuntu_24_04_vm() -> Machine:
             "root": _user("root", 0, "/root"),
             "ubuntu": _user("ubuntu", 1000, "/home/ubuntu", ["sudo"]),
         },
-        groups={"root", "sudo", "ubuntu", "systemd-journal"},
+        groups={"root", "sudo", "ubuntu", "systemd-journal", "render", "video"},
+        # The R9700 passed through (q35 puts it behind the VM's own root port).
+        pci_ids=["8086:29c0", "1b36:000c", "1002:7550", "1002:7551", "1002:ab40"],
         running={"ssh": True, "systemd-resolved": True},
         enabled={"ssh": True, "systemd-resolved": True},
         commands=COMMANDS,

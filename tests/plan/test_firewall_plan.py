@@ -34,7 +34,10 @@ EXPECTED_PORTS = {
     "ageis-node": {
         (22, "tcp", "ssh"),
         (5432, "tcp", "postgresql"),
+        (8100, "tcp", "actr-engine"),
         (8432, "tcp", "pgbackrest-server"),
+        (11434, "tcp", "ollama"),
+        (18789, "tcp", "openclaw-gateway"),
         (41641, "udp", "tailscaled"),
     },
     "embedder": {

@@ -24,7 +24,13 @@ def ageis_plan(plan_of, fleet, release: str, tmp_path: Path | None = None) -> Pl
         assert text.count('"os": "ubuntu-24.04"') == 1
         inventory = tmp_path / "inventory.py"
         inventory.write_text(text.replace('"os": "ubuntu-24.04"', '"os": "debian-13"'))
-        return plan_of("deploys/ageis_node.py", limit=[NODE], inventory_file=str(inventory))
+        # ROCm's suite forced as the lab does (AMD's repositories have no Debian suite).
+        return plan_of(
+            "deploys/ageis_node.py",
+            limit=[NODE],
+            inventory_file=str(inventory),
+            override_data={"rocm_apt_suite": "noble"},
+        )
     return plan_of("deploys/ageis_node.py", limit=[NODE])
 
 
@@ -86,9 +92,14 @@ def test_settings_sized_from_ram_listen_and_hba(plan_of, fleet) -> None:
 
 def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:
     result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
-    # (every plan secret is the same test double; the Tailscale key file legitimately holds it)
+    # (every plan secret is the same test double; the Tailscale key file and the clients'
+    # root-only credential files, actr-engine's and the gateway's, legitimately hold it)
     leaks = [c for c in result.commands(NODE) if PASSWORD in c]
-    assert leaks == ["upload /etc/tailscale/authkey\n" + PASSWORD]
+    assert leaks == [
+        "upload /etc/tailscale/authkey\n" + PASSWORD,
+        "upload /etc/actr-engine/db-password\n" + PASSWORD + "\n",
+        "upload /etc/openclaw-pipeline/gateway-token\n" + PASSWORD + "\n",
+    ]
     sql = upload(result, "/etc/homelab/memory-store/schema.sql")
     assert f"PASSWORD '{scram_verifier('actr_engine', PASSWORD)}'" in sql
     assert "embedding vector(384) NULL" in sql

@@ -36,6 +36,7 @@ SECRETS_TOML = (
     'memory_store_vector_indexer_password = "throw-away"\n'
     'pgbackrest_tls_seed = "throw-away"\n'
     'pve_exporter_token_secret = "throw-away"\n'
+    'openclaw_gateway_token = "throw-away"\n'
 )
 PRIVATE_KEY = "{private_key}"  # placeholder for the throw-away private key's path
 

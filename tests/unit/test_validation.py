@@ -18,6 +18,7 @@ SECRETS = {
     "memory_store_vector_indexer_password": Secret("test-double-value"),
     "pgbackrest_tls_seed": Secret("test-double-value"),
     "pve_exporter_token_secret": Secret("test-double-value"),
+    "openclaw_gateway_token": Secret("test-double-value"),
 }
 
 
@@ -78,12 +79,13 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("ageis-node", "secret memory_store_vector_indexer_password"),
         ("pve", "secret pgbackrest_tls_seed"),
         ("monitoring", "secret pve_exporter_token_secret"),
+        ("ageis-node", "secret openclaw_gateway_token"),
     }
     text = format_errors(errors, "inventory.py")
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 10
+    assert len(text.splitlines()) == 11
 
 
 def test_address_outside_lan_cidr(baseline) -> None:

@@ -1,0 +1,16 @@
+"""Settings for ageis-node (the inference VM). Keys, forms and defaults: README, "Data keys"."""
+
+# --- ROCm (AMD's repositories for the VM's Ubuntu release) ---
+# ROCm release and the amdgpu driver release that ships with it (ROCm 7.1.1: amdgpu 30.20.1).
+rocm_version = "7.1.1"
+rocm_amdgpu_version = "30.20.1"
+
+# --- Ollama ---
+# Pinned release; the main archive's SHA-256 is pinned, the ROCm archive is checked against
+# the release's published sha256sum.txt unless you pin it here too.
+ollama_version = "0.12.11"
+# Models pulled when missing, with the size of their weights for the capacity preflight
+# (32 GB of VRAM, 16 GB of VM RAM): the seed's 70B model needs CPU offload, reported at deploy.
+ollama_models = [{"name": "llama3.1:70b-instruct-q4_K_M", "size": "42G"}]
+ollama_context_length = 8192
+ollama_keep_alive = "30m"

@@ -1,0 +1,194 @@
+"""ageis-node's services in the lab: actr-engine on the real memory store, the boot order.
+
+actr-engine (the reference engine) runs for real against the lab's PostgreSQL + pgvector:
+store and retrieve over HTTP. The order mounts, postgresql@..., memory-store-integrity,
+ollama, actr-engine, openclaw-pipeline is read from the journal's "Started" records after a
+clean reboot and after a pulled plug; a failing integrity check keeps actr-engine and the
+pipeline down. The benchmark runs in a small version here (its 100 000-memory run is
+``make bench-actr``). Each test leaves the lab converged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bench import actr_retrieval
+from tests.lab import hosts, labctl
+
+pytestmark = pytest.mark.lab
+
+NODE = hosts.by_name("ageis-node")
+ENGINE = f"http://{NODE.address}:8100"
+ORDER = (
+    "postgresql@17-main.service",
+    "memory-store-integrity.service",
+    "ollama.service",
+    "actr-engine.service",
+    "openclaw-pipeline.service",
+)
+# systemd's "unit started" journal record (sd-messages.h SD_MESSAGE_UNIT_STARTED).
+STARTED = "39f53479d3a045ac8e11786248231fbf"
+DIMS = 384
+
+
+def ssh(command: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*labctl.ssh_command(NODE), command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def labctl_run(*args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(Path(labctl.__file__).resolve()), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"labctl {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+def call(path: str, payload: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(
+        ENGINE + path, data, {"Content-Type": "application/json"} if data else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def unit_vector(*hot: int) -> list[float]:
+    vector = [0.0] * DIMS
+    for index in hot:
+        vector[index] = 1.0 / math.sqrt(len(hot))
+    return vector
+
+
+def wait_active(unit: str, seconds: int = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ssh(f"systemctl is-active {unit}", timeout=20).stdout.strip() == "active":
+            return
+        time.sleep(2)
+    status = ssh(f"systemctl status --no-pager {unit}; journalctl -b -u {unit} -n 20").stdout
+    raise AssertionError(f"{unit} not active after {seconds}s:\n{status}")
+
+
+def started_order() -> list[tuple[int, str]]:
+    """(monotonic usec, unit) of this boot's "Started" records of the ordered units."""
+    out = ssh(f"journalctl -b -o json MESSAGE_ID={STARTED} _PID=1", timeout=60).stdout
+    seen: dict[str, int] = {}
+    for line in out.splitlines():
+        record = json.loads(line)
+        unit = record.get("UNIT")
+        if unit in ORDER and unit not in seen:
+            seen[unit] = int(record["__MONOTONIC_TIMESTAMP"])
+    return sorted((stamp, unit) for unit, stamp in seen.items())
+
+
+def test_actr_engine_stores_and_retrieves_by_activation() -> None:
+    status, health = call("/health")
+    assert (status, health) == (200, {"status": "ok"})
+    tag = f"lab-{time.time_ns()}"
+    ids = {}
+    for name, hot in (("apple", (1, 2)), ("pear", (1, 3)), ("rocket", (200, 201))):
+        status, answer = call(
+            "/chunks",
+            {"content": f"{name} {tag}", "metadata": {"test": tag}, "embedding": unit_vector(*hot)},
+        )
+        assert status == 201, answer
+        ids[name] = answer["id"]
+    # A cue closest to "apple": it is retrieved, with its activation's parts.
+    status, answer = call("/retrieve", {"embedding": unit_vector(1, 2), "limit": 2})
+    assert status == 200, answer
+    best = answer["chunks"][0]
+    assert best["id"] == ids["apple"] and best["similarity"] == pytest.approx(1.0)
+    assert best["activation"] == pytest.approx(best["base_level"])  # P * (1 - 1) = 0
+    # Each retrieval is recorded as an access (just after the reply); the count below proves it.
+    time.sleep(0.5)
+    status, again = call("/retrieve", {"embedding": unit_vector(1, 2), "limit": 1})
+    assert again["chunks"][0]["id"] == ids["apple"]
+    time.sleep(0.5)
+    accesses = ssh(
+        "sudo -u postgres psql -tA memory_store -c "
+        f'"SELECT count(*) FROM memory_access WHERE chunk_id = {ids["apple"]}"'
+    ).stdout.strip()
+    assert accesses == "3"  # stored, retrieved, retrieved
+    status, error = call("/retrieve", {"cue": "apples"})
+    assert status == 400 and "embedding" in error["error"]  # no embedder in the lab
+    ssh(
+        "sudo -u postgres psql -q memory_store -c "
+        f"\"DELETE FROM memory_chunk WHERE metadata->>'test' = '{tag}'\""
+    )
+
+
+def test_actr_engine_exports_metrics() -> None:
+    with urllib.request.urlopen(ENGINE + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert "actr_engine_retrieval_seconds_count" in text
+
+
+def test_failing_integrity_check_keeps_engine_and_pipeline_down() -> None:
+    # Lab fixture: a drop-in that makes the integrity check fail, as a damaged store would.
+    dropin = "/run/systemd/system/memory-store-integrity.service.d/lab-fail.conf"
+    ssh(
+        f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\nExecStartPre=/bin/false\\n'"
+        f" > {dropin} && systemctl daemon-reload"
+    )
+    try:
+        ssh("systemctl restart memory-store-integrity.service", timeout=120)
+        states = {
+            unit: ssh(f"systemctl is-active {unit}").stdout.strip()
+            for unit in ("memory-store-integrity.service", *ORDER[3:])
+        }
+        assert states["memory-store-integrity.service"] == "failed", states
+        assert states["actr-engine.service"] != "active", states
+        assert states["openclaw-pipeline.service"] != "active", states
+        # Starting them by hand does not get past the failed check either.
+        ssh("systemctl start openclaw-pipeline.service", timeout=120)
+        assert ssh("systemctl is-active actr-engine.service").stdout.strip() != "active"
+        assert ssh("curl -fsS --max-time 3 http://127.0.0.1:8100/health").returncode != 0
+    finally:
+        ssh(f"rm -f {dropin} && systemctl daemon-reload && systemctl reset-failed")
+        ssh("systemctl start memory-store-integrity.service openclaw-pipeline.service", 300)
+    wait_active("openclaw-pipeline.service")
+    assert call("/health")[0] == 200
+
+
+@pytest.mark.parametrize("how", ["reboot", "pull-the-plug"])
+def test_services_start_in_the_declared_order(how: str) -> None:
+    if how == "reboot":
+        labctl_run("reboot", NODE.name)
+    else:
+        labctl_run("kill", NODE.name)
+        labctl_run("start", NODE.name)
+    wait_active("openclaw-pipeline.service", 300)
+    order = started_order()
+    assert [unit for _, unit in order] == list(ORDER), order
+    if how == "pull-the-plug":
+        hook = ssh("journalctl -b -u openclaw-pipeline.service -o cat").stdout
+        assert "did not stop cleanly: resume" in hook
+
+
+def test_benchmark_small_n_runs_both_sides() -> None:
+    result = actr_retrieval.run(2000, 100)
+    for side in ("engine", "pgvector"):
+        assert result[side]["p95_ms"] > 0, result
+    print(f"\nbenchmark (2000 memories, 100 queries): {json.dumps(result)}")

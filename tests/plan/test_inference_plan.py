@@ -1,0 +1,282 @@
+"""Plans of ROCm and Ollama on ageis-node's real facts (Ubuntu 24.04, R9700 passed through)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.plan.harness import Plan
+
+HOST = "ageis-node"
+KEYRING = "/etc/apt/keyrings/rocm.gpg"
+AMD_FINGERPRINT = "CA8BB4727A47B4D09B4EE8969386B48A1A693C5C"
+OLLAMA_SHA = "fb140ea4243706d0087b0108418ee5c6f74edcebf5f14e2f289b8e36bd303d0f"
+
+
+def cause(error: BaseException) -> str:
+    """The deploy's own error, as pyinfra's CLI wraps it."""
+    while error.__cause__ or error.__context__:
+        if isinstance(error, RuntimeError):
+            break
+        error = error.__cause__ or error.__context__
+    return str(error)
+
+
+def upload(result: Plan, op_name: str) -> str:
+    return next(c for c in result.op(HOST, op_name).commands if c.startswith("upload "))
+
+
+@pytest.fixture
+def node(plan_of) -> Plan:
+    return plan_of("deploys/ageis_node.py", limit=[HOST])
+
+
+def test_rocm_sources_are_amds_versioned_repositories_for_noble(node: Plan) -> None:
+    assert upload(node, "AMD's ROCm 7.1.1 apt sources").splitlines()[4:] == [
+        "Types: deb",
+        "URIs: https://repo.radeon.com/rocm/apt/7.1.1",
+        "Suites: noble",
+        "Components: main",
+        "Architectures: amd64",
+        f"Signed-By: {KEYRING}",
+        "",
+        "Types: deb",
+        "URIs: https://repo.radeon.com/amdgpu/30.20.1/ubuntu",
+        "Suites: noble",
+        "Components: main",
+        "Architectures: amd64",
+        f"Signed-By: {KEYRING}",
+    ]
+
+
+def test_amds_key_is_checked_and_its_repositories_pinned_at_600(node: Plan) -> None:
+    assert node.op(HOST, "AMD's ROCm signing key").commands == [
+        f"/usr/local/sbin/install-apt-key {HOST} rocm_key_url"
+        f" https://repo.radeon.com/rocm/rocm.gpg.key rocm_key_fingerprint {AMD_FINGERPRINT}"
+        f" {KEYRING}"
+    ]
+    pin = upload(node, "Pin AMD's repositories")
+    assert pin.startswith("upload /etc/apt/preferences.d/rocm-pin-600\n")
+    assert pin.splitlines()[-3:] == [
+        "Package: *",
+        "Pin: release o=repo.radeon.com",
+        "Pin-Priority: 600",
+    ]
+
+
+def test_amdgpu_dkms_with_the_running_kernels_headers_and_rocm(node: Plan) -> None:
+    (command,) = node.op(HOST, "amdgpu-dkms, kernel headers and ROCm").commands
+    assert "--no-install-recommends" in command
+    assert command.endswith(
+        " linux-headers-6.8.0-86-generic"
+        " linux-modules-extra-6.8.0-86-generic amdgpu-dkms rocm-hip-runtime rocminfo amd-smi-lib"
+    )
+    ops = [op.name for op in node.for_host(HOST)]
+
+    # Key, source and pin come before the package lists are refreshed and packages installed.
+    def at(part: str) -> int:
+        return next(i for i, name in enumerate(ops) if part in name)
+
+    assert (
+        at("AMD's ROCm 7.1.1 apt sources")
+        < at("Refresh package lists for AMD's")
+        < at("amdgpu-dkms, kernel headers")
+    )
+
+
+def test_ollama_and_gpu_users_join_render_and_video(plan_of) -> None:
+    node = plan_of(
+        "deploys/ageis_node.py", limit=[HOST], override_data={"rocm_gpu_users": ["ubuntu"]}
+    )
+    commands = node.op(HOST, "ubuntu may use the GPU").commands
+    assert any("usermod" in c and "render,video" in c and c.endswith("ubuntu") for c in commands)
+    assert not any("ops may use the GPU" in op.name for op in node.for_host(HOST))
+    ollama_user = " ".join(node.op(HOST, "Ollama's system user").commands)
+    assert "useradd" in ollama_user and "-G render,video" in ollama_user
+
+
+def test_declared_gpu_missing_from_the_bus_stops_naming_host_and_device(plan_of, fleet) -> None:
+    fleet[HOST].pci_ids = ["8086:29c0", "1b36:000c"]
+    with pytest.raises(Exception) as error:
+        plan_of("deploys/ageis_node.py", limit=[HOST])
+    text = cause(error.value)
+    assert text.startswith("host 'ageis-node': its data declares the AMD GPU 'r9700'")
+    assert "does not show 1002:7551" in text and "Nothing was changed" in text
+
+
+def test_no_amd_gpu_declared_means_no_rocm(plan_of) -> None:
+    result = plan_of(
+        "deploys/ageis_node.py",
+        limit=[HOST],
+        override_data={"gpus": [], "guest": None, "ollama_models": []},
+    )
+    names = " ".join(op.name for op in result.for_host(HOST))
+    assert "ROCm" not in names and "amdgpu" not in names
+    # Ollama without the ROCm archive.
+    (install,) = result.op(HOST, "SHA-256 verified").commands
+    assert "rocm" not in install
+
+
+def test_seed_70b_is_reported_with_the_split_before_any_pull(plan_of, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    (report,) = [r.getMessage() for r in caplog.records if "capacity" in r.getMessage()]
+    assert "llama3.1:70b-instruct-q4_K_M (42.0 GiB) does not fit 32.0 GiB of VRAM" in report
+    assert "30.0 GiB on the GPU" in report and "12.0 GiB in system RAM" in report
+    assert "needs 16.0 GiB of RAM" in report and "the host has 16.0 GiB" in report
+    assert result.op(HOST, "Pull the model llama3.1:70b-instruct-q4_K_M").changes
+
+
+def test_a_model_that_cannot_fit_stops_the_run_with_numbers(plan_of) -> None:
+    big = [{"name": "llama3.1:405b", "size": "243G"}]
+    with pytest.raises(Exception) as error:
+        plan_of("deploys/ageis_node.py", limit=[HOST], override_data={"ollama_models": big})
+    text = cause(error.value)
+    assert "host 'ageis-node': key 'ollama_models' names 'llama3.1:405b'" in text
+    assert "213.0 GiB in system RAM" in text and "201.0 GiB short" in text
+
+
+def test_ollama_release_is_pinned_and_verified(node: Plan) -> None:
+    (install,) = node.op(HOST, "SHA-256 verified").commands
+    assert install == (
+        "/usr/local/sbin/install-ollama ageis-node 0.12.11"
+        " https://github.com/ollama/ollama/releases/download/v0.12.11"
+        " https://github.com/ollama/ollama/releases/download/v0.12.11/sha256sum.txt"
+        " /usr/lib/ollama/.homelab-release"
+        f" ollama-linux-amd64.tgz={OLLAMA_SHA} ollama-linux-amd64-rocm.tgz=-"
+    )
+
+
+def test_ollama_drop_in_carries_the_environment(node: Plan) -> None:
+    text = upload(node, "Ollama's environment (drop-in)")
+    assert text.splitlines()[4:] == [
+        'Environment="OLLAMA_HOST=0.0.0.0:11434"',
+        'Environment="OLLAMA_MODELS=/srv/ssd/ollama/models"',
+        'Environment="OLLAMA_KEEP_ALIVE=30m"',
+        'Environment="OLLAMA_NUM_PARALLEL=1"',
+        'Environment="OLLAMA_MAX_LOADED_MODELS=1"',
+        'Environment="OLLAMA_FLASH_ATTENTION=1"',
+        'Environment="OLLAMA_CONTEXT_LENGTH=8192"',
+        "",
+    ]
+    unit = upload(node, "Ollama's systemd unit")
+    assert "RequiresMountsFor=/srv/ssd/ollama/models" in unit
+    assert "Restart=on-failure" in unit and "RestartMaxDelaySec=60" in unit
+
+
+def test_converged_node_plans_no_install_and_no_pull(plan_of, fleet) -> None:
+    machine = fleet[HOST]
+    machine.files["/usr/lib/ollama/.homelab-release"] = (
+        "0.12.11 ollama-linux-amd64.tgz ollama-linux-amd64-rocm.tgz\n"
+    )
+    machine.ollama_models = ["llama3.1:70b-instruct-q4_K_M"]
+    result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    names = [op.name for op in result.for_host(HOST)]
+    assert result.op(HOST, "SHA-256 verified").commands == []
+    assert not any("Pull the model" in name for name in names)
+
+
+@pytest.mark.parametrize("change", ["ROCm 7.1.1 install", "Ollama 0.12.11 install"])
+def test_installs_run_inside_the_snapshot_guard(node: Plan, change: str) -> None:
+    names = [op.name for op in node.for_host(HOST)]
+    snap = next(i for i, n in enumerate(names) if f"Snapshot VM 100 before {change}" in n)
+    remove = next(i for i, n in enumerate(names) if f"snapshot taken before {change}" in n)
+    guarded = names[snap + 1 : remove]
+    assert guarded and all("Snapshot guard" in name for name in guarded)
+    wanted = "amdgpu-dkms, kernel headers" if "ROCm" in change else "SHA-256 verified"
+    assert any(wanted in name for name in guarded)
+    # Taken and removed only when a guarded operation changes something (checked at run time).
+    assert node.op(HOST, f"Snapshot VM 100 before {change}").conditional
+    assert node.op(HOST, f"snapshot taken before {change}").conditional
+
+
+def test_rocm_upgrade_is_guarded_and_named(plan_of, fleet) -> None:
+    machine = fleet[HOST]
+    for name in ("linux-headers-6.8.0-86-generic", "linux-modules-extra-6.8.0-86-generic",
+                 "amdgpu-dkms", "rocm-hip-runtime", "rocminfo", "amd-smi-lib"):  # fmt: skip
+        machine.packages[name] = "1"
+    machine.packages["rocm-core"] = "7.1.0.70100-20~24.04"
+    result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.0 -> 7.1.1").conditional
+    (command,) = result.op(HOST, "Upgrade ROCm to 7.1.1").commands
+    assert "--only-upgrade" in command or "install" in command
+
+
+def test_actr_engine_unit_requires_the_integrity_check_and_waits_for_the_embedder(plan_of):
+    url = "http://embedder.home.arpa:8300/v1/embeddings"
+    node = plan_of(
+        "deploys/ageis_node.py", limit=[HOST], override_data={"actr_engine_embedder_url": url}
+    )
+    unit = upload(node, "actr-engine's systemd unit")
+    assert "Requires=memory-store-integrity.service" in unit
+    assert "After=memory-store-integrity.service ollama.service network-online.target" in unit
+    assert (
+        "ExecStartPre=/usr/local/sbin/wait-for-http http://embedder.home.arpa:8300/health 120"
+        in unit
+    )
+    assert "ExecStart=/opt/actr-engine/venv/bin/actr-engine" in unit
+    assert "LoadCredential=db-password:/etc/actr-engine/db-password" in unit
+    assert "Restart=on-failure" in unit and "RestartMaxDelaySec=60" in unit
+    env = upload(node, "actr-engine's environment (drop-in)")
+    assert f'Environment="ACTR_EMBEDDER_URL={url}"' in env
+    assert 'Environment="ACTR_DECAY=0.5"' in env and "password" not in env.lower()
+
+
+def test_a_users_own_engine_replaces_the_reference(plan_of) -> None:
+    node = plan_of(
+        "deploys/ageis_node.py",
+        limit=[HOST],
+        override_data={
+            "actr_engine_source": {"kind": "package", "ref": "my-engine==1.2"},
+            "actr_engine_command": ["my-engine", "--serve"],
+            "actr_engine_environment": {"MY_ENGINE_MODE": "fast"},
+        },
+    )
+    install = node.op(HOST, "Install actr-engine (package my-engine==1.2)").commands
+    assert install[0] == (
+        "umask 022 && /opt/actr-engine/venv/bin/pip install --quiet --disable-pip-version-check"
+        " my-engine==1.2"
+    )
+    assert "ExecStart=/opt/actr-engine/venv/bin/my-engine --serve" in upload(
+        node, "actr-engine's systemd unit"
+    )
+    assert 'Environment="MY_ENGINE_MODE=fast"' in upload(node, "actr-engine's environment")
+    assert not any("actr-engine's source" in op.name for op in node.for_host(HOST))
+
+
+def test_pipeline_comes_last_with_its_restart_hook(node: Plan) -> None:
+    unit = upload(node, "openclaw-pipeline's systemd unit")
+    assert "Requires=memory-store-integrity.service actr-engine.service" in unit
+    assert (
+        "After=memory-store-integrity.service ollama.service actr-engine.service"
+        " network-online.target" in unit
+    )
+    assert (
+        "ExecStartPre=/usr/local/sbin/openclaw-pipeline-recover resume /var/lib/openclaw-pipeline"
+        in unit
+    )
+    assert "ExecStopPost=/usr/local/sbin/openclaw-pipeline-recover stopped" in unit
+    assert "ExecStartPre=/usr/local/sbin/wait-for-http http://127.0.0.1:8100/health 120" in unit
+    config = upload(node, "OpenClaw gateway configuration")
+    assert '"baseUrl": "http://127.0.0.1:11434"' in config
+    assert '"primary": "ollama/llama3.1:70b-instruct-q4_K_M"' in config
+    assert "plan-test-double" not in config  # the token is a credential, not in the config
+
+
+def test_nodejs_from_nodesource_pinned(node: Plan) -> None:
+    source = upload(node, "NodeSource's apt source")
+    assert "URIs: https://deb.nodesource.com/node_24.x" in source
+    assert "Suites: nodistro" in source
+    assert "Signed-By: /usr/share/keyrings/nodesource.gpg" in source
+    pin = upload(node, "Pin Node.js 24.21.0")
+    assert pin.splitlines()[-3:] == [
+        "Package: nodejs",
+        "Pin: version 24.21.0-*",
+        "Pin-Priority: 1001",
+    ]
+    (install,) = node.op(HOST, "Install OpenClaw 2026.9.6 (npm)").commands[:1]
+    assert install == (
+        "umask 022 && npm install --global --prefix /opt/openclaw --omit=dev --no-fund"
+        " openclaw@2026.9.6"
+    )

@@ -1,0 +1,76 @@
+"""ageis-node's inference stack: ROCm, Ollama, actr-engine, openclaw-pipeline.
+
+Runs against the lab and the real VM alike. The GPU itself (``rocminfo`` lists the declared
+target, ``amd-smi`` sees the card) needs the real R9700: those checks are marked ``hardware``
+and skip on the lab, where the installed ROCm packages are the lab's test doubles
+(``/usr/share/homelab-standin/``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.datamodel.machine import AGEIS_NODE
+from tasks.rocm import DATA as ROCM
+from tests.verify.conftest import InventoryHost
+
+pytestmark = pytest.mark.verify
+
+ROLE = AGEIS_NODE
+STANDIN = "/usr/share/homelab-standin/amdgpu-dkms"
+
+
+def has_amd_gpu(node: InventoryHost) -> bool:
+    return any(gpu.get("vendor") == "amd" for gpu in node.data.get("gpus") or [])
+
+
+def on_standin(node: InventoryHost) -> bool:
+    return node.testinfra.file(STANDIN).exists
+
+
+def test_rocm_source_is_pinned_at_600(host_in: InventoryHost) -> None:
+    if not has_amd_gpu(host_in):
+        pytest.skip(f"{host_in.name} declares no AMD GPU: no ROCm")
+    pin = host_in.testinfra.file("/etc/apt/preferences.d/rocm-pin-600").content_string
+    assert "Pin: release o=repo.radeon.com" in pin and "Pin-Priority: 600" in pin
+    assert host_in.testinfra.package("amdgpu-dkms").is_installed
+
+
+@pytest.mark.hardware
+def test_rocminfo_lists_the_gpu_target(host_in: InventoryHost) -> None:
+    if not has_amd_gpu(host_in) or on_standin(host_in):
+        pytest.skip("stand-in: no GPU (the installed ROCm is the lab's test double)")
+    target = ROCM.check(host_in.name, host_in.data)["rocm_gfx_target"]
+    out = host_in.testinfra.check_output("/opt/rocm/bin/rocminfo")
+    assert target in out, f"{host_in.name}: rocminfo does not list {target}"
+
+
+@pytest.mark.hardware
+def test_amd_smi_sees_the_card(host_in: InventoryHost) -> None:
+    if not has_amd_gpu(host_in) or on_standin(host_in):
+        pytest.skip("stand-in: no GPU (the installed ROCm is the lab's test double)")
+    listing = json.loads(host_in.testinfra.check_output("/opt/rocm/bin/amd-smi list --json"))
+    assert listing, f"{host_in.name}: amd-smi lists no GPU"
+
+
+@pytest.mark.parametrize(
+    "unit", ["ollama.service", "actr-engine.service", "openclaw-pipeline.service"]
+)
+def test_inference_services_run_and_start_at_boot(host_in: InventoryHost, unit: str) -> None:
+    service = host_in.testinfra.service(unit)
+    assert service.is_running and service.is_enabled
+
+
+def test_ollama_and_actr_engine_answer(host_in: InventoryHost) -> None:
+    version = json.loads(host_in.testinfra.check_output("curl -fsS localhost:11434/api/version"))
+    assert version["version"]
+    health = json.loads(host_in.testinfra.check_output("curl -fsS localhost:8100/health"))
+    assert health == {"status": "ok"}
+
+
+def test_credentials_are_root_only(host_in: InventoryHost) -> None:
+    for path in ("/etc/actr-engine/db-password", "/etc/openclaw-pipeline/gateway-token"):
+        secret = host_in.testinfra.file(path)
+        assert (secret.user, secret.mode) == ("root", 0o600), path

@@ -135,7 +135,8 @@ DATA = Schema(
         "ollama_models_dir",
         Optional(ABSOLUTE_PATH),
         None,
-        "Models directory; None: <ssd pool path>/ollama/models.",
+        "Models directory; None: <ssd pool path>/ollama/models. Its parents must let the"
+        " ollama user through (755).",
         GROUPS,
     ),
     Key("ollama_keep_alive", Str(r"-?[0-9]+[smh]?"), "30m", "OLLAMA_KEEP_ALIVE.", GROUPS),
@@ -303,6 +304,16 @@ def ollama() -> None:
         shell="/bin/false",
         groups=list(GPU_GROUPS),
     )
+    if not settings.ollama_models_dir:
+        # Made explicitly: `mkdir -p` under the hosts' login umask (027) would leave the parent
+        # root-only, and the ollama user could not reach its models (a rebuilt SSD hit this).
+        files.directory(
+            name=f"Ollama's directory on the SSD pool {directory.rsplit('/', 1)[0]}",
+            path=directory.rsplit("/", 1)[0],
+            user="root",
+            group="root",
+            mode="755",
+        )
     files.directory(
         name=f"Ollama's models directory {directory}",
         path=directory,

@@ -74,3 +74,13 @@ def test_credentials_are_root_only(host_in: InventoryHost) -> None:
     for path in ("/etc/actr-engine/db-password", "/etc/openclaw-pipeline/gateway-token"):
         secret = host_in.testinfra.file(path)
         assert (secret.user, secret.mode) == ("root", 0o600), path
+
+
+def test_ollama_can_write_its_models_directory(host_in: InventoryHost) -> None:
+    """Every parent must let the ollama user through (a root-only parent broke pulls once)."""
+    environment = host_in.testinfra.check_output("systemctl show ollama -p Environment --value")
+    settings = dict(item.split("=", 1) for item in environment.split() if "=" in item)
+    models = settings.get("OLLAMA_MODELS")
+    assert models, f"{host_in.name}: ollama.service sets no OLLAMA_MODELS ({environment!r})"
+    check = host_in.testinfra.run(f"runuser -u ollama -- test -w {models}")
+    assert check.rc == 0, f"{host_in.name}: the ollama user cannot write {models}"

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from cryptography import x509
 
-from tasks.pgbackrest import host_tls
+from tasks.pgbackrest import AptPolicy, PgbackrestVersionMismatch, host_tls, upstream_version
 from tests.plan.conftest import PLAN_SECRETS
-from tests.plan.harness import Plan
+from tests.plan.harness import REPO, Plan
+from tests.plan.machines import Machine
 
 SEED = PLAN_SECRETS["pgbackrest_tls_seed"]
+# The real pair: pve runs Proxmox VE 9 (Debian 13 trixie), ageis-node Ubuntu 24.04 (noble).
+CODENAMES = {"pve": "trixie", "ageis-node": "noble"}
+# PGDG's builds of 2.59.1 for each release (PGDG's revision names the release).
+PGDG_BUILDS = {"pve": "2.59.1-1.pgdg13+1", "ageis-node": "2.59.1-1.pgdg24.04+1"}
+PGDG_FINGERPRINT = "B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8"
+PGDG_KEYRING = "/usr/share/keyrings/pgdg-archive-keyring.gpg"
+PGDG_SOURCES = "/etc/apt/sources.list.d/pgdg.sources"
+PGDG_PIN = "/etc/apt/preferences.d/pgdg-pgbackrest.pref"
 
 
 @pytest.fixture
@@ -95,3 +107,205 @@ def test_tls_files_are_derived_from_the_seed_and_stable(full: Plan) -> None:
         op for op in full.for_host("ageis-node") if op.name.endswith("pgBackRest TLS host.key")
     ]
     assert len(key_op) == 1
+
+
+# --- where pgBackRest comes from ----------------------------------------------------------
+
+
+def expected_sources(codename: str) -> str:
+    return (
+        "# Managed by homelab-as-code (templates/pgdg.sources.j2): local changes are"
+        " overwritten.\n"
+        "# The PostgreSQL Global Development Group's repository, signed by the key the\n"
+        "# pgbackrest_pgdg_key_fingerprint data key names. Its pin"
+        " (/etc/apt/preferences.d/pgdg-pgbackrest.pref)\n"
+        "# takes pgBackRest from it and nothing else.\n"
+        "Types: deb\n"
+        "URIs: https://apt.postgresql.org/pub/repos/apt\n"
+        f"Suites: {codename}-pgdg\n"
+        "Components: main\n"
+        f"Signed-By: {PGDG_KEYRING}\n"
+    )
+
+
+def pin_stanzas(text: str) -> list[dict[str, str]]:
+    """The pin file's stanzas as field -> value (comments dropped)."""
+    stanzas = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.splitlines() if line and not line.startswith("#")]
+        stanzas.append(dict(line.split(": ", 1) for line in lines))
+    return stanzas
+
+
+@pytest.mark.parametrize("name", CODENAMES)
+def test_both_hosts_get_pgdg_source_key_and_pin(full: Plan, name: str) -> None:
+    assert upload(full, name, PGDG_SOURCES) == expected_sources(CODENAMES[name])
+    assert full.op(name, "PGDG's signing key").commands == [
+        f"/usr/local/sbin/install-apt-key {name} pgbackrest_pgdg_key_url"
+        " https://www.postgresql.org/media/keys/ACCC4CF8.asc"
+        f" pgbackrest_pgdg_key_fingerprint {PGDG_FINGERPRINT} {PGDG_KEYRING}"
+    ]
+    assert pin_stanzas(upload(full, name, PGDG_PIN)) == [
+        # Exactly PGDG's builds of 2.59.1 (their revisions say pgdg): installed and held.
+        {"Package": "pgbackrest", "Pin": r"version /^2\.59\.1-[^-]*pgdg/", "Pin-Priority": "1001"},
+        # PGDG's other packages (its PostgreSQL) rank below the distribution's.
+        {"Package": "*", "Pin": "origin apt.postgresql.org", "Pin-Priority": "100"},
+    ]
+
+
+def test_both_hosts_install_the_identical_pinned_version(full: Plan) -> None:
+    for name in CODENAMES:
+        ops = [op.name for op in full.for_host(name)]
+        key, source, pin = (
+            ops.index(next(o for o in ops if mark in o))
+            for mark in ("PGDG's signing key", "PGDG's apt source", "Pin pgBackRest 2.59.1")
+        )
+        refresh = ops.index(next(o for o in ops if "Refresh package lists for PGDG" in o))
+        install = full.op(name, "Install pgBackRest 2.59.1 from PGDG")
+        assert install.commands == [f"/usr/local/sbin/pgbackrest-install {name} 2.59.1"]
+        assert key < source < pin < refresh < ops.index(install.name)
+        assert full.op(name, "Refresh package lists for PGDG").commands == ["apt-get update"]
+        # The distribution's package is not what gets installed.
+        assert not [op for op in full.for_host(name) if "(the distribution's)" in op.name]
+
+
+def test_the_pin_matches_pgdg_builds_only() -> None:
+    import re
+
+    pattern = r"^2\.59\.1-[^-]*pgdg"  # the pin's regex, between its slashes
+    for build in PGDG_BUILDS.values():
+        assert re.search(pattern, build)
+    for other in ("2.59.10-1.pgdg13+1", "2.59.1-1", "2.55.1-1", "2.50-1build2"):
+        assert not re.search(pattern, other), other
+    assert [upstream_version(v) for v in (*PGDG_BUILDS.values(), "2.50-1build2")] == [
+        "2.59.1",
+        "2.59.1",
+        "2.50",
+    ]
+
+
+def test_the_install_script_refuses_what_pgdg_does_not_list() -> None:
+    script = (REPO / "files/pgbackrest-install").read_text()
+    assert '"$version"-*pgdg*) ;;' in script
+    assert "key 'pgbackrest_version'" in script and "exit 1" in script
+    assert '"pgbackrest=$candidate"' in script and "--allow-downgrades" in script
+
+
+def test_apt_policy_fact_reads_installed_and_candidate() -> None:
+    output = [
+        "pgbackrest:",
+        "  Installed: (none)",
+        "  Candidate: 2.50-1build2",
+        "  Version table:",
+        "     2.50-1build2 500",
+    ]
+    assert AptPolicy().process(output) == {"installed": None, "candidate": "2.50-1build2"}
+    assert AptPolicy().process([]) == {"installed": None, "candidate": None}
+
+
+def converge_apt(machine: Machine, first: Plan, name: str) -> None:
+    """The machine after the first rollout's PGDG part: key, source, pin, package."""
+    machine.keyrings[PGDG_KEYRING] = [PGDG_FINGERPRINT]
+    # apt's own directories (every real host has them; the simulated ones list few).
+    machine.directories |= {"/etc/apt/sources.list.d", "/etc/apt/preferences.d"}
+    machine.files[PGDG_SOURCES] = upload(first, name, PGDG_SOURCES)
+    machine.files[PGDG_PIN] = upload(first, name, PGDG_PIN)
+    machine.files["/usr/local/sbin/install-apt-key"] = (REPO / "files/install-apt-key").read_text()
+    machine.modes["/usr/local/sbin/install-apt-key"] = 755
+    machine.packages["pgbackrest"] = PGDG_BUILDS[name]
+
+
+PGDG_OPS = ("PGDG", "pgBackRest 2.59.1", "install-apt-key", "Install pgBackRest")
+
+
+def test_a_converged_pair_plans_zero_changes_to_the_package(full: Plan, plan_of, fleet) -> None:
+    for name in CODENAMES:
+        converge_apt(fleet[name], full, name)
+    again = plan_of("deploys/full.py", limit=["pve", "ageis-node"])
+    for name in CODENAMES:
+        ours = [op for op in again.for_host(name) if any(m in op.name for m in PGDG_OPS)]
+        assert [op.name for op in ours if op.commands] == [], name
+        assert not [op for op in ours if "Refresh package lists for PGDG" in op.name]
+        assert not [op for op in ours if op.name.startswith("Install pgBackRest")]
+        # Not a restart for a package that did not change.
+        restart = again.op(name, "pgbackrest-server takes its new settings")
+        assert restart.conditional
+
+
+def test_a_version_change_in_the_data_reinstalls_on_both(full: Plan, plan_of, fleet) -> None:
+    for name in CODENAMES:
+        converge_apt(fleet[name], full, name)
+    again = plan_of(
+        "deploys/full.py", limit=["pve", "ageis-node"], override_data={"pgbackrest_version": "2.60"}
+    )
+    for name in CODENAMES:
+        assert again.op(name, "Install pgBackRest 2.60 from PGDG").commands == [
+            f"/usr/local/sbin/pgbackrest-install {name} 2.60"
+        ]
+        assert r"Pin: version /^2\.60-[^-]*pgdg/" in upload(again, name, PGDG_PIN)
+
+
+# --- the distribution's packages ----------------------------------------------------------
+
+
+def refusal(plan_of: Any, **kwargs: Any) -> BaseException:
+    with pytest.raises(Exception) as caught:
+        plan_of("deploys/full.py", **kwargs)
+    return getattr(caught.value, "exception", caught.value)
+
+
+DISTRIBUTION = {"pgbackrest_source": "distribution"}
+
+
+def test_distribution_packages_of_different_versions_stop_the_run(plan_of) -> None:
+    # Both hosts in the run: the facts of both are compared at plan time, before any change.
+    error = refusal(plan_of, limit=["pve", "ageis-node"], override_data=DISTRIBUTION)
+    assert isinstance(error, PgbackrestVersionMismatch), repr(error)
+    message = str(error)
+    assert "key 'pgbackrest_source' is 'distribution'" in message
+    assert "pve 2.55.1-1" in message and "ageis-node 2.50-1build2" in message
+    assert "pgbackrest_source to 'pgdg'" in message and "Nothing was changed" in message
+
+
+def test_distribution_packages_of_equal_versions_install_and_leave_pgdg_out(plan_of, fleet) -> None:
+    # A Debian 13 database host, as in the lab: the same 2.55.1 on both.
+    fleet["ageis-node"].apt_candidates["pgbackrest"] = "2.55.1-1"
+    result = plan_of("deploys/full.py", limit=["pve", "ageis-node"], override_data=DISTRIBUTION)
+    for name in CODENAMES:
+        install = result.op(name, "Install pgBackRest (the distribution's)").commands
+        assert len(install) == 1 and install[0].endswith("install pgbackrest"), install
+        assert not [op for op in result.for_host(name) if "PGDG's" in op.name]
+        for what in ("pin", "apt source", "signing key"):
+            assert result.op(name, f"No PGDG {what}").commands == []
+
+
+def test_distribution_packages_with_the_peer_outside_the_run_are_not_compared(plan_of) -> None:
+    result = plan_of("deploys/full.py", limit=["pve"], override_data=DISTRIBUTION)
+    assert result.op("pve", "Install pgBackRest (the distribution's)").commands
+
+
+def with_host_data(tmp_path: Path, name: str, **overrides: object) -> str:
+    """A copy of the real inventory with ``overrides`` on host ``name`` only; its path."""
+    text = (REPO / "inventory.py").read_text()
+    final = "check_inventory_file(__file__)"
+    assert text.rstrip().endswith(final)
+    change = (
+        "for _group in (hypervisor, ageis_node):\n"
+        "    for _name, _data in _group:\n"
+        f"        if _name == {name!r}:\n"
+        f"            _data.update({overrides!r})\n\n"
+    )
+    path = tmp_path / "inventory.py"
+    path.write_text(text.rstrip()[: -len(final)] + change + final + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "key, value", [("pgbackrest_version", "2.58.0"), ("pgbackrest_source", "distribution")]
+)
+def test_hosts_whose_data_disagree_stop_the_run(plan_of, tmp_path, key, value) -> None:
+    inventory_file = with_host_data(tmp_path, "ageis-node", **{key: value})
+    error = refusal(plan_of, limit=["pve"], inventory_file=inventory_file)
+    assert isinstance(error, PgbackrestVersionMismatch), repr(error)
+    default = {"pgbackrest_version": "2.59.1", "pgbackrest_source": "pgdg"}[key]
+    assert f"key {key!r} is {default!r} here and {value!r} on 'ageis-node'" in str(error)

@@ -19,7 +19,9 @@ Ports: Proxmox's spiceproxy listens on 3128 (SPICE consoles, authenticated by pv
 tickets); it belongs to pve-manager, whose upgrades restart it, so it is declared rather than
 disabled and the firewall opens it only to the LAN and the tailnet. rpcbind (111, pulled in by
 nfs-common for NFS storages) is masked unless ``proxmox_rpcbind`` is true: this homelab has no
-NFS storage, and an rpcbind open to the LAN serves nothing but scanners.
+NFS storage, and an rpcbind open to the LAN serves nothing but scanners. spiceproxy is not
+probed by monitoring: it serves only SPICE sessions that pveproxy (probed on 8006) hands out, and
+it exists only where Proxmox VE is installed.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ DATA = Schema(
     ),
 )
 
-PORTS = (Port(3128, "tcp", "spiceproxy", probe="tcp"),)
+PORTS = (Port(3128, "tcp", "spiceproxy"),)
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,19 @@ pgBackRest's versions must be equal on both hosts (its TLS protocol refuses a mi
 Debian 12 ships 2.45, Debian 13 (Proxmox VE 9) 2.55, Ubuntu 24.04 2.50. So by default
 (``pgbackrest_source = "pgdg"``) both hosts install pgBackRest from the PostgreSQL Global
 Development Group's repository (apt.postgresql.org): its signing key checked by fingerprint
-(``tasks/apt_keys.py``), a deb822 source ``<codename>-pgdg`` that names that key, and an apt
-pin that takes exactly ``pgbackrest_version`` of pgBackRest from PGDG (priority 1001: apt
-installs, keeps and, if need be, downgrades to it) while PGDG's other packages get priority 100,
-so PGDG never replaces or upgrades the distribution's PostgreSQL. One data key, read by both
-hosts, gives both the identical version; data that gives the two hosts different versions or
-sources stops the run. ``pgbackrest_source = "distribution"`` keeps the distribution's package
-and checks at plan time, from both hosts' facts when both are in the run, that the versions
-they run (or would install) are equal. Options used here exist in 2.45 and later.
+(``tasks/apt_keys.py``), a deb822 source ``<codename>-pgdg`` that names that key and, with it,
+PGDG's archive (apt-archive.postgresql.org, suite ``<codename>-pgdg-archive``, same key), and an
+apt pin that takes exactly ``pgbackrest_version`` of pgBackRest from PGDG (priority 1001: apt
+installs, keeps and, if need be, downgrades to it) while PGDG's other packages, from either
+site, get priority 100, so PGDG never replaces or upgrades the distribution's PostgreSQL.
+PGDG's index lists only its newest build of each package; the archive lists every build it
+ever published, so a pin of an older release still resolves: a host rebuilt alone (a lost SSD)
+gets the very version the other host runs. One data key, read by both hosts, gives both the
+identical version; data that gives the two hosts different versions or sources stops the run.
+``pgbackrest_source = "distribution"`` keeps the distribution's package and checks at plan
+time, from both hosts' facts when both are in the run, that the versions they run (or would
+install) are equal. Options used here exist in 2.45 and later; every pgBackRest command runs as
+the repository's or PostgreSQL's user (2.59.0 and later refuse root for all but restore).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import re
 from dataclasses import dataclass
 from io import StringIO
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyinfra import host, inventory, state
 from pyinfra.api import FactBase, deploy
@@ -84,9 +90,9 @@ CALENDAR = Str(
     r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "Sun *-*-* 01:30:00"'
 )
 
-# pgBackRest's own version (upstream, without the packaging revision): 2.50, 2.55.1, 2.59.1.
+# pgBackRest's own version (upstream, without the packaging revision): 2.50, 2.55.1, 2.59.2.
 UPSTREAM_VERSION = Str(
-    r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='a pgBackRest release such as "2.59.1" (no package revision)'
+    r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='a pgBackRest release such as "2.59.2" (no package revision)'
 )
 HTTPS_URL = Str(r"https://[^\s]+", what="an https URL")
 
@@ -104,17 +110,27 @@ DATA = Schema(
     Key(
         "pgbackrest_version",
         UPSTREAM_VERSION,
-        "2.59.1",
+        "2.59.2",
         'pgBackRest release both hosts install from PGDG (pgbackrest_source "pgdg"): pinned, so'
-        " both run the identical version. PGDG's index keeps only its newest build: a fresh"
-        " host needs the version PGDG lists. Must be the same for both hosts.",
+        " both run the identical version, and a host rebuilt alone gets the other's. PGDG's"
+        " archive (pgbackrest_pgdg_archive_url) keeps every build, so an older release still"
+        " installs. Must be the same for both hosts.",
         (AGEIS_NODE, HYPERVISOR),
     ),
     Key(
         "pgbackrest_pgdg_url",
         HTTPS_URL,
         "https://apt.postgresql.org/pub/repos/apt",
-        "PGDG's apt repository (suite <codename>-pgdg, component main).",
+        "PGDG's apt repository (suite <codename>-pgdg, component main): only its newest builds.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_archive_url",
+        Optional(HTTPS_URL),
+        "https://apt-archive.postgresql.org/pub/repos/apt",
+        "PGDG's archive (suite <codename>-pgdg-archive, same signing key): every build PGDG"
+        " published, so pgbackrest_version need not be PGDG's newest. None: PGDG's index only"
+        " (then pgbackrest_version must be the build it lists).",
         (AGEIS_NODE, HYPERVISOR),
     ),
     Key(
@@ -460,11 +476,18 @@ def pin_pattern(version: str) -> str:
     return f"/^{re.escape(version)}-[^-]*pgdg/"
 
 
+def site(url: str) -> str:
+    """The host name of an apt source URL: what an apt pin's ``Pin: origin`` matches."""
+    return urlsplit(url).hostname or ""
+
+
 def _install_from_pgdg(settings: Any) -> OperationMeta | None:
-    """pgBackRest ``pgbackrest_version`` from PGDG; PGDG's other packages stay below the
-    distribution's (priority 100), so PostgreSQL itself remains the distribution's."""
+    """pgBackRest ``pgbackrest_version`` from PGDG (its index, or its archive for an older
+    build); PGDG's other packages stay below the distribution's (priority 100 from every PGDG
+    site), so PostgreSQL itself remains the distribution's."""
     codename = _codename()
     version = settings.pgbackrest_version
+    archive_url = settings.pgbackrest_pgdg_archive_url
     verified_keyring(
         name="PGDG's signing key (fingerprint checked)",
         url=settings.pgbackrest_pgdg_key_url,
@@ -474,16 +497,20 @@ def _install_from_pgdg(settings: Any) -> OperationMeta | None:
         dest=PGDG_KEYRING,
     )
     files.template(
-        name="PGDG's apt source (apt.postgresql.org)",
+        name="PGDG's apt sources (apt.postgresql.org and its archive)",
         src=template_path("pgdg.sources.j2"),
         dest=PGDG_SOURCES,
         mode="644",
         user="root",
         group="root",
         repo_url=settings.pgbackrest_pgdg_url,
+        archive_url=archive_url,
         codename=codename,
         keyring=PGDG_KEYRING,
     )
+    sites = [site(settings.pgbackrest_pgdg_url)]
+    if archive_url and site(archive_url) not in sites:
+        sites.append(site(archive_url))
     files.template(
         name=f"Pin pgBackRest {version} from PGDG (PGDG's other packages below the distribution)",
         src=template_path("pgdg-pgbackrest.pref.j2"),
@@ -493,6 +520,7 @@ def _install_from_pgdg(settings: Any) -> OperationMeta | None:
         group="root",
         version=version,
         pattern=pin_pattern(version),
+        sites=sites,
     )
     installed = (host.get_fact(DebPackages) or {}).get("pgbackrest") or []
     if any(upstream_version(v) == version and "pgdg" in v for v in installed):
@@ -506,7 +534,9 @@ def _install_from_pgdg(settings: Any) -> OperationMeta | None:
     apt.update(name="Refresh package lists for PGDG's repository")
     return server.shell(
         name=f"Install pgBackRest {version} from PGDG",
-        commands=[f"{INSTALL_SCRIPT} {host.name} {version}"],
+        commands=[
+            f"{INSTALL_SCRIPT} {host.name} {version} {'archive' if archive_url else 'index-only'}"
+        ],
     )
 
 

@@ -21,9 +21,23 @@ a weekly ``verify``; each writes its outcome for node-exporter's textfile collec
 stanza when the repository lacks it, runs ``check`` and takes the first full backup when there
 is none (each gated on the repository's ``info``, so a second run does nothing).
 
-pgBackRest's versions must be equal on both hosts (its protocol checks): Debian 12 ships 2.45,
-Debian 13 2.55, Ubuntu 24.04 2.50; a mixed pair is refused at ``check`` with both versions
-named. Options used here exist in both 2.45 and 2.55.
+pgBackRest's versions must be equal on both hosts (its TLS protocol refuses a mixed pair):
+Debian 12 ships 2.45, Debian 13 (Proxmox VE 9) 2.55, Ubuntu 24.04 2.50. So by default
+(``pgbackrest_source = "pgdg"``) both hosts install pgBackRest from the PostgreSQL Global
+Development Group's repository (apt.postgresql.org): its signing key checked by fingerprint
+(``tasks/apt_keys.py``), a deb822 source ``<codename>-pgdg`` that names that key and, with it,
+PGDG's archive (apt-archive.postgresql.org, suite ``<codename>-pgdg-archive``, same key), and an
+apt pin that takes exactly ``pgbackrest_version`` of pgBackRest from PGDG (priority 1001: apt
+installs, keeps and, if need be, downgrades to it) while PGDG's other packages, from either
+site, get priority 100, so PGDG never replaces or upgrades the distribution's PostgreSQL.
+PGDG's index lists only its newest build of each package; the archive lists every build it
+ever published, so a pin of an older release still resolves: a host rebuilt alone (a lost SSD)
+gets the very version the other host runs. One data key, read by both hosts, gives both the
+identical version; data that gives the two hosts different versions or sources stops the run.
+``pgbackrest_source = "distribution"`` keeps the distribution's package and checks at plan
+time, from both hosts' facts when both are in the run, that the versions they run (or would
+install) are equal. Options used here exist in 2.45 and later; every pgBackRest command runs as
+the repository's or PostgreSQL's user (2.59.0 and later refuse root for all but restore).
 """
 
 from __future__ import annotations
@@ -31,15 +45,22 @@ from __future__ import annotations
 import datetime
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from io import StringIO
 from typing import Any
+from urllib.parse import urlsplit
 
-from pyinfra import host, inventory
+from pyinfra import host, inventory, state
 from pyinfra.api import FactBase, deploy
+from pyinfra.api.host import Host
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
+from tasks.apt_keys import Fingerprint, verified_keyring
 from tasks.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
 from tasks.datamodel.keys import Key, Schema
 from tasks.datamodel.machine import AGEIS_NODE, HYPERVISOR, MACHINE, POOL_NAME
@@ -56,14 +77,76 @@ BACKUP_SCRIPT = "/usr/local/sbin/pgbackrest-run"
 STANZA_SCRIPT = "/usr/local/sbin/pgbackrest-stanza-ready"
 RESTORE_TEST_SCRIPT = "/usr/local/sbin/memory-store-restore-test"
 METRICS_SCRIPT = "/usr/local/sbin/memory-store-metrics"
+INSTALL_SCRIPT = "/usr/local/sbin/pgbackrest-install"
+PGDG_KEYRING = "/usr/share/keyrings/pgdg-archive-keyring.gpg"
+PGDG_SOURCES = "/etc/apt/sources.list.d/pgdg.sources"
+PGDG_PIN = "/etc/apt/preferences.d/pgdg-pgbackrest.pref"
+# Distributions PGDG's repository serves (os-release ID); Proxmox VE reports debian.
+PGDG_DISTROS = ("debian", "ubuntu")
+SOURCES = ("pgdg", "distribution")
 
 # A systemd OnCalendar= expression (checked loosely here; systemd-analyze calendar is the judge).
 CALENDAR = Str(
     r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "Sun *-*-* 01:30:00"'
 )
 
+# pgBackRest's own version (upstream, without the packaging revision): 2.50, 2.55.1, 2.59.2.
+UPSTREAM_VERSION = Str(
+    r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='a pgBackRest release such as "2.59.2" (no package revision)'
+)
+HTTPS_URL = Str(r"https://[^\s]+", what="an https URL")
+
 DATA = Schema(
     "pgbackrest",
+    Key(
+        "pgbackrest_source",
+        Str(choices=SOURCES),
+        "pgdg",
+        'Where pgBackRest comes from on both hosts: "pgdg" (apt.postgresql.org, exactly'
+        ' pgbackrest_version) or "distribution" (the release\'s own package; the deploy checks'
+        " that both hosts' versions are equal). Must be the same for both hosts.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_version",
+        UPSTREAM_VERSION,
+        "2.59.2",
+        'pgBackRest release both hosts install from PGDG (pgbackrest_source "pgdg"): pinned, so'
+        " both run the identical version, and a host rebuilt alone gets the other's. PGDG's"
+        " archive (pgbackrest_pgdg_archive_url) keeps every build, so an older release still"
+        " installs. Must be the same for both hosts.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_url",
+        HTTPS_URL,
+        "https://apt.postgresql.org/pub/repos/apt",
+        "PGDG's apt repository (suite <codename>-pgdg, component main): only its newest builds.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_archive_url",
+        Optional(HTTPS_URL),
+        "https://apt-archive.postgresql.org/pub/repos/apt",
+        "PGDG's archive (suite <codename>-pgdg-archive, same signing key): every build PGDG"
+        " published, so pgbackrest_version need not be PGDG's newest. None: PGDG's index only"
+        " (then pgbackrest_version must be the build it lists).",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_key_url",
+        HTTPS_URL,
+        "https://www.postgresql.org/media/keys/ACCC4CF8.asc",
+        "Where PGDG's repository signing key is downloaded from.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_key_fingerprint",
+        Fingerprint(),
+        "B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8",
+        "Fingerprint the downloaded PGDG key must have (PostgreSQL Debian Repository key).",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
     Key(
         "pgbackrest_stanza",
         Str(r"[a-z][a-z0-9_-]*", what='a stanza name such as "memory"'),
@@ -283,6 +366,25 @@ class PgbackrestInfo(FactBase[dict[str, Any] | None]):
         }
 
 
+class AptPolicy(FactBase[dict[str, str | None]]):
+    """``apt-cache policy PACKAGE``: its installed and candidate versions (None: none)."""
+
+    def command(self, package: str) -> str:
+        return f"LC_ALL=C apt-cache policy {package} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {"installed": None, "candidate": None}
+        for line in output:
+            field, _, value = line.strip().partition(":")
+            if field.lower() in found and value.strip() not in ("", "(none)"):
+                found[field.lower()] = value.strip()
+        return found
+
+
+class PgbackrestVersionMismatch(RuntimeError):
+    """The database host and the repository host would run different pgBackRest versions."""
+
+
 # --- shared pieces -------------------------------------------------------------------------
 
 
@@ -337,8 +439,166 @@ def _tls_files(owner: str) -> None:
         )
 
 
-def _common(owner: str, log_owner: str) -> None:
-    apt.packages(name="Install pgBackRest", packages=["pgbackrest"])
+def upstream_version(version: str) -> str:
+    """The upstream part of a Debian package version: "2.59.1-1.pgdg24.04+1" -> "2.59.1"."""
+    without_epoch = version.split(":", 1)[1] if ":" in version else version
+    return without_epoch.rsplit("-", 1)[0]
+
+
+def _peer_settings(settings: Any, peer: str) -> None:
+    """Both hosts read pgbackrest_source and pgbackrest_version: they must agree."""
+    theirs = DATA.read(inventory.get_host(peer))
+    for key in ("pgbackrest_source", "pgbackrest_version"):
+        mine, other = getattr(settings, key), getattr(theirs, key)
+        if mine != other and (key == "pgbackrest_source" or settings.pgbackrest_source == "pgdg"):
+            raise PgbackrestVersionMismatch(
+                f"host {host.name!r}: key {key!r} is {mine!r} here and {other!r} on {peer!r};"
+                " expected one value for both (pgBackRest's versions must be equal on the"
+                " database host and the repository host): set it once, for both"
+            )
+
+
+def _codename() -> str:
+    meta = host.get_fact(LinuxDistribution).get("release_meta") or {}
+    distro, codename = meta.get("ID", "").lower(), meta.get("VERSION_CODENAME", "")
+    if distro not in PGDG_DISTROS or not codename:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_source' is 'pgdg'; PGDG's apt repository is"
+            f" set up here for {' and '.join(PGDG_DISTROS)} hosts; this one runs"
+            f" {meta.get('PRETTY_NAME') or distro or 'an unknown system'}"
+            " (expected pgbackrest_source 'distribution' there)"
+        )
+    return codename
+
+
+def pin_pattern(version: str) -> str:
+    """The apt pin's version regex: PGDG's builds of ``version`` (their revisions say pgdg)."""
+    return f"/^{re.escape(version)}-[^-]*pgdg/"
+
+
+def site(url: str) -> str:
+    """The host name of an apt source URL: what an apt pin's ``Pin: origin`` matches."""
+    return urlsplit(url).hostname or ""
+
+
+def _install_from_pgdg(settings: Any) -> OperationMeta | None:
+    """pgBackRest ``pgbackrest_version`` from PGDG (its index, or its archive for an older
+    build); PGDG's other packages stay below the distribution's (priority 100 from every PGDG
+    site), so PostgreSQL itself remains the distribution's."""
+    codename = _codename()
+    version = settings.pgbackrest_version
+    archive_url = settings.pgbackrest_pgdg_archive_url
+    verified_keyring(
+        name="PGDG's signing key (fingerprint checked)",
+        url=settings.pgbackrest_pgdg_key_url,
+        url_key="pgbackrest_pgdg_key_url",
+        fingerprint=settings.pgbackrest_pgdg_key_fingerprint,
+        fingerprint_key="pgbackrest_pgdg_key_fingerprint",
+        dest=PGDG_KEYRING,
+    )
+    files.template(
+        name="PGDG's apt sources (apt.postgresql.org and its archive)",
+        src=template_path("pgdg.sources.j2"),
+        dest=PGDG_SOURCES,
+        mode="644",
+        user="root",
+        group="root",
+        repo_url=settings.pgbackrest_pgdg_url,
+        archive_url=archive_url,
+        codename=codename,
+        keyring=PGDG_KEYRING,
+    )
+    sites = [site(settings.pgbackrest_pgdg_url)]
+    if archive_url and site(archive_url) not in sites:
+        sites.append(site(archive_url))
+    files.template(
+        name=f"Pin pgBackRest {version} from PGDG (PGDG's other packages below the distribution)",
+        src=template_path("pgdg-pgbackrest.pref.j2"),
+        dest=PGDG_PIN,
+        mode="644",
+        user="root",
+        group="root",
+        version=version,
+        pattern=pin_pattern(version),
+        sites=sites,
+    )
+    installed = (host.get_fact(DebPackages) or {}).get("pgbackrest") or []
+    if any(upstream_version(v) == version and "pgdg" in v for v in installed):
+        return None
+    files.put(
+        name="Install the pinned pgBackRest installer",
+        src=file_path("pgbackrest-install"),
+        dest=INSTALL_SCRIPT,
+        mode="755",
+    )
+    apt.update(name="Refresh package lists for PGDG's repository")
+    return server.shell(
+        name=f"Install pgBackRest {version} from PGDG",
+        commands=[
+            f"{INSTALL_SCRIPT} {host.name} {version} {'archive' if archive_url else 'index-only'}"
+        ],
+    )
+
+
+def _in_run(name: str) -> Host | None:
+    """Inventory host ``name`` when it is connected for this run (else None: no facts)."""
+    other = inventory.get_host(name)
+    return other if other in state.activated_hosts else None
+
+
+def _runs_or_installs(target: Host) -> str | None:
+    """The pgBackRest version ``target`` runs, or else the one apt would install there."""
+    policy = target.get_fact(AptPolicy, package="pgbackrest")
+    return policy["installed"] or policy["candidate"]
+
+
+def _check_distribution_versions(peer: str) -> None:
+    """Distribution packages on both hosts: their versions must be equal, or the run stops."""
+    other = _in_run(peer)
+    if other is None:
+        host.noop(
+            f"pgBackRest versions not compared: {peer} is not in this run (the distribution's"
+            " packages must give both hosts the same version)"
+        )
+        return
+    mine, theirs = _runs_or_installs(host), _runs_or_installs(other)
+    if mine is None or theirs is None:
+        missing = host.name if mine is None else peer
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_source' is 'distribution', but {missing}'s"
+            " package lists have no pgbackrest; expected the distribution to provide it (or"
+            " pgbackrest_source 'pgdg')"
+        )
+    if upstream_version(mine) != upstream_version(theirs):
+        raise PgbackrestVersionMismatch(
+            f"host {host.name!r}: key 'pgbackrest_source' is 'distribution', and the"
+            f" distributions give different pgBackRest versions: {host.name} {mine},"
+            f" {peer} {theirs}; pgBackRest refuses a mixed pair. Expected equal versions: set"
+            " pgbackrest_source to 'pgdg' (both hosts get pgbackrest_version from"
+            " apt.postgresql.org). Nothing was changed"
+        )
+
+
+def _install(settings: Any, peer: str) -> OperationMeta | None:
+    """pgBackRest from the source the data names; the operation that installs it, if any."""
+    _peer_settings(settings, peer)
+    if settings.pgbackrest_source == "pgdg":
+        return _install_from_pgdg(settings)
+    _check_distribution_versions(peer)
+    for path, what in (
+        (PGDG_PIN, "pin"),
+        (PGDG_SOURCES, "apt source"),
+        (PGDG_KEYRING, "signing key"),
+    ):
+        files.file(
+            name=f"No PGDG {what} (pgbackrest_source is distribution)", path=path, present=False
+        )
+    return apt.packages(name="Install pgBackRest (the distribution's)", packages=["pgbackrest"])
+
+
+def _common(owner: str, log_owner: str, settings: Any, peer: str) -> OperationMeta | None:
+    """pgBackRest installed, its directories and TLS files; returns the install operation."""
+    installed = _install(settings, peer)
     for path in ("/var/log/pgbackrest", "/var/lib/pgbackrest"):
         files.directory(
             name=f"pgBackRest {path}", path=path, user=log_owner, group=log_owner, mode="750"
@@ -346,6 +606,11 @@ def _common(owner: str, log_owner: str) -> None:
     files.directory(name="/etc/pgbackrest", path="/etc/pgbackrest", mode="755")
     files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
     _tls_files(owner)
+    return installed
+
+
+def _changed(op: OperationMeta | None) -> bool:
+    return op is not None and op.did_change()
 
 
 def _server_unit(user: str, mounts: list[str]) -> Any:
@@ -370,7 +635,7 @@ def database_host(major: int, datadir: str, pool_path: str) -> dict[str, Any]:
     """
     settings = DATA.read(host)
     repo = repository_host_name(settings.pgbackrest_repository_host)
-    _common("postgres", "postgres")
+    installed = _common("postgres", "postgres", settings, repo)
     files.directory(
         name="pgBackRest spool",
         path=settings.pgbackrest_spool_path,
@@ -403,7 +668,7 @@ def database_host(major: int, datadir: str, pool_path: str) -> dict[str, Any]:
         name="pgbackrest-server takes its new settings",
         service="pgbackrest-server",
         restarted=True,
-        _if=lambda: conf.did_change() or unit.did_change(),
+        _if=lambda: conf.did_change() or unit.did_change() or _changed(installed),
     )
     scratch = settings.memory_store_restore_test_path or f"{pool_path}/restore-test"
     files.put(
@@ -531,7 +796,7 @@ def pgbackrest_repository() -> None:
         home="/var/lib/pgbackrest",
         shell="/usr/sbin/nologin",
     )
-    _common(REPO_USER, REPO_USER)
+    installed = _common(REPO_USER, REPO_USER, settings, databases[0][0])
     files.directory(
         name="pgBackRest repository on the HDD pool",
         path=repo_path,
@@ -608,7 +873,7 @@ def pgbackrest_repository() -> None:
         name="pgbackrest-server takes its new settings",
         service="pgbackrest-server",
         restarted=True,
-        _if=lambda: conf.did_change() or unit.did_change(),
+        _if=lambda: conf.did_change() or unit.did_change() or _changed(installed),
     )
     for job in ("full", "diff", "verify"):
         systemd.service(

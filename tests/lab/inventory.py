@@ -193,6 +193,10 @@ def _host_data(lab_host: lab.LabHost) -> dict:
         data.update(rocm_data())
         # Node.js and OpenClaw for the pipeline: the stand-in NodeSource repository and archive.
         data.update(pipeline_data())
+    if {"hypervisor", "ageis_node"} & set(lab_host.groups):
+        # pgBackRest from the distribution: the lab cannot reach apt.postgresql.org, and both lab
+        # hosts are Debian 13, so their versions match (the deploy checks it). PGDG: plan tests.
+        data["pgbackrest_source"] = "distribution"
     return data
 
 

@@ -149,7 +149,13 @@ def plan(
         return Plan(
             {
                 name: _plan_host(
-                    deploy_file, inventory_file, name, facts[name], override_data, run_python
+                    deploy_file,
+                    inventory_file,
+                    name,
+                    facts[name],
+                    override_data,
+                    run_python,
+                    peers={other: facts[other] for other in hosts if other != name},
                 )
                 for name in hosts
             }
@@ -163,7 +169,11 @@ def _plan_host(
     facts: FactTable,
     override_data: Mapping[str, Any] | None,
     run_python: bool = False,
+    peers: Mapping[str, FactTable] | None = None,
 ) -> list[PlannedOp]:
+    """Plan ``name``; ``peers`` are the other hosts of the run: connected (pyinfra's
+    activated hosts), so a deploy may read their facts, but not planned here."""
+    peers = peers or {}
     state = State()
     config = Config()
     with ctx_state.use(state):
@@ -173,10 +183,12 @@ def _plan_host(
     host = inventory.get_host(name)
     state.init(inventory, config, initial_limit=[host])
     state.activate_host(host)  # what connecting would do, without connecting
+    state.activated_hosts.update(h for h in inventory if h.name in peers)
     state.set_stage(StateStage.Prepare)
 
     def get_fact(fact_host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
-        return facts.answer(fact_cls, kwargs)
+        table = facts if fact_host.name == name else peers[fact_host.name]
+        return table.answer(fact_cls, kwargs)
 
     with (
         ctx_state.use(state),

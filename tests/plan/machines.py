@@ -85,6 +85,8 @@ class Machine:
     pci_ids: list[str] = field(default_factory=list)
     # Models the local Ollama lists (OllamaModels); None: Ollama does not answer.
     ollama_models: list[str] | None = None
+    # Versions apt would install (AptPolicy's candidate), by package, as the lists hold them.
+    apt_candidates: dict[str, str] = field(default_factory=dict)
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -192,6 +194,10 @@ class Machine:
                 "PgbackrestInfo": self.pgbackrest_info,
                 "PciDeviceIds": self.pci_ids,
                 "OllamaModels": self.ollama_models,
+                "AptPolicy": lambda kw: {
+                    "installed": self.packages.get(kw["package"]),
+                    "candidate": self.apt_candidates.get(kw["package"]),
+                },
                 "Date": _host_date(),
                 "KernelVersion": self.kernel,
                 "SimulateOperationWillChange": {
@@ -455,6 +461,8 @@ def proxmox_ve_9() -> Machine:
         timezone="Europe/Berlin",
         commands=COMMANDS,
         apt_updated_seconds_ago=3 * 86400,
+        # Debian 13's own pgBackRest (what apt would install without PGDG).
+        apt_candidates={"pgbackrest": "2.55.1-1"},
         # Installed on ext4/LVM (UEFI): GRUB. The PVE kernel turns the Intel IOMMU on by
         # default, so the groups exist before the command line names it.
         pci=xeon_pci(),
@@ -513,6 +521,8 @@ def ubuntu_24_04_vm() -> Machine:
         apt_updated_seconds_ago=None,
         # 16 GiB given to the VM; the kernel keeps some (MemTotal 16,365,432 kB).
         memory_bytes=16_365_432 * 1024,
+        # Ubuntu 24.04's own pgBackRest (universe; what apt would install without PGDG).
+        apt_candidates={"pgbackrest": "2.50-1build2"},
     )
 
 

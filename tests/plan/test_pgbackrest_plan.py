@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+from typing import Any
+
 import pytest
 from cryptography import x509
 
-from tasks.pgbackrest import host_tls
+from tasks.pgbackrest import AptPolicy, PgbackrestVersionMismatch, host_tls, upstream_version
+from tests.doubles.apt_policy import AptPolicyDouble, Available, compare_versions
 from tests.plan.conftest import PLAN_SECRETS
-from tests.plan.harness import Plan
+from tests.plan.harness import REPO, Plan
+from tests.plan.machines import Machine
 
 SEED = PLAN_SECRETS["pgbackrest_tls_seed"]
+# The real pair: pve runs Proxmox VE 9 (Debian 13 trixie), ageis-node Ubuntu 24.04 (noble).
+CODENAMES = {"pve": "trixie", "ageis-node": "noble"}
+# The pinned release (pgbackrest_version's default) and the next one, which PGDG's index
+# lists instead once it is out (PGDG's index keeps only its newest build).
+VERSION = "2.59.2"
+NEWER = "2.60.0"
+PGDG_FINGERPRINT = "B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8"
+PGDG_KEYRING = "/usr/share/keyrings/pgdg-archive-keyring.gpg"
+PGDG_SOURCES = "/etc/apt/sources.list.d/pgdg.sources"
+PGDG_PIN = "/etc/apt/preferences.d/pgdg-pgbackrest.pref"
+PGDG_SITE = "apt.postgresql.org"
+ARCHIVE_SITE = "apt-archive.postgresql.org"
+
+
+def pgdg_build(machine: Machine, version: str, revision: int = 1) -> str:
+    """PGDG's build of ``version`` for the machine's release, as PGDG numbers it: the release's
+    VERSION_ID in the revision (2.59.2-1.pgdg13+1 on Debian 13, 2.59.2-1.pgdg24.04+1 on 24.04)."""
+    return f"{version}-{revision}.pgdg{machine.os_release['VERSION_ID']}+1"
 
 
 @pytest.fixture
@@ -95,3 +119,403 @@ def test_tls_files_are_derived_from_the_seed_and_stable(full: Plan) -> None:
         op for op in full.for_host("ageis-node") if op.name.endswith("pgBackRest TLS host.key")
     ]
     assert len(key_op) == 1
+
+
+# --- where pgBackRest comes from ----------------------------------------------------------
+
+
+def expected_sources(codename: str, archive: bool = True) -> str:
+    text = (
+        "# Managed by homelab-as-code (templates/pgdg.sources.j2): local changes are"
+        " overwritten.\n"
+        "# The PostgreSQL Global Development Group's repository, signed by the key the\n"
+        "# pgbackrest_pgdg_key_fingerprint data key names. Its pin"
+        " (/etc/apt/preferences.d/pgdg-pgbackrest.pref)\n"
+        "# takes pgBackRest from it and nothing else.\n"
+        "Types: deb\n"
+        "URIs: https://apt.postgresql.org/pub/repos/apt\n"
+        f"Suites: {codename}-pgdg\n"
+        "Components: main\n"
+        f"Signed-By: {PGDG_KEYRING}\n"
+    )
+    if archive:
+        text += (
+            "\n"
+            "# PGDG's archive: every build PGDG ever published for this release (its index"
+            " above keeps only\n"
+            "# the newest), signed by the same key, so the pinned pgbackrest_version installs"
+            " even once PGDG\n"
+            "# has moved on.\n"
+            "Types: deb\n"
+            "URIs: https://apt-archive.postgresql.org/pub/repos/apt\n"
+            f"Suites: {codename}-pgdg-archive\n"
+            "Components: main\n"
+            f"Signed-By: {PGDG_KEYRING}\n"
+        )
+    return text
+
+
+def stanzas(text: str) -> list[dict[str, str]]:
+    """A deb822 file's (or the pin file's) stanzas as field -> value (comments dropped)."""
+    found = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.splitlines() if line and not line.startswith("#")]
+        found.append(dict(line.split(": ", 1) for line in lines))
+    return found
+
+
+pin_stanzas = stanzas
+
+
+def pin_regex(pin_text: str) -> str:
+    """The version regex of the pin file's pgbackrest record (between its slashes)."""
+    record = next(r for r in pin_stanzas(pin_text) if r["Package"] == "pgbackrest")
+    kind, _, value = record["Pin"].partition(" ")
+    assert kind == "version" and value[0] == value[-1] == "/", record
+    return value[1:-1]
+
+
+@pytest.mark.parametrize("name", CODENAMES)
+def test_both_hosts_get_pgdg_sources_key_and_pin(full: Plan, name: str) -> None:
+    assert upload(full, name, PGDG_SOURCES) == expected_sources(CODENAMES[name])
+    assert full.op(name, "PGDG's signing key").commands == [
+        f"/usr/local/sbin/install-apt-key {name} pgbackrest_pgdg_key_url"
+        " https://www.postgresql.org/media/keys/ACCC4CF8.asc"
+        f" pgbackrest_pgdg_key_fingerprint {PGDG_FINGERPRINT} {PGDG_KEYRING}"
+    ]
+    assert pin_stanzas(upload(full, name, PGDG_PIN)) == [
+        # Exactly PGDG's builds of 2.59.2 (their revisions say pgdg): installed and held.
+        {"Package": "pgbackrest", "Pin": r"version /^2\.59\.2-[^-]*pgdg/", "Pin-Priority": "1001"},
+        # PGDG's other packages (its PostgreSQL, libpq), from its index and from its archive,
+        # rank below the distribution's.
+        {"Package": "*", "Pin": f"origin {PGDG_SITE}", "Pin-Priority": "100"},
+        {"Package": "*", "Pin": f"origin {ARCHIVE_SITE}", "Pin-Priority": "100"},
+    ]
+
+
+@pytest.mark.parametrize("name", CODENAMES)
+def test_every_pgdg_source_is_signed_by_the_checked_key_and_ranked_low(
+    full: Plan, name: str
+) -> None:
+    """A PGDG source without its origin pin would offer PGDG's newer PostgreSQL and libpq at
+    apt's default priority, above the distribution's: the pin must name every source's site."""
+    sources = stanzas(upload(full, name, PGDG_SOURCES))
+    assert [s["Suites"] for s in sources] == [
+        f"{CODENAMES[name]}-pgdg",
+        f"{CODENAMES[name]}-pgdg-archive",
+    ]
+    assert {s["Signed-By"] for s in sources} == {PGDG_KEYRING}
+    sites = {s["URIs"].split("/")[2] for s in sources}
+    low = {
+        r["Pin"].split(" ", 1)[1]
+        for r in pin_stanzas(upload(full, name, PGDG_PIN))
+        if r["Package"] == "*" and r["Pin-Priority"] == "100"
+    }
+    assert sites == low == {PGDG_SITE, ARCHIVE_SITE}
+
+
+def test_both_hosts_install_the_identical_pinned_version(full: Plan) -> None:
+    for name in CODENAMES:
+        ops = [op.name for op in full.for_host(name)]
+        key, source, pin = (
+            ops.index(next(o for o in ops if mark in o))
+            for mark in ("PGDG's signing key", "PGDG's apt sources", f"Pin pgBackRest {VERSION}")
+        )
+        refresh = ops.index(next(o for o in ops if "Refresh package lists for PGDG" in o))
+        install = full.op(name, f"Install pgBackRest {VERSION} from PGDG")
+        assert install.commands == [f"/usr/local/sbin/pgbackrest-install {name} {VERSION} archive"]
+        assert key < source < pin < refresh < ops.index(install.name)
+        assert full.op(name, "Refresh package lists for PGDG").commands == ["apt-get update"]
+        # The distribution's package is not what gets installed.
+        assert not [op for op in full.for_host(name) if "(the distribution's)" in op.name]
+    # One pin for both: the same regex selects each host's own build of the same release.
+    regexes = {pin_regex(upload(full, name, PGDG_PIN)) for name in CODENAMES}
+    assert len(regexes) == 1
+
+
+def test_the_pin_matches_each_hosts_pgdg_builds_only(full: Plan, fleet) -> None:
+    import re
+
+    for name in CODENAMES:
+        pattern = pin_regex(upload(full, name, PGDG_PIN))
+        machine = fleet[name]
+        for build in (pgdg_build(machine, VERSION), pgdg_build(machine, VERSION, revision=2)):
+            assert re.search(pattern, build), (name, build)
+        others = (
+            pgdg_build(machine, NEWER),
+            pgdg_build(machine, "2.59.1"),
+            pgdg_build(machine, "2.59.20"),
+            f"{VERSION}-1",  # Debian's own build of the same release
+            machine.apt_candidates["pgbackrest"],  # the distribution's (2.55.1-1, 2.50-1build2)
+        )
+        for other in others:
+            assert not re.search(pattern, other), (name, other)
+        assert upstream_version(pgdg_build(machine, VERSION)) == VERSION
+    assert upstream_version("2.50-1build2") == "2.50"
+
+
+# --- which build apt takes: the plan's sources and pin under apt's rules (a test double) ---
+
+# The distribution's PostgreSQL client library on each release, and PGDG's newer ones.
+DISTRIBUTION_LIBPQ = {"pve": "17.6-0+deb13u1", "ageis-node": "16.10-0ubuntu0.24.04.1"}
+
+
+def lists(machine: Machine, name: str, sources_text: str) -> list[Available]:
+    """What each source lists for the host, once PGDG has released NEWER: the distribution's
+    own packages; PGDG's index only its newest builds; PGDG's archive every build."""
+    distribution_site = "distribution-mirror.invalid"
+    codename = CODENAMES[name]
+    pgdg = {
+        f"{codename}-pgdg": [NEWER],
+        f"{codename}-pgdg-archive": ["2.59.0", "2.59.1", VERSION, NEWER],
+    }
+    available = [
+        Available("pgbackrest", machine.apt_candidates["pgbackrest"], distribution_site),
+        Available("libpq5", DISTRIBUTION_LIBPQ[name], distribution_site),
+    ]
+    for source in stanzas(sources_text):
+        site = source["URIs"].split("/")[2]
+        for version in pgdg[source["Suites"]]:
+            available.append(Available("pgbackrest", pgdg_build(machine, version), site))
+        available.append(Available("libpq5", pgdg_build(machine, "18.1"), site))
+    return available
+
+
+@pytest.mark.parametrize("name", CODENAMES)
+def test_a_fresh_host_gets_the_pinned_build_after_pgdg_moved_on(
+    full: Plan, fleet, name: str
+) -> None:
+    """The lost-SSD case: a host rebuilt once PGDG's index lists only NEWER still installs
+    VERSION (from the archive), and PGDG's libpq stays below the distribution's."""
+    machine = fleet[name]
+    sources, pin = upload(full, name, PGDG_SOURCES), upload(full, name, PGDG_PIN)
+    apt = AptPolicyDouble(pin_stanzas(pin), lists(machine, name, sources))
+    chosen = apt.candidate("pgbackrest")
+    assert chosen is not None and chosen.version == pgdg_build(machine, VERSION)
+    assert chosen.site == ARCHIVE_SITE
+    libpq = apt.candidate("libpq5")
+    assert libpq is not None and libpq.version == DISTRIBUTION_LIBPQ[name]
+    # Without the archive's origin record, the archive's libpq (18.1, priority 500) would win:
+    # the record is what keeps PGDG from upgrading the distribution's PostgreSQL libraries.
+    unranked = [r for r in pin_stanzas(pin) if r.get("Pin") != f"origin {ARCHIVE_SITE}"]
+    bare = AptPolicyDouble(unranked, lists(machine, name, sources)).candidate("libpq5")
+    assert bare is not None and bare.site == ARCHIVE_SITE
+
+
+@pytest.mark.parametrize("name", CODENAMES)
+def test_without_the_archive_the_pin_finds_nothing_once_pgdg_moved_on(
+    plan_of, fleet, name: str
+) -> None:
+    result = plan_of(
+        "deploys/full.py",
+        limit=["pve", "ageis-node"],
+        override_data={"pgbackrest_pgdg_archive_url": None},
+    )
+    sources, pin = upload(result, name, PGDG_SOURCES), upload(result, name, PGDG_PIN)
+    assert sources == expected_sources(CODENAMES[name], archive=False)
+    assert [r["Pin"] for r in pin_stanzas(pin)][1:] == [f"origin {PGDG_SITE}"]
+    assert result.op(name, f"Install pgBackRest {VERSION} from PGDG").commands == [
+        f"/usr/local/sbin/pgbackrest-install {name} {VERSION} index-only"
+    ]
+    # apt would offer the distribution's build: the install script refuses it (below).
+    chosen = AptPolicyDouble(pin_stanzas(pin), lists(fleet[name], name, sources)).candidate(
+        "pgbackrest"
+    )
+    assert chosen is not None and chosen.version == fleet[name].apt_candidates["pgbackrest"]
+
+
+def test_the_apt_double_orders_versions_as_dpkg() -> None:
+    ordered = [
+        "2.50-1build2",
+        "2.55.1-1",
+        "2.59.2-1",
+        "2.59.2-1.pgdg13+1",
+        "2.59.2-1.pgdg24.04+1",
+        "2.59.2-2.pgdg13+1",
+        "2.59.10-1.pgdg13+1",
+        "2.60.0~rc1-1",
+        "2.60.0-1.pgdg13+1",
+        "1:2.0-1",
+    ]
+    for lower, higher in itertools.pairwise(ordered):
+        assert compare_versions(lower, higher) < 0 < compare_versions(higher, lower), lower
+    assert compare_versions("16.10-0ubuntu0.24.04.1", "18.1-1.pgdg24.04+1") < 0
+    assert compare_versions("2.59.2-1.pgdg13+1", "2.59.2-1.pgdg13+1") == 0
+
+
+# --- the install script, run here against stand-ins for apt-cache and apt-get -------------
+
+
+def run_install_script(
+    tmp_path: Path, candidate: str, archive: str, version: str = VERSION
+) -> tuple[int, str, str]:
+    """files/pgbackrest-install with test doubles of apt-cache (answers ``candidate``) and
+    apt-get (records its arguments); returns exit status, stderr and apt-get's arguments."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "apt-get.args"
+    (bin_dir / "apt-cache").write_text(
+        "#!/bin/sh\n# Test double of apt-cache policy.\n"
+        f"printf 'pgbackrest:\\n  Installed: (none)\\n  Candidate: {candidate}\\n'\n"
+    )
+    (bin_dir / "apt-get").write_text(
+        f'#!/bin/sh\n# Test double of apt-get: records its arguments.\necho "$@" > {record}\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    done = subprocess.run(
+        ["sh", str(REPO / "files/pgbackrest-install"), "ageis-node", version, archive],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.returncode, done.stderr, record.read_text() if record.exists() else ""
+
+
+def test_the_install_script_installs_the_pinned_pgdg_build(tmp_path: Path) -> None:
+    status, err, args = run_install_script(tmp_path, "2.59.2-1.pgdg24.04+1", "archive")
+    assert status == 0, err
+    assert "pgbackrest=2.59.2-1.pgdg24.04+1" in args.split()
+    assert "--allow-downgrades" in args.split()
+
+
+@pytest.mark.parametrize("candidate", ["2.50-1build2", "2.60.0-1.pgdg24.04+1", ""])
+def test_the_install_script_refuses_what_pgdg_does_not_list(tmp_path: Path, candidate: str) -> None:
+    status, err, args = run_install_script(tmp_path, candidate, "archive")
+    assert status == 1 and args == ""
+    assert "host 'ageis-node': key 'pgbackrest_version' is '2.59.2'" in err
+    assert f"apt would install pgbackrest '{candidate or '(none)'}'" in err
+    assert "-pgdg-archive" in err and "set pgbackrest_version (one value, for both hosts)" in err
+    assert "Nothing was installed" in err
+
+
+def test_the_install_script_without_the_archive_says_what_to_change(tmp_path: Path) -> None:
+    status, err, args = run_install_script(tmp_path, "2.60.0-1.pgdg24.04+1", "index-only")
+    assert status == 1 and args == ""
+    assert "pgbackrest_pgdg_archive_url is None" in err
+    assert "https://apt-archive.postgresql.org/pub/repos/apt" in err
+    assert "'apt-cache policy pgbackrest'" in err and "Nothing was installed" in err
+
+
+def test_apt_policy_fact_reads_installed_and_candidate() -> None:
+    output = [
+        "pgbackrest:",
+        "  Installed: (none)",
+        "  Candidate: 2.50-1build2",
+        "  Version table:",
+        "     2.50-1build2 500",
+    ]
+    assert AptPolicy().process(output) == {"installed": None, "candidate": "2.50-1build2"}
+    assert AptPolicy().process([]) == {"installed": None, "candidate": None}
+
+
+def converge_apt(machine: Machine, first: Plan, name: str) -> None:
+    """The machine after the first rollout's PGDG part: key, sources, pin, package."""
+    machine.keyrings[PGDG_KEYRING] = [PGDG_FINGERPRINT]
+    # apt's own directories (every real host has them; the simulated ones list few).
+    machine.directories |= {"/etc/apt/sources.list.d", "/etc/apt/preferences.d"}
+    machine.files[PGDG_SOURCES] = upload(first, name, PGDG_SOURCES)
+    machine.files[PGDG_PIN] = upload(first, name, PGDG_PIN)
+    machine.files["/usr/local/sbin/install-apt-key"] = (REPO / "files/install-apt-key").read_text()
+    machine.modes["/usr/local/sbin/install-apt-key"] = 755
+    machine.packages["pgbackrest"] = pgdg_build(machine, VERSION)
+
+
+PGDG_OPS = ("PGDG", f"pgBackRest {VERSION}", "install-apt-key", "Install pgBackRest")
+
+
+def test_a_converged_pair_plans_zero_changes_to_the_package(full: Plan, plan_of, fleet) -> None:
+    for name in CODENAMES:
+        converge_apt(fleet[name], full, name)
+    again = plan_of("deploys/full.py", limit=["pve", "ageis-node"])
+    for name in CODENAMES:
+        ours = [op for op in again.for_host(name) if any(m in op.name for m in PGDG_OPS)]
+        assert len(ours) >= 3, name  # key, sources and pin are still managed
+        assert [op.name for op in ours if op.commands] == [], name
+        assert not [op for op in ours if "Refresh package lists for PGDG" in op.name]
+        assert not [op for op in ours if op.name.startswith("Install pgBackRest")]
+        # Not a restart for a package that did not change.
+        restart = again.op(name, "pgbackrest-server takes its new settings")
+        assert restart.conditional
+
+
+def test_a_version_change_in_the_data_reinstalls_on_both(full: Plan, plan_of, fleet) -> None:
+    for name in CODENAMES:
+        converge_apt(fleet[name], full, name)
+    again = plan_of(
+        "deploys/full.py", limit=["pve", "ageis-node"], override_data={"pgbackrest_version": NEWER}
+    )
+    for name in CODENAMES:
+        assert again.op(name, f"Install pgBackRest {NEWER} from PGDG").commands == [
+            f"/usr/local/sbin/pgbackrest-install {name} {NEWER} archive"
+        ]
+        assert r"Pin: version /^2\.60\.0-[^-]*pgdg/" in upload(again, name, PGDG_PIN)
+
+
+# --- the distribution's packages ----------------------------------------------------------
+
+
+def refusal(plan_of: Any, **kwargs: Any) -> BaseException:
+    with pytest.raises(Exception) as caught:
+        plan_of("deploys/full.py", **kwargs)
+    return getattr(caught.value, "exception", caught.value)
+
+
+DISTRIBUTION = {"pgbackrest_source": "distribution"}
+
+
+def test_distribution_packages_of_different_versions_stop_the_run(plan_of) -> None:
+    # Both hosts in the run: the facts of both are compared at plan time, before any change.
+    error = refusal(plan_of, limit=["pve", "ageis-node"], override_data=DISTRIBUTION)
+    assert isinstance(error, PgbackrestVersionMismatch), repr(error)
+    message = str(error)
+    assert "key 'pgbackrest_source' is 'distribution'" in message
+    assert "pve 2.55.1-1" in message and "ageis-node 2.50-1build2" in message
+    assert "pgbackrest_source to 'pgdg'" in message and "Nothing was changed" in message
+
+
+def test_distribution_packages_of_equal_versions_install_and_leave_pgdg_out(plan_of, fleet) -> None:
+    # A Debian 13 database host, as in the lab: the same 2.55.1 on both.
+    fleet["ageis-node"].apt_candidates["pgbackrest"] = "2.55.1-1"
+    result = plan_of("deploys/full.py", limit=["pve", "ageis-node"], override_data=DISTRIBUTION)
+    for name in CODENAMES:
+        install = result.op(name, "Install pgBackRest (the distribution's)").commands
+        assert len(install) == 1 and install[0].endswith("install pgbackrest"), install
+        assert not [op for op in result.for_host(name) if "PGDG's" in op.name]
+        for what in ("pin", "apt source", "signing key"):
+            assert result.op(name, f"No PGDG {what}").commands == []
+
+
+def test_distribution_packages_with_the_peer_outside_the_run_are_not_compared(plan_of) -> None:
+    result = plan_of("deploys/full.py", limit=["pve"], override_data=DISTRIBUTION)
+    assert result.op("pve", "Install pgBackRest (the distribution's)").commands
+
+
+def with_host_data(tmp_path: Path, name: str, **overrides: object) -> str:
+    """A copy of the real inventory with ``overrides`` on host ``name`` only; its path."""
+    text = (REPO / "inventory.py").read_text()
+    final = "check_inventory_file(__file__)"
+    assert text.rstrip().endswith(final)
+    change = (
+        "for _group in (hypervisor, ageis_node):\n"
+        "    for _name, _data in _group:\n"
+        f"        if _name == {name!r}:\n"
+        f"            _data.update({overrides!r})\n\n"
+    )
+    path = tmp_path / "inventory.py"
+    path.write_text(text.rstrip()[: -len(final)] + change + final + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "key, value", [("pgbackrest_version", "2.59.1"), ("pgbackrest_source", "distribution")]
+)
+def test_hosts_whose_data_disagree_stop_the_run(plan_of, tmp_path, key, value) -> None:
+    inventory_file = with_host_data(tmp_path, "ageis-node", **{key: value})
+    error = refusal(plan_of, limit=["pve"], inventory_file=inventory_file)
+    assert isinstance(error, PgbackrestVersionMismatch), repr(error)
+    default = {"pgbackrest_version": VERSION, "pgbackrest_source": "pgdg"}[key]
+    assert f"key {key!r} is {default!r} here and {value!r} on 'ageis-node'" in str(error)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tasks.pgbackrest import DATA as PGBACKREST
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify
@@ -30,6 +31,22 @@ def test_server_and_timers_run(host_in: InventoryHost) -> None:
     for job in ("full", "diff", "verify"):
         timer = host_in.testinfra.service(f"pgbackrest-run@{job}.timer")
         assert timer.is_running and timer.is_enabled, job
+
+
+def test_database_hosts_run_the_same_pgbackrest(
+    host_in: InventoryHost, inventory_hosts: list[InventoryHost]
+) -> None:
+    """pgBackRest refuses a mixed pair: the repository host and the database host run one
+    version, from PGDG exactly pgbackrest_version (pgbackrest_source "pgdg")."""
+    settings = {**PGBACKREST.defaults(), **host_in.data}
+    mine = host_in.testinfra.check_output("pgbackrest version").strip()
+    databases = [h for h in inventory_hosts if "ageis_node" in h.groups]
+    assert databases, "the inventory has no database host"
+    for other in databases:
+        theirs = other.testinfra.check_output("pgbackrest version").strip()
+        assert theirs == mine, f"{host_in.name}: {mine}; {other.name}: {theirs}"
+    if settings["pgbackrest_source"] == "pgdg":
+        assert mine == f"pgBackRest {settings['pgbackrest_version']}"
 
 
 def test_stanza_ok_with_a_recent_backup(host_in: InventoryHost) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -168,9 +169,19 @@ class Batcher:
                 offset += n
 
 
+def json_response(payload: dict[str, Any], status: int = 200) -> web.Response:
+    """JSON through orjson: float32 vectors serialize straight from numpy, several times
+    faster than the standard library's float repr (per-text cost the model's share pays for)."""
+    return web.Response(
+        body=orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+    )
+
+
 def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
     REQUESTS.labels("/v1/embeddings", str(status)).inc()
-    return web.json_response(
+    return json_response(
         {"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status
     )
 
@@ -187,8 +198,8 @@ class Service:
     async def embeddings(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
-            body = await request.json()
-        except ValueError:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
             return error(400, "the body is not JSON")
         if not isinstance(body, dict):
             return error(400, "the body must be a JSON object")
@@ -219,14 +230,14 @@ class Service:
             LOG.exception("embedding failed")
             return error(500, f"embedding failed: {exc}", "server_error")
         if encoding == "base64":
-            items = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+            items: Any = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
-            items = vectors.tolist()
+            items = np.ascontiguousarray(vectors, dtype=np.float32)
         total = int(sum(tokens))
         TEXTS.inc(len(texts))
         TOKENS.inc(total)
         REQUESTS.labels("/v1/embeddings", "200").inc()
-        response = web.json_response(
+        response = json_response(
             {
                 "object": "list",
                 "data": [
@@ -241,7 +252,7 @@ class Service:
         return response
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response(
+        return json_response(
             {
                 "object": "list",
                 "data": [{"id": self.model_name, "object": "model", "owned_by": "homelab"}],
@@ -250,7 +261,7 @@ class Service:
 
     async def health(self, request: web.Request) -> web.Response:
         status = 200 if self.ready else 503
-        return web.json_response(
+        return json_response(
             {
                 "status": "ok" if self.ready else "loading",
                 "model": self.model_name,

@@ -212,7 +212,9 @@ def main() -> None:
             "server_rounds_texts_per_s": [round(r, 1) for r in served],
             "direct_rounds_texts_per_s": [round(r, 1) for r in direct_rounds],
             "server_vs_direct": round(server_rate / best_direct, 3),
-            "clients_cpu_share_of_host": round(statistics.mean(CLIENT_CPU_SHARE[-args.rounds :]), 3),
+            "clients_cpu_share_of_host": round(
+                statistics.mean(CLIENT_CPU_SHARE[-args.rounds :]), 3
+            ),
             "single_request": asyncio.run(latencies(args.url, texts, args.latency_requests)),
         }
     print(json.dumps(result, indent=2))

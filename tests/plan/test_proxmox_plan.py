@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tasks.proxmox_api import TaskFailed
+from tasks.proxmox_api import ProxmoxError, TaskFailed
 from tests.doubles.fixtures import RunningDouble, start_double
 from tests.plan.harness import Plan, PlannedOp
 
@@ -149,3 +149,18 @@ def test_proxmox_ve_8_schema_accepts_the_same_requests(
         assert 100 in v8.double.state.guests
     finally:
         v8.double.stop()
+
+
+def test_a_template_the_appliance_index_no_longer_offers_stops_before_any_write(
+    hypervisor: Any, pve_double: RunningDouble
+) -> None:
+    stale = "debian-13-standard_13.0-1_amd64.tar.zst"
+    with pytest.raises(Exception) as caught:  # pyinfra wraps what a deploy raises
+        hypervisor(override_data={"proxmox_lxc_templates": {"debian-13": stale}})
+    original = getattr(caught.value, "exception", caught.value)
+    assert isinstance(original, ProxmoxError), repr(original)
+    message = str(original)
+    assert "host 'pve'" in message and "proxmox_lxc_templates" in message and stale in message
+    assert "debian-13-standard_13.1-2_amd64.tar.zst" in message, "names what the index offers"
+    assert "debian-12-standard" not in message, "lists the same family only"
+    assert writes(pve_double.double) == []

@@ -23,6 +23,7 @@ from tasks.datamodel.forms import (
     Size,
     Str,
     Struct,
+    path_in_package,
     plain,
 )
 from tasks.datamodel.machine import GPU, GUEST, POOL_NAME
@@ -311,3 +312,22 @@ def test_plain_renders_normalised_values() -> None:
         "s": "text",
     }
     assert plain(value) == {"a": "10.0.0.1", "n": ["10.0.0.0/8"], "s": "text"}
+
+
+@pytest.mark.parametrize("given", ["voice/data", "/srv/voices", "a/b.c/d"])
+def test_path_in_package_accepts(given: str) -> None:
+    assert path_in_package("voice/data", "/srv/voices", "tts_voice_package").check(given) == given
+
+
+@pytest.mark.parametrize("given", ["../etc", "voice/../../etc"])
+def test_path_in_package_refuses_dot_dot_and_names_the_package_key(given: str) -> None:
+    form = path_in_package("voice/data", "/srv/voices", "tts_voice_package")
+    with pytest.raises(FormError) as error:
+        form.check(given)
+    assert "tts_voice_package is None" in str(error.value)
+
+
+@pytest.mark.parametrize("given", ["with space", "", 3])
+def test_path_in_package_refuses_what_is_not_a_path(given: object) -> None:
+    with pytest.raises(FormError, match="a path"):
+        path_in_package("voice/data", "/srv/voices", "tts_voice_package").check(given)

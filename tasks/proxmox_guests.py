@@ -51,6 +51,10 @@ CLOUD_IMAGE = Struct(
         "sha256": Field(
             Optional(Str(r"[0-9a-f]{64}", what="a SHA-256, 64 hex digits")), required=False
         ),
+        # Debian publishes SHA512SUMS only for its cloud images; Ubuntu SHA256SUMS.
+        "sha512": Field(
+            Optional(Str(r"[0-9a-f]{128}", what="a SHA-512, 128 hex digits")), required=False
+        ),
     },
     what="a cloud image",
 )
@@ -74,8 +78,9 @@ DATA = Schema(
                 "sha256": None,
             },
         },
-        "Cloud image per guest OS for VMs: url, file (name in the import storage), sha256"
-        " (pin it: the node checks the download; None downloads unchecked).",
+        "Cloud image per guest OS for VMs: url, file (name in the import storage), sha256 or"
+        " sha512 (pin one, from the image's SHA256SUMS/SHA512SUMS, with a dated url: the node"
+        " checks the download; none downloads unchecked, with a warning).",
         (HYPERVISOR,),
     ),
     Key(
@@ -271,20 +276,24 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
         if image is None:
             raise ProxmoxError(
                 f"host {host.name!r}: key 'proxmox_cloud_images' has no image for {spec['os']!r}"
-                f" (guest {name}); expected an entry {{url, file, sha256}} for it"
+                f" (guest {name}); expected an entry {{url, file, sha256 or sha512}} for it"
             )
         store = _storage_with(api, "import", f"the cloud image of {name}")
         if not _volume(api, store, "import", image["file"]):
+            pinned = [a for a in ("sha512", "sha256") if image.get(a)]
+            if len(pinned) > 1:
+                raise ProxmoxError(
+                    f"host {host.name!r}: key 'proxmox_cloud_images' gives both sha256 and"
+                    f" sha512 for {spec['os']!r}; expected one of them"
+                )
             checksum = (
-                {"checksum": image["sha256"], "checksum-algorithm": "sha256"}
-                if image.get("sha256")
-                else {}
+                {"checksum": image[pinned[0]], "checksum-algorithm": pinned[0]} if pinned else {}
             )
             if not checksum:
                 logger.warning(
-                    f"{host.name}: the cloud image for {spec['os']} has no sha256 in"
+                    f"{host.name}: the cloud image for {spec['os']} has no sha256/sha512 in"
                     " proxmox_cloud_images: it is downloaded unverified; pin the checksum"
-                    " from the image's SHA256SUMS"
+                    " from the image's SHA256SUMS or SHA512SUMS"
                 )
             api_change(
                 f"Cloud image {image['file']} on {store}",

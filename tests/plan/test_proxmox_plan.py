@@ -164,3 +164,34 @@ def test_a_template_the_appliance_index_no_longer_offers_stops_before_any_write(
     assert "debian-13-standard_13.1-2_amd64.tar.zst" in message, "names what the index offers"
     assert "debian-12-standard" not in message, "lists the same family only"
     assert writes(pve_double.double) == []
+
+
+UBUNTU_IMAGE = {
+    "url": "https://cloud-images.ubuntu.com/releases/noble/release-20261101/"
+    "ubuntu-24.04-server-cloudimg-amd64.img",
+    "file": "ubuntu-24.04-server-cloudimg-amd64.qcow2",
+}
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+def test_a_pinned_cloud_image_checksum_goes_to_the_node(
+    hypervisor: Any, pve_double: RunningDouble, algorithm: str
+) -> None:
+    digest = "ab" * (32 if algorithm == "sha256" else 64)
+    images = {"ubuntu-24.04": {**UBUNTU_IMAGE, algorithm: digest}}
+    hypervisor(run_python=True, override_data={"proxmox_cloud_images": images})
+    [download] = [p for _, path, p in writes(pve_double.double) if path.endswith("download-url")]
+    assert (download["checksum"], download["checksum-algorithm"]) == (digest, algorithm)
+    pve_double.assert_all_accepted()
+
+
+def test_both_checksums_for_one_image_stop_before_any_write(
+    hypervisor: Any, pve_double: RunningDouble
+) -> None:
+    images = {"ubuntu-24.04": {**UBUNTU_IMAGE, "sha256": "ab" * 32, "sha512": "cd" * 64}}
+    with pytest.raises(Exception) as caught:
+        hypervisor(override_data={"proxmox_cloud_images": images})
+    original = getattr(caught.value, "exception", caught.value)
+    assert isinstance(original, ProxmoxError), repr(original)
+    assert "host 'pve'" in str(original) and "both sha256 and sha512" in str(original)
+    assert writes(pve_double.double) == []

@@ -37,7 +37,7 @@ BASE_DIR = hosts.CACHE_DIR / "inference-standin"
 PORT = 8082
 OLLAMA_VERSION = "0.12.11"
 ARCHIVES = ("ollama-linux-amd64.tgz", "ollama-linux-amd64-rocm.tgz")
-RECIPE = 6
+RECIPE = 7
 OPENCLAW_VERSION = "2026.9.6"
 OPENCLAW_ARCHIVE = f"openclaw-standin-{OPENCLAW_VERSION}.tgz"
 ROCM_VERSION = "7.1.1"
@@ -198,33 +198,8 @@ def _apt_repositories(site: Path) -> None:
         pool.mkdir(parents=True)
         for name, version, content in packages:
             shutil.move(str(_deb(site, name, version, content)), pool)
-        binary = top / "dists" / suite / "main" / f"binary-{arch}"
-        binary.mkdir(parents=True)
-        listing = standin_repo._run(["apt-ftparchive", "packages", "pool"], cwd=top)
-        (binary / "Packages").write_text(listing)
-        with gzip.open(binary / "Packages.gz", "wt") as handle:
-            handle.write(listing)
-        dist = top / "dists" / suite
-        release = standin_repo._run(
-            [
-                "apt-ftparchive",
-                "-o", f"APT::FTPArchive::Release::Origin={origin}",
-                "-o", f"APT::FTPArchive::Release::Label={origin} (lab stand-in, test double)",
-                "-o", f"APT::FTPArchive::Release::Suite={suite}",
-                "-o", f"APT::FTPArchive::Release::Codename={suite}",
-                "-o", f"APT::FTPArchive::Release::Architectures={arch}",
-                "-o", "APT::FTPArchive::Release::Components=main",
-                "release", ".",
-            ],
-            cwd=dist,
-        )  # fmt: skip
-        (dist / "Release").write_text(release)
-        with standin_repo._agent_stopped(standin_repo.KEY_HOME):
-            signer = ("--local-user", fingerprint, "--digest-algo", "SHA512")
-            standin_repo._gpg(*signer, "--clearsign", "-o", str(dist / "InRelease"),
-                              str(dist / "Release"))  # fmt: skip
-            standin_repo._gpg(*signer, "--detach-sign", "-o", str(dist / "Release.gpg"),
-                              str(dist / "Release"))  # fmt: skip
+        label = f"{origin} (lab stand-in, test double)"
+        standin_repo.publish_suite(top, suite, origin, label, arch, fingerprint)
     with standin_repo._agent_stopped(standin_repo.KEY_HOME):
         for key in ("rocm/rocm.gpg.key", "gpgkey/nodesource-repo.gpg.key"):
             (site / key).parent.mkdir(parents=True, exist_ok=True)

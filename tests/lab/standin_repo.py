@@ -40,7 +40,7 @@ PACKAGE_VERSION = "1.90.6+labstandin1"
 MARKER = "usr/share/tailscale-standin/TEST-DOUBLE"
 KEY_UID = "homelab lab stand-in for Tailscale's repository (TEST KEY) <lab@homelab.invalid>"
 # Bump when the layout or the package's contents change in a way the files' hashes miss.
-RECIPE = 1
+RECIPE = 2  # bump when the build changes: the cache keys on it
 
 # The double's files: name in tests/lab/standin/ -> path in the package, mode.
 PACKAGE_FILES = (
@@ -190,6 +190,38 @@ def _build_package(work: Path) -> Path:
     return deb
 
 
+def publish_suite(
+    top: Path, suite: str, origin: str, label: str, arch: str, key_fingerprint: str
+) -> None:
+    """Index ``top/pool`` as ``dists/<suite>`` (component main) and sign its Release with the
+    lab's test key (InRelease and Release.gpg), as a real apt repository is laid out."""
+    binary = top / "dists" / suite / "main" / f"binary-{arch}"
+    binary.mkdir(parents=True)
+    packages = _run(["apt-ftparchive", "packages", "pool"], cwd=top)
+    (binary / "Packages").write_text(packages)
+    with gzip.open(binary / "Packages.gz", "wt") as handle:
+        handle.write(packages)
+    dist = top / "dists" / suite
+    release = _run(
+        [
+            "apt-ftparchive",
+            "-o", f"APT::FTPArchive::Release::Origin={origin}",
+            "-o", f"APT::FTPArchive::Release::Label={label}",
+            "-o", f"APT::FTPArchive::Release::Suite={suite}",
+            "-o", f"APT::FTPArchive::Release::Codename={suite}",
+            "-o", f"APT::FTPArchive::Release::Architectures={arch}",
+            "-o", "APT::FTPArchive::Release::Components=main",
+            "release", ".",
+        ],
+        cwd=dist,
+    )  # fmt: skip
+    (dist / "Release").write_text(release)
+    with _agent_stopped(KEY_HOME):
+        signer = ("--local-user", key_fingerprint, "--digest-algo", "SHA512")
+        _gpg(*signer, "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"))
+        _gpg(*signer, "--detach-sign", "-o", str(dist / "Release.gpg"), str(dist / "Release"))
+
+
 def _build_repo(target: Path, key_fingerprint: str, arch: str) -> None:
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=BASE_DIR))
     try:
@@ -199,31 +231,11 @@ def _build_repo(target: Path, key_fingerprint: str, arch: str) -> None:
         pool = top / "pool" / "main" / "t" / "tailscale"
         pool.mkdir(parents=True)
         shutil.copyfile(deb, pool / deb.name)
-        binary = top / "dists" / CODENAME / "main" / f"binary-{arch}"
-        binary.mkdir(parents=True)
-        packages = _run(["apt-ftparchive", "packages", "pool"], cwd=top)
-        (binary / "Packages").write_text(packages)
-        with gzip.open(binary / "Packages.gz", "wt") as handle:
-            handle.write(packages)
-        suite = top / "dists" / CODENAME
-        release = _run(
-            [
-                "apt-ftparchive",
-                "-o", "APT::FTPArchive::Release::Origin=Tailscale (lab stand-in)",
-                "-o", "APT::FTPArchive::Release::Label=Tailscale lab stand-in (test double)",
-                "-o", f"APT::FTPArchive::Release::Suite={CODENAME}",
-                "-o", f"APT::FTPArchive::Release::Codename={CODENAME}",
-                "-o", f"APT::FTPArchive::Release::Architectures={arch}",
-                "-o", "APT::FTPArchive::Release::Components=main",
-                "release", ".",
-            ],
-            cwd=suite,
+        publish_suite(
+            top, CODENAME, "Tailscale (lab stand-in)", "Tailscale lab stand-in (test double)",
+            arch, key_fingerprint,
         )  # fmt: skip
-        (suite / "Release").write_text(release)
         with _agent_stopped(KEY_HOME):
-            signer = ("--local-user", key_fingerprint, "--digest-algo", "SHA512")
-            _gpg(*signer, "--clearsign", "-o", str(suite / "InRelease"), str(suite / "Release"))
-            _gpg(*signer, "--detach-sign", "-o", str(suite / "Release.gpg"), str(suite / "Release"))
             _gpg("--export", "-o", str(top / f"{CODENAME}.noarmor.gpg"), key_fingerprint)
         for path in [served, *served.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)

@@ -46,6 +46,7 @@ LOCK = f"{ROOT}/requirements.txt"
 INSTALLED_LOCK = f"{VENV}/.requirements.installed"
 APP_FILES = (
     "__init__.py",
+    "batching.py",
     "bert_onnx.py",
     "engine.py",
     "server.py",

@@ -106,7 +106,8 @@ DATA = Schema(
         "embedding_batch_wait_ms",
         Int(0, 100),
         5,
-        "While busy, how long a call waits for more requests to join it (ms).",
+        "While busy, the longest a call waits for more requests to join it (ms); it goes as"
+        " soon as as many are in as the recent calls held.",
         GROUPS,
     ),
     Key(

@@ -10,7 +10,9 @@ from the same machine in the same run.
 Prints one JSON object:
   direct[kind][batch] texts/s for each batch size, and the best;
   server[kind]: texts/s under --clients concurrent clients (one text per request), its
-  ratio to the best direct figure, and single-request latency p50/p95 (one client, one text);
+  ratio to the best direct figure and to the direct figure at a batch of --clients texts (the
+  most one call can gather from them), and single-request latency p50/p95 (one client, one
+  text);
 for kind in short (16 tokens) and long (256 tokens).
 """
 
@@ -212,6 +214,13 @@ def main() -> None:
             "server_rounds_texts_per_s": [round(r, 1) for r in served],
             "direct_rounds_texts_per_s": [round(r, 1) for r in direct_rounds],
             "server_vs_direct": round(server_rate / best_direct, 3),
+            # One text per client: no call can hold more texts than there are clients, so this
+            # is the server's own efficiency where the best batch is larger (a GPU's is).
+            "server_vs_direct_at_clients_batch": (
+                round(server_rate / per_batch[args.clients], 3)
+                if args.clients in per_batch
+                else None
+            ),
             "clients_cpu_share_of_host": round(
                 statistics.mean(CLIENT_CPU_SHARE[-args.rounds :]), 3
             ),

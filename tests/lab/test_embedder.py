@@ -36,7 +36,7 @@ pytestmark = pytest.mark.lab
 
 BENCH_SECONDS = float(os.environ.get("EMBEDDER_BENCH_SECONDS", "3"))
 INGEST_CHUNKS = int(os.environ.get("EMBEDDER_INGEST_CHUNKS", "300"))
-BENCH_BATCHES = os.environ.get("EMBEDDER_BENCH_BATCHES", "1,16,64")
+BENCH_BATCHES = os.environ.get("EMBEDDER_BENCH_BATCHES", "1,16,32,64")
 BENCH_ROUNDS = int(os.environ.get("EMBEDDER_BENCH_ROUNDS", "2"))
 BENCH_LATENCY_REQUESTS = int(os.environ.get("EMBEDDER_BENCH_LATENCY_REQUESTS", "30"))
 LATENCY_CHUNKS = int(os.environ.get("EMBEDDER_LATENCY_CHUNKS", "20"))

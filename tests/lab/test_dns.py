@@ -29,11 +29,11 @@ from pyinfra_cli.inventory import make_inventory_from_files
 
 from tests.lab import dnssec_standin, hosts, labctl
 from tests.lab.hosts import LabHost
+from tests.lab.lab_cli import LABCTL
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).with_name("pyinfra")
-LABCTL = [sys.executable, str(Path(labctl.__file__).resolve())]
 DNS_HOST = next(h for h in hosts.HOSTS if "dns" in h.groups)
 # A LAN client that is no tailnet node: its rollout is the base and its own role.
 CLIENT = hosts.by_name("monitoring")

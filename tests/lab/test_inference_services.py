@@ -13,16 +13,15 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.bench import actr_retrieval
 from tests.lab import hosts, labctl
+from tests.lab.lab_cli import labctl_run
 
 pytestmark = pytest.mark.lab
 
@@ -48,18 +47,6 @@ def ssh(command: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         check=False,
     )
-
-
-def labctl_run(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(Path(labctl.__file__).resolve()), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, f"labctl {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
 def call(path: str, payload: dict[str, Any] | None = None) -> tuple[int, Any]:

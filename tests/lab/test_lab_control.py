@@ -7,19 +7,16 @@ is a no-op when the lab is up). Every test leaves its host running.
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.lab import hosts, labctl
 from tests.lab.hosts import LabHost
+from tests.lab.lab_cli import labctl_run
 
 pytestmark = pytest.mark.lab
-
-LABCTL = [sys.executable, str(Path(labctl.__file__).resolve())]
 
 
 def _test_host() -> LabHost:
@@ -35,15 +32,6 @@ def _test_host() -> LabHost:
 
 
 HOST = _test_host()
-
-
-def labctl_run(*args: str, timeout: float = 300) -> str:
-    result = subprocess.run(
-        [*LABCTL, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"labctl {' '.join(args)} failed:\n{output}"
-    return output
 
 
 def ssh(command: str, timeout: float = 60) -> str:

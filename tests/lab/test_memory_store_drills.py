@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 
 from tests.lab import hosts, labctl
+from tests.lab.lab_cli import labctl_run
 from tests.lab.memory_writer import MemoryWriter, lost
 
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-LABCTL = [sys.executable, str(Path(labctl.__file__).resolve())]
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 DB = hosts.by_name("ageis-node")
 REPO_HOST = hosts.by_name("pve")
@@ -47,15 +47,6 @@ WIPE = os.environ.get("HOMELAB_DRILL_WIPE", "data")
 WRITE_BEFORE_LOSS = float(os.environ.get("HOMELAB_DRILL_WRITE_S", "5"))
 RESULTS = hosts.STATE_DIR / "drills-memory-store.jsonl"
 STANZA = "memory"
-
-
-def labctl_run(*args: str, timeout: float = 600) -> str:
-    result = subprocess.run(
-        [*LABCTL, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"labctl {' '.join(args)} failed:\n{output}"
-    return output
 
 
 def ssh(host: hosts.LabHost, command: str, check: bool = True, timeout: float = 600) -> str:

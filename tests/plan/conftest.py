@@ -58,3 +58,9 @@ def plan_of(
         return plan(deploy_file, facts, home=controller_home, secrets=PLAN_SECRETS, **kwargs)
 
     return run
+
+
+@pytest.fixture
+def full(plan_of) -> Plan:
+    """The whole fleet's plan of ``deploys/full.py``."""
+    return plan_of("deploys/full.py")

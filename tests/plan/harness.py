@@ -86,6 +86,19 @@ class Plan:
                 return op
         raise KeyError(f"{name} has no operation named like {op_name!r}")
 
+    def upload(self, name: str, dest: str) -> str:
+        """The content the plan uploads to ``dest`` on host ``name`` (fails when there is none)."""
+        uploaded = self.upload_or_none(name, dest)
+        if uploaded is None:
+            raise AssertionError(f"{name}: nothing is uploaded to {dest}")
+        return uploaded
+
+    def upload_or_none(self, name: str, dest: str) -> str | None:
+        for command in self.commands(name):
+            if command.startswith(f"upload {dest}\n"):
+                return command.split("\n", 1)[1]
+        return None
+
 
 def _render(command: Any) -> str:
     if isinstance(command, StringCommand):

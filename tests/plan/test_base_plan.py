@@ -9,11 +9,6 @@ from tests.plan.harness import Plan
 HOSTS = ("pve", "ageis-node", "embedder", "monitoring", "dns")
 
 
-@pytest.fixture
-def full(plan_of) -> Plan:
-    return plan_of("deploys/full.py")
-
-
 def test_every_host_gets_every_base_task(full: Plan) -> None:
     for name in HOSTS:
         names = " ".join(op.name for op in full.for_host(name))

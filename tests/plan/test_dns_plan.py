@@ -29,21 +29,8 @@ STAGED = "/etc/homelab/staged/etc_unbound_unbound.conf.d_homelab.conf"
 GROUPS = "(hypervisor, ageis_node, embedder, monitoring, dns)"
 
 
-@pytest.fixture
-def full(plan_of) -> Plan:
-    return plan_of("deploys/full.py")
-
-
-def upload(plan: Plan, host: str, dest: str) -> str:
-    """The content ``plan`` uploads to ``dest`` on ``host`` (fails when there is none)."""
-    for command in plan.commands(host):
-        if command.startswith(f"upload {dest}\n"):
-            return command.split("\n", 1)[1]
-    raise AssertionError(f"{host}: nothing is uploaded to {dest}")
-
-
 def unbound_conf(plan: Plan) -> str:
-    return upload(plan, "dns", STAGED)
+    return plan.upload("dns", STAGED)
 
 
 def with_data(tmp_path: Path, **overrides: object) -> str:
@@ -135,7 +122,7 @@ def test_config_goes_live_only_through_unbound_checkconf(full: Plan) -> None:
         f"/usr/local/sbin/install-checked-config {STAGED} {DROP_IN} 644"
         f" /usr/local/sbin/unbound-check-staged {{}} {DROP_IN}"
     ]
-    checker = upload(full, "dns", "/usr/local/sbin/unbound-check-staged")
+    checker = full.upload("dns", "/usr/local/sbin/unbound-check-staged")
     assert 'unbound-checkconf "$tmp/unbound.conf"' in checker
     # unbound restarts only when the checked install changed the config.
     assert full.op("dns", "Restart unbound for its new config").conditional
@@ -165,7 +152,7 @@ def test_dns_ports_are_declared() -> None:
 
 def test_debian_hosts_get_resolv_conf_with_the_dns_host_first(full: Plan) -> None:
     for name in ("pve", "embedder", "monitoring"):
-        assert upload(full, name, "/etc/resolv.conf").splitlines()[-4:] == [
+        assert full.upload(name, "/etc/resolv.conf").splitlines()[-4:] == [
             "search home.arpa",
             "nameserver 192.168.1.50",
             "nameserver 192.168.1.1",
@@ -175,12 +162,12 @@ def test_debian_hosts_get_resolv_conf_with_the_dns_host_first(full: Plan) -> Non
 
 
 def test_dns_host_asks_itself_first(full: Plan) -> None:
-    servers = re.findall(r"^nameserver (\S+)", upload(full, "dns", "/etc/resolv.conf"), re.M)
+    servers = re.findall(r"^nameserver (\S+)", full.upload("dns", "/etc/resolv.conf"), re.M)
     assert servers == ["127.0.0.1", "192.168.1.1"]
 
 
 def test_ubuntu_with_resolved_gets_a_drop_in_not_a_resolv_conf(full: Plan) -> None:
-    drop_in = upload(full, "ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf")
+    drop_in = full.upload("ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf")
     assert drop_in.splitlines()[-4:] == [
         "[Resolve]",
         "DNS=192.168.1.50 192.168.1.1",
@@ -207,15 +194,15 @@ def test_fallbacks_from_data_replace_the_hosts_own(plan_of, tmp_path: Path) -> N
     plan = plan_of(
         "deploys/full.py", inventory_file=with_data(tmp_path, dns_fallback_servers=["9.9.9.9"])
     )
-    servers = re.findall(r"^nameserver (\S+)", upload(plan, "embedder", "/etc/resolv.conf"), re.M)
+    servers = re.findall(r"^nameserver (\S+)", plan.upload("embedder", "/etc/resolv.conf"), re.M)
     assert servers == ["192.168.1.50", "9.9.9.9"]
-    drop_in = upload(plan, "ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf")
+    drop_in = plan.upload("ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf")
     assert "DNS=192.168.1.50 9.9.9.9\n" in drop_in
 
 
 def test_no_fallback_when_data_says_none(plan_of, tmp_path: Path) -> None:
     plan = plan_of("deploys/full.py", inventory_file=with_data(tmp_path, dns_fallback_servers=[]))
-    servers = re.findall(r"^nameserver (\S+)", upload(plan, "embedder", "/etc/resolv.conf"), re.M)
+    servers = re.findall(r"^nameserver (\S+)", plan.upload("embedder", "/etc/resolv.conf"), re.M)
     assert servers == ["192.168.1.50"]
 
 
@@ -231,8 +218,8 @@ def test_more_nameservers_than_glibc_reads_is_a_clear_error(plan_of, tmp_path: P
 
 def test_a_converged_host_changes_nothing(full: Plan, plan_of, fleet) -> None:
     """Second run: the files the first plan writes are on the machines; nothing changes."""
-    resolv = upload(full, "embedder", "/etc/resolv.conf")
-    drop_in = upload(full, "ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf")
+    resolv = full.upload("embedder", "/etc/resolv.conf")
+    drop_in = full.upload("ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf")
     conf = unbound_conf(full)
     fleet["embedder"].files["/etc/resolv.conf"] = resolv
     fleet["ageis-node"].files["/etc/systemd/resolved.conf.d/homelab.conf"] = drop_in
@@ -243,7 +230,7 @@ def test_a_converged_host_changes_nothing(full: Plan, plan_of, fleet) -> None:
     dns = fleet["dns"]
     dns.files.update(
         {
-            "/etc/resolv.conf": upload(full, "dns", "/etc/resolv.conf"),
+            "/etc/resolv.conf": full.upload("dns", "/etc/resolv.conf"),
             "/etc/.pve-ignore.resolv.conf": "",
             STAGED: conf,
             DROP_IN: conf,
@@ -268,10 +255,10 @@ def test_a_converged_host_changes_nothing(full: Plan, plan_of, fleet) -> None:
     dns.running["unbound"] = True
     dns.enabled["unbound"] = True
     again = plan_of("deploys/full.py")
-    assert upload_or_none(again, "embedder", "/etc/resolv.conf") is None
-    assert upload_or_none(again, "ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf") is None
-    assert upload_or_none(again, "dns", "/etc/resolv.conf") is None
-    assert upload_or_none(again, "dns", STAGED) is None
+    assert again.upload_or_none("embedder", "/etc/resolv.conf") is None
+    assert again.upload_or_none("ageis-node", "/etc/systemd/resolved.conf.d/homelab.conf") is None
+    assert again.upload_or_none("dns", "/etc/resolv.conf") is None
+    assert again.upload_or_none("dns", STAGED) is None
     # Left: the checked install and the restart, both waiting for a change that did not happen
     # (the harness cannot evaluate _if; the lab's second run shows they stay quiet).
     unbound_ops = [op for op in again.for_host("dns") if "DNS resolver (unbound)" in op.name]
@@ -281,10 +268,3 @@ def test_a_converged_host_changes_nothing(full: Plan, plan_of, fleet) -> None:
         ["systemctl", "restart"],
     ]
     assert all(op.conditional for op in left)
-
-
-def upload_or_none(plan: Plan, host: str, dest: str) -> str | None:
-    try:
-        return upload(plan, host, dest)
-    except AssertionError:
-        return None

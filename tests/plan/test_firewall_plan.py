@@ -55,11 +55,6 @@ for _ports in EXPECTED_PORTS.values():
 BROKEN_RULE = "tcp dport 22 acept"
 
 
-@pytest.fixture
-def full(plan_of) -> Plan:
-    return plan_of("deploys/full.py")
-
-
 STAGE = "upload /etc/homelab/staged/etc_nftables.conf\n"
 INSTALL = (
     "/usr/local/sbin/install-checked-config /etc/homelab/staged/etc_nftables.conf "

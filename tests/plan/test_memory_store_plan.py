@@ -39,13 +39,6 @@ def cause(caught: pytest.ExceptionInfo) -> BaseException:
     return getattr(caught.value, "exception", caught.value)
 
 
-def upload(result: Plan, path: str) -> str:
-    for command in result.commands(NODE):
-        if command.startswith(f"upload {path}\n"):
-            return command.split("\n", 1)[1]
-    raise AssertionError(f"no upload of {path}")
-
-
 @pytest.mark.parametrize(("release", "major"), [("ubuntu-24.04", 16), ("debian-13", 17)])
 def test_distribution_major_cluster_on_the_ssd_pool_with_checksums(
     plan_of, fleet, release: str, major: int, tmp_path: Path
@@ -53,33 +46,33 @@ def test_distribution_major_cluster_on_the_ssd_pool_with_checksums(
     result = ageis_plan(plan_of, fleet, release, tmp_path)
     install = result.op(NODE, f"Install PostgreSQL {major} and pgvector")
     assert f"postgresql-{major}-pgvector" in " ".join(install.commands)
-    env = upload(result, "/etc/homelab/memory-store/memory-store.env")
+    env = result.upload(NODE, "/etc/homelab/memory-store/memory-store.env")
     assert f"PG_DATA=/srv/ssd/postgresql/{major}/main\n" in env
     assert f"PG_UNIT=postgresql@{major}-main.service\n" in env
-    createcluster = upload(result, "/etc/postgresql-common/createcluster.d/homelab.conf")
+    createcluster = result.upload(NODE, "/etc/postgresql-common/createcluster.d/homelab.conf")
     assert "initdb_options = '--data-checksums'" in createcluster
     assert "create_main_cluster = false" in createcluster
     assert result.op(NODE, f"Create cluster {major}/main").commands == [
         "/usr/local/sbin/memory-store-bootstrap"
     ]
-    unit = upload(result, "/etc/systemd/system/memory-store-integrity.service")
+    unit = result.upload(NODE, "/etc/systemd/system/memory-store-integrity.service")
     assert f"Requires=postgresql@{major}-main.service\n" in unit
     assert f"After=postgresql@{major}-main.service\n" in unit
     assert f"RequiresMountsFor=/srv/ssd/postgresql/{major}/main" in unit
-    mounts = upload(
-        result, f"/etc/systemd/system/postgresql@{major}-main.service.d/homelab-mounts.conf"
+    mounts = result.upload(
+        NODE, f"/etc/systemd/system/postgresql@{major}-main.service.d/homelab-mounts.conf"
     )
     assert f"RequiresMountsFor=/srv/ssd/postgresql/{major}/main" in mounts
 
 
 def test_settings_sized_from_ram_listen_and_hba(plan_of, fleet) -> None:
     result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
-    conf = upload(result, "/etc/postgresql/16/main/conf.d/homelab.conf")
+    conf = result.upload(NODE, "/etc/postgresql/16/main/conf.d/homelab.conf")
     # 16 GiB VM, 12 % for PostgreSQL: ~1.9 GiB budget, half of it shared_buffers.
     assert "shared_buffers = '958MB'" in conf
     assert "listen_addresses = '127.0.0.1,::1,192.168.1.20'" in conf
     assert "password_encryption = 'scram-sha-256'" in conf
-    hba = upload(result, "/etc/postgresql/16/main/pg_hba.conf")
+    hba = result.upload(NODE, "/etc/postgresql/16/main/pg_hba.conf")
     rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
     assert rules == [
         ["local", "all", "postgres", "peer"],
@@ -100,7 +93,7 @@ def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:
         "upload /etc/actr-engine/db-password\n" + PASSWORD + "\n",
         "upload /etc/openclaw-pipeline/gateway-token\n" + PASSWORD + "\n",
     ]
-    sql = upload(result, "/etc/homelab/memory-store/schema.sql")
+    sql = result.upload(NODE, "/etc/homelab/memory-store/schema.sql")
     assert f"PASSWORD '{scram_verifier('actr_engine', PASSWORD)}'" in sql
     assert "embedding vector(384) NULL" in sql
     apply = result.op(NODE, "Apply the memory store schema")

@@ -28,18 +28,6 @@ ADDRESSES = {
 }
 
 
-@pytest.fixture
-def full(plan_of) -> Plan:
-    return plan_of("deploys/full.py")
-
-
-def upload(plan: Plan, host: str, dest: str) -> str:
-    for command in plan.commands(host):
-        if command.startswith(f"upload {dest}\n"):
-            return command.split("\n", 1)[1]
-    raise AssertionError(f"{host}: nothing is uploaded to {dest}")
-
-
 def op_names(plan: Plan, host: str) -> list[str]:
     return [op.name for op in plan.for_host(host)]
 
@@ -67,26 +55,26 @@ def test_smart_timers_only_where_physical_disks_are(full: Plan) -> None:
 
 
 def test_gpu_collectors_follow_the_declared_gpus(full: Plan) -> None:
-    amd = upload(full, "ageis-node", "/etc/systemd/system/homelab-gpu-metrics.service")
+    amd = full.upload("ageis-node", "/etc/systemd/system/homelab-gpu-metrics.service")
     assert "--vendor amd --output /var/lib/prometheus/node-exporter/homelab-gpu.prom" in amd
-    nvidia = upload(full, "embedder", "/etc/systemd/system/homelab-gpu-metrics.service")
+    nvidia = full.upload("embedder", "/etc/systemd/system/homelab-gpu-metrics.service")
     assert "--vendor nvidia" in nvidia
     assert "systemctl start homelab-gpu-metrics.timer" in "\n".join(full.commands("embedder"))
     # The hypervisor's R9700 is passed through: the host cannot read it, the VM does.
     for host in ("pve", "monitoring", "dns"):
         with pytest.raises(AssertionError):
-            upload(full, host, "/etc/systemd/system/homelab-gpu-metrics.service")
+            full.upload(host, "/etc/systemd/system/homelab-gpu-metrics.service")
 
 
 def test_vzdump_collector_on_the_hypervisor_only(full: Plan) -> None:
-    assert "pvesh" in upload(full, "pve", "/usr/local/sbin/homelab-vzdump-metrics")
+    assert "pvesh" in full.upload("pve", "/usr/local/sbin/homelab-vzdump-metrics")
     for host in ("ageis-node", "embedder", "monitoring", "dns"):
         with pytest.raises(AssertionError):
-            upload(full, host, "/usr/local/sbin/homelab-vzdump-metrics")
+            full.upload(host, "/usr/local/sbin/homelab-vzdump-metrics")
 
 
 def test_every_inventory_host_is_scraped_and_probed(full: Plan) -> None:
-    config = upload(full, "monitoring", PROMETHEUS_YML)
+    config = full.upload("monitoring", PROMETHEUS_YML)
     node_job = config.split('job_name: "node-exporter"')[1].split("job_name:")[0]
     for host, address in ADDRESSES.items():
         assert (
@@ -111,15 +99,15 @@ def test_every_inventory_host_is_scraped_and_probed(full: Plan) -> None:
 
 def test_configs_pass_promtool_and_amtool(full: Plan, tmp_path: Path) -> None:
     rules = tmp_path / "homelab.rules.yml"
-    rules.write_text(upload(full, "monitoring", RULES))
-    config = upload(full, "monitoring", PROMETHEUS_YML)
+    rules.write_text(full.upload("monitoring", RULES))
+    config = full.upload("monitoring", PROMETHEUS_YML)
     assert "/etc/prometheus/rules/homelab.rules.yml" in config
     prometheus_yml = tmp_path / "prometheus.yml"
     prometheus_yml.write_text(config.replace("/etc/prometheus/rules/homelab.rules.yml", str(rules)))
     result = run("promtool", "check", "config", str(prometheus_yml))
     assert result.returncode == 0, result.stdout + result.stderr
     alertmanager_yml = tmp_path / "alertmanager.yml"
-    alertmanager_yml.write_text(upload(full, "monitoring", ALERTMANAGER_YML))
+    alertmanager_yml.write_text(full.upload("monitoring", ALERTMANAGER_YML))
     result = run("amtool", "check-config", str(alertmanager_yml))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -159,13 +147,13 @@ def test_receivers_and_their_secrets_as_data(plan_of, tmp_path: Path) -> None:
         )
     finally:
         del os.environ["HOMELAB_SECRET_NTFY_TOKEN"], os.environ["HOMELAB_SECRET_SMTP_PASSWORD"]
-    config = upload(plan, "monitoring", ALERTMANAGER_YML)
+    config = plan.upload("monitoring", ALERTMANAGER_YML)
     assert 'url: "https://ntfy.example/homelab?template=alertmanager"' in config
     assert "credentials_file: /etc/prometheus/secrets/ntfy_token" in config
     assert "auth_password_file: /etc/prometheus/secrets/smtp_password" in config
     assert "plan-test-double" not in config
     assert (
-        upload(plan, "monitoring", "/etc/prometheus/secrets/smtp_password")
+        plan.upload("monitoring", "/etc/prometheus/secrets/smtp_password")
         == "plan-test-double-smtp"
     )
     # Secrets travel only as uploaded file content, never in a command line.
@@ -180,7 +168,7 @@ def test_receivers_and_their_secrets_as_data(plan_of, tmp_path: Path) -> None:
 
 
 def test_pve_exporter_token_is_a_root_only_file(full: Plan) -> None:
-    pve = upload(full, "monitoring", "/etc/prometheus/pve.yml")
+    pve = full.upload("monitoring", "/etc/prometheus/pve.yml")
     assert 'user: "monitoring@pve"' in pve and 'token_name: "exporter"' in pve
     assert 'token_value: "plan-test-double"' in pve
     assert "prometheus-pve-exporter==3.10.2" in "\n".join(full.commands("monitoring"))

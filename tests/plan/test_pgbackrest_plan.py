@@ -41,13 +41,6 @@ def full(plan_of) -> Plan:
     return plan_of("deploys/full.py", limit=["pve", "ageis-node"])
 
 
-def upload(result: Plan, name: str, path: str) -> str:
-    for command in result.commands(name):
-        if command.startswith(f"upload {path}\n"):
-            return command.split("\n", 1)[1]
-    raise AssertionError(f"{name}: no upload of {path}")
-
-
 def settings(text: str) -> dict[str, str]:
     """key=value lines of a pgbackrest.conf, sections flattened (later sections win)."""
     pairs = [line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"]
@@ -55,7 +48,7 @@ def settings(text: str) -> dict[str, str]:
 
 
 def test_repository_on_the_hdd_pool_backs_up_the_ssd_cluster_over_tls(full: Plan) -> None:
-    conf = settings(upload(full, "pve", "/etc/pgbackrest/pgbackrest.conf"))
+    conf = settings(full.upload("pve", "/etc/pgbackrest/pgbackrest.conf"))
     assert conf["repo1-path"] == "/mnt/hdd/pgbackrest"
     assert conf["pg1-host"] == "ageis-node"
     assert conf["pg1-host-type"] == "tls"
@@ -64,9 +57,9 @@ def test_repository_on_the_hdd_pool_backs_up_the_ssd_cluster_over_tls(full: Plan
     assert conf["tls-server-auth"] == "ageis-node=memory"
     assert conf["repo1-retention-full"] == "2"
     assert conf["repo1-retention-diff"] == "6"
-    full_timer = upload(full, "pve", "/etc/systemd/system/pgbackrest-run@full.timer")
+    full_timer = full.upload("pve", "/etc/systemd/system/pgbackrest-run@full.timer")
     assert "OnCalendar=Sun *-*-* 01:30:00" in full_timer
-    verify_timer = upload(full, "pve", "/etc/systemd/system/pgbackrest-run@verify.timer")
+    verify_timer = full.upload("pve", "/etc/systemd/system/pgbackrest-run@verify.timer")
     assert "OnCalendar=Sun *-*-* 05:00:00" in verify_timer
     stanza = full.op("pve", "Stanza create, check and a first full backup")
     assert stanza.commands == ["/usr/local/sbin/pgbackrest-stanza-ready memory"]
@@ -79,31 +72,30 @@ def test_a_repository_with_a_backup_needs_no_stanza_step(plan_of, fleet) -> None
 
 
 def test_database_host_archives_async_to_the_repository(full: Plan) -> None:
-    conf = settings(upload(full, "ageis-node", "/etc/pgbackrest/pgbackrest.conf"))
+    conf = settings(full.upload("ageis-node", "/etc/pgbackrest/pgbackrest.conf"))
     assert conf["repo1-host"] == "pve"
     assert conf["repo1-host-type"] == "tls"
     assert conf["archive-async"] == "y"
     assert conf["spool-path"] == "/var/spool/pgbackrest"
     assert conf["tls-server-auth"] == "pve=memory"
     assert conf["pg1-path"] == "/srv/ssd/postgresql/16/main"
-    pg = upload(full, "ageis-node", "/etc/postgresql/16/main/conf.d/homelab.conf")
+    pg = full.upload("ageis-node", "/etc/postgresql/16/main/conf.d/homelab.conf")
     assert "archive_mode = on" in pg
     assert "archive_command = 'pgbackrest --stanza=memory archive-push %p'" in pg
     assert "archive_timeout = 60" in pg
-    mounts = upload(
-        full,
+    mounts = full.upload(
         "ageis-node",
         "/etc/systemd/system/postgresql@16-main.service.d/homelab-mounts.conf",
     )
     assert "RequiresMountsFor=/srv/ssd/postgresql/16/main /var/spool/pgbackrest" in mounts
-    timer = upload(full, "ageis-node", "/etc/systemd/system/memory-store-restore-test.timer")
+    timer = full.upload("ageis-node", "/etc/systemd/system/memory-store-restore-test.timer")
     assert "OnCalendar=*-*-* 03:30:00" in timer
 
 
 def test_tls_files_are_derived_from_the_seed_and_stable(full: Plan) -> None:
-    key = upload(full, "ageis-node", "/etc/pgbackrest/tls/host.key")
-    cert = upload(full, "ageis-node", "/etc/pgbackrest/tls/host.crt")
-    ca = upload(full, "pve", "/etc/pgbackrest/tls/ca.crt")
+    key = full.upload("ageis-node", "/etc/pgbackrest/tls/host.key")
+    cert = full.upload("ageis-node", "/etc/pgbackrest/tls/host.crt")
+    ca = full.upload("pve", "/etc/pgbackrest/tls/ca.crt")
     assert key.splitlines()[0].endswith(" PRIVATE KEY-----")  # a PEM key, derived on the controller
     assert SEED not in key + cert
     again = host_tls(SEED, "ageis-node", "home.arpa")
@@ -177,13 +169,13 @@ def pin_regex(pin_text: str) -> str:
 
 @pytest.mark.parametrize("name", CODENAMES)
 def test_both_hosts_get_pgdg_sources_key_and_pin(full: Plan, name: str) -> None:
-    assert upload(full, name, PGDG_SOURCES) == expected_sources(CODENAMES[name])
+    assert full.upload(name, PGDG_SOURCES) == expected_sources(CODENAMES[name])
     assert full.op(name, "PGDG's signing key").commands == [
         f"/usr/local/sbin/install-apt-key {name} pgbackrest_pgdg_key_url"
         " https://www.postgresql.org/media/keys/ACCC4CF8.asc"
         f" pgbackrest_pgdg_key_fingerprint {PGDG_FINGERPRINT} {PGDG_KEYRING}"
     ]
-    assert pin_stanzas(upload(full, name, PGDG_PIN)) == [
+    assert pin_stanzas(full.upload(name, PGDG_PIN)) == [
         # Exactly PGDG's builds of 2.59.2 (their revisions say pgdg): installed and held.
         {"Package": "pgbackrest", "Pin": r"version /^2\.59\.2-[^-]*pgdg/", "Pin-Priority": "1001"},
         # PGDG's other packages (its PostgreSQL, libpq), from its index and from its archive,
@@ -199,7 +191,7 @@ def test_every_pgdg_source_is_signed_by_the_checked_key_and_ranked_low(
 ) -> None:
     """A PGDG source without its origin pin would offer PGDG's newer PostgreSQL and libpq at
     apt's default priority, above the distribution's: the pin must name every source's site."""
-    sources = stanzas(upload(full, name, PGDG_SOURCES))
+    sources = stanzas(full.upload(name, PGDG_SOURCES))
     assert [s["Suites"] for s in sources] == [
         f"{CODENAMES[name]}-pgdg",
         f"{CODENAMES[name]}-pgdg-archive",
@@ -208,7 +200,7 @@ def test_every_pgdg_source_is_signed_by_the_checked_key_and_ranked_low(
     sites = {s["URIs"].split("/")[2] for s in sources}
     low = {
         r["Pin"].split(" ", 1)[1]
-        for r in pin_stanzas(upload(full, name, PGDG_PIN))
+        for r in pin_stanzas(full.upload(name, PGDG_PIN))
         if r["Package"] == "*" and r["Pin-Priority"] == "100"
     }
     assert sites == low == {PGDG_SITE, ARCHIVE_SITE}
@@ -229,7 +221,7 @@ def test_both_hosts_install_the_identical_pinned_version(full: Plan) -> None:
         # The distribution's package is not what gets installed.
         assert not [op for op in full.for_host(name) if "(the distribution's)" in op.name]
     # One pin for both: the same regex selects each host's own build of the same release.
-    regexes = {pin_regex(upload(full, name, PGDG_PIN)) for name in CODENAMES}
+    regexes = {pin_regex(full.upload(name, PGDG_PIN)) for name in CODENAMES}
     assert len(regexes) == 1
 
 
@@ -237,7 +229,7 @@ def test_the_pin_matches_each_hosts_pgdg_builds_only(full: Plan, fleet) -> None:
     import re
 
     for name in CODENAMES:
-        pattern = pin_regex(upload(full, name, PGDG_PIN))
+        pattern = pin_regex(full.upload(name, PGDG_PIN))
         machine = fleet[name]
         for build in (pgdg_build(machine, VERSION), pgdg_build(machine, VERSION, revision=2)):
             assert re.search(pattern, build), (name, build)
@@ -288,7 +280,7 @@ def test_a_fresh_host_gets_the_pinned_build_after_pgdg_moved_on(
     """The lost-SSD case: a host rebuilt once PGDG's index lists only NEWER still installs
     VERSION (from the archive), and PGDG's libpq stays below the distribution's."""
     machine = fleet[name]
-    sources, pin = upload(full, name, PGDG_SOURCES), upload(full, name, PGDG_PIN)
+    sources, pin = full.upload(name, PGDG_SOURCES), full.upload(name, PGDG_PIN)
     apt = AptPolicyDouble(pin_stanzas(pin), lists(machine, name, sources))
     chosen = apt.candidate("pgbackrest")
     assert chosen is not None and chosen.version == pgdg_build(machine, VERSION)
@@ -311,7 +303,7 @@ def test_without_the_archive_the_pin_finds_nothing_once_pgdg_moved_on(
         limit=["pve", "ageis-node"],
         override_data={"pgbackrest_pgdg_archive_url": None},
     )
-    sources, pin = upload(result, name, PGDG_SOURCES), upload(result, name, PGDG_PIN)
+    sources, pin = result.upload(name, PGDG_SOURCES), result.upload(name, PGDG_PIN)
     assert sources == expected_sources(CODENAMES[name], archive=False)
     assert [r["Pin"] for r in pin_stanzas(pin)][1:] == [f"origin {PGDG_SITE}"]
     assert result.op(name, f"Install pgBackRest {VERSION} from PGDG").commands == [
@@ -417,8 +409,8 @@ def converge_apt(machine: Machine, first: Plan, name: str) -> None:
     machine.keyrings[PGDG_KEYRING] = [PGDG_FINGERPRINT]
     # apt's own directories (every real host has them; the simulated ones list few).
     machine.directories |= {"/etc/apt/sources.list.d", "/etc/apt/preferences.d"}
-    machine.files[PGDG_SOURCES] = upload(first, name, PGDG_SOURCES)
-    machine.files[PGDG_PIN] = upload(first, name, PGDG_PIN)
+    machine.files[PGDG_SOURCES] = first.upload(name, PGDG_SOURCES)
+    machine.files[PGDG_PIN] = first.upload(name, PGDG_PIN)
     machine.files["/usr/local/sbin/install-apt-key"] = (REPO / "files/install-apt-key").read_text()
     machine.modes["/usr/local/sbin/install-apt-key"] = 755
     machine.packages["pgbackrest"] = pgdg_build(machine, VERSION)
@@ -452,7 +444,7 @@ def test_a_version_change_in_the_data_reinstalls_on_both(full: Plan, plan_of, fl
         assert again.op(name, f"Install pgBackRest {NEWER} from PGDG").commands == [
             f"/usr/local/sbin/pgbackrest-install {name} {NEWER} archive"
         ]
-        assert r"Pin: version /^2\.60\.0-[^-]*pgdg/" in upload(again, name, PGDG_PIN)
+        assert r"Pin: version /^2\.60\.0-[^-]*pgdg/" in again.upload(name, PGDG_PIN)
 
 
 # --- the distribution's packages ----------------------------------------------------------

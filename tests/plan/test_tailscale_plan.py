@@ -38,11 +38,6 @@ def shell_commands(result: Plan, name: str) -> list[str]:
     return [c for c in result.commands(name) if not c.startswith("upload ")]
 
 
-@pytest.fixture
-def full(plan_of) -> Plan:
-    return plan_of("deploys/full.py")
-
-
 def logged_in(machine, prefs: dict | None = None) -> None:
     """Make a simulated machine a converged Tailscale node."""
     machine.packages["tailscale"] = "1.90.6"

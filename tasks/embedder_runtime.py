@@ -44,16 +44,8 @@ APP = f"{ROOT}/app"
 DATA_DIR = f"{ROOT}/packages"
 LOCK = f"{ROOT}/requirements.txt"
 INSTALLED_LOCK = f"{VENV}/.requirements.installed"
-APP_FILES = (
-    "__init__.py",
-    "batching.py",
-    "bert_onnx.py",
-    "engine.py",
-    "server.py",
-    "indexer.py",
-    "systemd.py",
-    "wait_tcp.py",
-)
+# Every module of the services' code, uploaded one by one (each a file op: a rerun changes nothing).
+APP_FILES = tuple(sorted(path.name for path in (SOURCE / "homelab_embedder").glob("*.py")))
 # Per host: the operations whose change means the services must restart (environment, code).
 _CHANGES: dict[str, list[OperationMeta]] = {}
 

@@ -30,7 +30,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import deploy
 
 from tasks.admin_user import DATA as ADMIN
-from tasks.datamodel.forms import Field, IPv4Address, MapOf, Optional, Str, Struct
+from tasks.datamodel.forms import Field, IPv4Address, MapOf, Optional, Predicate, Str, Struct
 from tasks.datamodel.keys import Key, Schema
 from tasks.datamodel.machine import HYPERVISOR
 from tasks.proxmox_api import (
@@ -44,7 +44,7 @@ from tasks.proxmox_api import (
 )
 
 OS_NAME = Str(choices=("ubuntu-24.04", "debian-13", "debian-12"))
-CLOUD_IMAGE = Struct(
+CLOUD_IMAGE_FIELDS = Struct(
     {
         "url": Field(Str(r"https?://\S+", what="an http(s) URL")),
         "file": Field(Str(r"[A-Za-z0-9._-]+\.(qcow2|raw|img)", what='a file name, "x.qcow2"')),
@@ -57,6 +57,11 @@ CLOUD_IMAGE = Struct(
         ),
     },
     what="a cloud image",
+)
+CLOUD_IMAGE = Predicate(
+    CLOUD_IMAGE_FIELDS,
+    lambda image: not (image["sha256"] and image["sha512"]),
+    f"{CLOUD_IMAGE_FIELDS.description}, with at most one of sha256 and sha512",
 )
 
 DATA = Schema(
@@ -280,12 +285,7 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
             )
         store = _storage_with(api, "import", f"the cloud image of {name}")
         if not _volume(api, store, "import", image["file"]):
-            pinned = [a for a in ("sha512", "sha256") if image.get(a)]
-            if len(pinned) > 1:
-                raise ProxmoxError(
-                    f"host {host.name!r}: key 'proxmox_cloud_images' gives both sha256 and"
-                    f" sha512 for {spec['os']!r}; expected one of them"
-                )
+            pinned = [a for a in ("sha512", "sha256") if image.get(a)]  # one at most (DATA)
             checksum = (
                 {"checksum": image[pinned[0]], "checksum-algorithm": pinned[0]} if pinned else {}
             )

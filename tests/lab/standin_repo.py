@@ -40,7 +40,7 @@ PACKAGE_VERSION = "1.90.6+labstandin1"
 MARKER = "usr/share/tailscale-standin/TEST-DOUBLE"
 KEY_UID = "homelab lab stand-in for Tailscale's repository (TEST KEY) <lab@homelab.invalid>"
 # Bump when the layout or the package's contents change in a way the files' hashes miss.
-RECIPE = 2  # bump when the build changes: the cache keys on it
+RECIPE = 2
 
 # The double's files: name in tests/lab/standin/ -> path in the package, mode.
 PACKAGE_FILES = (

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tasks.datamodel.preflight import InvalidData
 from tasks.proxmox_api import ProxmoxError, TaskFailed
 from tests.doubles.fixtures import RunningDouble, start_double
 from tests.plan.harness import Plan, PlannedOp
@@ -185,13 +186,13 @@ def test_a_pinned_cloud_image_checksum_goes_to_the_node(
     pve_double.assert_all_accepted()
 
 
-def test_both_checksums_for_one_image_stop_before_any_write(
+def test_both_checksums_for_one_image_are_refused_as_data_before_any_write(
     hypervisor: Any, pve_double: RunningDouble
 ) -> None:
     images = {"ubuntu-24.04": {**UBUNTU_IMAGE, "sha256": "ab" * 32, "sha512": "cd" * 64}}
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(InvalidData) as caught:
         hypervisor(override_data={"proxmox_cloud_images": images})
-    original = getattr(caught.value, "exception", caught.value)
-    assert isinstance(original, ProxmoxError), repr(original)
-    assert "host 'pve'" in str(original) and "both sha256 and sha512" in str(original)
+    message = caught.value.message
+    assert "host 'pve'" in message and 'key "proxmox_cloud_images' in message
+    assert "at most one of sha256 and sha512" in message
     assert writes(pve_double.double) == []

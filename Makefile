@@ -141,6 +141,12 @@ bench-embedder: venv ## Embedder benchmarks, full size: server vs model, ingest 
 	  EMBEDDER_BENCH_LATENCY_REQUESTS=100 EMBEDDER_MIN_SERVER_RATIO=0.9 \
 	  $(PYTEST) -q -s tests/lab/test_embedder.py
 
+.PHONY: bench-embedder-overhead
+bench-embedder-overhead: venv ## The server's own cost per request (model call taken out), beside BASELINE=<git ref>
+	EMBEDDER_BENCH_SECONDS=5 EMBEDDER_BENCH_ROUNDS=5 \
+	  EMBEDDER_OVERHEAD_BASELINE=$(or $(BASELINE),HEAD) \
+	  $(PYTEST) -q -s tests/lab/test_embedder.py -k own_cost_per_request
+
 .PHONY: embedder-drill
 embedder-drill: venv ## Embedder outage drill: embedding server, then PostgreSQL, down a minute each
 	EMBEDDER_OUTAGE_SECONDS=60 $(PYTEST) -q -s tests/lab/test_embedder_outage.py

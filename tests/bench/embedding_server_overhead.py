@@ -50,7 +50,7 @@ def serve(app_dir: str, model_dir: str, cache_dir: str, port: int) -> None:
             vectors = np.zeros((len(encoded), self.dimensions), dtype=np.float32)
             return engine.Batch(vectors, [len(ids) for ids in encoded])
 
-    server.Engine = InstantModel  # type: ignore[misc]  # main() builds the engine by this name
+    server.Engine = InstantModel  # main() builds the engine by this name
     sys.argv = ["embedding-server", "--model-dir", model_dir, "--model-name", "bench",
                 "--cache-dir", cache_dir, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     server.main()
@@ -133,7 +133,7 @@ def main() -> None:
     apps = dict(spec.split("=", 1) for spec in args.app) or {"now": "/opt/embedder/app"}
     # Imported here, not at the top: a --serve child must import homelab_embedder from its
     # own build's directory, not from this environment's.
-    from embedding_bench import make_texts
+    from embedding_bench import host_facts, make_texts
     from homelab_embedder.engine import Engine
 
     tokenizer = Engine(args.model_dir, args.cache_dir)
@@ -143,8 +143,7 @@ def main() -> None:
         for name, app_dir in apps.items():
             rounds[name].append(measure(app_dir, args, texts))
     result: dict[str, Any] = {
-        "host": os.uname().nodename,
-        "cpus": os.cpu_count(),
+        **host_facts(),
         "clients": args.clients,
         "seconds_per_point": args.seconds,
         "rounds": args.rounds,

@@ -63,6 +63,20 @@ def embed(texts: list[str], **extra: object) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
+def bench_on_embedder(script: str, arguments: str) -> dict:
+    """Run tests/bench/<script> on the embedder in its environment (embedding_bench.py, which
+    the others import, beside it) and return the JSON it prints."""
+    for name in {"embedding_bench.py", script}:
+        copy(EMBEDDER, REPO / "tests/bench" / name, f"/root/{name}")
+    output = ssh(
+        EMBEDDER,
+        f"PYTHONPATH=/opt/embedder/app {VENV_PYTHON} /root/{script} --model-dir {MODEL_DIR}"
+        f" --cache-dir /root/.cache/embedding-bench {arguments}",
+        timeout=900,
+    )
+    return json.loads(output)
+
+
 def test_vectors_are_sentence_transformers_own() -> None:
     reference = json.loads((REPO / "tests/fixtures/minilm_reference.json").read_text())
     status, answer = embed(reference["texts"], model="sentence-transformers/all-MiniLM-L6-v2")
@@ -130,16 +144,11 @@ def test_tts_answers_a_wav_faster_than_real_time() -> None:
 
 
 def test_embedding_server_keeps_up_with_the_model_called_directly() -> None:
-    copy(EMBEDDER, REPO / "tests/bench/embedding_bench.py", "/root/embedding_bench.py")
-    output = ssh(
-        EMBEDDER,
-        f"PYTHONPATH=/opt/embedder/app {VENV_PYTHON} /root/embedding_bench.py"
-        f" --model-dir {MODEL_DIR} --cache-dir /root/.cache/embedding-bench"
-        f" --url http://127.0.0.1:8300 --seconds {BENCH_SECONDS} --batches {BENCH_BATCHES}"
+    result = bench_on_embedder(
+        "embedding_bench.py",
+        f"--url http://127.0.0.1:8300 --seconds {BENCH_SECONDS} --batches {BENCH_BATCHES}"
         f" --rounds {BENCH_ROUNDS} --latency-requests {BENCH_LATENCY_REQUESTS}",
-        timeout=900,
     )
-    result = json.loads(output)
     record("embedding_server", result)
     for kind in ("short", "long"):
         assert result[kind]["single_request"]["p95_ms"] > 0
@@ -150,8 +159,6 @@ def test_embedding_server_own_cost_per_request() -> None:
     """The server's work per request with the model call taken out (a test double): what
     bounds it on a GPU. EMBEDDER_OVERHEAD_BASELINE=<git ref> serves that commit's server
     side by side (make bench-embedder-overhead)."""
-    for name in ("embedding_bench.py", "embedding_server_overhead.py"):
-        copy(EMBEDDER, REPO / "tests/bench" / name, f"/root/{name}")
     apps = "--app now=/opt/embedder/app"
     if OVERHEAD_BASELINE:
         package = "files/embedder/homelab_embedder"
@@ -165,14 +172,10 @@ def test_embedding_server_own_cost_per_request() -> None:
                                     capture_output=True, text=True, check=True)  # fmt: skip
             ssh(EMBEDDER, f"cat > /root/baseline/homelab_embedder/{name}", stdin=source.stdout)
         apps += " --app before=/root/baseline"
-    output = ssh(
-        EMBEDDER,
-        f"PYTHONPATH=/opt/embedder/app {VENV_PYTHON} /root/embedding_server_overhead.py"
-        f" --model-dir {MODEL_DIR} --cache-dir /root/.cache/embedding-bench {apps}"
-        f" --seconds {BENCH_SECONDS} --rounds {BENCH_ROUNDS}",
-        timeout=900,
+    result = bench_on_embedder(
+        "embedding_server_overhead.py",
+        f"{apps} --seconds {BENCH_SECONDS} --rounds {BENCH_ROUNDS}",
     )
-    result = json.loads(output)
     record("embedding_server_overhead", result)
     for kind in ("short", "long"):
         now = result["now"][kind]

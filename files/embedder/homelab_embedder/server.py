@@ -118,7 +118,7 @@ class Batcher:
         self.to_tokenize.set()
         jobs = await request.jobs
         if len(jobs) == 1:
-            return await jobs[0].future  # type: ignore[no-any-return]
+            return await jobs[0].future
         parts = await asyncio.gather(*(job.future for job in jobs))
         return np.concatenate([p[0] for p in parts]), [n for p in parts for n in p[1]]
 

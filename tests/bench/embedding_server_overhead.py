@@ -12,8 +12,9 @@ call), loads it with 32 clients for each text kind, and reports:
     cores tokenize and run the model.
 
 Side by side: each ``--app NAME=DIR`` is a build of ``homelab_embedder`` (a baseline is a
-``git archive`` of another commit); builds are served in alternating rounds and the median
-round counts. Runs on the embedder host in its virtual environment, next to
+``git archive`` of another commit), served with the lab's batching arguments
+(``--server-args``); builds are served in rounds, the order alternating, and the median round
+counts. Runs on the embedder host in its virtual environment, next to
 embedding_bench.py (the lab test copies both there):
 
     python embedding_server_overhead.py --model-dir DIR --app now=/opt/embedder/app \\
@@ -35,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 LENGTHS = {"short": 16, "long": 256}
+#: The embedding server's batching arguments on the lab's CPU embedder (its systemd unit).
+LAB_CPU_ARGS = "--max-batch 64 --max-batch-tokens 1024 --batch-wait-ms 5"
 
 
-def serve(app_dir: str, model_dir: str, cache_dir: str, port: int) -> None:
+def serve(app_dir: str, model_dir: str, cache_dir: str, port: int, server_args: str) -> None:
     """Child process: the server of ``app_dir`` with the model call replaced by a test double."""
     sys.path.insert(0, app_dir)
     import numpy as np
@@ -52,7 +55,8 @@ def serve(app_dir: str, model_dir: str, cache_dir: str, port: int) -> None:
 
     server.Engine = InstantModel  # main() builds the engine by this name
     sys.argv = ["embedding-server", "--model-dir", model_dir, "--model-name", "bench",
-                "--cache-dir", cache_dir, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+                "--cache-dir", cache_dir, "--host", "127.0.0.1", "--port", str(port),
+                *server_args.split()]  # fmt: skip
     server.main()
 
 
@@ -86,7 +90,8 @@ def measure(
 
     url = f"http://127.0.0.1:{args.port}"
     command = [sys.executable, __file__, "--serve", app_dir, "--model-dir", str(args.model_dir),
-               "--cache-dir", str(args.cache_dir), "--port", str(args.port)]  # fmt: skip
+               "--cache-dir", str(args.cache_dir), "--port", str(args.port),
+               f"--server-args={args.server_args}"]  # fmt: skip
     process = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -125,10 +130,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--server-args",
+        default=LAB_CPU_ARGS,
+        help=f"the server's batching arguments (default: the lab's, {LAB_CPU_ARGS!r})",
+    )
     parser.add_argument("--serve", metavar="APP_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, str(args.model_dir), str(args.cache_dir), args.port)
+        serve(args.serve, str(args.model_dir), str(args.cache_dir), args.port, args.server_args)
         return
     apps = dict(spec.split("=", 1) for spec in args.app) or {"now": "/opt/embedder/app"}
     # Imported here, not at the top: a --serve child must import homelab_embedder from its
@@ -139,14 +149,17 @@ def main() -> None:
     tokenizer = Engine(args.model_dir, args.cache_dir)
     texts = {kind: make_texts(tokenizer, n, 256, seed=11) for kind, n in LENGTHS.items()}
     rounds: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in apps}
-    for _ in range(args.rounds):
-        for name, app_dir in apps.items():
+    for round_ in range(args.rounds):
+        # The order alternates, so drift in a neighbour's load hits every build alike.
+        order = list(apps.items()) if round_ % 2 == 0 else list(apps.items())[::-1]
+        for name, app_dir in order:
             rounds[name].append(measure(app_dir, args, texts))
     result: dict[str, Any] = {
         **host_facts(),
         "clients": args.clients,
         "seconds_per_point": args.seconds,
         "rounds": args.rounds,
+        "server_args": args.server_args,
     }
     for name, per_round in rounds.items():
         result[name] = {

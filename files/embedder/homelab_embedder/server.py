@@ -110,6 +110,7 @@ class Batcher:
         self.arrived = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.tokenizing_texts = 0  # in the tokenizer's current round
 
     async def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         request = Request(texts, asyncio.get_running_loop().create_future())
@@ -139,23 +140,37 @@ class Batcher:
             requests = list(self.untokenized)
             self.untokenized.clear()
             texts = [text for request in requests for text in request.texts]
+            self.tokenizing_texts = len(texts)
             try:
                 encoded = await loop.run_in_executor(self.tokenizing, self.engine.encode, texts)
-            except Exception as error:  # the requests fail, the stage goes on
+                per_request, offset = [], 0
+                for request in requests:
+                    per_request.append(
+                        self._split(encoded[offset : offset + len(request.texts)], loop)
+                    )
+                    offset += len(request.texts)
+            except Exception as error:  # this round's requests fail, the stage goes on
                 LOG.exception("tokenizing failed")
                 QUEUED.dec(len(texts))
                 for request in requests:
                     if not request.jobs.done():
                         request.jobs.set_exception(error)
                 continue
-            offset = 0
-            for request in requests:
-                jobs = self._split(encoded[offset : offset + len(request.texts)], loop)
-                offset += len(request.texts)
+            finally:
+                self.tokenizing_texts = 0
+            for request, jobs in zip(requests, per_request, strict=True):
                 self.jobs.extend(jobs)
                 if not request.jobs.done():
                     request.jobs.set_result(jobs)
             self.arrived.set()
+
+    def pending(self) -> int:
+        """Texts not yet in a model call: waiting for the tokenizer, in it, or tokenized."""
+        return (
+            sum(len(r.texts) for r in self.untokenized)
+            + self.tokenizing_texts
+            + sum(len(j.encoded) for j in self.jobs)
+        )
 
     def _fits(self, count: int, width: int, job: Job) -> bool:
         n = count + len(job.encoded)
@@ -169,7 +184,8 @@ class Batcher:
         taken, count, width = [first], len(first.encoded), first.width
         # Busy: wait a little for the clients that are about to send, so the call is fuller,
         # but go as soon as those the recent calls served are in (batching.Gathering).
-        expected, deadline = self.gathering.start(time.monotonic(), bool(self.jobs))
+        busy = bool(self.jobs or self.untokenized or self.tokenizing_texts)
+        expected, deadline = self.gathering.start(time.monotonic(), busy)
         while True:
             if self.jobs:
                 if not self._fits(count, width, self.jobs[0]):
@@ -319,8 +335,7 @@ class Service:
                 "dtype": self.engine.dtype,
                 "providers": self.engine.providers,
                 "dimensions": self.engine.dimensions,
-                "queued_texts": sum(len(j.encoded) for j in self.batcher.jobs)
-                + sum(len(r.texts) for r in self.batcher.untokenized),
+                "queued_texts": self.batcher.pending(),
             },
             status=status,
         )

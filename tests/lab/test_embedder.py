@@ -63,6 +63,10 @@ def embed(texts: list[str], **extra: object) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.hypot(*a) / math.hypot(*b)
+
+
 def bench_on_embedder(script: str, arguments: str) -> dict:
     """Run tests/bench/<script> on the embedder in its environment (embedding_bench.py, which
     the others import, beside it) and return the JSON it prints."""
@@ -85,11 +89,8 @@ def test_vectors_are_sentence_transformers_own() -> None:
     got = [item["embedding"] for item in sorted(answer["data"], key=lambda d: d["index"])]
     want = reference["vectors"]
     assert [len(v) for v in got] == [384] * len(reference["texts"])
-    cosine = [
-        sum(a * b for a, b in zip(g, w, strict=True)) / math.hypot(*g) / math.hypot(*w)
-        for g, w in zip(got, want, strict=True)
-    ]
-    assert min(cosine) > 0.9999, cosine
+    similarity = [cosine(g, w) for g, w in zip(got, want, strict=True)]
+    assert min(similarity) > 0.9999, similarity
     assert answer["usage"]["prompt_tokens"] > 256  # the long text counts its 256 tokens
 
 
@@ -113,10 +114,6 @@ def test_a_request_split_over_several_model_calls_keeps_its_order() -> None:
     assert status == 200, answer
     assert [item["index"] for item in answer["data"]] == list(range(len(texts)))
     alone = [embed([text])[1]["data"][0]["embedding"] for text in texts]
-
-    def cosine(a: list[float], b: list[float]) -> float:
-        return sum(x * y for x, y in zip(a, b, strict=True)) / math.hypot(*a) / math.hypot(*b)
-
     for i, item in enumerate(answer["data"]):
         similarity = [cosine(item["embedding"], vector) for vector in alone]
         assert similarity[i] > 0.9999, (texts[i][:20], similarity[i])

@@ -136,14 +136,14 @@ lab: venv ## Fresh lab: boot from the cached image, full rollout, verify
 # --- The embedder's benchmarks and drill (on a running lab after `make lab`) ---------------
 .PHONY: bench-embedder
 bench-embedder: venv ## Embedder benchmarks, full size: server vs model, ingest latency, 1000 chunks, TTS
-	EMBEDDER_BENCH_SECONDS=10 EMBEDDER_LATENCY_CHUNKS=100 EMBEDDER_INGEST_CHUNKS=1000 \
-	  EMBEDDER_BENCH_BATCHES=1,8,16,32,64 EMBEDDER_BENCH_ROUNDS=3 \
+	EMBEDDER_BENCH_SECONDS=2 EMBEDDER_LATENCY_CHUNKS=100 EMBEDDER_INGEST_CHUNKS=1000 \
+	  EMBEDDER_BENCH_BATCHES=1,8,16,32,64 EMBEDDER_BENCH_ROUNDS=15 EMBEDDER_BENCH_SWEEP_ROUNDS=3 \
 	  EMBEDDER_BENCH_LATENCY_REQUESTS=100 EMBEDDER_MIN_SERVER_RATIO=0.9 \
 	  $(PYTEST) -q -s tests/lab/test_embedder.py
 
 .PHONY: bench-embedder-overhead
 bench-embedder-overhead: venv ## The server's own cost per request (model call taken out), beside BASELINE=<git ref>
-	EMBEDDER_BENCH_SECONDS=5 EMBEDDER_BENCH_ROUNDS=5 \
+	EMBEDDER_OVERHEAD_SECONDS=5 EMBEDDER_OVERHEAD_ROUNDS=5 \
 	  EMBEDDER_OVERHEAD_BASELINE=$(or $(BASELINE),HEAD) \
 	  $(PYTEST) -q -s tests/lab/test_embedder.py -k own_cost_per_request
 

@@ -5,14 +5,16 @@ Runs ON the embedder host, in the embedder's virtual environment (the lab test a
 serves (same ONNX graph, same ONNX Runtime threads) in this process, so both figures come
 from the same machine in the same run.
 
-    python embedding_bench.py --model-dir DIR --url http://127.0.0.1:8300 [--seconds 5]
+    python embedding_bench.py --model-dir DIR --url http://127.0.0.1:8300 \
+        [--seconds 1] [--rounds 15] [--sweep-rounds 3]
 
 Prints one JSON object:
-  direct[kind][batch] texts/s for each batch size, and the best;
+  direct[kind][batch] texts/s for each batch size (median of --sweep-rounds), and the best;
   server[kind]: texts/s under --clients concurrent clients (one text per request), its
-  ratio to the best direct batch (the median over --rounds paired rounds of server and
-  direct, order alternating) and to the direct figure at a batch of all the texts the
-  clients have in flight (the most one call can gather), and single-request latency p50/p95
+  ratio to the best direct batch (the median over --rounds paired slices of server and
+  direct, --seconds each, order alternating) and to the direct figure at a batch of all the
+  texts the clients have in flight (the most one call can gather), the share of its time the
+  model ran and how fast (from the server's /metrics), and single-request latency p50/p95
   (one client, one text); --texts-per-request N makes each request carry N texts;
 for kind in short (16 tokens) and long (256 tokens).
 """
@@ -28,6 +30,9 @@ import re
 import statistics
 import time
 import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,36 +162,85 @@ CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 CLIENT_CPU_SHARE: list[float] = []
 
 
+@dataclass(frozen=True)
+class Load:
+    """What the clients got while the clock ran."""
+
+    texts: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.texts / self.seconds
+
+
 async def clients(
-    url: str, texts: list[str], n: int, seconds: float, per_request: int = 1
-) -> float:
-    done = 0
-    stop = time.perf_counter() + seconds
+    url: str,
+    texts: list[str],
+    n: int,
+    seconds: float,
+    per_request: int = 1,
+    at_start: Callable[[], None] | None = None,
+) -> Load:
+    """``n`` concurrent clients for ``seconds``, each sending a request as soon as it has its
+    last answer.
 
-    async def one_client(k: int) -> None:
-        nonlocal done
-        connection = await Connection.open(url)
-        i = k
-        try:
-            while time.perf_counter() < stop:
-                some = [texts[(i + j) % len(texts)] for j in range(per_request)]
-                body = orjson.dumps({"input": some[0] if per_request == 1 else some})
-                status, reply = await connection.post("/v1/embeddings", body)
-                answer = orjson.loads(reply)
-                assert status == 200, answer
-                assert len(answer["data"]) == per_request, len(answer["data"])
+    The connections open and each client has one answer before the clock starts (then
+    ``at_start`` is called), so the clients come in together as they do in steady state: an
+    idle server's first call would otherwise take a lone request. The clock stops when the
+    last answer is in, so the load counts whole model calls."""
+    done, warmed, go = 0, 0, asyncio.Event()
+    started = cpu = stop = 0.0
+    connections = await asyncio.gather(*(Connection.open(url) for _ in range(n)))
+
+    async def one_client(k: int, connection: Connection) -> None:
+        nonlocal done, warmed, started, cpu, stop
+        i, first = k, True
+        while first or time.perf_counter() < stop:
+            some = [texts[(i + j) % len(texts)] for j in range(per_request)]
+            body = orjson.dumps({"input": some[0] if per_request == 1 else some})
+            status, reply = await connection.post("/v1/embeddings", body)
+            answer = orjson.loads(reply)
+            assert status == 200, answer
+            assert len(answer["data"]) == per_request, len(answer["data"])
+            i += n * per_request
+            if first:
+                first = False
+                warmed += 1
+                if warmed == n:
+                    if at_start is not None:
+                        at_start()
+                    started, cpu = time.perf_counter(), time.process_time()
+                    stop = started + seconds
+                    go.set()
+                await go.wait()
+            else:
                 done += per_request
-                i += n * per_request
-        finally:
-            connection.close()
 
-    started, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(one_client(k) for k in range(n)))
-    elapsed = time.perf_counter() - started
+    try:
+        await asyncio.gather(*(one_client(k, c) for k, c in enumerate(connections)))
+        elapsed = time.perf_counter() - started
+    finally:
+        for connection in connections:
+            connection.close()
     # The clients' own CPU share of the host's cores: in the lab they run beside the
     # server and take from the model what remote clients would not.
     CLIENT_CPU_SHARE.append((time.process_time() - cpu) / (elapsed * (os.cpu_count() or 1)))
-    return done / elapsed
+    return Load(done, elapsed)
+
+
+def model_counters(url: str) -> tuple[float, float]:
+    """The server's model time and texts so far (seconds, texts), from its /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+
+    def value(name: str) -> float:
+        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"{url}/metrics has no {name}")
+        return float(match.group(1))
+
+    return value("embedding_server_batch_seconds_sum"), value("embedding_server_batch_texts_sum")
 
 
 async def latencies(url: str, texts: list[str], count: int) -> dict[str, float]:
@@ -225,9 +279,10 @@ def main() -> None:
         default=1,
         help="1: the issue's figure; more: batching clients",
     )
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per slice and sweep point")
     parser.add_argument("--latency-requests", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=15, help="paired slices")
+    parser.add_argument("--sweep-rounds", type=int, default=3)
     parser.add_argument("--batches", default="1,8,16,32,64")
     parser.add_argument("--kinds", default="short,long")
     args = parser.parse_args()
@@ -244,25 +299,36 @@ def main() -> None:
         "texts_per_request": args.texts_per_request,
         "seconds_per_point": args.seconds,
     }
+    batches = [int(b) for b in args.batches.split(",")]
     for kind in args.kinds.split(","):
         texts = make_texts(engine, lengths[kind], 256, seed=7)
-        per_batch = {}
-        for batch in [int(b) for b in args.batches.split(",")]:
-            per_batch[batch] = round(direct(engine, texts, batch, args.seconds), 1)
+        # The sweep picks the batch: every size in each of --sweep-rounds rounds (the order
+        # alternating), the median per size, so one slow moment does not pick or drop one.
+        sweep: dict[int, list[float]] = {batch: [] for batch in batches}
+        for round_ in range(args.sweep_rounds):
+            for batch in batches if round_ % 2 == 0 else batches[::-1]:
+                sweep[batch].append(direct(engine, texts, batch, args.seconds))
+        per_batch = {batch: round(statistics.median(rates), 1) for batch, rates in sweep.items()}
         best = max(per_batch, key=lambda b: per_batch[b])
-        # Then the server and the best direct batch in paired rounds, the order alternating
-        # (server first, then direct first, ...), so a neighbour's load on shared CPUs and
-        # its drift hit both alike. The ratio is the median of the rounds' ratios: the sweep
-        # only picks the batch, since the best of more samples on one side than the other
-        # is biased towards that side (on 2 shared cores one point swings by 20 %).
+        # Then the server and the best direct batch in --rounds short paired slices, the
+        # order alternating (server first, then direct first, ...): the shared cores' speed
+        # drifts by 20 % over seconds here, and a drift hits both sides of a pair alike. The
+        # ratio is the median of the pairs' ratios.
         served, direct_rounds = [], []
+        model_seconds = model_texts = server_seconds = 0.0
         for round_ in range(args.rounds):
             sides = ["server", "direct"] if round_ % 2 == 0 else ["direct", "server"]
             for side in sides:
                 if side == "server":
+                    busy_before, texts_before = model_counters(args.url)
+                    started = time.perf_counter()
                     served.append(asyncio.run(clients(
                         args.url, texts, args.clients, args.seconds, args.texts_per_request
-                    )))  # fmt: skip
+                    )).rate)  # fmt: skip
+                    server_seconds += time.perf_counter() - started
+                    busy_after, texts_after = model_counters(args.url)
+                    model_seconds += busy_after - busy_before
+                    model_texts += texts_after - texts_before
                 else:
                     direct_rounds.append(direct(engine, texts, best, args.seconds))
         ratios = [s / d for s, d in zip(served, direct_rounds, strict=True)]
@@ -277,11 +343,11 @@ def main() -> None:
             "direct_rounds_texts_per_s": [round(r, 1) for r in direct_rounds],
             "server_vs_direct": round(statistics.median(ratios), 3),
             "server_vs_direct_rounds": [round(r, 3) for r in ratios],
-            # The estimator before the paired rounds: best server round over the best direct
-            # figure, the sweep's point included (kept to compare with older figures).
-            "server_vs_direct_best_of_each": round(
-                max(served) / max(*direct_rounds, per_batch[best]), 3
-            ),
+            # Where the server's share goes, from its own /metrics over its slices (warm-up
+            # requests and connecting included): how much of the time the model ran, and
+            # how fast it ran while it did. Both hold still while the cores' speed drifts.
+            "server_model_busy_share": round(model_seconds / server_seconds, 3),
+            "server_model_texts_per_s": round(model_texts / model_seconds, 1),
             # No call can hold more texts than the clients have in flight, so this is the
             # server's own efficiency where the best batch is larger (a GPU's is).
             "server_vs_direct_at_batch_in_flight": (

@@ -100,18 +100,21 @@ def measure(
     try:
         wait_healthy(url, process)
         figures = {}
+        cpu_at_start: list[float] = []  # server, event loop: when the clients' clock starts
+
+        def read_cpu() -> None:
+            cpu_at_start[:] = [cpu_seconds(process.pid), cpu_seconds(process.pid, process.pid)]
+
         for kind, kind_texts in texts.items():
             asyncio.run(clients(url, kind_texts, args.clients, 0.5))  # warm connections, caches
+            load = asyncio.run(
+                clients(url, kind_texts, args.clients, args.seconds, at_start=read_cpu)
+            )
             server, loop = cpu_seconds(process.pid), cpu_seconds(process.pid, process.pid)
-            started = time.perf_counter()
-            rate = asyncio.run(clients(url, kind_texts, args.clients, args.seconds))
-            requests = rate * (time.perf_counter() - started)
             figures[kind] = {
-                "requests_per_s": rate,
-                "server_cpu_us_per_request": (cpu_seconds(process.pid) - server) / requests * 1e6,
-                "event_loop_us_per_request": (
-                    (cpu_seconds(process.pid, process.pid) - loop) / requests * 1e6
-                ),
+                "requests_per_s": load.rate,
+                "server_cpu_us_per_request": (server - cpu_at_start[0]) / load.texts * 1e6,
+                "event_loop_us_per_request": (loop - cpu_at_start[1]) / load.texts * 1e6,
             }
         return figures
     finally:

@@ -3,7 +3,8 @@
 Runs after the rollout (make test). Numbers are printed and kept in the lab's state
 directory (bench/*.json); EMBEDDER_BENCH_* , EMBEDDER_INGEST_CHUNKS and
 EMBEDDER_LATENCY_CHUNKS size the benchmarks (small in make test, full in make bench-embedder:
-1 000 chunks, 10 s points, 3 rounds).
+1 000 chunks, 15 paired 2 s slices of server and model); EMBEDDER_OVERHEAD_* the server's
+own-cost benchmark.
 """
 
 from __future__ import annotations
@@ -35,10 +36,15 @@ from tests.lab.embedder_helpers import (
 
 pytestmark = pytest.mark.lab
 
-BENCH_SECONDS = float(os.environ.get("EMBEDDER_BENCH_SECONDS", "3"))
+# Server vs model: seconds per slice (and per sweep point), paired slices, sweep rounds.
+BENCH_SECONDS = float(os.environ.get("EMBEDDER_BENCH_SECONDS", "1"))
 INGEST_CHUNKS = int(os.environ.get("EMBEDDER_INGEST_CHUNKS", "300"))
 BENCH_BATCHES = os.environ.get("EMBEDDER_BENCH_BATCHES", "1,16,32,64")
-BENCH_ROUNDS = int(os.environ.get("EMBEDDER_BENCH_ROUNDS", "2"))
+BENCH_ROUNDS = int(os.environ.get("EMBEDDER_BENCH_ROUNDS", "8"))
+BENCH_SWEEP_ROUNDS = int(os.environ.get("EMBEDDER_BENCH_SWEEP_ROUNDS", "2"))
+# The server's own cost (model call taken out): seconds per point, rounds per build.
+OVERHEAD_SECONDS = float(os.environ.get("EMBEDDER_OVERHEAD_SECONDS", "3"))
+OVERHEAD_ROUNDS = int(os.environ.get("EMBEDDER_OVERHEAD_ROUNDS", "2"))
 BENCH_LATENCY_REQUESTS = int(os.environ.get("EMBEDDER_BENCH_LATENCY_REQUESTS", "30"))
 LATENCY_CHUNKS = int(os.environ.get("EMBEDDER_LATENCY_CHUNKS", "20"))
 # Goal: the server under 32 clients keeps >= 90 % of the model's best direct throughput
@@ -152,12 +158,32 @@ def test_embedding_server_keeps_up_with_the_model_called_directly() -> None:
     result = bench_on_embedder(
         "embedding_bench.py",
         f"--url http://127.0.0.1:8300 --seconds {BENCH_SECONDS} --batches {BENCH_BATCHES}"
-        f" --rounds {BENCH_ROUNDS} --latency-requests {BENCH_LATENCY_REQUESTS}",
+        f" --rounds {BENCH_ROUNDS} --sweep-rounds {BENCH_SWEEP_ROUNDS}"
+        f" --latency-requests {BENCH_LATENCY_REQUESTS}",
     )
     record("embedding_server", result)
     for kind in ("short", "long"):
         assert result[kind]["single_request"]["p95_ms"] > 0
         assert result[kind]["server_vs_direct"] >= MIN_SERVER_RATIO, (kind, result[kind])
+
+
+def test_an_idle_embedding_server_leaves_the_cores_alone() -> None:
+    """ONNX Runtime's threads spin between parallel sections, then sleep: after a request,
+    the server's CPU over the next seconds is the watchdog's ping, not a spinning core."""
+    status, _ = embed(["one request, then quiet"])
+    assert status == 200
+    seconds = 5
+    used = ssh(EMBEDDER, (
+        "pid=$(systemctl show -p MainPID --value embedding-server); sleep 1;"
+        " a=$(awk '{print $14 + $15}' /proc/$pid/stat);"
+        f" sleep {seconds}; b=$(awk '{{print $14 + $15}}' /proc/$pid/stat);"
+        " echo $(( b - a )) $(getconf CLK_TCK)"
+    ))  # fmt: skip
+    ticks, per_second = (int(n) for n in used.split())
+    share = ticks / per_second / seconds
+    record("embedding_server_idle", {"cpu_share_of_a_core": round(share, 4)})
+    # A thread that spins for good takes a whole core (1.0).
+    assert share < 0.05, f"the idle server used {share:.1%} of a core over {seconds} s"
 
 
 def test_embedding_server_own_cost_per_request() -> None:
@@ -179,7 +205,7 @@ def test_embedding_server_own_cost_per_request() -> None:
         apps += " --app before=/root/baseline"
     result = bench_on_embedder(
         "embedding_server_overhead.py",
-        f"{apps} --seconds {BENCH_SECONDS} --rounds {BENCH_ROUNDS}",
+        f"{apps} --seconds {OVERHEAD_SECONDS} --rounds {OVERHEAD_ROUNDS}",
     )
     record("embedding_server_overhead", result)
     for kind in ("short", "long"):

@@ -404,9 +404,7 @@ def main() -> None:
     parser.add_argument("--max-inputs", type=int, default=2048)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-    engine = Engine(
-        args.model_dir, args.cache_dir, args.device, args.dtype, args.threads, spin=False
-    )
+    engine = Engine(args.model_dir, args.cache_dir, args.device, args.dtype, args.threads)
     INFO.labels(
         args.model_name, args.device, args.dtype, engine.providers[0], str(engine.dimensions)
     ).set(1)

@@ -300,6 +300,11 @@ def main() -> None:
         "seconds_per_point": args.seconds,
     }
     batches = [int(b) for b in args.batches.split(",")]
+    at_start: list[float] = []  # the server's model counters when a slice's clock starts
+
+    def read_counters() -> None:
+        at_start[:] = model_counters(args.url)
+
     for kind in args.kinds.split(","):
         texts = make_texts(engine, lengths[kind], 256, seed=7)
         # The sweep picks the batch: every size in each of --sweep-rounds rounds (the order
@@ -320,15 +325,15 @@ def main() -> None:
             sides = ["server", "direct"] if round_ % 2 == 0 else ["direct", "server"]
             for side in sides:
                 if side == "server":
-                    busy_before, texts_before = model_counters(args.url)
-                    started = time.perf_counter()
-                    served.append(asyncio.run(clients(
-                        args.url, texts, args.clients, args.seconds, args.texts_per_request
-                    )).rate)  # fmt: skip
-                    server_seconds += time.perf_counter() - started
+                    load = asyncio.run(clients(
+                        args.url, texts, args.clients, args.seconds, args.texts_per_request,
+                        at_start=read_counters,
+                    ))  # fmt: skip
                     busy_after, texts_after = model_counters(args.url)
-                    model_seconds += busy_after - busy_before
-                    model_texts += texts_after - texts_before
+                    served.append(load.rate)
+                    server_seconds += load.seconds
+                    model_seconds += busy_after - at_start[0]
+                    model_texts += texts_after - at_start[1]
                 else:
                     direct_rounds.append(direct(engine, texts, best, args.seconds))
         ratios = [s / d for s, d in zip(served, direct_rounds, strict=True)]
@@ -343,9 +348,9 @@ def main() -> None:
             "direct_rounds_texts_per_s": [round(r, 1) for r in direct_rounds],
             "server_vs_direct": round(statistics.median(ratios), 3),
             "server_vs_direct_rounds": [round(r, 3) for r in ratios],
-            # Where the server's share goes, from its own /metrics over its slices (warm-up
-            # requests and connecting included): how much of the time the model ran, and
-            # how fast it ran while it did. Both hold still while the cores' speed drifts.
+            # Where the server's share goes, from its own /metrics over its timed slices: how
+            # much of the time the model ran, and how fast it ran while it did (texts per
+            # second of model time, to set beside the direct figure at the batch in flight).
             "server_model_busy_share": round(model_seconds / server_seconds, 3),
             "server_model_texts_per_s": round(model_texts / model_seconds, 1),
             # No call can hold more texts than the clients have in flight, so this is the

@@ -137,7 +137,7 @@ lab: venv ## Fresh lab: boot from the cached image, full rollout, verify
 .PHONY: bench-embedder
 bench-embedder: venv ## Embedder benchmarks, full size: server vs model, ingest latency, 1000 chunks, TTS
 	EMBEDDER_BENCH_SECONDS=2 EMBEDDER_LATENCY_CHUNKS=100 EMBEDDER_INGEST_CHUNKS=1000 \
-	  EMBEDDER_BENCH_BATCHES=1,8,16,32,64 EMBEDDER_BENCH_ROUNDS=15 EMBEDDER_BENCH_SWEEP_ROUNDS=3 \
+	  EMBEDDER_BENCH_BATCHES=1,8,16,32,64 EMBEDDER_BENCH_ROUNDS=30 EMBEDDER_BENCH_SWEEP_ROUNDS=3 \
 	  EMBEDDER_BENCH_LATENCY_REQUESTS=100 EMBEDDER_MIN_SERVER_RATIO=0.9 \
 	  $(PYTEST) -q -s tests/lab/test_embedder.py
 

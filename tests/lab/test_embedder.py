@@ -3,7 +3,7 @@
 Runs after the rollout (make test). Numbers are printed and kept in the lab's state
 directory (bench/*.json); EMBEDDER_BENCH_* , EMBEDDER_INGEST_CHUNKS and
 EMBEDDER_LATENCY_CHUNKS size the benchmarks (small in make test, full in make bench-embedder:
-1 000 chunks, 15 paired 2 s slices of server and model); EMBEDDER_OVERHEAD_* the server's
+1 000 chunks, 30 paired 2 s slices of server and model); EMBEDDER_OVERHEAD_* the server's
 own-cost benchmark.
 """
 
@@ -48,9 +48,10 @@ OVERHEAD_ROUNDS = int(os.environ.get("EMBEDDER_OVERHEAD_ROUNDS", "2"))
 BENCH_LATENCY_REQUESTS = int(os.environ.get("EMBEDDER_BENCH_LATENCY_REQUESTS", "30"))
 LATENCY_CHUNKS = int(os.environ.get("EMBEDDER_LATENCY_CHUNKS", "20"))
 # Goal: the server under 32 clients keeps >= 90 % of the model's best direct throughput
-# (make bench-embedder asserts it). On the lab's shared CPUs a 3 s point swings by 2x, so
-# make test asserts a floor that only a broken batcher misses (one text per model call
-# reaches about 20 % of the best batch).
+# (make bench-embedder asserts it, over 30 pairs). On the lab's shared CPUs one pair swings
+# from 0.7 to 1.0, and make test runs 8 short ones while other tests' hosts are busy, so it
+# asserts a floor that only a broken batcher misses (one text per model call reaches about
+# 20 % of the best batch).
 MIN_SERVER_RATIO = float(os.environ.get("EMBEDDER_MIN_SERVER_RATIO", "0.6"))
 # A git ref whose embedding server the overhead benchmark serves beside this one (optional).
 OVERHEAD_BASELINE = os.environ.get("EMBEDDER_OVERHEAD_BASELINE")

@@ -169,8 +169,9 @@ def test_embedding_server_keeps_up_with_the_model_called_directly() -> None:
 
 
 def test_an_idle_embedding_server_leaves_the_cores_alone() -> None:
-    """ONNX Runtime's threads spin between parallel sections, then sleep: after a request,
-    the server's CPU over the next seconds is the watchdog's ping, not a spinning core."""
+    """ONNX Runtime's threads spin while a run lasts and stop when it returns
+    (engine.py): after a request, the idle server's CPU is the watchdog's ping, not a
+    spinning core."""
     status, _ = embed(["one request, then quiet"])
     assert status == 200
     seconds = 5

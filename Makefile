@@ -49,7 +49,7 @@ lint: venv ## ruff check and format check
 
 .PHONY: check-data
 check-data: venv ## Validate an inventory's data without connecting (INV=inventory.py)
-	$(PY) -c 'from tasks.datamodel.preflight import check_inventory_file as c; c("$(INV)")' \
+	$(PY) -c 'from tasks.common.datamodel.preflight import check_inventory_file as c; c("$(INV)")' \
 	  && echo "$(INV): data is valid"
 
 # promtool and amtool (Debian's prometheus, prometheus-alertmanager) unpacked under build/,
@@ -77,7 +77,7 @@ test-plan: venv promtools ## Plan tests: the real deploys on the real machines' 
 
 .PHONY: docs
 docs: venv ## Regenerate the README's table of data keys
-	$(PY) -m tasks.datamodel.docs --update README.md
+	$(PY) -m tasks.common.datamodel.docs --update README.md
 
 # --- The lab ------------------------------------------------------------------------------
 .PHONY: lab-up

@@ -7,7 +7,7 @@ connecting anywhere. The figures below are the seed's hardware; the addresses, b
 and PCI addresses are examples to replace with yours (``lspci -nn``, ``ls /dev/disk/by-id``).
 """
 
-from tasks.datamodel.preflight import check_inventory_file
+from tasks.common.datamodel.preflight import check_inventory_file
 
 R9700 = {
     "name": "r9700",

@@ -1,6 +1,6 @@
 """The hypervisor only: pyinfra inventory.py deploys/hypervisor.py"""
 
 from deploys.roles import roll_out
-from tasks.datamodel.machine import HYPERVISOR
+from tasks.common.datamodel.machine import HYPERVISOR
 
 roll_out(HYPERVISOR)

@@ -13,11 +13,25 @@ from collections.abc import Callable, Iterable
 
 from pyinfra import host
 
-from tasks.actr_engine import actr_engine
-from tasks.admin_user import admin_user
-from tasks.apt_sources import apt_sources
-from tasks.base_packages import base_packages
-from tasks.datamodel.machine import (
+from tasks.ageis_node.actr_engine import actr_engine
+from tasks.ageis_node.memory_store import memory_store
+from tasks.ageis_node.ollama import ollama
+from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
+from tasks.ageis_node.rocm import rocm
+from tasks.base.admin_user import admin_user
+from tasks.base.apt_sources import apt_sources
+from tasks.base.base_packages import base_packages
+from tasks.base.firewall import firewall
+from tasks.base.hardening import hardening
+from tasks.base.hostname import hostname
+from tasks.base.journald import journald
+from tasks.base.node_exporter import node_exporter
+from tasks.base.resolver_client import resolver_client
+from tasks.base.security_updates import security_updates
+from tasks.base.ssh_server import ssh_server
+from tasks.base.tailscale import tailscale
+from tasks.base.time_sync import time_sync
+from tasks.common.datamodel.machine import (
     AGEIS_NODE,
     DNS,
     EMBEDDER,
@@ -25,40 +39,26 @@ from tasks.datamodel.machine import (
     MONITORING,
     SERVICE_GUESTS,
 )
-from tasks.datamodel.preflight import require_valid_data
-from tasks.dns_resolver import dns_resolver
-from tasks.embedding_server import embedding_server
-from tasks.firewall import firewall
-from tasks.gpu_passthrough import gpu_passthrough
-from tasks.hardening import hardening
-from tasks.hostname import hostname
-from tasks.journald import journald
-from tasks.memory_store import memory_store
-from tasks.monitoring import monitoring
-from tasks.node_exporter import node_exporter
-from tasks.nvidia_driver import nvidia_driver
-from tasks.ollama import ollama
-from tasks.openclaw_pipeline import openclaw_pipeline
-from tasks.pgbackrest import (
+from tasks.common.datamodel.preflight import require_valid_data
+from tasks.common.ports import Port
+from tasks.embedder.embedding_server import embedding_server
+from tasks.embedder.nvidia_driver import nvidia_driver
+from tasks.embedder.tts import tts
+from tasks.embedder.vector_indexer import vector_indexer
+from tasks.hypervisor.gpu_passthrough import gpu_passthrough
+from tasks.hypervisor.pgbackrest import (
     memory_store_first_restore_test,
     pgbackrest_repository,
     pgbackrest_stanza,
 )
-from tasks.ports import Port
-from tasks.proxmox_api import proxmox_api_check
-from tasks.proxmox_backup import proxmox_backup_job
-from tasks.proxmox_guests import proxmox_guests
-from tasks.proxmox_storage import proxmox_storages
-from tasks.proxmox_ve import proxmox_ve
-from tasks.resolver_client import resolver_client
-from tasks.rocm import rocm
-from tasks.security_updates import security_updates
-from tasks.ssh_server import ssh_server
-from tasks.storage_pools import storage_pools
-from tasks.tailscale import tailscale
-from tasks.time_sync import time_sync
-from tasks.tts import tts
-from tasks.vector_indexer import vector_indexer
+from tasks.hypervisor.proxmox_api import proxmox_api_check
+from tasks.hypervisor.proxmox_backup import proxmox_backup_job
+from tasks.hypervisor.proxmox_guests import proxmox_guests
+from tasks.hypervisor.proxmox_storage import proxmox_storages
+from tasks.hypervisor.proxmox_ve import proxmox_ve
+from tasks.hypervisor.storage_pools import storage_pools
+from tasks.services.dns_resolver import dns_resolver
+from tasks.services.monitoring import monitoring
 
 BASE: tuple[Callable[[], None], ...] = (
     hostname,

@@ -1,6 +1,6 @@
 """The service guests (monitoring, DNS) only: pyinfra inventory.py deploys/services.py"""
 
 from deploys.roles import roll_out
-from tasks.datamodel.machine import DNS, MONITORING, SERVICE_GUESTS
+from tasks.common.datamodel.machine import DNS, MONITORING, SERVICE_GUESTS
 
 roll_out(SERVICE_GUESTS, DNS, MONITORING)

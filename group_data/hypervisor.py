@@ -6,7 +6,8 @@
 proxmox_api_user = "root@pam"
 proxmox_api_token_name = None
 
-# The Proxmox web interface and API (pveproxy, port 8006) is declared by tasks/proxmox_api.py.
+# The Proxmox web interface and API (pveproxy, port 8006) is declared by
+# tasks/hypervisor/proxmox_api.py.
 # The hypervisor forwards whatever enters or leaves these bridges (its guests' networks):
 # vmbr* are the guest bridges, fwbr* the bridges of Proxmox's per-guest firewall.
 firewall_guest_bridges = ["vmbr*", "fwbr*"]

@@ -47,7 +47,7 @@ def pve_double_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
 
 def start_double(cert: tuple[Path, Path], **kwargs: Any) -> RunningDouble:
-    from tasks.proxmox_api import forget_clients
+    from tasks.hypervisor.proxmox_api import forget_clients
 
     forget_clients()
     kwargs.setdefault("password", TEST_SECRET)

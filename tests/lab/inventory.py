@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tasks.datamodel.preflight import check_inventory_file
-from tasks.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
+from tasks.base.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
+from tasks.common.datamodel.preflight import check_inventory_file
 from tests.lab import hosts as lab
 from tests.lab import pve_api_double
 from tests.lab.inference_standin import ollama_data, pipeline_data, rocm_data

@@ -11,7 +11,7 @@ import secrets
 import tomllib
 from pathlib import Path
 
-from tasks.datamodel.registry import secret_specs
+from tasks.common.datamodel.registry import secret_specs
 
 
 def ensure_lab_secrets(path: Path) -> None:

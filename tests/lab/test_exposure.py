@@ -201,7 +201,7 @@ def declared_tcp_ports() -> dict[str, set[int]]:
     from pyinfra_cli.inventory import make_inventory_from_files
 
     from deploys.roles import declared_ports
-    from tasks.firewall import ports_of
+    from tasks.base.firewall import ports_of
 
     cwd = Path.cwd()
     os.chdir(REPO)

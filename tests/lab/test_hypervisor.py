@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tasks.gpu_passthrough import MODPROBE
+from tasks.hypervisor.gpu_passthrough import MODPROBE
 from tests.lab import hosts, labctl
 
 pytestmark = pytest.mark.lab

@@ -21,7 +21,7 @@ from pyinfra.api import State
 from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory_from_files
 
-from tasks.proxmox_api import connect, forget_clients
+from tasks.hypervisor.proxmox_api import connect, forget_clients
 from tests.lab import hosts
 
 pytestmark = pytest.mark.lab
@@ -47,8 +47,8 @@ def guarded_run(tmp_path: Path, step: str) -> subprocess.CompletedProcess[str]:
             """
             from pyinfra import inventory
             from pyinfra.operations import python, server
-            from tasks.proxmox_api import connect
-            from tasks.snapshot_guard import snapshot_guard
+            from tasks.hypervisor.proxmox_api import connect
+            from tasks.ageis_node.snapshot_guard import snapshot_guard
 
             def change_vm():
                 api = connect(inventory.get_host("pve"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.tailscale import KEYRING
+from tasks.base.tailscale import KEYRING
 from tests.lab import hosts, labctl
 
 pytestmark = pytest.mark.lab

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.embedder_sources import MODEL_PACKAGE, VOICE_PACKAGE, lock_requirements
+from tasks.embedder.embedder_sources import MODEL_PACKAGE, VOICE_PACKAGE, lock_requirements
 from tests.lab import hosts
 
 DIR = hosts.CACHE_DIR / "wheelhouse"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.datamodel.registry import secret_specs
+from tasks.common.datamodel.registry import secret_specs
 from tests.doubles.fixtures import RunningDouble, pve_double, pve_double_cert  # noqa: F401
 from tests.plan.harness import Plan, plan
 from tests.plan.machines import Machine, real_fleet

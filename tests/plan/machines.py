@@ -65,7 +65,7 @@ class Machine:
     memory_store: dict[str, Any] | None = None
     # PgbackrestInfo on the repository host: None (not installed) or {"status", "backups"}.
     pgbackrest_info: dict[str, Any] | None = None
-    # Hypervisor hardware (tasks/hypervisor_facts.py): PCI functions by address (PciDevices),
+    # Hypervisor hardware (tasks/common/hardware_facts.py): PCI functions by address (PciDevices),
     # boot loader, running kernel command line, /proc/fb, CPU vendor, imported ZFS pools,
     # mounts, disks' signatures by device and units' `systemctl is-enabled` states.
     pci: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.datamodel.keys import DataError
-from tasks.dns_resolver import PORTS
+from tasks.common.datamodel.keys import DataError
+from tasks.services.dns_resolver import PORTS
 from tests.plan.harness import REPO, Plan
 
 INVENTORY = {

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tasks.datamodel.preflight import InvalidData
-from tasks.firewall import FirewallRefused
+from tasks.base.firewall import FirewallRefused
+from tasks.common.datamodel.preflight import InvalidData
 from tests.plan.harness import Plan, PlannedOp
 
 HOSTS = ("pve", "ageis-node", "embedder", "monitoring", "dns")

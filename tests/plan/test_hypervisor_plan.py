@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tasks.gpu_passthrough import PassthroughRefused, group_problems, preflight
-from tasks.proxmox_ve import ProxmoxRefused
-from tasks.storage_pools import PoolRefused
+from tasks.hypervisor.gpu_passthrough import PassthroughRefused, group_problems, preflight
+from tasks.hypervisor.proxmox_ve import ProxmoxRefused
+from tasks.hypervisor.storage_pools import PoolRefused
 from tests.plan.harness import Plan
 from tests.plan.machines import (
     DEBIAN_13,
@@ -115,7 +115,7 @@ def _rendered_files() -> dict[str, str]:
     """The hypervisor task's files, rendered from the templates as a rollout wrote them."""
     import jinja2
 
-    from tasks.templating import TEMPLATES
+    from tasks.common.templating import TEMPLATES
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.memory_store import roles_digest, scram_verifier
+from tasks.ageis_node.memory_store import roles_digest, scram_verifier
 from tests.plan.conftest import PLAN_SECRETS
 from tests.plan.harness import REPO, Plan
 from tests.plan.machines import DEBIAN_13
@@ -115,7 +115,7 @@ def test_scram_verifier_matches_rfc_7677_shape_and_is_stable() -> None:
 
 
 def test_converged_store_changes_nothing_of_the_schema(plan_of, fleet) -> None:
-    from tasks.memory_store import render_schema, schema_comment
+    from tasks.ageis_node.memory_store import render_schema, schema_comment
 
     verifiers = {
         r: scram_verifier(r, PLAN_SECRETS[f"memory_store_{r}_password"])

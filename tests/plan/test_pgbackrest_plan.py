@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from tasks.pgbackrest import AptPolicy, PgbackrestVersionMismatch, host_tls, upstream_version
+from tasks.hypervisor.pgbackrest import (
+    AptPolicy,
+    PgbackrestVersionMismatch,
+    host_tls,
+    upstream_version,
+)
 from tests.doubles.apt_policy import AptPolicyDouble, Available, compare_versions
 from tests.plan.conftest import PLAN_SECRETS
 from tests.plan.harness import REPO, Plan

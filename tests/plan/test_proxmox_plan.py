@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tasks.datamodel.preflight import InvalidData
-from tasks.proxmox_api import ProxmoxError, TaskFailed
+from tasks.common.datamodel.preflight import InvalidData
+from tasks.hypervisor.proxmox_api import ProxmoxError, TaskFailed
 from tests.doubles.fixtures import RunningDouble, start_double
 from tests.plan.harness import Plan, PlannedOp
 

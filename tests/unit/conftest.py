@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tasks.datamodel.validate import HostView
+from tasks.common.datamodel.validate import HostView
 
 LAN_CIDR = "192.168.1.0/24"
 
@@ -215,7 +215,7 @@ class Baseline:
         lines = [
             '"""Throw-away inventory written by a test (a copy of the baseline)."""',
             "",
-            "from tasks.datamodel.preflight import check_inventory_file",
+            "from tasks.common.datamodel.preflight import check_inventory_file",
             "",
         ]
         for group, members in self.groups.items():

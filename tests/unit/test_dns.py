@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from tasks.datamodel.keys import DataError
-from tasks.dns_resolver import access_control, reverse_zone, zone_records
-from tasks.resolver_client import nameservers, server_order
+from tasks.base.resolver_client import nameservers, server_order
+from tasks.common.datamodel.keys import DataError
+from tasks.services.dns_resolver import access_control, reverse_zone, zone_records
 
 DNS_HOSTS = [("dns", "192.168.1.50")]
 

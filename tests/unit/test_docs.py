@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.datamodel import docs
-from tasks.datamodel.registry import all_schemas, secret_specs
+from tasks.common.datamodel import docs
+from tasks.common.datamodel.registry import all_schemas, secret_specs
 
 README = """# Title
 

@@ -7,10 +7,10 @@ import ipaddress
 import pytest
 
 from deploys.roles import declared_ports
-from tasks.datamodel.keys import DataError
-from tasks.facts import SshSession
-from tasks.firewall import DATA, open_ports, ports_of, session_refusal
-from tasks.ports import Port
+from tasks.base.firewall import DATA, open_ports, ports_of, session_refusal
+from tasks.common.datamodel.keys import DataError
+from tasks.common.facts import SshSession
+from tasks.common.ports import Port
 
 LAN = ipaddress.IPv4Network("192.168.1.0/24")
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from tasks.datamodel.forms import (
+from tasks.common.datamodel.forms import (
     HOSTNAME,
     PCI_ADDRESS,
     PCI_ID,
@@ -26,7 +26,7 @@ from tasks.datamodel.forms import (
     path_in_package,
     plain,
 )
-from tasks.datamodel.machine import GPU, GUEST, POOL_NAME
+from tasks.common.datamodel.machine import GPU, GUEST, POOL_NAME
 
 GiB = 1024**3
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tasks import gpu_passthrough
+from tasks.hypervisor import gpu_passthrough
 from tests.plan.machines import R9700_AT, pci, xeon_pci
 
 GPU = {

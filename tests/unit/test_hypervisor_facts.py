@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.hypervisor_facts import (
+from tasks.common.hardware_facts import (
     BootLoader,
     CpuVendor,
     DiskSignatures,

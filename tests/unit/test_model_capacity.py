@@ -1,8 +1,8 @@
-"""The capacity preflight's arithmetic (tasks/model_capacity.py)."""
+"""The capacity preflight's arithmetic (tasks/ageis_node/model_capacity.py)."""
 
 from __future__ import annotations
 
-from tasks.model_capacity import GIB, fit
+from tasks.ageis_node.model_capacity import GIB, fit
 
 
 def test_seed_70b_on_r9700_and_16g_vm_is_offloaded_with_the_split() -> None:

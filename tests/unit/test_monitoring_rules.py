@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.monitoring import DATA, rule_variables
+from tasks.services.monitoring import DATA, rule_variables
 from tests.prometheus_tools import render_rules, run, without_annotations
 
 TESTS = Path(__file__).parent / "promtool"

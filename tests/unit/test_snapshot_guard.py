@@ -55,8 +55,8 @@ def _run(tmp_path: Path, running: RunningDouble, step: str, policy: str = "rollb
         textwrap.dedent(
             """
             from pyinfra.operations import files, python, server
-            from tasks.proxmox_api import connect, hypervisor_named
-            from tasks.snapshot_guard import snapshot_guard
+            from tasks.hypervisor.proxmox_api import connect, hypervisor_named
+            from tasks.ageis_node.snapshot_guard import snapshot_guard
 
             def change_vm():
                 api = connect(hypervisor_named("pve"))
@@ -150,7 +150,7 @@ def test_nothing_to_change_takes_no_snapshot(tmp_path: Path, pve_double: Running
 
 @pytest.mark.parametrize("reason", ["ROCm 7.1 upgrade", "x" * 80, "!!!"])
 def test_snapshot_names_fit_proxmox(reason: str) -> None:
-    from tasks.snapshot_guard import snapshot_name
+    from tasks.ageis_node.snapshot_guard import snapshot_name
     from tests.doubles.pve_schema import NAMED_PATTERNS
 
     name = snapshot_name(reason, now=0)

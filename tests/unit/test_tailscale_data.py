@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tasks.apt_keys import Fingerprint, KeyringFingerprints
-from tasks.datamodel.forms import FormError
-from tasks.datamodel.keys import DataError
-from tasks.tailscale import DATA, TailscaleState, UrlTemplate
+from tasks.base.tailscale import DATA, TailscaleState, UrlTemplate
+from tasks.common.apt_keys import Fingerprint, KeyringFingerprints
+from tasks.common.datamodel.forms import FormError
+from tasks.common.datamodel.keys import DataError
 
 
 def test_defaults_are_tailscales_real_repository_and_key() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.datamodel.keys import DataError
-from tasks.datamodel.secrets import Secret, SecretsError, load_secrets, secrets_file
-from tasks.datamodel.validate import format_errors, validate_hosts
+from tasks.common.datamodel.keys import DataError
+from tasks.common.datamodel.secrets import Secret, SecretsError, load_secrets, secrets_file
+from tasks.common.datamodel.validate import format_errors, validate_hosts
 
 SECRETS = {
     "proxmox_api_secret": Secret("s3cret-value"),

@@ -49,7 +49,7 @@ def test_chrony_keeps_time_where_the_host_may_set_the_clock(host_in: InventoryHo
 
 
 def test_base_packages(host_in: InventoryHost) -> None:
-    from tasks.base_packages import DATA
+    from tasks.base.base_packages import DATA
 
     wanted = host_in.data.get("base_packages", DATA.keys["base_packages"].default)
     missing = [p for p in wanted if not host_in.testinfra.package(p).is_installed]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from deploys.roles import declared_ports
-from tasks.firewall import DATA, TAILNET_NETWORKS, ports_of
+from tasks.base.firewall import DATA, TAILNET_NETWORKS, ports_of
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.hardening import DATA as HARDENING
+from tasks.base.hardening import DATA as HARDENING
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tasks.gpu_passthrough import (
+from tasks.common.hardware_facts import PCI_COMMAND, PciDevice, PciDevices
+from tasks.hypervisor.gpu_passthrough import (
     IOMMU_FLAGS,
     MODPROBE,
     MODULES_LOAD,
@@ -21,8 +22,7 @@ from tasks.gpu_passthrough import (
     softdeps,
     vfio_ids,
 )
-from tasks.hypervisor_facts import PCI_COMMAND, PciDevice, PciDevices
-from tasks.proxmox_ve import DATA as PROXMOX_DATA
+from tasks.hypervisor.proxmox_ve import DATA as PROXMOX_DATA
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify

@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from tasks.datamodel.machine import AGEIS_NODE
-from tasks.rocm import DATA as ROCM
+from tasks.ageis_node.rocm import DATA as ROCM
+from tasks.common.datamodel.machine import AGEIS_NODE
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify

@@ -3,7 +3,7 @@
 A real Proxmox host passes these as well: every pool of the data is an active storage with its
 content types, the nightly backup job exists and writes to the backup storage, every guest of
 the hypervisor exists and runs, and (with passthrough) the VM carries the GPU as hostpci0 with
-pcie=1. The API is reached the way the deploy reaches it (``tasks/proxmox_api.py``: the
+pcie=1. The API is reached the way the deploy reaches it (``tasks/hypervisor/proxmox_api.py``: the
 inventory's data and the secrets file).
 """
 
@@ -17,7 +17,7 @@ from pyinfra.api import State
 from pyinfra.context import ctx_inventory, ctx_state
 from pyinfra_cli.inventory import make_inventory_from_files
 
-from tasks.proxmox_api import Proxmox, connect
+from tasks.hypervisor.proxmox_api import Proxmox, connect
 from tests.verify.conftest import REPO, InventoryHost
 
 pytestmark = pytest.mark.verify

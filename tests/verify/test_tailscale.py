@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tasks.tailscale import AUTH_KEY_DIR, AUTH_KEY_FILE, DATA, KEYRING, NODE_GROUPS, SOURCES
+from tasks.base.tailscale import AUTH_KEY_DIR, AUTH_KEY_FILE, DATA, KEYRING, NODE_GROUPS, SOURCES
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify

@@ -1,0 +1,305 @@
+"""actr-engine on ageis-node: ACT-R declarative memory over the memory store, as a service.
+
+By default the reference engine shipped in ``files/actr-engine/`` (stdlib HTTP server +
+psycopg 3): store a chunk, retrieve by cue, activation = base-level learning over the access
+history (decay ``actr_engine_decay``) plus pgvector similarity; each retrieval is recorded as
+an access. A user's own engine replaces it through the data: ``actr_engine_source`` (a path on
+the controller, a pip requirement such as "my-engine==1.2", or a git URL with its ref), its
+``actr_engine_command`` and ``actr_engine_environment``.
+
+The engine lives in a venv (``/opt/actr-engine/venv``, with the distribution's psycopg from
+the system site-packages), installed again only when the source changed. Its unit requires
+``memory-store-integrity.service`` (a failed integrity check keeps it down), comes after
+Ollama, waits (bounded) for the embedding server on the embedder when one is configured, and
+restarts on failure with a growing delay. The database password (secret
+``memory_store_actr_engine_password``) reaches it as a systemd credential, never in its
+environment or on a command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from io import StringIO
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks.ageis_node.ollama import WAIT
+from tasks.common.datamodel.forms import Field, Int, ListOf, MapOf, Optional, Predicate, Str, Struct
+from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.machine import AGEIS_NODE
+from tasks.common.datamodel.secrets import load_secrets
+from tasks.common.ports import Port
+from tasks.common.templating import REPO_ROOT, file_path, template_path
+
+GROUPS = (AGEIS_NODE,)
+PORT = 8100
+USER = "actr-engine"
+BASE = "/opt/actr-engine"
+VENV = f"{BASE}/venv"
+SRC = f"{BASE}/src"
+MARKER = f"{BASE}/.installed"
+CONFIG_DIR = "/etc/actr-engine"
+PASSWORD_FILE = f"{CONFIG_DIR}/db-password"
+UNIT = "/etc/systemd/system/actr-engine.service"
+DROP_IN_DIR = "/etc/systemd/system/actr-engine.service.d"
+DROP_IN = f"{DROP_IN_DIR}/homelab.conf"
+PASSWORD_SECRET = "memory_store_actr_engine_password"
+
+PORTS = (Port(PORT, "tcp", "actr-engine", probe="http:/health", metrics_path="/metrics"),)
+
+SOURCE = Struct(
+    {
+        "kind": Field(Str(choices=("path", "package", "git")), doc="where the engine comes from"),
+        "ref": Field(
+            Str(r"[^\s]+", what='a path, pip requirement or git URL, such as "files/actr-engine"'),
+            doc="path (controller, relative to the repository), requirement, or git URL",
+        ),
+        "rev": Field(Optional(Str(r"[^\s@]+")), required=False, doc="git ref (kind git)"),
+    },
+    what="an engine source with kind, ref",
+)
+COMMAND = ListOf(Str(r"[^\n]+", what="a command-line word"), min_items=1)
+ENV_NAME = Str(r"[A-Z][A-Z0-9_]*", what='an environment variable name such as "ACTR_DECAY"')
+ENV_VALUE = Str(r"[^\"\\\n]*", what="a value without quotes, backslashes or newlines")
+FLOAT = Predicate(Str(r"-?[0-9]+(\.[0-9]+)?"), lambda v: True, 'a number such as "0.5"')
+EMBEDDER_URL = Str(
+    r"https?://[^\s/]+(/[^\s]*)?",
+    what='an http(s) URL such as "http://embedder.home.arpa:8300/v1/embeddings"',
+)
+
+DATA = Schema(
+    "actr_engine",
+    Key(
+        "actr_engine_source",
+        SOURCE,
+        {"kind": "path", "ref": "files/actr-engine"},
+        "Engine to install: the reference (files/actr-engine), a pip requirement or a git URL.",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_command",
+        COMMAND,
+        ["actr-engine"],
+        "Command of the service; a first word without / is the venv's bin/ script.",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_environment",
+        MapOf(ENV_NAME, ENV_VALUE),
+        {},
+        "Further environment of the engine (a user's engine reads its settings here).",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_bind",
+        Str(r"[0-9.]+", what='an IPv4 address such as "0.0.0.0"'),
+        "0.0.0.0",
+        "Address the engine listens on (port 8100; the firewall admits LAN and tailnet).",
+        GROUPS,
+    ),
+    Key("actr_engine_decay", FLOAT, "0.5", "Base-level decay d of ACT-R.", GROUPS),
+    Key(
+        "actr_engine_mismatch_penalty",
+        FLOAT,
+        "1.0",
+        "Weight P of similarity in activation (A = B + P(sim - 1)).",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_threshold",
+        Optional(FLOAT),
+        None,
+        "Retrieval threshold tau; None returns the best chunks whatever their activation.",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_candidates",
+        Int(1, 1000),
+        20,
+        "Nearest neighbours (pgvector) ranked by activation per retrieval.",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_embedder_url",
+        Optional(EMBEDDER_URL),
+        None,
+        "Embedding server (OpenAI-style /v1/embeddings) for cues given as text; None: callers"
+        " give embeddings.",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_embedder_wait",
+        Int(1, 3600),
+        120,
+        "Seconds the engine's start waits for the embedding server's /health.",
+        GROUPS,
+    ),
+)
+
+
+def source_digest(source: dict[str, Any]) -> str:
+    """What the install marker records: the source, and for a path the hash of its files."""
+    if source["kind"] == "git":
+        return f"git {source['ref']}@{source.get('rev') or 'HEAD'}"
+    if source["kind"] == "package":
+        return f"package {source['ref']}"
+    root = local_source(source)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and _shipped(p)):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return f"path {source['ref']} {digest.hexdigest()[:16]}"
+
+
+def _shipped(path: Path) -> bool:
+    return not any(part in ("__pycache__", "build") or part.endswith(".egg-info")
+                   for part in path.parts) and not path.name.endswith(".pyc")  # fmt: skip
+
+
+def local_source(source: dict[str, Any]) -> Path:
+    root = Path(source["ref"])
+    root = root if root.is_absolute() else REPO_ROOT / root
+    if not (root / "pyproject.toml").is_file():
+        raise RuntimeError(
+            f"host {host.name!r}: key 'actr_engine_source.ref' is {source['ref']!r}; expected a"
+            " directory on this controller with a pyproject.toml (a Python package)"
+        )
+    return root
+
+
+def pip_command(source: dict[str, Any]) -> str:
+    # umask 022: the service's user reads what root installs (the hosts' login umask is 027).
+    pip = f"umask 022 && {VENV}/bin/pip install --quiet --disable-pip-version-check"
+    if source["kind"] == "path":
+        # The reference needs only psycopg, from the distribution (system site-packages).
+        return f"{pip} --no-index --no-build-isolation --no-deps {SRC}"
+    if source["kind"] == "package":
+        return f"{pip} {shlex.quote(source['ref'])}"
+    rev = f"@{source['rev']}" if source.get("rev") else ""
+    return f"{pip} {shlex.quote('git+' + source['ref'].removeprefix('git+') + rev)}"
+
+
+def exec_start(command: list[str]) -> str:
+    first = command[0] if command[0].startswith("/") else f"{VENV}/bin/{command[0]}"
+    return " ".join(shlex.quote(word) for word in [first, *command[1:]])
+
+
+def health_url(embedder_url: str) -> str:
+    parts = urlsplit(embedder_url)
+    return f"{parts.scheme}://{parts.netloc}/health"
+
+
+def environment(settings: Any) -> dict[str, str]:
+    env = {
+        "ACTR_LISTEN": f"{settings.actr_engine_bind}:{PORT}",
+        "ACTR_DATABASE": "host=127.0.0.1 port=5432 dbname=memory_store user=actr_engine",
+        "ACTR_DECAY": settings.actr_engine_decay,
+        "ACTR_MISMATCH_PENALTY": settings.actr_engine_mismatch_penalty,
+        "ACTR_THRESHOLD": settings.actr_engine_threshold or "",
+        "ACTR_CANDIDATES": str(settings.actr_engine_candidates),
+        "ACTR_EMBEDDER_URL": settings.actr_engine_embedder_url or "",
+    }
+    env.update(settings.actr_engine_environment)
+    return env
+
+
+@deploy("actr-engine", data_defaults=DATA.defaults())
+def actr_engine() -> None:
+    settings = DATA.read(host)
+    source = settings.actr_engine_source
+    password = load_secrets()[PASSWORD_SECRET]
+
+    packages = ["python3-venv", "python3-psycopg", "python3-setuptools", "curl"]
+    if source["kind"] == "git":
+        packages.append("git")
+    apt.packages(name="Python venv, psycopg 3 and tools for actr-engine", packages=packages)
+    server.user(
+        name="actr-engine's system user",
+        user=USER,
+        system=True,
+        home=BASE,
+        shell="/usr/sbin/nologin",
+    )
+    files.directory(name="actr-engine's directory", path=BASE, mode="755")
+    files.put(name=f"Install {WAIT}", src=file_path("wait-for-http"), dest=WAIT, mode="755")
+    if source["kind"] == "path":
+        root = local_source(source)
+        shipped = sorted(p for p in root.rglob("*") if p.is_file() and _shipped(p))
+        for directory in sorted({str(p.parent.relative_to(root)) for p in shipped}):
+            files.directory(
+                name=f"actr-engine's source: {directory}/",
+                path=f"{SRC}/{directory}".rstrip("/.") or SRC,
+                mode="755",
+            )
+        for path in shipped:
+            files.put(
+                name=f"actr-engine's source: {path.relative_to(root)}",
+                src=str(path),
+                dest=f"{SRC}/{path.relative_to(root)}",
+                mode="644",
+            )
+    venv = server.shell(
+        name="actr-engine's venv (system site-packages: the distribution's psycopg)",
+        commands=[
+            f"test -x {VENV}/bin/python || (umask 022 && python3 -m venv --system-site-packages"
+            f" {VENV})"
+        ]
+        if not host.get_fact(FileContents, path=f"{VENV}/pyvenv.cfg")
+        else [],
+    )
+    digest = source_digest(source)
+    have = " ".join(host.get_fact(FileContents, path=MARKER) or []).strip()
+    install = server.shell(
+        name=f"Install actr-engine ({digest})",
+        commands=[
+            pip_command(source),
+            f"echo {shlex.quote(digest)} > {MARKER}",
+        ]
+        if have != digest or venv.changed
+        else [],
+    )
+
+    files.directory(name="actr-engine's configuration", path=CONFIG_DIR, mode="750")
+    secret = files.put(
+        name="actr-engine's database password (root-only file, a systemd credential)",
+        src=StringIO(password.reveal() + "\n"),
+        dest=PASSWORD_FILE,
+        user="root",
+        group="root",
+        mode="600",
+    )
+    embedder = settings.actr_engine_embedder_url
+    unit = files.template(
+        name="actr-engine's systemd unit",
+        src=template_path("actr-engine.service.j2"),
+        dest=UNIT,
+        mode="644",
+        password_file=PASSWORD_FILE,
+        wait=WAIT,
+        embedder_health=health_url(embedder) if embedder else None,
+        embedder_wait=settings.actr_engine_embedder_wait,
+        command=exec_start(settings.actr_engine_command),
+    )
+    files.directory(name="actr-engine's drop-in directory", path=DROP_IN_DIR, mode="755")
+    drop_in = files.template(
+        name="actr-engine's environment (drop-in)",
+        src=template_path("actr-engine-homelab.conf.j2"),
+        dest=DROP_IN,
+        mode="644",
+        environment=environment(settings),
+    )
+    changed = [unit, drop_in, install, secret]
+    systemd.service(
+        name="actr-engine runs and starts at boot",
+        service="actr-engine.service",
+        running=True,
+        enabled=True,
+        daemon_reload=unit.changed or drop_in.changed,
+        restarted=any(op.changed for op in changed),
+    )

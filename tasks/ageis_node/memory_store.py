@@ -1,0 +1,553 @@
+"""The memory store: PostgreSQL + pgvector on ageis-node, checked for integrity at every start.
+
+The distribution's PostgreSQL (``postgresql_version``: None takes the release's own major, 16 on
+Ubuntu 24.04, 17 on Debian 13, 15 on Debian 12). The cluster ``<major>/main`` is created once,
+with data checksums, in ``<pools[postgresql_pool].path>/postgresql/<major>/main`` (the VM's disk
+lives on the hypervisor's SSD pool): ``pg_createcluster`` runs through
+``files/memory-store-bootstrap``, which restores the latest backup from the pgBackRest
+repository instead when the repository has one (a rebuilt host gets its memories back). An
+existing cluster is never re-created or moved: one in another directory, or without checksums,
+stops the run naming what differs.
+
+Settings are sized from the host's RAM (``postgresql_memory_percent`` of it, the rest belongs to
+Ollama), passwords are ``scram-sha-256``, PostgreSQL listens on loopback and the host's
+``lan_address`` (and ``postgresql_tailnet_address``), and ``pg_hba`` admits exactly the
+declared clients: ``actr_engine`` locally and over loopback, ``vector_indexer`` from the
+embedder's ``lan_address`` (plus ``postgresql_extra_clients``).
+
+The ``memory_store`` database, its roles and schema come from one SQL template
+(``templates/memory-store-schema.sql.j2``, vector dimension ``memory_embedding_dimensions``),
+applied by ``psql`` as postgres (reading the root-only file on stdin) when its digest (kept as
+the database's comment) or the roles' password verifiers differ. Passwords are secrets; the
+controller computes their SCRAM-SHA-256 verifiers (salt derived from the secret, so the file is
+stable), and only the verifiers travel, inside a root-only file: no password is ever on a
+command line.
+
+Ordering at boot: the data directory's mount, then ``postgresql@<major>-main``, then
+``memory-store-integrity.service`` (oneshot: PostgreSQL ready, data checksums on and zero
+checksum failures, ``amcheck`` on the memory tables and their B-tree indexes), then the clients,
+each with ``Requires=`` and ``After=`` on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Iterable, Mapping
+from io import StringIO
+from typing import Any
+
+from pyinfra import host, inventory
+from pyinfra.api import FactBase, deploy
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks.common.datamodel.forms import (
+    Field,
+    Int,
+    IPv4Address,
+    ListOf,
+    Optional,
+    Size,
+    Str,
+    Struct,
+)
+from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE, POOL_NAME
+from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.ports import Port
+from tasks.common.templating import file_path, template_path
+from tasks.hypervisor.pgbackrest import database_host
+
+# The distribution's PostgreSQL major, by (os-release ID, VERSION_ID).
+DISTRIBUTION_MAJOR = {("ubuntu", "24.04"): 16, ("debian", "13"): 17, ("debian", "12"): 15}
+# The same, by the inventory's guest.os (what another host knows of this one without facts).
+DISTRIBUTION_MAJOR_BY_OS = {"ubuntu-24.04": 16, "debian-13": 17, "debian-12": 15}
+
+DATABASE = "memory_store"
+OWNER = "memory_owner"
+CLIENT_ROLES = ("actr_engine", "vector_indexer")
+TABLES = ("memory_chunk", "memory_access")
+PORT = 5432
+INTEGRITY_UNIT = "memory-store-integrity.service"
+INTEGRITY_SCRIPT = "/usr/local/sbin/memory-store-integrity"
+BOOTSTRAP_SCRIPT = "/usr/local/sbin/memory-store-bootstrap"
+CONFIG_DIR = "/etc/homelab/memory-store"
+SCHEMA_FILE = f"{CONFIG_DIR}/schema.sql"
+ENV_FILE = f"{CONFIG_DIR}/memory-store.env"
+# node-exporter's textfile collector directory (Debian's prometheus-node-exporter reads it).
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+SCRAM_ITERATIONS = 4096
+
+CLIENT = Struct(
+    {
+        "role": Field(Str(choices=CLIENT_ROLES), doc="the login role"),
+        "address": Field(IPv4Address(), doc="the client's address"),
+    },
+    what="a client",
+)
+
+
+DATA = Schema(
+    "memory_store",
+    Key(
+        "postgresql_version",
+        Optional(Int(13, 30)),
+        None,
+        "PostgreSQL major version; None: the distribution's own (16 on Ubuntu 24.04, 17 on"
+        " Debian 13). A change never upgrades an existing cluster (that is pg_upgradecluster).",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "postgresql_pool",
+        POOL_NAME,
+        "ssd",
+        "The host's pool (its `pools` key) that holds the data directory,"
+        " <pool path>/postgresql/<major>/main.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "postgresql_memory",
+        Optional(Size(minimum=256 * 1024**2)),
+        None,
+        "RAM the host has, for sizing PostgreSQL; None reads it from the host.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "postgresql_memory_percent",
+        Int(2, 80),
+        12,
+        "Percent of RAM PostgreSQL may plan with (shared_buffers is half of it); the rest"
+        " is Ollama's and the OS's.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "postgresql_max_connections",
+        Int(10, 1000),
+        50,
+        "max_connections of the cluster.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "postgresql_tailnet_address",
+        Optional(IPv4Address()),
+        None,
+        "The host's tailnet address PostgreSQL also listens on (None: LAN and loopback only).",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "postgresql_extra_clients",
+        ListOf(CLIENT),
+        [],
+        'More {"role": ..., "address": ...} pg_hba entries (scram-sha-256, memory_store only).',
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "memory_embedding_dimensions",
+        Int(1, 2000),
+        384,
+        "Dimension of memory_chunk.embedding (384 = all-MiniLM-L6-v2; HNSW allows up to 2000).",
+        (AGEIS_NODE,),
+    ),
+)
+
+SECRETS = (
+    SecretSpec(
+        "memory_store_actr_engine_password",
+        (AGEIS_NODE,),
+        "password of the actr_engine role of the memory store (any long random string)",
+    ),
+    SecretSpec(
+        "memory_store_vector_indexer_password",
+        (AGEIS_NODE, EMBEDDER),
+        "password of the vector_indexer role of the memory store (any long random string)",
+    ),
+)
+
+PORTS = (
+    Port(PORT, "tcp", "postgresql", probe="tcp"),
+    # pgBackRest's TLS server: the repository host reaches the data directory for backups.
+    Port(8432, "tcp", "pgbackrest-server", probe="tcp"),
+)
+
+
+class HostMemory(FactBase[int | None]):
+    """The host's RAM in bytes (``MemTotal`` of /proc/meminfo); None when unreadable."""
+
+    def command(self) -> str:
+        return "awk '/^MemTotal:/ {print $2}' /proc/meminfo"
+
+    def process(self, output: list[str]) -> int | None:
+        return int(output[0]) * 1024 if output and output[0].strip().isdigit() else None
+
+
+class PostgresqlClusters(FactBase[list[dict[str, Any]]]):
+    """The clusters ``pg_lsclusters`` lists: version, name, port, status, data directory."""
+
+    def command(self) -> str:
+        return "command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h || true"
+
+    def process(self, output: list[str]) -> list[dict[str, Any]]:
+        clusters = []
+        for line in output:
+            fields = line.split()
+            if len(fields) >= 6 and fields[0].isdigit():
+                clusters.append(
+                    {
+                        "version": int(fields[0]),
+                        "name": fields[1],
+                        "port": int(fields[2]) if fields[2].isdigit() else None,
+                        "status": fields[3],
+                        "data_directory": fields[5],
+                    }
+                )
+        return clusters
+
+
+_STATE_MARK = "#homelab-memory-store"
+
+
+class MemoryStoreState(FactBase[dict[str, Any] | None]):
+    """What the running cluster holds: data checksums, the schema digest, the roles' verifiers.
+
+    ``roles`` is a SHA-256 over ``name:verifier`` lines (not the verifiers themselves); None
+    when PostgreSQL does not answer.
+    """
+
+    def command(self) -> str:
+        sql = (
+            "SELECT 'checksums=' || current_setting('data_checksums');"
+            "SELECT 'schema=' || coalesce(shobj_description(oid, 'pg_database'), '')"
+            f" FROM pg_database WHERE datname = '{DATABASE}';"
+        )
+        roles_sql = (
+            "SELECT rolname || ':' || coalesce(rolpassword, '') FROM pg_authid"
+            f" WHERE rolname IN ({', '.join(repr(r) for r in CLIENT_ROLES)}) ORDER BY 1"
+        )
+        return (
+            "command -v psql >/dev/null 2>&1 || exit 0; "
+            f'runuser -u postgres -- psql -XAtq -c "{sql}" 2>/dev/null || exit 0; '
+            f"echo '{_STATE_MARK}'; "
+            f'runuser -u postgres -- psql -XAtq -c "{roles_sql}" 2>/dev/null | sha256sum'
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        if _STATE_MARK not in output:
+            return None
+        values: dict[str, Any] = {"checksums": None, "schema": None}
+        for line in output[: output.index(_STATE_MARK)]:
+            key, _, value = line.partition("=")
+            values[key] = value
+        tail = output[output.index(_STATE_MARK) + 1 :]
+        values["roles"] = tail[0].split()[0] if tail else ""
+        return values
+
+
+def scram_verifier(role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
+
+    The salt is derived from the password and role, so the same secret gives the same verifier
+    on every run (a stable file, no change on a second run) while revealing nothing of it.
+    """
+    secret = password.encode()
+    salt = hmac.new(secret, f"homelab memory_store salt {role}".encode(), "sha256").digest()[:16]
+    salted = hashlib.pbkdf2_hmac("sha256", secret, salt, SCRAM_ITERATIONS)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def roles_digest(verifiers: Mapping[str, str]) -> str:
+    """What ``MemoryStoreState`` reports for these verifiers (psql's lines through sha256sum)."""
+    text = "".join(f"{role}:{verifiers[role]}\n" for role in sorted(verifiers))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def postgresql_major(configured: int | None) -> int:
+    """``postgresql_version`` or the distribution's own major version."""
+    if configured is not None:
+        return configured
+    meta = host.get_fact(LinuxDistribution).get("release_meta") or {}
+    key = (meta.get("ID", "").lower(), meta.get("VERSION_ID", ""))
+    guest = MACHINE.read(host).guest
+    expected = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"]) if guest else None
+    if key in DISTRIBUTION_MAJOR and expected and expected != DISTRIBUTION_MAJOR[key]:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'guest.os' is {guest['os']!r} but the host runs"
+            f" {meta.get('PRETTY_NAME')}; fix guest.os (the repository host reads the"
+            " PostgreSQL major from it) or set postgresql_version"
+        )
+    if key not in DISTRIBUTION_MAJOR:
+        known = ", ".join(f"{d} {v}: {m}" for (d, v), m in DISTRIBUTION_MAJOR.items())
+        raise RuntimeError(
+            f"host {host.name!r}: key 'postgresql_version' is None and the distribution's"
+            f" PostgreSQL major is not known for {meta.get('PRETTY_NAME') or key}; set"
+            f" postgresql_version (known: {known})"
+        )
+    return DISTRIBUTION_MAJOR[key]
+
+
+def pool_path_of(target: Any, pool: str) -> str:
+    """The path of ``target``'s pool ``pool`` (``target``: a pyinfra host)."""
+    pools = MACHINE.read(target).pools
+    if pool not in pools:
+        raise RuntimeError(
+            f"host {target.name!r}: key 'postgresql_pool' is {pool!r}; expected one of this"
+            f" host's pools ({', '.join(pools) or 'it has none: add it to pools'})"
+        )
+    return pools[pool]["path"].rstrip("/")
+
+
+def data_directory_of(target: Any, pool: str, major: int) -> str:
+    """``<pool path>/postgresql/<major>/main`` of ``target``'s ``pool``."""
+    return f"{pool_path_of(target, pool)}/postgresql/{major}/main"
+
+
+def sizing(ram_bytes: int, percent: int, max_connections: int) -> dict[str, str]:
+    """postgresql.conf memory settings for a host with ``ram_bytes`` of RAM (in MB units)."""
+    mb = ram_bytes // 1024**2
+    budget = mb * percent // 100
+    shared = max(128, budget // 2)
+    return {
+        "shared_buffers": f"{shared}MB",
+        "effective_cache_size": f"{max(256, min(mb // 2, budget * 3))}MB",
+        "maintenance_work_mem": f"{max(64, min(1024, budget // 8))}MB",
+        "work_mem": f"{max(4, min(64, budget // 4 // max_connections))}MB",
+        "wal_buffers": "16MB",
+    }
+
+
+def _ram(configured: int | None) -> int:
+    if configured is not None:
+        return configured
+    ram = host.get_fact(HostMemory)
+    if not ram:
+        raise RuntimeError(
+            f"host {host.name!r}: cannot read the host's RAM; set key 'postgresql_memory'"
+        )
+    return ram
+
+
+def hba_clients(extra: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(role, CIDR) pairs pg_hba admits over the network, beyond local and loopback."""
+    clients = [
+        ("vector_indexer", f"{MACHINE.read(other).lan_address}/32")
+        for other in inventory.get_group(EMBEDDER, [])
+    ]
+    clients += [(c["role"], f"{ipaddress.IPv4Address(c['address'])}/32") for c in extra]
+    return sorted(set(clients))
+
+
+def verifiers() -> dict[str, str]:
+    secrets = load_secrets()
+    missing = [
+        f"memory_store_{role}_password"
+        for role in CLIENT_ROLES
+        if f"memory_store_{role}_password" not in secrets
+    ]
+    if missing:
+        raise RuntimeError(
+            f"host {host.name!r}: the secrets file lacks {', '.join(missing)}"
+            " (see secrets.example.toml)"
+        )
+    return {
+        role: scram_verifier(role, secrets[f"memory_store_{role}_password"].reveal())
+        for role in CLIENT_ROLES
+    }
+
+
+def render_schema(dimensions: int, role_verifiers: Mapping[str, str]) -> str:
+    """The schema SQL (template) with its digest in the database comment."""
+    from pyinfra.api.util import get_template
+
+    body = get_template(template_path("memory-store-schema.sql.j2")).render(
+        database=DATABASE,
+        owner=OWNER,
+        dimensions=dimensions,
+        verifiers=role_verifiers,
+        digest="@DIGEST@",
+    )
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return body.replace("@DIGEST@", f"homelab-as-code schema {digest}")
+
+
+def schema_comment(sql: str) -> str:
+    return next(
+        line.split("'")[1]
+        for line in sql.splitlines()
+        if line.startswith("COMMENT ON DATABASE") and "homelab-as-code schema" in line
+    )
+
+
+@deploy("Memory store (PostgreSQL + pgvector)", data_defaults=DATA.defaults())
+def memory_store() -> None:
+    settings = DATA.read(host)
+    major = postgresql_major(settings.postgresql_version)
+    datadir = data_directory_of(host, settings.postgresql_pool, major)
+    unit = f"postgresql@{major}-main.service"
+    conf_dir = f"/etc/postgresql/{major}/main"
+    clusters = host.get_fact(PostgresqlClusters) or []
+    ours = next((c for c in clusters if c["version"] == major and c["name"] == "main"), None)
+    if ours and ours["data_directory"].rstrip("/") != datadir:
+        raise RuntimeError(
+            f"host {host.name!r}: cluster {major}/main exists in {ours['data_directory']},"
+            f" not in {datadir} (key 'postgresql_pool'); it is left alone: move it by hand"
+            " (or set postgresql_pool) and run again"
+        )
+    role_verifiers = verifiers()
+    sql = render_schema(settings.memory_embedding_dimensions, role_verifiers)
+    lan = str(MACHINE.read(host).lan_address)
+    listen = ["127.0.0.1", "::1", lan]
+    if settings.postgresql_tailnet_address:
+        listen.append(str(settings.postgresql_tailnet_address))
+
+    apt.packages(name="Install postgresql-common", packages=["postgresql-common"])
+    files.directory(name="createcluster.d", path="/etc/postgresql-common/createcluster.d")
+    files.template(
+        name="New clusters: data checksums, data on the SSD pool, no automatic main cluster",
+        src=template_path("createcluster-homelab.conf.j2"),
+        dest="/etc/postgresql-common/createcluster.d/homelab.conf",
+        mode="644",
+        pool_path=datadir.rsplit("/", 3)[0],
+    )
+    apt.packages(
+        name=f"Install PostgreSQL {major} and pgvector",
+        packages=[f"postgresql-{major}", f"postgresql-{major}-pgvector"],
+    )
+    files.directory(
+        name="PostgreSQL's directory on the pool",
+        path=datadir.rsplit("/", 2)[0],
+        user="postgres",
+        group="postgres",
+        mode="700",
+    )
+    # Before the cluster exists: a rebuilt host restores from the repository instead.
+    backup = database_host(major, datadir, pool_path_of(host, settings.postgresql_pool))
+    files.directory(name="Memory store config directory", path=CONFIG_DIR, mode="700")
+    files.put(
+        name="Install the memory store bootstrap script",
+        src=file_path("memory-store-bootstrap"),
+        dest=BOOTSTRAP_SCRIPT,
+        mode="755",
+    )
+    files.put(
+        name="Install the memory store integrity check",
+        src=file_path("memory-store-integrity"),
+        dest=INTEGRITY_SCRIPT,
+        mode="755",
+    )
+    files.template(
+        name="Memory store settings for its scripts",
+        src=template_path("memory-store.env.j2"),
+        dest=ENV_FILE,
+        mode="644",
+        major=major,
+        datadir=datadir,
+        database=DATABASE,
+        tables=" ".join(TABLES),
+        textfile_dir=TEXTFILE_DIR,
+        extra={"PGBACKREST_STANZA": backup["stanza"], "RESTORE_SCRATCH": backup["scratch"]},
+    )
+    files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
+    if ours is None:
+        server.shell(
+            name=f"Create cluster {major}/main with checksums (or restore it from the backups)",
+            commands=[BOOTSTRAP_SCRIPT],
+        )
+    conf = files.template(
+        name="PostgreSQL settings (listen, scram-sha-256, sized from RAM)",
+        src=template_path("postgresql-homelab.conf.j2"),
+        dest=f"{conf_dir}/conf.d/homelab.conf",
+        user="postgres",
+        group="postgres",
+        mode="644",
+        listen=listen,
+        port=PORT,
+        max_connections=settings.postgresql_max_connections,
+        archive={"stanza": backup["stanza"], "timeout": backup["timeout"]},
+        sizes=sizing(
+            _ram(settings.postgresql_memory),
+            settings.postgresql_memory_percent,
+            settings.postgresql_max_connections,
+        ),
+    )
+    hba = files.template(
+        name="pg_hba: declared clients only, scram-sha-256",
+        src=template_path("pg_hba.conf.j2"),
+        dest=f"{conf_dir}/pg_hba.conf",
+        user="postgres",
+        group="postgres",
+        mode="640",
+        database=DATABASE,
+        clients=hba_clients(settings.postgresql_extra_clients),
+    )
+    mounts = files.template(
+        name=f"{unit} needs its data directory's mount",
+        src=template_path("postgresql-homelab-mounts.conf.j2"),
+        dest=f"/etc/systemd/system/postgresql@{major}-main.service.d/homelab-mounts.conf",
+        mode="644",
+        paths=[datadir, backup["spool"]],
+    )
+    integrity_unit = files.template(
+        name=f"{INTEGRITY_UNIT}: the store's check before any client",
+        src=template_path("memory-store-integrity.service.j2"),
+        dest=f"/etc/systemd/system/{INTEGRITY_UNIT}",
+        mode="644",
+        postgresql_unit=unit,
+        paths=[datadir],
+        script=INTEGRITY_SCRIPT,
+    )
+    systemd.daemon_reload(
+        name="systemd reads the memory store units",
+        _if=lambda: mounts.did_change() or integrity_unit.did_change(),
+    )
+    systemd.service(
+        name=f"{unit} runs and starts at boot", service=unit, running=True, enabled=True
+    )
+    server.shell(
+        name="PostgreSQL takes the new settings (reload; restart only when one needs it)",
+        commands=[
+            f"systemctl reload {unit}",
+            "if runuser -u postgres -- psql -XAtq -c"
+            ' "SELECT 1 FROM pg_settings WHERE pending_restart LIMIT 1" | grep -q 1;'
+            f" then systemctl restart {unit}; fi",
+        ],
+        _if=lambda: conf.did_change() or hba.did_change(),
+    )
+    state = host.get_fact(MemoryStoreState)
+    if state and state.get("checksums") == "off":
+        raise RuntimeError(
+            f"host {host.name!r}: cluster {major}/main runs without data checksums; the store"
+            f" needs them (enable with pg_checksums --enable while it is stopped)"
+        )
+    schema = files.put(
+        name="Memory store schema and roles (root-only SQL file)",
+        src=StringIO(sql),
+        dest=SCHEMA_FILE,
+        user="root",
+        group="root",
+        mode="600",
+    )
+    current = (
+        state is not None
+        and state.get("schema") == schema_comment(sql)
+        and state.get("roles") == roles_digest(role_verifiers)
+    )
+    server.shell(
+        name="Apply the memory store schema and roles (psql -f as postgres)",
+        commands=[f"runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -f - < {SCHEMA_FILE}"],
+        _if=lambda: schema.did_change() or not current,
+    )
+    systemd.service(
+        name=f"{INTEGRITY_UNIT} passes and runs at every start",
+        service=INTEGRITY_UNIT,
+        running=True,
+        enabled=True,
+    )

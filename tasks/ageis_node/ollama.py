@@ -1,0 +1,385 @@
+"""Ollama on ageis-node: a pinned, verified release, its service and the models of the data.
+
+The release (``ollama_version``) is installed the documented way: ``ollama-linux-amd64.tgz``,
+plus ``ollama-linux-amd64-rocm.tgz`` on a host whose data declares an AMD GPU, downloaded from
+``ollama_release_url``, each checked against its SHA-256 (``ollama_sha256`` pins it; an archive
+not pinned there is checked against the ``sha256sum.txt`` the release publishes), the old
+libraries removed and the archives unpacked into ``/usr`` (``files/install-ollama``). The
+install and every upgrade run inside the snapshot guard.
+
+Its own system user ``ollama`` (in ``render`` and ``video`` for /dev/kfd and /dev/dri), the
+documented unit plus a drop-in with the environment from the data: the bind address (the
+firewall opens 11434 to the LAN and the tailnet only), the models directory on the SSD pool,
+keep-alive, parallelism, flash attention and the context length.
+
+Before any model is pulled, the capacity preflight (``tasks/ageis_node/model_capacity.py``) compares
+each model's size with the GPU's VRAM and the VM's RAM: a model that needs CPU offload is
+reported with the split and the RAM it needs; one that cannot fit stops the run with the
+numbers. Models are pulled only when ``/api/tags`` does not list them, with ollama's progress.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, deploy
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks.ageis_node.inference_guard import guarded
+from tasks.ageis_node.model_capacity import fit, gib
+from tasks.ageis_node.rocm import GPU_GROUPS, amd_gpus
+from tasks.common.datamodel.forms import (
+    ABSOLUTE_PATH,
+    Bool,
+    Field,
+    Int,
+    ListOf,
+    MapOf,
+    Optional,
+    Size,
+    Str,
+    Struct,
+)
+from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.machine import AGEIS_NODE
+from tasks.common.ports import Port
+from tasks.common.templating import file_path, template_path
+
+GROUPS = (AGEIS_NODE,)
+PORT = 11434
+USER = "ollama"
+HOME = "/usr/share/ollama"
+MARKER = "/usr/lib/ollama/.homelab-release"
+UNIT = "/etc/systemd/system/ollama.service"
+DROP_IN_DIR = "/etc/systemd/system/ollama.service.d"
+DROP_IN = f"{DROP_IN_DIR}/homelab.conf"
+INSTALLER = "/usr/local/sbin/install-ollama"
+WAIT = "/usr/local/sbin/wait-for-http"
+API = f"http://127.0.0.1:{PORT}"
+BASE_ARCHIVE = "ollama-linux-amd64.tgz"
+ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tgz"
+
+PORTS = (Port(PORT, "tcp", "ollama", probe="http:/api/version"),)
+
+VERSION = Str(r"[0-9]+\.[0-9]+\.[0-9]+(-rc[0-9]+)?", what='an Ollama version such as "0.12.11"')
+ARCHIVE = Str(
+    r"ollama-linux-amd64(-rocm)?\.(tgz|tar\.zst)",
+    what='an Ollama archive name such as "ollama-linux-amd64.tgz"',
+)
+SHA256 = Str(r"[0-9a-f]{64}", what="a SHA-256, 64 lower-case hex digits")
+URL = Str(r"https?://[^\s]+", what='an http(s) URL such as "https://github.com/..."')
+MODEL_NAME = Str(
+    r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?",
+    what='an Ollama model name such as "llama3.1:70b-instruct-q4_K_M"',
+)
+MODEL = Struct(
+    {
+        "name": Field(MODEL_NAME, doc="name as `ollama pull` takes it"),
+        "size": Field(Size(), doc="size of its weights (ollama.com lists it)"),
+    },
+    what="a model with name, size",
+)
+ENV_NAME = Str(r"OLLAMA_[A-Z_]+", what='an Ollama environment variable such as "OLLAMA_DEBUG"')
+ENV_VALUE = Str(r"[^\"\\\n]*", what="a value without quotes, backslashes or newlines")
+
+DATA = Schema(
+    "ollama",
+    Key("ollama_version", VERSION, "0.12.11", "Ollama release installed (pinned).", GROUPS),
+    Key(
+        "ollama_release_url",
+        URL,
+        "https://github.com/ollama/ollama/releases/download/v{version}",
+        "Where the release's archives are downloaded from ({version}: ollama_version).",
+        GROUPS,
+    ),
+    Key(
+        "ollama_checksums_url",
+        URL,
+        "https://github.com/ollama/ollama/releases/download/v{version}/sha256sum.txt",
+        "The release's published SHA-256 list, for archives ollama_sha256 does not pin.",
+        GROUPS,
+    ),
+    Key(
+        "ollama_archive",
+        ARCHIVE,
+        BASE_ARCHIVE,
+        "The release's main archive (CPU runtime and the ollama binary).",
+        GROUPS,
+    ),
+    Key(
+        "ollama_rocm_archive",
+        ARCHIVE,
+        ROCM_ARCHIVE,
+        "The release's ROCm archive, installed where an AMD GPU is declared.",
+        GROUPS,
+    ),
+    Key(
+        "ollama_sha256",
+        MapOf(ARCHIVE, SHA256),
+        {BASE_ARCHIVE: "fb140ea4243706d0087b0108418ee5c6f74edcebf5f14e2f289b8e36bd303d0f"},
+        "Pinned SHA-256 per archive of ollama_version (others: the published list).",
+        GROUPS,
+    ),
+    Key(
+        "ollama_bind",
+        Str(r"[0-9.]+", what='an IPv4 address such as "0.0.0.0"'),
+        "0.0.0.0",
+        "Address Ollama listens on; the firewall admits only the LAN and the tailnet.",
+        GROUPS,
+    ),
+    Key(
+        "ollama_models_dir",
+        Optional(ABSOLUTE_PATH),
+        None,
+        "Models directory; None: <ssd pool path>/ollama/models. Its parents must let the"
+        " ollama user through (755).",
+        GROUPS,
+    ),
+    Key("ollama_keep_alive", Str(r"-?[0-9]+[smh]?"), "30m", "OLLAMA_KEEP_ALIVE.", GROUPS),
+    Key("ollama_num_parallel", Int(1, 64), 1, "OLLAMA_NUM_PARALLEL (requests per model).", GROUPS),
+    Key(
+        "ollama_max_loaded_models",
+        Int(1, 16),
+        1,
+        "OLLAMA_MAX_LOADED_MODELS (models in memory at once).",
+        GROUPS,
+    ),
+    Key("ollama_flash_attention", Bool(), True, "OLLAMA_FLASH_ATTENTION.", GROUPS),
+    Key(
+        "ollama_context_length",
+        Int(512, 1048576),
+        8192,
+        "OLLAMA_CONTEXT_LENGTH (default context window, tokens).",
+        GROUPS,
+    ),
+    Key(
+        "ollama_environment",
+        MapOf(ENV_NAME, ENV_VALUE),
+        {},
+        "Further OLLAMA_* variables for the service.",
+        GROUPS,
+    ),
+    Key(
+        "ollama_models",
+        ListOf(MODEL, unique=True),
+        [],
+        "Models pulled when missing ({name, size}); checked against VRAM and RAM first.",
+        GROUPS,
+    ),
+    Key(
+        "ollama_gpu_overhead",
+        Size(),
+        "2G",
+        "VRAM kept for Ollama's runtime, KV cache and graph (capacity preflight).",
+        GROUPS,
+    ),
+    Key(
+        "ollama_ram_reserve",
+        Size(),
+        "4G",
+        "RAM kept for the OS and the host's other services (capacity preflight).",
+        GROUPS,
+    ),
+)
+
+
+class OllamaModels(FactBase[list[str] | None]):
+    """Names of the models the local Ollama has (``/api/tags``); None when it does not answer."""
+
+    def command(self) -> str:
+        return f"curl -fsS --max-time 5 {API}/api/tags 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str] | None:
+        try:
+            tags = json.loads("\n".join(output))
+        except json.JSONDecodeError:
+            return None
+        return sorted(model.get("name", "") for model in tags.get("models") or [])
+
+
+def full_name(name: str) -> str:
+    """Ollama's name for a model: ``latest`` is the tag when none is given."""
+    return name if ":" in name else f"{name}:latest"
+
+
+def models_dir(settings: Any) -> str:
+    if settings.ollama_models_dir:
+        return settings.ollama_models_dir
+    ssd = (host.data.get("pools") or {}).get("ssd")
+    if not ssd:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'ollama_models_dir' is None and the host has no 'ssd' "
+            "pool to put the models on; expected an absolute path such as "
+            '"/srv/ssd/ollama/models", or an ssd pool in the host\'s pools'
+        )
+    return f"{ssd['path'].rstrip('/')}/ollama/models"
+
+
+def archives(settings: Any) -> list[str]:
+    wanted = [settings.ollama_archive]
+    if amd_gpus(host.data):
+        wanted.append(settings.ollama_rocm_archive)
+    return wanted
+
+
+def install_command(settings: Any, wanted: list[str]) -> str:
+    entries = [f"{name}={settings.ollama_sha256.get(name, '-')}" for name in wanted]
+    args = [
+        INSTALLER,
+        host.name,
+        settings.ollama_version,
+        settings.ollama_release_url.format(version=settings.ollama_version),
+        settings.ollama_checksums_url.format(version=settings.ollama_version),
+        MARKER,
+        *entries,
+    ]
+    return " ".join(shlex.quote(arg) for arg in args)
+
+
+def _bytes(size: str | int) -> int:
+    return size if isinstance(size, int) else Size().check(size)
+
+
+def capacity_preflight(settings: Any) -> list[str]:
+    """Check every model against VRAM and RAM; report offload, stop on one that cannot fit."""
+    ram = host.data.get("memory")
+    if not settings.ollama_models:
+        return []
+    if ram is None:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'memory' is None; the capacity preflight of "
+            'ollama_models needs the host\'s RAM, such as "16G"'
+        )
+    ram_bytes = _bytes(ram)
+    vram = sum(_bytes(gpu["vram"]) for gpu in amd_gpus(host.data))
+    reports: list[str] = []
+    for model in settings.ollama_models:
+        result = fit(
+            model["name"],
+            model["size"],
+            vram=vram,
+            ram=ram_bytes,
+            gpu_overhead=settings.ollama_gpu_overhead,
+            ram_reserve=settings.ollama_ram_reserve,
+        )
+        text = f"{host.name}: capacity: {result.report()}"
+        if result.verdict == "no-fit":
+            raise RuntimeError(
+                f"host {host.name!r}: key 'ollama_models' names {model['name']!r}, which cannot "
+                f"be loaded: {result.report()}. Nothing was changed: choose a smaller "
+                "quantisation, give the VM more RAM (guest.memory) or lower ollama_ram_reserve"
+            )
+        if result.verdict == "offload":
+            left = result.ram - result.ram_needed
+            if left < 1024**3:
+                text += f" - tight: {gib(left)} of RAM to spare"
+            logger.warning(text)
+        else:
+            logger.info(text)
+        reports.append(text)
+    return reports
+
+
+@deploy("Ollama", data_defaults=DATA.defaults())
+def ollama() -> None:
+    settings = DATA.read(host)
+    directory = models_dir(settings)
+    capacity_preflight(settings)
+    wanted = archives(settings)
+
+    if any(name.endswith(".zst") for name in wanted):
+        apt.packages(name="zstd (Ollama's .tar.zst archives)", packages=["zstd"])
+    for script, dest in (("install-ollama", INSTALLER), ("wait-for-http", WAIT)):
+        files.put(name=f"Install {dest}", src=file_path(script), dest=dest, mode="755")
+    server.user(
+        name="Ollama's system user (render, video)",
+        user=USER,
+        system=True,
+        home=HOME,
+        create_home=True,
+        shell="/bin/false",
+        groups=list(GPU_GROUPS),
+    )
+    if not settings.ollama_models_dir:
+        # Made explicitly: `mkdir -p` under the hosts' login umask (027) would leave the parent
+        # root-only, and the ollama user could not reach its models (a rebuilt SSD hit this).
+        files.directory(
+            name=f"Ollama's directory on the SSD pool {directory.rsplit('/', 1)[0]}",
+            path=directory.rsplit("/", 1)[0],
+            user="root",
+            group="root",
+            mode="755",
+        )
+    files.directory(
+        name=f"Ollama's models directory {directory}",
+        path=directory,
+        user=USER,
+        group=USER,
+        mode="750",
+    )
+
+    marker = host.get_fact(FileContents, path=MARKER)
+    have = " ".join(marker or []).strip()
+    want = " ".join([settings.ollama_version, *wanted])
+    installed = have != want
+    old = have.split()[0] if have else None
+    change = (
+        f"Ollama {old} -> {settings.ollama_version}"
+        if old and old != settings.ollama_version
+        else f"Ollama {settings.ollama_version} install"
+    )
+    command = install_command(settings, wanted)
+    # The guard snapshots the VM only when the install plans a change (a new release).
+    guarded(
+        change,
+        lambda: server.shell(
+            name=f"{change} ({', '.join(wanted)}, SHA-256 verified)",
+            commands=[command] if installed else [],
+        ),
+    )
+
+    unit = files.template(
+        name="Ollama's systemd unit",
+        src=template_path("ollama.service.j2"),
+        dest=UNIT,
+        mode="644",
+        models_dir=directory,
+    )
+    files.directory(name="Ollama's drop-in directory", path=DROP_IN_DIR, mode="755")
+    drop_in = files.template(
+        name="Ollama's environment (drop-in)",
+        src=template_path("ollama-homelab.conf.j2"),
+        dest=DROP_IN,
+        mode="644",
+        bind=settings.ollama_bind,
+        port=PORT,
+        models_dir=directory,
+        keep_alive=settings.ollama_keep_alive,
+        num_parallel=settings.ollama_num_parallel,
+        max_loaded_models=settings.ollama_max_loaded_models,
+        flash_attention=settings.ollama_flash_attention,
+        context_length=settings.ollama_context_length,
+        extra_environment=settings.ollama_environment,
+    )
+    systemd.service(
+        name="Ollama runs and starts at boot",
+        service="ollama.service",
+        running=True,
+        enabled=True,
+        daemon_reload=unit.changed or drop_in.changed,
+        restarted=installed or unit.changed or drop_in.changed,
+    )
+
+    present = host.get_fact(OllamaModels)
+    for model in settings.ollama_models:
+        name = full_name(model["name"])
+        if present is not None and name in present:
+            continue
+        server.shell(
+            name=f"Pull the model {name} ({gib(model['size'])})",
+            commands=[f"{WAIT} {API}/api/version 120 && ollama pull {shlex.quote(name)}"],
+        )

@@ -1,0 +1,366 @@
+"""openclaw-pipeline on ageis-node: the OpenClaw gateway on the local Ollama, as a service.
+
+Node.js: OpenClaw needs Node.js >= 24.16. Neither Ubuntu 24.04 (18) nor Debian 13 (20) ships
+it, so it comes from NodeSource's signed deb repository (``node_<major>.x``, suite
+``nodistro``), its key checked against ``nodejs_key_fingerprint``, the exact version pinned
+(``nodejs_version``; apt pin priority 1001). OpenClaw itself: ``npm install`` of the pinned
+``openclaw_version`` into ``/opt/openclaw`` (source kind ``npm``), or a release archive with
+its SHA-256 (kind ``archive``: an offline mirror, the lab's stand-in), or a directory on the
+host (kind ``path``).
+
+The gateway's configuration (``openclaw.json``: the Ollama provider at the local Ollama, the
+default model, gateway port 18789 with token auth, the token from secret
+``openclaw_gateway_token`` as a systemd credential) is written by the deploy. The unit comes
+last in ageis-node's boot order and requires ``memory-store-integrity.service`` and
+``actr-engine.service``; before it starts it waits (bounded) for Ollama and actr-engine and
+runs the restart hook ``files/openclaw-pipeline-recover``: a run that did not stop cleanly
+left its half-done work in ``/var/lib/openclaw-pipeline/inflight``, which is resumed or
+discarded as ``openclaw_pipeline_on_restart`` says.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from io import StringIO
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks.ageis_node.ollama import API as OLLAMA_API
+from tasks.ageis_node.ollama import WAIT, full_name
+from tasks.common.apt_keys import Fingerprint, verified_keyring
+from tasks.common.datamodel.forms import Field, Int, ListOf, MapOf, Optional, Predicate, Str, Struct
+from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.machine import AGEIS_NODE
+from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.ports import Port
+from tasks.common.templating import file_path, template_path
+
+GROUPS = (AGEIS_NODE,)
+PORT = 18789
+USER = "openclaw"
+PREFIX = "/opt/openclaw"
+MARKER = f"{PREFIX}/.installed"
+CONFIG_DIR = "/etc/openclaw-pipeline"
+CONFIG = f"{CONFIG_DIR}/openclaw.json"
+TOKEN_FILE = f"{CONFIG_DIR}/gateway-token"
+STATE_DIR = "/var/lib/openclaw-pipeline"
+RECOVER = "/usr/local/sbin/openclaw-pipeline-recover"
+UNIT = "/etc/systemd/system/openclaw-pipeline.service"
+DROP_IN_DIR = "/etc/systemd/system/openclaw-pipeline.service.d"
+DROP_IN = f"{DROP_IN_DIR}/homelab.conf"
+NODE_KEYRING = "/usr/share/keyrings/nodesource.gpg"
+NODE_SOURCES = "/etc/apt/sources.list.d/nodesource.sources"
+NODE_PIN = "/etc/apt/preferences.d/nodejs.pref"
+MIN_NODE = (24, 16)
+
+PORTS = (Port(PORT, "tcp", "openclaw-gateway", probe="tcp"),)
+
+SECRETS = (
+    SecretSpec(
+        "openclaw_gateway_token",
+        GROUPS,
+        "a long random token clients of the OpenClaw gateway authenticate with",
+    ),
+)
+
+
+def _node_ok(version: str) -> bool:
+    major, minor, *_ = (int(part) for part in version.split("."))
+    return (major, minor) >= MIN_NODE
+
+
+NODE_VERSION = Predicate(
+    Str(r"[0-9]+\.[0-9]+\.[0-9]+"),
+    _node_ok,
+    'a Node.js version >= 24.16.0 (OpenClaw needs it), such as "24.21.0"',
+)
+SOURCE = Struct(
+    {
+        "kind": Field(Str(choices=("npm", "archive", "path"))),
+        "url": Field(Optional(Str(r"https?://[^\s]+")), required=False, doc="archive URL"),
+        "sha256": Field(Optional(Str(r"[0-9a-f]{64}")), required=False, doc="archive SHA-256"),
+        "path": Field(Optional(Str(r"/[^\s]*")), required=False, doc="directory on the host"),
+    },
+    what="an OpenClaw source with kind (npm, archive with url and sha256, path)",
+)
+COMMAND = ListOf(Str(r"[^\n]+", what="a command-line word"), min_items=1)
+ENV_NAME = Str(r"[A-Z][A-Z0-9_]*", what='an environment variable name such as "OPENCLAW_X"')
+ENV_VALUE = Str(r"[^\"\\\n]*", what="a value without quotes, backslashes or newlines")
+
+
+def _source_complete(source: dict[str, Any]) -> bool:
+    if source["kind"] == "archive":
+        return bool(source.get("url") and source.get("sha256"))
+    if source["kind"] == "path":
+        return bool(source.get("path"))
+    return True
+
+
+DATA = Schema(
+    "openclaw_pipeline",
+    Key("nodejs_version", NODE_VERSION, "24.21.0", "Node.js version pinned (NodeSource).", GROUPS),
+    Key(
+        "nodejs_repo_url",
+        Str(r"https?://[^\s]+"),
+        "https://deb.nodesource.com/node_{major}.x",
+        "NodeSource's deb repository ({major}: nodejs_version's major; suite nodistro).",
+        GROUPS,
+    ),
+    Key(
+        "nodejs_key_url",
+        Str(r"https?://[^\s]+"),
+        "https://deb.nodesource.com/gpgkey/nodesource-repo.gpg.key",
+        "Where NodeSource's signing key is downloaded from.",
+        GROUPS,
+    ),
+    Key(
+        "nodejs_key_fingerprint",
+        Fingerprint(),
+        "6F71F525282841EEDAF851B42F59B5F99B1BE0B4",
+        "Fingerprint NodeSource's key must have.",
+        GROUPS,
+    ),
+    Key("openclaw_version", Str(r"[0-9][0-9.]*[0-9]"), "2026.9.6", "OpenClaw release.", GROUPS),
+    Key(
+        "openclaw_source",
+        Predicate(SOURCE, _source_complete, SOURCE.description),
+        {"kind": "npm"},
+        "Where OpenClaw comes from: npm (the registry), archive {url, sha256} or path.",
+        GROUPS,
+    ),
+    Key(
+        "openclaw_pipeline_command",
+        COMMAND,
+        [f"{PREFIX}/bin/openclaw", "gateway", "--port", str(PORT)],
+        "Command of the service (the OpenClaw gateway).",
+        GROUPS,
+    ),
+    Key(
+        "openclaw_pipeline_environment",
+        MapOf(ENV_NAME, ENV_VALUE),
+        {},
+        "Further environment of the gateway.",
+        GROUPS,
+    ),
+    Key(
+        "openclaw_model",
+        Optional(Str(r"[a-z0-9][a-z0-9._/:-]*")),
+        None,
+        "Ollama model the gateway's agents use; None: the first of ollama_models.",
+        GROUPS,
+    ),
+    Key(
+        "openclaw_pipeline_on_restart",
+        Str(choices=("resume", "discard")),
+        "resume",
+        "After a run that did not stop cleanly: resume or discard its half-done work.",
+        GROUPS,
+    ),
+    Key(
+        "openclaw_pipeline_recover_command",
+        Optional(Str(r"[^\n\"\\]+")),
+        None,
+        "Command run instead of the default resume/discard (PIPELINE_RECOVERY, _STATE_DIR).",
+        GROUPS,
+    ),
+    Key(
+        "openclaw_pipeline_wait",
+        Int(1, 3600),
+        120,
+        "Seconds the start waits for Ollama and actr-engine.",
+        GROUPS,
+    ),
+)
+
+
+def node_major(version: str) -> str:
+    return version.split(".")[0]
+
+
+def gateway_config(settings: Any) -> str:
+    """openclaw.json: the local Ollama as the only provider, token auth on the gateway."""
+    model = settings.openclaw_model
+    if model is None:
+        models = host.data.get("ollama_models") or []
+        model = full_name(models[0]["name"]) if models else None
+    config: dict[str, Any] = {
+        "gateway": {
+            "mode": "local",
+            "port": PORT,
+            "bind": "lan",
+            "auth": {"mode": "token"},
+        },
+        "models": {
+            "mode": "merge",
+            "providers": {
+                "ollama": {
+                    "baseUrl": OLLAMA_API,
+                    "apiKey": "ollama-local",
+                    "api": "ollama",
+                    "models": [{"id": model, "name": model}] if model else [],
+                }
+            },
+        },
+    }
+    if model:
+        config["agents"] = {"defaults": {"model": {"primary": f"ollama/{model}"}}}
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def install_commands(settings: Any) -> list[str]:
+    source, version = settings.openclaw_source, settings.openclaw_version
+    marker = f"echo {shlex.quote(install_id(settings))} > {MARKER}"
+    if source["kind"] == "npm":
+        spec = shlex.quote(f"openclaw@{version}")
+        return [
+            f"umask 022 && npm install --global --prefix {PREFIX} --omit=dev --no-fund {spec}",
+            marker,
+        ]
+    if source["kind"] == "archive":
+        url, sha = shlex.quote(source["url"]), source["sha256"]
+        return [
+            "umask 022 && work=$(mktemp -d) && trap 'rm -rf \"$work\"' EXIT && "
+            f'curl -fsSL --retry 3 -o "$work/openclaw.tgz" {url} && '
+            f'echo "{sha}  $work/openclaw.tgz" | sha256sum -c --quiet - && '
+            f"rm -rf {PREFIX}/lib/openclaw && mkdir -p {PREFIX}/lib/openclaw {PREFIX}/bin && "
+            f'tar -C {PREFIX}/lib/openclaw --strip-components=1 -xzf "$work/openclaw.tgz" && '
+            f"ln -sfn {PREFIX}/lib/openclaw/bin/openclaw {PREFIX}/bin/openclaw",
+            marker,
+        ]
+    return [
+        f"umask 022 && mkdir -p {PREFIX}/bin && ln -sfn {shlex.quote(source['path'])}/bin/openclaw"
+        f" {PREFIX}/bin/openclaw",
+        marker,
+    ]
+
+
+def install_id(settings: Any) -> str:
+    source = settings.openclaw_source
+    detail = source.get("sha256") or source.get("path") or "npm"
+    return f"openclaw {settings.openclaw_version} {source['kind']} {detail}"
+
+
+@deploy("openclaw-pipeline", data_defaults=DATA.defaults())
+def openclaw_pipeline() -> None:
+    settings = DATA.read(host)
+    token = load_secrets()["openclaw_gateway_token"]
+    version = settings.nodejs_version
+
+    key = verified_keyring(
+        name="NodeSource's signing key (fingerprint checked)",
+        url=settings.nodejs_key_url,
+        url_key="nodejs_key_url",
+        fingerprint=settings.nodejs_key_fingerprint,
+        fingerprint_key="nodejs_key_fingerprint",
+        dest=NODE_KEYRING,
+    )
+    sources = files.put(
+        name=f"NodeSource's apt source (Node.js {node_major(version)}.x)",
+        src=StringIO(
+            "# Managed by homelab-as-code (tasks/ageis_node/openclaw_pipeline.py):"
+            " local changes are overwritten.\nTypes: deb\n"
+            f"URIs: {settings.nodejs_repo_url.format(major=node_major(version))}\n"
+            f"Suites: nodistro\nComponents: main\nSigned-By: {NODE_KEYRING}\n"
+        ),
+        dest=NODE_SOURCES,
+        mode="644",
+    )
+    pin = files.put(
+        name=f"Pin Node.js {version}",
+        src=StringIO(
+            "# Managed by homelab-as-code (tasks/ageis_node/openclaw_pipeline.py):"
+            " local changes are overwritten.\n"
+            "# nodejs_version pins Node.js (OpenClaw needs >= 24.16).\n"
+            f"Package: nodejs\nPin: version {version}-*\nPin-Priority: 1001\n"
+        ),
+        dest=NODE_PIN,
+        mode="644",
+    )
+    node = (host.get_fact(DebPackages) or {}).get("nodejs") or []
+    node_current = any(v.startswith(f"{version}-") for v in node)
+    apt.update(
+        name="Refresh package lists for NodeSource's repository",
+        _if=lambda: not node_current or any(op.changed for op in (key, sources, pin)),
+    )
+    apt.packages(
+        name=f"Node.js {version} (NodeSource)",
+        packages=[f"nodejs={version}-*"] if not node_current else ["nodejs"],
+        allow_downgrades=True,
+    )
+
+    server.user(
+        name="openclaw's system user",
+        user=USER,
+        system=True,
+        home=STATE_DIR,
+        shell="/usr/sbin/nologin",
+    )
+    have = " ".join(host.get_fact(FileContents, path=MARKER) or []).strip()
+    files.directory(name="OpenClaw's prefix", path=PREFIX, mode="755")
+    server.shell(
+        name=f"Install OpenClaw {settings.openclaw_version} ({settings.openclaw_source['kind']})",
+        commands=install_commands(settings) if have != install_id(settings) else [],
+    )
+
+    files.directory(name="openclaw-pipeline's configuration", path=CONFIG_DIR, mode="755")
+    config = files.put(
+        name="OpenClaw gateway configuration (local Ollama)",
+        src=StringIO(gateway_config(settings)),
+        dest=CONFIG,
+        mode="644",
+    )
+    secret = files.put(
+        name="OpenClaw gateway token (root-only file, a systemd credential)",
+        src=StringIO(token.reveal() + "\n"),
+        dest=TOKEN_FILE,
+        user="root",
+        group="root",
+        mode="600",
+    )
+    files.put(name=f"Install {RECOVER}", src=file_path("openclaw-pipeline-recover"),
+              dest=RECOVER, mode="755")  # fmt: skip
+    files.put(name=f"Install {WAIT}", src=file_path("wait-for-http"), dest=WAIT, mode="755")
+    unit = files.template(
+        name="openclaw-pipeline's systemd unit",
+        src=template_path("openclaw-pipeline.service.j2"),
+        dest=UNIT,
+        mode="644",
+        token_file=TOKEN_FILE,
+        recover=RECOVER,
+        on_restart=settings.openclaw_pipeline_on_restart,
+        wait=WAIT,
+        wait_seconds=settings.openclaw_pipeline_wait,
+        command=" ".join(shlex.quote(word) for word in settings.openclaw_pipeline_command),
+    )
+    environment = {
+        "OPENCLAW_CONFIG_PATH": CONFIG,
+        "OPENCLAW_STATE_DIR": STATE_DIR,
+        "HOME": STATE_DIR,
+        "OLLAMA_API_KEY": "ollama-local",
+        "NODE_ENV": "production",
+        **settings.openclaw_pipeline_environment,
+    }
+    if settings.openclaw_pipeline_recover_command:
+        environment["PIPELINE_RECOVER_COMMAND"] = settings.openclaw_pipeline_recover_command
+    files.directory(name="openclaw-pipeline's drop-in directory", path=DROP_IN_DIR, mode="755")
+    drop_in = files.template(
+        name="openclaw-pipeline's environment (drop-in)",
+        src=template_path("openclaw-pipeline-homelab.conf.j2"),
+        dest=DROP_IN,
+        mode="644",
+        environment=environment,
+    )
+    systemd.service(
+        name="openclaw-pipeline runs and starts at boot",
+        service="openclaw-pipeline.service",
+        running=True,
+        enabled=True,
+        daemon_reload=unit.changed or drop_in.changed,
+        restarted=any(op.changed for op in (unit, drop_in, config, secret)),
+    )

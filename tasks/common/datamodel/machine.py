@@ -1,0 +1,145 @@
+"""What each machine is: the per-host keys of the inventory (hardware, storage, guest spec, LAN).
+
+These describe the real machines (the seed's hardware) rather than a task's settings; many
+tasks read them (the hypervisor's passthrough, storage, guests, /etc/hosts, DNS, firewall).
+"""
+
+from __future__ import annotations
+
+from tasks.common.datamodel.forms import (
+    ABSOLUTE_PATH,
+    HOSTNAME,
+    PCI_ADDRESS,
+    PCI_ID,
+    Bool,
+    Field,
+    Int,
+    IPv4Address,
+    IPv4Network,
+    ListOf,
+    MapOf,
+    Optional,
+    Size,
+    Str,
+    Struct,
+)
+from tasks.common.datamodel.keys import REQUIRED, Key, Schema
+
+# Group names of the inventory; roles are group membership.
+HYPERVISOR = "hypervisor"
+AGEIS_NODE = "ageis_node"
+EMBEDDER = "embedder"
+SERVICE_GUESTS = "service_guests"
+MONITORING = "monitoring"
+DNS = "dns"
+ROLE_GROUPS = (HYPERVISOR, AGEIS_NODE, EMBEDDER, SERVICE_GUESTS, MONITORING, DNS)
+
+# Proxmox storage IDs, and so our pool names: letter first, then letters, digits, - _ .
+POOL_NAME = Str(r"[a-z][a-z0-9_.-]*", what='a pool name such as "ssd" or "hdd"')
+
+CPU = Struct(
+    {
+        "vendor": Field(Str(choices=("intel", "amd")), doc="CPU vendor; picks the IOMMU flags"),
+        "model": Field(Str(), doc="model name, for the status report"),
+        "cores": Field(Int(1, 1024), doc="physical cores (vCPUs for a VM)"),
+        "threads": Field(Int(1, 2048), required=False, doc="hardware threads"),
+    },
+    what="a CPU description",
+)
+
+GPU_FUNCTION = Struct(
+    {
+        "id": Field(PCI_ID, doc="PCI vendor:device as lspci -nn shows it"),
+        "address": Field(
+            Optional(PCI_ADDRESS), required=False, doc="PCI address on this host (hypervisor)"
+        ),
+        "kind": Field(Str(choices=("display", "audio", "usb", "serial")), doc="what it is"),
+    },
+    what="a PCI function",
+)
+
+GPU = Struct(
+    {
+        "name": Field(Str(r"[a-z0-9][a-z0-9_-]*", what='a short name such as "r9700"')),
+        "vendor": Field(Str(choices=("amd", "nvidia"))),
+        "model": Field(Str()),
+        "vram": Field(Size()),
+        "functions": Field(ListOf(GPU_FUNCTION, min_items=1), doc="every PCI function"),
+        "passthrough_to": Field(
+            Optional(HOSTNAME), required=False, doc="inventory host (VM) it is passed through to"
+        ),
+    },
+    what="a GPU description",
+)
+
+DISK = Struct(
+    {
+        "device": Field(
+            Str(r"/dev/(disk/by-id/)?[A-Za-z0-9._:-]+", what='a device path, "/dev/disk/by-id/…"'),
+            doc="stable device path (by-id) of the whole disk",
+        ),
+        "model": Field(Str()),
+        "size": Field(Size()),
+        "kind": Field(Str(choices=("ssd", "nvme", "hdd"))),
+        "pool": Field(Optional(POOL_NAME), required=False, doc="pool the disk belongs to"),
+    },
+    what="a disk description",
+)
+
+POOL = Struct(
+    {
+        "type": Field(Str(choices=("zfs", "dir")), doc="ZFS pool or plain directory"),
+        "path": Field(ABSOLUTE_PATH, doc="mount point of the pool"),
+        "zfs_name": Field(Optional(Str(r"[A-Za-z][A-Za-z0-9_.:-]*")), required=False),
+        "layout": Field(
+            Str(choices=("single", "mirror", "raidz1", "raidz2")),
+            required=False,
+            default="single",
+            doc="ZFS vdev layout when the pool is created",
+        ),
+        "create": Field(
+            Bool(), required=False, default=False, doc="opt-in: create it on blank disks"
+        ),
+        "content": Field(
+            ListOf(
+                Str(choices=("images", "rootdir", "backup", "iso", "vztmpl", "snippets", "import"))
+            ),
+            required=False,
+            default=[],
+            doc="Proxmox content types (hypervisor)",
+        ),
+    },
+    what="a pool description",
+)
+
+GUEST = Struct(
+    {
+        "hypervisor": Field(HOSTNAME, doc="inventory host that runs this guest"),
+        "kind": Field(Str(choices=("qemu", "lxc")), doc="KVM VM or LXC container"),
+        "vmid": Field(Int(100, 999_999_999), doc="Proxmox guest ID"),
+        "cores": Field(Int(1, 512)),
+        "memory": Field(Size(minimum=64 * 1024**2)),
+        "disk_size": Field(Size(minimum=1024**3)),
+        "storage": Field(POOL_NAME, doc="hypervisor pool (Proxmox storage) for its disk"),
+        "os": Field(Str(choices=("ubuntu-24.04", "debian-13", "debian-12"))),
+        "bridge": Field(Str(r"[a-z][a-z0-9]{0,14}"), required=False, default="vmbr0"),
+        "passthrough_gpu": Field(
+            Optional(Str()), required=False, doc="name of a hypervisor GPU passed to this VM"
+        ),
+        "start_order": Field(Int(1, 1000), required=False, default=10, doc="boot order"),
+    },
+    what="a guest description",
+)
+
+MACHINE = Schema(
+    "machine (inventory)",
+    Key("lan_address", IPv4Address(), REQUIRED, "The host's LAN address (hosts file, DNS zone)."),
+    Key("lan_cidr", IPv4Network(), REQUIRED, "The LAN; every host's address must be inside it."),
+    Key("domain", HOSTNAME, "home.arpa", "Local DNS domain; FQDNs are <host>.<domain>."),
+    Key("cpu", Optional(CPU), None, "CPU: vendor, model, cores, threads (required: hypervisor)."),
+    Key("memory", Optional(Size()), None, "Installed RAM (hypervisor) or RAM given to a guest."),
+    Key("gpus", ListOf(GPU), [], "GPUs with every PCI function; [] when there is none."),
+    Key("disks", ListOf(DISK), [], "Physical disks and the pool each belongs to."),
+    Key("pools", MapOf(POOL_NAME, POOL), {}, "Storage pools (ssd, hdd) by name."),
+    Key("guest", Optional(GUEST), None, "For a VM/LXC guest: how the hypervisor runs it."),
+)

@@ -1,0 +1,922 @@
+"""pgBackRest: the memory store's WAL archive and backups, on the hypervisor's HDD pool.
+
+A dedicated repository host (the hypervisor, ``pgbackrest_repository_host``) keeps the
+repository in ``<pools[pgbackrest_repository_pool].path>/pgbackrest``. The two hosts talk over
+pgBackRest's own TLS server (port 8432 on both, client certificates checked against a small CA,
+``tls-server-auth`` naming the one peer and the stanza): no SSH keys between the hosts. The CA
+and the hosts' certificates are made on the controller from the secret ``pgbackrest_tls_seed``
+(Ed25519 keys derived from it, certificates with fixed fields: the same seed gives the same
+files on every run, so nothing changes on a second run and no CA file has to be kept
+anywhere else; a new seed re-keys everything).
+
+On the database host (``tasks/ageis_node/memory_store.py`` calls :func:`database_host`):
+PostgreSQL archives
+with ``archive_command = pgbackrest archive-push`` in async mode from a local spool
+(``pgbackrest_spool_path``), ``archive_timeout`` is ``pgbackrest_archive_timeout`` (the most
+WAL a dead disk can take with it), and a daily restore test (``memory-store-restore-test``)
+proves the newest backup plus WAL restores and holds what the live store held.
+
+On the repository host: full and differential backups on systemd timers, retention as data,
+a weekly ``verify``; each writes its outcome for node-exporter's textfile collector
+(``homelab_backup_*``). After the firewall (both hosts reachable), the deploy creates the
+stanza when the repository lacks it, runs ``check`` and takes the first full backup when there
+is none (each gated on the repository's ``info``, so a second run does nothing).
+
+pgBackRest's versions must be equal on both hosts (its TLS protocol refuses a mixed pair):
+Debian 12 ships 2.45, Debian 13 (Proxmox VE 9) 2.55, Ubuntu 24.04 2.50. So by default
+(``pgbackrest_source = "pgdg"``) both hosts install pgBackRest from the PostgreSQL Global
+Development Group's repository (apt.postgresql.org): its signing key checked by fingerprint
+(``apt_keys.py``), a deb822 source ``<codename>-pgdg`` that names that key and, with it,
+PGDG's archive (apt-archive.postgresql.org, suite ``<codename>-pgdg-archive``, same key), and an
+apt pin that takes exactly ``pgbackrest_version`` of pgBackRest from PGDG (priority 1001: apt
+installs, keeps and, if need be, downgrades to it) while PGDG's other packages, from either
+site, get priority 100, so PGDG never replaces or upgrades the distribution's PostgreSQL.
+PGDG's index lists only its newest build of each package; the archive lists every build it
+ever published, so a pin of an older release still resolves: a host rebuilt alone (a lost SSD)
+gets the very version the other host runs. One data key, read by both hosts, gives both the
+identical version; data that gives the two hosts different versions or sources stops the run.
+``pgbackrest_source = "distribution"`` keeps the distribution's package and checks at plan
+time, from both hosts' facts when both are in the run, that the versions they run (or would
+install) are equal. Options used here exist in 2.45 and later; every pgBackRest command runs as
+the repository's or PostgreSQL's user (2.59.0 and later refuse root for all but restore).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from io import StringIO
+from typing import Any
+from urllib.parse import urlsplit
+
+from pyinfra import host, inventory, state
+from pyinfra.api import FactBase, deploy
+from pyinfra.api.host import Host
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks.common.apt_keys import Fingerprint, verified_keyring
+from tasks.common.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
+from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.machine import AGEIS_NODE, HYPERVISOR, MACHINE, POOL_NAME
+from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.ports import Port
+from tasks.common.templating import file_path, template_path
+
+TLS_PORT = 8432
+CONF = "/etc/pgbackrest/pgbackrest.conf"
+TLS_DIR = "/etc/pgbackrest/tls"
+REPO_USER = "pgbackrest"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+BACKUP_SCRIPT = "/usr/local/sbin/pgbackrest-run"
+STANZA_SCRIPT = "/usr/local/sbin/pgbackrest-stanza-ready"
+RESTORE_TEST_SCRIPT = "/usr/local/sbin/memory-store-restore-test"
+METRICS_SCRIPT = "/usr/local/sbin/memory-store-metrics"
+INSTALL_SCRIPT = "/usr/local/sbin/pgbackrest-install"
+PGDG_KEYRING = "/usr/share/keyrings/pgdg-archive-keyring.gpg"
+PGDG_SOURCES = "/etc/apt/sources.list.d/pgdg.sources"
+PGDG_PIN = "/etc/apt/preferences.d/pgdg-pgbackrest.pref"
+# Distributions PGDG's repository serves (os-release ID); Proxmox VE reports debian.
+PGDG_DISTROS = ("debian", "ubuntu")
+SOURCES = ("pgdg", "distribution")
+
+# A systemd OnCalendar= expression (checked loosely here; systemd-analyze calendar is the judge).
+CALENDAR = Str(
+    r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "Sun *-*-* 01:30:00"'
+)
+
+# pgBackRest's own version (upstream, without the packaging revision): 2.50, 2.55.1, 2.59.2.
+UPSTREAM_VERSION = Str(
+    r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='a pgBackRest release such as "2.59.2" (no package revision)'
+)
+HTTPS_URL = Str(r"https://[^\s]+", what="an https URL")
+
+DATA = Schema(
+    "pgbackrest",
+    Key(
+        "pgbackrest_source",
+        Str(choices=SOURCES),
+        "pgdg",
+        'Where pgBackRest comes from on both hosts: "pgdg" (apt.postgresql.org, exactly'
+        ' pgbackrest_version) or "distribution" (the release\'s own package; the deploy checks'
+        " that both hosts' versions are equal). Must be the same for both hosts.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_version",
+        UPSTREAM_VERSION,
+        "2.59.2",
+        'pgBackRest release both hosts install from PGDG (pgbackrest_source "pgdg"): pinned, so'
+        " both run the identical version, and a host rebuilt alone gets the other's. PGDG's"
+        " archive (pgbackrest_pgdg_archive_url) keeps every build, so an older release still"
+        " installs. Must be the same for both hosts.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_url",
+        HTTPS_URL,
+        "https://apt.postgresql.org/pub/repos/apt",
+        "PGDG's apt repository (suite <codename>-pgdg, component main): only its newest builds.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_archive_url",
+        Optional(HTTPS_URL),
+        "https://apt-archive.postgresql.org/pub/repos/apt",
+        "PGDG's archive (suite <codename>-pgdg-archive, same signing key): every build PGDG"
+        " published, so pgbackrest_version need not be PGDG's newest. None: PGDG's index only"
+        " (then pgbackrest_version must be the build it lists).",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_key_url",
+        HTTPS_URL,
+        "https://www.postgresql.org/media/keys/ACCC4CF8.asc",
+        "Where PGDG's repository signing key is downloaded from.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_pgdg_key_fingerprint",
+        Fingerprint(),
+        "B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8",
+        "Fingerprint the downloaded PGDG key must have (PostgreSQL Debian Repository key).",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_stanza",
+        Str(r"[a-z][a-z0-9_-]*", what='a stanza name such as "memory"'),
+        "memory",
+        "pgBackRest stanza of the memory store.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_repository_host",
+        Optional(HOSTNAME),
+        None,
+        "Inventory host that keeps the repository; None: the hypervisor.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_repository_pool",
+        POOL_NAME,
+        "hdd",
+        "The repository host's pool that holds the repository (<pool path>/pgbackrest).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_archive_timeout",
+        Int(1, 3600),
+        60,
+        "archive_timeout in seconds: a WAL segment is closed and archived at least this often,"
+        " so losing the SSD loses at most about this much.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "pgbackrest_spool_path",
+        ABSOLUTE_PATH,
+        "/var/spool/pgbackrest",
+        "Async archive-push spool on the database host.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "pgbackrest_process_max",
+        Int(1, 64),
+        2,
+        "Parallel processes for backup, restore and async archiving.",
+        (AGEIS_NODE, HYPERVISOR),
+    ),
+    Key(
+        "pgbackrest_retention_full",
+        Int(1, 100),
+        2,
+        "Full backups kept (older ones expire with the WAL only they need).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_retention_diff",
+        Int(1, 100),
+        6,
+        "Differential backups kept.",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_full_schedule",
+        CALENDAR,
+        "Sun *-*-* 01:30:00",
+        "When a full backup runs (systemd OnCalendar=).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_diff_schedule",
+        CALENDAR,
+        "Mon..Sat *-*-* 01:30:00",
+        "When a differential backup runs (systemd OnCalendar=).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "pgbackrest_verify_schedule",
+        CALENDAR,
+        "Sun *-*-* 05:00:00",
+        "When pgbackrest verify checks the whole repository (weekly).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "memory_store_restore_test_schedule",
+        CALENDAR,
+        "*-*-* 03:30:00",
+        "When the restore test runs on the database host (daily).",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "memory_store_restore_test_path",
+        Optional(ABSOLUTE_PATH),
+        None,
+        "Scratch directory of the restore test; None: <postgresql_pool path>/restore-test.",
+        (AGEIS_NODE,),
+    ),
+)
+
+SECRETS = (
+    SecretSpec(
+        "pgbackrest_tls_seed",
+        (AGEIS_NODE, HYPERVISOR),
+        "seed of pgBackRest's TLS CA and host keys (any long random string; a new one re-keys"
+        " both hosts)",
+    ),
+)
+
+PORTS = (Port(TLS_PORT, "tcp", "pgbackrest-server", probe="tcp"),)
+
+
+# --- certificates, derived from the seed --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostTls:
+    ca_cert: str
+    cert: str
+    key: str
+
+
+_NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+_NOT_AFTER = datetime.datetime(2125, 1, 1, tzinfo=datetime.UTC)
+
+
+def _derived_key(seed: str, label: str) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    raw = hmac.new(seed.encode(), f"homelab pgbackrest {label}".encode(), "sha256").digest()
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def _serial(seed: str, label: str) -> int:
+    digest = hmac.new(seed.encode(), f"serial {label}".encode(), "sha256").digest()
+    return int.from_bytes(digest[:16], "big") >> 1  # positive, < 2**127
+
+
+def host_tls(seed: str, name: str, domain: str) -> HostTls:
+    """The CA certificate, ``name``'s certificate (server and client) and its private key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = _derived_key(seed, "ca")
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "homelab-as-code pgBackRest CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(_serial(seed, "ca"))
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, None)
+    )
+    key = _derived_key(seed, f"host {name}")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(_serial(seed, f"host {name}"))
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name), x509.DNSName(f"{name}.{domain}")]),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, None)
+    )
+    pem = serialization.Encoding.PEM
+    return HostTls(
+        ca_cert=ca.public_bytes(pem).decode(),
+        cert=cert.public_bytes(pem).decode(),
+        key=key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    )
+
+
+# --- facts ---------------------------------------------------------------------------------
+
+
+class PgbackrestInfo(FactBase[dict[str, Any] | None]):
+    """``pgbackrest info --output=json`` of ``stanza`` as ``user``: status code and backups.
+
+    None when pgBackRest is not installed or the command fails; else ``{"status": code,
+    "backups": n}`` (code 0: ok, 1: missing stanza path, ...).
+    """
+
+    def command(self, stanza: str, user: str) -> str:
+        return (
+            "command -v pgbackrest >/dev/null 2>&1 && id -u "
+            f"{user} >/dev/null 2>&1 || exit 0; "
+            f"runuser -u {user} -- pgbackrest --stanza={stanza} --output=json info 2>/dev/null"
+            " || true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        try:
+            stanzas = json.loads("\n".join(output))
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(stanzas, list) or not stanzas:
+            return None
+        stanza = stanzas[0]
+        return {
+            "status": (stanza.get("status") or {}).get("code"),
+            "backups": len(stanza.get("backup") or []),
+        }
+
+
+class AptPolicy(FactBase[dict[str, str | None]]):
+    """``apt-cache policy PACKAGE``: its installed and candidate versions (None: none)."""
+
+    def command(self, package: str) -> str:
+        return f"LC_ALL=C apt-cache policy {package} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {"installed": None, "candidate": None}
+        for line in output:
+            field, _, value = line.strip().partition(":")
+            if field.lower() in found and value.strip() not in ("", "(none)"):
+                found[field.lower()] = value.strip()
+        return found
+
+
+class PgbackrestVersionMismatch(RuntimeError):
+    """The database host and the repository host would run different pgBackRest versions."""
+
+
+# --- shared pieces -------------------------------------------------------------------------
+
+
+def repository_host_name(configured: str | None) -> str:
+    if configured:
+        names = [h.name for h in inventory]
+        if configured not in names:
+            raise RuntimeError(
+                f"host {host.name!r}: key 'pgbackrest_repository_host' is {configured!r};"
+                f" expected an inventory host ({', '.join(names)})"
+            )
+        return configured
+    hypervisors = [h.name for h in inventory.get_group(HYPERVISOR, [])]
+    if len(hypervisors) != 1:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_repository_host' is None and the inventory"
+            f" has {len(hypervisors)} hypervisors ({', '.join(hypervisors) or 'none'});"
+            " expected exactly one, or name the repository host"
+        )
+    return hypervisors[0]
+
+
+def database_host_names() -> list[str]:
+    return [h.name for h in inventory.get_group(AGEIS_NODE, [])]
+
+
+def _tls_files(owner: str) -> None:
+    """The CA certificate and this host's certificate and key, readable by ``owner`` only."""
+    seed = load_secrets().get("pgbackrest_tls_seed")
+    if seed is None:
+        raise RuntimeError(
+            f"host {host.name!r}: the secrets file lacks pgbackrest_tls_seed"
+            " (see secrets.example.toml)"
+        )
+    domain = str(MACHINE.read(host).domain)
+    tls = host_tls(seed.reveal(), host.name, domain)
+    files.directory(
+        name="pgBackRest TLS directory", path=TLS_DIR, user=owner, group=owner, mode="700"
+    )
+    for name, text, mode in (
+        ("ca.crt", tls.ca_cert, "644"),
+        ("host.crt", tls.cert, "644"),
+        ("host.key", tls.key, "600"),
+    ):
+        files.put(
+            name=f"pgBackRest TLS {name}",
+            src=StringIO(text),
+            dest=f"{TLS_DIR}/{name}",
+            user=owner,
+            group=owner,
+            mode=mode,
+        )
+
+
+def upstream_version(version: str) -> str:
+    """The upstream part of a Debian package version: "2.59.1-1.pgdg24.04+1" -> "2.59.1"."""
+    without_epoch = version.split(":", 1)[1] if ":" in version else version
+    return without_epoch.rsplit("-", 1)[0]
+
+
+def _peer_settings(settings: Any, peer: str) -> None:
+    """Both hosts read pgbackrest_source and pgbackrest_version: they must agree."""
+    theirs = DATA.read(inventory.get_host(peer))
+    for key in ("pgbackrest_source", "pgbackrest_version"):
+        mine, other = getattr(settings, key), getattr(theirs, key)
+        if mine != other and (key == "pgbackrest_source" or settings.pgbackrest_source == "pgdg"):
+            raise PgbackrestVersionMismatch(
+                f"host {host.name!r}: key {key!r} is {mine!r} here and {other!r} on {peer!r};"
+                " expected one value for both (pgBackRest's versions must be equal on the"
+                " database host and the repository host): set it once, for both"
+            )
+
+
+def _codename() -> str:
+    meta = host.get_fact(LinuxDistribution).get("release_meta") or {}
+    distro, codename = meta.get("ID", "").lower(), meta.get("VERSION_CODENAME", "")
+    if distro not in PGDG_DISTROS or not codename:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_source' is 'pgdg'; PGDG's apt repository is"
+            f" set up here for {' and '.join(PGDG_DISTROS)} hosts; this one runs"
+            f" {meta.get('PRETTY_NAME') or distro or 'an unknown system'}"
+            " (expected pgbackrest_source 'distribution' there)"
+        )
+    return codename
+
+
+def pin_pattern(version: str) -> str:
+    """The apt pin's version regex: PGDG's builds of ``version`` (their revisions say pgdg)."""
+    return f"/^{re.escape(version)}-[^-]*pgdg/"
+
+
+def site(url: str) -> str:
+    """The host name of an apt source URL: what an apt pin's ``Pin: origin`` matches."""
+    return urlsplit(url).hostname or ""
+
+
+def _install_from_pgdg(settings: Any) -> OperationMeta | None:
+    """pgBackRest ``pgbackrest_version`` from PGDG (its index, or its archive for an older
+    build); PGDG's other packages stay below the distribution's (priority 100 from every PGDG
+    site), so PostgreSQL itself remains the distribution's."""
+    codename = _codename()
+    version = settings.pgbackrest_version
+    archive_url = settings.pgbackrest_pgdg_archive_url
+    verified_keyring(
+        name="PGDG's signing key (fingerprint checked)",
+        url=settings.pgbackrest_pgdg_key_url,
+        url_key="pgbackrest_pgdg_key_url",
+        fingerprint=settings.pgbackrest_pgdg_key_fingerprint,
+        fingerprint_key="pgbackrest_pgdg_key_fingerprint",
+        dest=PGDG_KEYRING,
+    )
+    files.template(
+        name="PGDG's apt sources (apt.postgresql.org and its archive)",
+        src=template_path("pgdg.sources.j2"),
+        dest=PGDG_SOURCES,
+        mode="644",
+        user="root",
+        group="root",
+        repo_url=settings.pgbackrest_pgdg_url,
+        archive_url=archive_url,
+        codename=codename,
+        keyring=PGDG_KEYRING,
+    )
+    sites = [site(settings.pgbackrest_pgdg_url)]
+    if archive_url and site(archive_url) not in sites:
+        sites.append(site(archive_url))
+    files.template(
+        name=f"Pin pgBackRest {version} from PGDG (PGDG's other packages below the distribution)",
+        src=template_path("pgdg-pgbackrest.pref.j2"),
+        dest=PGDG_PIN,
+        mode="644",
+        user="root",
+        group="root",
+        version=version,
+        pattern=pin_pattern(version),
+        sites=sites,
+    )
+    installed = (host.get_fact(DebPackages) or {}).get("pgbackrest") or []
+    if any(upstream_version(v) == version and "pgdg" in v for v in installed):
+        return None
+    files.put(
+        name="Install the pinned pgBackRest installer",
+        src=file_path("pgbackrest-install"),
+        dest=INSTALL_SCRIPT,
+        mode="755",
+    )
+    apt.update(name="Refresh package lists for PGDG's repository")
+    return server.shell(
+        name=f"Install pgBackRest {version} from PGDG",
+        commands=[
+            f"{INSTALL_SCRIPT} {host.name} {version} {'archive' if archive_url else 'index-only'}"
+        ],
+    )
+
+
+def _in_run(name: str) -> Host | None:
+    """Inventory host ``name`` when it is connected for this run (else None: no facts)."""
+    other = inventory.get_host(name)
+    return other if other in state.activated_hosts else None
+
+
+def _runs_or_installs(target: Host) -> str | None:
+    """The pgBackRest version ``target`` runs, or else the one apt would install there."""
+    policy = target.get_fact(AptPolicy, package="pgbackrest")
+    return policy["installed"] or policy["candidate"]
+
+
+def _check_distribution_versions(peer: str) -> None:
+    """Distribution packages on both hosts: their versions must be equal, or the run stops."""
+    other = _in_run(peer)
+    if other is None:
+        host.noop(
+            f"pgBackRest versions not compared: {peer} is not in this run (the distribution's"
+            " packages must give both hosts the same version)"
+        )
+        return
+    mine, theirs = _runs_or_installs(host), _runs_or_installs(other)
+    if mine is None or theirs is None:
+        missing = host.name if mine is None else peer
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_source' is 'distribution', but {missing}'s"
+            " package lists have no pgbackrest; expected the distribution to provide it (or"
+            " pgbackrest_source 'pgdg')"
+        )
+    if upstream_version(mine) != upstream_version(theirs):
+        raise PgbackrestVersionMismatch(
+            f"host {host.name!r}: key 'pgbackrest_source' is 'distribution', and the"
+            f" distributions give different pgBackRest versions: {host.name} {mine},"
+            f" {peer} {theirs}; pgBackRest refuses a mixed pair. Expected equal versions: set"
+            " pgbackrest_source to 'pgdg' (both hosts get pgbackrest_version from"
+            " apt.postgresql.org). Nothing was changed"
+        )
+
+
+def _install(settings: Any, peer: str) -> OperationMeta | None:
+    """pgBackRest from the source the data names; the operation that installs it, if any."""
+    _peer_settings(settings, peer)
+    if settings.pgbackrest_source == "pgdg":
+        return _install_from_pgdg(settings)
+    _check_distribution_versions(peer)
+    for path, what in (
+        (PGDG_PIN, "pin"),
+        (PGDG_SOURCES, "apt source"),
+        (PGDG_KEYRING, "signing key"),
+    ):
+        files.file(
+            name=f"No PGDG {what} (pgbackrest_source is distribution)", path=path, present=False
+        )
+    return apt.packages(name="Install pgBackRest (the distribution's)", packages=["pgbackrest"])
+
+
+def _common(owner: str, log_owner: str, settings: Any, peer: str) -> OperationMeta | None:
+    """pgBackRest installed, its directories and TLS files; returns the install operation."""
+    installed = _install(settings, peer)
+    for path in ("/var/log/pgbackrest", "/var/lib/pgbackrest"):
+        files.directory(
+            name=f"pgBackRest {path}", path=path, user=log_owner, group=log_owner, mode="750"
+        )
+    files.directory(name="/etc/pgbackrest", path="/etc/pgbackrest", mode="755")
+    files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
+    _tls_files(owner)
+    return installed
+
+
+def _changed(op: OperationMeta | None) -> bool:
+    return op is not None and op.did_change()
+
+
+def _server_unit(user: str, mounts: list[str]) -> Any:
+    unit = files.template(
+        name="pgbackrest-server.service (TLS server for the peer host)",
+        src=template_path("pgbackrest-server.service.j2"),
+        dest="/etc/systemd/system/pgbackrest-server.service",
+        mode="644",
+        user_name=user,
+        mounts=mounts,
+    )
+    return unit
+
+
+# --- the database host (ageis-node) --------------------------------------------------------
+
+
+def database_host(major: int, datadir: str, pool_path: str) -> dict[str, Any]:
+    """pgBackRest on the database host, before its cluster exists (a rebuilt host restores).
+
+    Returns what PostgreSQL's settings and the memory store's scripts need.
+    """
+    settings = DATA.read(host)
+    repo = repository_host_name(settings.pgbackrest_repository_host)
+    installed = _common("postgres", "postgres", settings, repo)
+    files.directory(
+        name="pgBackRest spool",
+        path=settings.pgbackrest_spool_path,
+        user="postgres",
+        group="postgres",
+        mode="750",
+    )
+    conf = files.template(
+        name="pgbackrest.conf (database host)",
+        src=template_path("pgbackrest-db.conf.j2"),
+        dest=CONF,
+        user="root",
+        group="postgres",
+        mode="640",
+        stanza=settings.pgbackrest_stanza,
+        repo_host=repo,
+        port=TLS_PORT,
+        tls_dir=TLS_DIR,
+        spool=settings.pgbackrest_spool_path,
+        process_max=settings.pgbackrest_process_max,
+        datadir=datadir,
+        archive_timeout=settings.pgbackrest_archive_timeout,
+    )
+    unit = _server_unit("postgres", [datadir])
+    systemd.daemon_reload(name="systemd reads pgbackrest-server", _if=unit.did_change)
+    systemd.service(
+        name="pgbackrest-server runs", service="pgbackrest-server", running=True, enabled=True
+    )
+    systemd.service(
+        name="pgbackrest-server takes its new settings",
+        service="pgbackrest-server",
+        restarted=True,
+        _if=lambda: conf.did_change() or unit.did_change() or _changed(installed),
+    )
+    scratch = settings.memory_store_restore_test_path or f"{pool_path}/restore-test"
+    files.put(
+        name="Install the restore test",
+        src=file_path("memory-store-restore-test"),
+        dest=RESTORE_TEST_SCRIPT,
+        mode="755",
+    )
+    files.template(
+        name="memory-store-restore-test.service",
+        src=template_path("memory-store-restore-test.service.j2"),
+        dest="/etc/systemd/system/memory-store-restore-test.service",
+        mode="644",
+        script=RESTORE_TEST_SCRIPT,
+        major=major,
+        mounts=[datadir, scratch],
+    )
+    timer = files.template(
+        name="memory-store-restore-test.timer",
+        src=template_path("systemd-timer.j2"),
+        dest="/etc/systemd/system/memory-store-restore-test.timer",
+        mode="644",
+        description="Daily restore test of the memory store's newest backup",
+        schedule=settings.memory_store_restore_test_schedule,
+        delay="30min",
+    )
+    systemd.daemon_reload(name="systemd reads the restore test timer", _if=timer.did_change)
+    systemd.service(
+        name="Restore test timer",
+        service="memory-store-restore-test.timer",
+        running=True,
+        enabled=True,
+    )
+    files.put(
+        name="Install the archiving metrics script",
+        src=file_path("memory-store-metrics"),
+        dest=METRICS_SCRIPT,
+        mode="755",
+    )
+    metrics_unit = files.template(
+        name="memory-store-metrics.service",
+        src=template_path("memory-store-metrics.service.j2"),
+        dest="/etc/systemd/system/memory-store-metrics.service",
+        mode="644",
+        script=METRICS_SCRIPT,
+        major=major,
+    )
+    metrics_timer = files.template(
+        name="memory-store-metrics.timer",
+        src=template_path("systemd-timer.j2"),
+        dest="/etc/systemd/system/memory-store-metrics.timer",
+        mode="644",
+        description="WAL archiving metrics of the memory store, every minute",
+        schedule="*-*-* *:*:00",
+        delay="0",
+    )
+    systemd.daemon_reload(
+        name="systemd reads the metrics timer",
+        _if=lambda: metrics_unit.did_change() or metrics_timer.did_change(),
+    )
+    systemd.service(
+        name="Archiving metrics timer",
+        service="memory-store-metrics.timer",
+        running=True,
+        enabled=True,
+    )
+    return {
+        "stanza": settings.pgbackrest_stanza,
+        "timeout": settings.pgbackrest_archive_timeout,
+        "spool": settings.pgbackrest_spool_path,
+        "scratch": scratch,
+        "conf_changed": conf,
+    }
+
+
+# --- the repository host (hypervisor) ------------------------------------------------------
+
+
+def _database_data_directory(name: str) -> str:
+    """The data directory of the database host ``name``, from that host's data."""
+    from tasks.ageis_node.memory_store import DATA as STORE
+    from tasks.ageis_node.memory_store import DISTRIBUTION_MAJOR_BY_OS, data_directory_of
+
+    other = inventory.get_host(name)
+    store = STORE.read(other)
+    major = store.postgresql_version
+    guest = MACHINE.read(other).guest
+    if major is None and guest:
+        major = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"])
+    if major is None:
+        raise RuntimeError(
+            f"host {host.name!r}: cannot tell the PostgreSQL major of {name!r} from the data:"
+            f" set postgresql_version for {name} (or its guest.os)"
+        )
+    return data_directory_of(other, store.postgresql_pool, major)
+
+
+@deploy("pgBackRest repository", data_defaults=DATA.defaults())
+def pgbackrest_repository() -> None:
+    settings = DATA.read(host)
+    repo = repository_host_name(settings.pgbackrest_repository_host)
+    if repo != host.name:
+        host.noop(f"the pgBackRest repository lives on {repo}")
+        return
+    pools = MACHINE.read(host).pools
+    pool = settings.pgbackrest_repository_pool
+    if pool not in pools:
+        raise RuntimeError(
+            f"host {host.name!r}: key 'pgbackrest_repository_pool' is {pool!r}; expected one of"
+            f" this host's pools ({', '.join(pools) or 'none'})"
+        )
+    repo_path = f"{pools[pool]['path'].rstrip('/')}/pgbackrest"
+    databases = [(name, _database_data_directory(name)) for name in database_host_names()]
+    if len(databases) != 1:
+        raise RuntimeError(
+            f"host {host.name!r}: the pgBackRest repository serves exactly one database host;"
+            f" the inventory's ageis_node group has {len(databases)}"
+        )
+    server.group(name="pgbackrest group", group=REPO_USER, system=True)
+    server.user(
+        name="pgbackrest user (owns the repository)",
+        user=REPO_USER,
+        group=REPO_USER,
+        system=True,
+        home="/var/lib/pgbackrest",
+        shell="/usr/sbin/nologin",
+    )
+    installed = _common(REPO_USER, REPO_USER, settings, databases[0][0])
+    files.directory(
+        name="pgBackRest repository on the HDD pool",
+        path=repo_path,
+        user=REPO_USER,
+        group=REPO_USER,
+        mode="750",
+    )
+    conf = files.template(
+        name="pgbackrest.conf (repository host)",
+        src=template_path("pgbackrest-repo.conf.j2"),
+        dest=CONF,
+        user="root",
+        group=REPO_USER,
+        mode="640",
+        stanza=settings.pgbackrest_stanza,
+        repo_path=repo_path,
+        port=TLS_PORT,
+        tls_dir=TLS_DIR,
+        process_max=settings.pgbackrest_process_max,
+        retention_full=settings.pgbackrest_retention_full,
+        retention_diff=settings.pgbackrest_retention_diff,
+        db_host=databases[0][0],
+        db_path=databases[0][1],
+    )
+    unit = _server_unit(REPO_USER, [repo_path])
+    files.put(
+        name="Install pgbackrest-run",
+        src=file_path("pgbackrest-run"),
+        dest=BACKUP_SCRIPT,
+        mode="755",
+    )
+    files.put(
+        name="Install pgbackrest-stanza-ready",
+        src=file_path("pgbackrest-stanza-ready"),
+        dest=STANZA_SCRIPT,
+        mode="755",
+    )
+    service = files.template(
+        name="pgbackrest-run@.service (backup full/diff, verify)",
+        src=template_path("pgbackrest-run@.service.j2"),
+        dest="/etc/systemd/system/pgbackrest-run@.service",
+        mode="644",
+        script=BACKUP_SCRIPT,
+        stanza=settings.pgbackrest_stanza,
+        mounts=[repo_path],
+    )
+    timers = []
+    for job, schedule, what in (
+        ("full", settings.pgbackrest_full_schedule, "Full backup of the memory store"),
+        ("diff", settings.pgbackrest_diff_schedule, "Differential backup of the memory store"),
+        ("verify", settings.pgbackrest_verify_schedule, "Verify the pgBackRest repository"),
+    ):
+        timers.append(
+            files.template(
+                name=f"pgbackrest-run@{job}.timer",
+                src=template_path("systemd-timer.j2"),
+                dest=f"/etc/systemd/system/pgbackrest-run@{job}.timer",
+                mode="644",
+                description=what,
+                schedule=schedule,
+                delay="10min",
+            )
+        )
+    systemd.daemon_reload(
+        name="systemd reads the pgBackRest units",
+        _if=lambda: (
+            unit.did_change() or service.did_change() or any(t.did_change() for t in timers)
+        ),
+    )
+    systemd.service(
+        name="pgbackrest-server runs", service="pgbackrest-server", running=True, enabled=True
+    )
+    systemd.service(
+        name="pgbackrest-server takes its new settings",
+        service="pgbackrest-server",
+        restarted=True,
+        _if=lambda: conf.did_change() or unit.did_change() or _changed(installed),
+    )
+    for job in ("full", "diff", "verify"):
+        systemd.service(
+            name=f"pgbackrest-run@{job}.timer",
+            service=f"pgbackrest-run@{job}.timer",
+            running=True,
+            enabled=True,
+        )
+
+
+@deploy("pgBackRest stanza", data_defaults=DATA.defaults())
+def pgbackrest_stanza() -> None:
+    """After the firewall (both hosts reachable): stanza-create, check, a first full backup.
+
+    Gated on the repository's ``info``: an existing stanza with a backup does nothing.
+    """
+    settings = DATA.read(host)
+    if repository_host_name(settings.pgbackrest_repository_host) != host.name:
+        return
+    info = host.get_fact(PgbackrestInfo, stanza=settings.pgbackrest_stanza, user=REPO_USER)
+    if info and info["status"] == 0 and info["backups"] > 0:
+        return
+    server.shell(
+        name="Stanza create, check and a first full backup (the repository has none)",
+        commands=[f"{STANZA_SCRIPT} {settings.pgbackrest_stanza}"],
+    )
+
+
+RESTORE_TEST_RESULT = f"{TEXTFILE_DIR}/memory_store_restore_test.prom"
+
+
+@deploy("Memory store restore test", data_defaults=DATA.defaults())
+def memory_store_first_restore_test() -> None:
+    """After the firewall (and the first backup): run the restore test once if it never ran.
+
+    A backup nobody restored is just a file: a new (or rebuilt) database host proves its
+    backups at its first rollout instead of waiting for the timer. Gated on the restore test's
+    result file.
+    """
+    if host.get_fact(File, path=RESTORE_TEST_RESULT):
+        return
+    server.shell(
+        name="Run the restore test once (it never ran here)",
+        commands=["systemctl start memory-store-restore-test.service"],
+    )

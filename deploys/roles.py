@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from pyinfra import host
 
@@ -60,7 +61,31 @@ from tasks.hypervisor.storage_pools import storage_pools
 from tasks.services.dns_resolver import dns_resolver
 from tasks.services.monitoring import monitoring
 
-BASE: tuple[Callable[[], None], ...] = (
+Task = Callable[[], None]
+
+
+def declared_ports(groups: Iterable[str]) -> tuple[Port, ...]:
+    """The ports (``PORTS``) of every task module a host in ``groups`` runs: base and roles.
+
+    All of the host's roles count, not only those the deploy file names: running
+    ``deploys/embedder.py`` must not close the ports of the host's other roles.
+    """
+    groups = set(groups)
+    tasks = [*BASE, *(task for role, ts in ROLES.items() if role in groups for task in ts)]
+    ports: list[Port] = []
+    for task in tasks:
+        for port in getattr(sys.modules[_function_of(task).__module__], "PORTS", ()):
+            if port not in ports:
+                ports.append(port)
+    return tuple(sorted(ports))
+
+
+def _function_of(task: Task) -> Callable[..., None]:
+    """The deploy function behind ``task`` (a table entry may bind arguments with partial)."""
+    return task.func if isinstance(task, partial) else task
+
+
+BASE: tuple[Task, ...] = (
     hostname,
     apt_sources,
     base_packages,
@@ -75,7 +100,7 @@ BASE: tuple[Callable[[], None], ...] = (
 )
 
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
-ROLES: dict[str, tuple[Callable[[], None], ...]] = {
+ROLES: dict[str, tuple[Task, ...]] = {
     HYPERVISOR: (
         proxmox_ve,
         storage_pools,
@@ -91,12 +116,13 @@ ROLES: dict[str, tuple[Callable[[], None], ...]] = {
     EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
-    MONITORING: (monitoring,),
+    # Monitoring is given the table's port lookup, so its module need not import this one.
+    MONITORING: (partial(monitoring, ports_of=declared_ports),),
 }
 
 # Tasks that need the firewalls of other hosts open (their peers' ports): they run after the
 # firewall, which every host reaches at the same point, so every host's role tasks are done.
-AFTER_FIREWALL: dict[str, tuple[Callable[[], None], ...]] = {
+AFTER_FIREWALL: dict[str, tuple[Task, ...]] = {
     HYPERVISOR: (pgbackrest_stanza,),
     AGEIS_NODE: (memory_store_first_restore_test,),
 }
@@ -134,19 +160,3 @@ def roll_out(*roles: str) -> None:
     for role in mine:
         for task in AFTER_FIREWALL.get(role, ()):
             task()
-
-
-def declared_ports(groups: Iterable[str]) -> tuple[Port, ...]:
-    """The ports (``PORTS``) of every task module a host in ``groups`` runs: base and roles.
-
-    All of the host's roles count, not only those the deploy file names: running
-    ``deploys/embedder.py`` must not close the ports of the host's other roles.
-    """
-    groups = set(groups)
-    tasks = [*BASE, *(task for role, ts in ROLES.items() if role in groups for task in ts)]
-    ports: list[Port] = []
-    for task in tasks:
-        for port in getattr(sys.modules[task.__module__], "PORTS", ()):
-            if port not in ports:
-                ports.append(port)
-    return tuple(sorted(ports))

@@ -1,7 +1,8 @@
 """Prometheus, Alertmanager, the blackbox exporter and the Proxmox VE exporter (monitoring guest).
 
 Every target comes from the inventory, never from a hand-kept list: each inventory host's
-declared ports (``deploys.roles.declared_ports``, the ``PORTS`` of the tasks it runs) give
+declared ports (``ports_of``: ``deploys.roles.declared_ports``, the ``PORTS`` of the tasks it
+runs) give
 
 - a scrape job per service that has a ``metrics_path`` (node-exporter on every host, the
   services' own ``/metrics``), labelled ``instance=<inventory host>``;
@@ -20,7 +21,7 @@ with an optional secret from the secrets file) are data.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -471,14 +472,13 @@ def alertmanager_variables(settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _declared_ports(groups: Iterable[str]) -> tuple[Port, ...]:
-    from deploys.roles import declared_ports  # deploys.roles imports this module
-
-    return declared_ports(groups)
+PortsOf = Callable[[Iterable[str]], Iterable[Port]]
 
 
 @deploy("Monitoring: Prometheus, Alertmanager, blackbox and Proxmox exporters")
-def monitoring() -> None:
+def monitoring(ports_of: PortsOf) -> None:
+    """``ports_of(groups)``: the ports a host of those groups declares (``deploys.roles``
+    passes its ``declared_ports``, so this module needs no knowledge of the role table)."""
     settings = DATA.read(host)
     machine = MACHINE.read(host)
     secrets = load_secrets()
@@ -492,7 +492,7 @@ def monitoring() -> None:
             "secrets that exist in the secrets file (or HOMELAB_SECRET_<NAME>)",
         )
     jobs, probes, pve_targets = monitoring_targets(
-        inventory_hosts(), _declared_ports, settings.monitoring_extra_probes
+        inventory_hosts(), ports_of, settings.monitoring_extra_probes
     )
     dns_hosts = [other.name for other in inventory if "dns" in other.groups]
     dns_probe_name = f"{(dns_hosts or [host.name])[0]}.{machine.domain}"

@@ -1,6 +1,8 @@
-"""The README's table of data keys, made from the declarations."""
+"""The table of data keys in docs/data-keys.md, made from the declarations."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -93,8 +95,19 @@ def test_prints_the_tables(capsys) -> None:
     assert capsys.readouterr().out == docs.keys_markdown()
 
 
-def test_the_repository_readme_table_is_current() -> None:
-    from pathlib import Path
+DATA_KEYS = Path(__file__).resolve().parents[2] / "docs" / "data-keys.md"
 
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    assert docs.main(["--check", str(readme)]) == 0, "README key table is stale: run make docs"
+
+def test_the_repository_key_table_is_current() -> None:
+    assert docs.main(["--check", str(DATA_KEYS)]) == 0, (
+        "docs/data-keys.md's key table is stale: run make docs"
+    )
+
+
+def test_a_stale_repository_key_table_is_caught(tmp_path) -> None:
+    """The check above fails when a row of docs/data-keys.md no longer matches a declaration."""
+    stale = tmp_path / "data-keys.md"
+    text = DATA_KEYS.read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `lan_address` |"))
+    stale.write_text(text.replace(row, row.replace("The host's", "A host's")), encoding="utf-8")
+    assert docs.main(["--check", str(stale)]) == 1

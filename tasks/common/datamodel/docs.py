@@ -1,9 +1,9 @@
-"""The README's table of data keys and secrets, made from the declarations themselves.
+"""The table of data keys and secrets (docs/data-keys.md), made from the declarations themselves.
 
 ``python -m tasks.common.datamodel.docs`` prints the tables;
-``--update README.md`` rewrites the text
+``--update docs/data-keys.md`` (what ``make docs`` runs) rewrites the text
 between ``<!-- data-keys:start -->`` and ``<!-- data-keys:end -->`` in that file, and
-``--check README.md`` fails when that text is not what the declarations give.
+``--check docs/data-keys.md`` fails when that text is not what the declarations give.
 """
 
 from __future__ import annotations

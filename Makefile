@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt '.[test]'
+	$(VENV)/bin/pip install -q --require-hashes -r constraints.txt
 	@command -v ssh >/dev/null || { echo "--> installing openssh-client"; apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >/dev/null; }
 	touch $@
@@ -35,11 +35,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 venv: $(VENV)/.installed ## Create .venv with the locked dependencies
 
 .PHONY: lock
-lock: ## Re-resolve dependencies from pyproject.toml into constraints.txt
-	rm -rf /tmp/homelab-lock && $(PYTHON) -m venv /tmp/homelab-lock
-	/tmp/homelab-lock/bin/pip install -q '.[test]'
-	{ head -2 constraints.txt; /tmp/homelab-lock/bin/pip freeze | grep -v '^homelab-as-code'; } \
-	  > constraints.txt.new && mv constraints.txt.new constraints.txt
+lock: ## Re-resolve constraints.txt (versions and hashes) from pyproject.toml; ARGS=--upgrade for newer
+	rm -rf build/lock && $(PYTHON) -m venv build/lock
+	build/lock/bin/pip install -q pip-tools
+	CUSTOM_COMPILE_COMMAND='make lock' build/lock/bin/pip-compile -q --generate-hashes \
+	  --extra test --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	  $(ARGS) -o constraints.txt pyproject.toml
 
 # --- Checks that need no hosts ------------------------------------------------------------
 .PHONY: lint

@@ -155,10 +155,11 @@ class ZfsDataset(TypedDict):
     mounted: bool
 
 
-class ZfsPools(FactBase["dict[str, ZfsDataset] | None"]):
+class ZfsPoolRoots(FactBase["dict[str, ZfsDataset] | None"]):
     """Imported ZFS pools' root datasets: name -> mountpoint and whether it is mounted.
 
-    None when the zfs tools are not installed.
+    None when the zfs tools are not installed. (pyinfra's own ``ZfsPools`` fact lists pool
+    properties, not mounts: hence a name of its own.)
     """
 
     def command(self) -> str:

@@ -29,7 +29,7 @@ from pyinfra.facts.server import Mounts
 from pyinfra.operations import apt, files, server
 
 from tasks.common.datamodel.machine import MACHINE
-from tasks.common.hardware_facts import DiskSignatures, ZfsPools
+from tasks.common.hardware_facts import DiskSignatures, ZfsPoolRoots
 
 FSTAB_OPTIONS = "defaults,nofail,x-systemd.device-timeout=30s"
 ZFS_PACKAGE = "zfsutils-linux"
@@ -92,7 +92,7 @@ def _blank_or_refuse(name: str, disks: list[str]) -> None:
 
 
 def _zfs_pool(name: str, pool: Mapping[str, Any], disks: list[str]) -> None:
-    imported = host.get_fact(ZfsPools)
+    imported = host.get_fact(ZfsPoolRoots)
     dataset = (imported or {}).get(pool["zfs_name"])
     if dataset is not None:
         if dataset["mountpoint"] != pool["path"]:

@@ -211,7 +211,7 @@ class Machine:
                 "KernelCmdline": self.cmdline,
                 "Framebuffers": self.framebuffers,
                 "CpuVendor": self.cpu_vendor,
-                "ZfsPools": self.zfs,
+                "ZfsPoolRoots": self.zfs,
                 "Mounts": self.mounts,
                 "DiskSignatures": lambda kw: self.disks.get(
                     kw["device"], {"exists": False, "signatures": [], "partitions": []}

@@ -9,7 +9,7 @@ from tasks.common.hardware_facts import (
     KernelCmdline,
     PciDevices,
     UnitStates,
-    ZfsPools,
+    ZfsPoolRoots,
 )
 
 # What PCI_COMMAND prints on the R9700 host: sysfs' class/vendor/device files keep their 0x.
@@ -84,8 +84,8 @@ def test_cmdline_cpu_vendor_units() -> None:
 
 
 def test_zfs_pools_and_missing_tools() -> None:
-    assert ZfsPools().process([]) is None
-    assert ZfsPools().process(["#zfs", "ssd\t/ssd\tyes", "rpool\t/rpool\tno"]) == {
+    assert ZfsPoolRoots().process([]) is None
+    assert ZfsPoolRoots().process(["#zfs", "ssd\t/ssd\tyes", "rpool\t/rpool\tno"]) == {
         "ssd": {"mountpoint": "/ssd", "mounted": True},
         "rpool": {"mountpoint": "/rpool", "mounted": False},
     }

@@ -1,7 +1,7 @@
 """Embedding server benchmark: the server under concurrent clients vs the model called directly.
 
 Runs ON the embedder host, in the embedder's virtual environment (the lab test and
-`make bench-embedding` copy it there): the direct baseline loads the very model the server
+`make bench-embedder` copy it there): the direct baseline loads the very model the server
 serves (same ONNX graph, same ONNX Runtime threads) in this process, so both figures come
 from the same machine in the same run.
 

@@ -104,6 +104,8 @@ def hardening() -> None:
         dest="/etc/sysctl.d/60-homelab-hardening.conf",
         mode="644",
     )
+    # A gated shell rather than systemd.service(restarted=True): that would read the unit's
+    # state over SSH on every run, for a oneshot restarted only when the file changed.
     server.shell(
         name="Apply sysctls (read-only ones are skipped in a container)",
         commands=["systemctl restart systemd-sysctl"],

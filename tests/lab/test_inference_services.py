@@ -95,7 +95,10 @@ def test_actr_engine_stores_and_retrieves_by_activation() -> None:
     assert (status, health) == (200, {"status": "ok"})
     tag = f"lab-{time.time_ns()}"
     ids = {}
-    for name, hot in (("apple", (1, 2)), ("pear", (1, 3)), ("rocket", (200, 201))):
+    # "apple" is stored last: the newest chunk and the closest to the cue, so it has the
+    # highest activation by construction, however long the other stores took (ACT-R's
+    # recency term would let a newer "pear" or "rocket" win on a slow machine otherwise).
+    for name, hot in (("pear", (1, 3)), ("rocket", (200, 201)), ("apple", (1, 2))):
         status, answer = call(
             "/chunks",
             {"content": f"{name} {tag}", "metadata": {"test": tag}, "embedding": unit_vector(*hot)},

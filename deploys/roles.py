@@ -18,6 +18,7 @@ from tasks.ageis_node.actr_engine import actr_engine
 from tasks.ageis_node.memory_store import memory_store
 from tasks.ageis_node.ollama import ollama
 from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
+from tasks.ageis_node.pgbackrest_database import memory_store_first_restore_test
 from tasks.ageis_node.rocm import rocm
 from tasks.base.admin_user import admin_user
 from tasks.base.apt_sources import apt_sources
@@ -47,11 +48,7 @@ from tasks.embedder.nvidia_driver import nvidia_driver
 from tasks.embedder.tts import tts
 from tasks.embedder.vector_indexer import vector_indexer
 from tasks.hypervisor.gpu_passthrough import gpu_passthrough
-from tasks.hypervisor.pgbackrest import (
-    memory_store_first_restore_test,
-    pgbackrest_repository,
-    pgbackrest_stanza,
-)
+from tasks.hypervisor.pgbackrest_repository import pgbackrest_repository, pgbackrest_stanza
 from tasks.hypervisor.proxmox_api import proxmox_api_check
 from tasks.hypervisor.proxmox_backup import proxmox_backup_job
 from tasks.hypervisor.proxmox_guests import proxmox_guests

@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
@@ -44,6 +45,7 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
+from tasks.ageis_node.pgbackrest_database import Archiving, database_host
 from tasks.common.datamodel.forms import (
     Field,
     Int,
@@ -59,7 +61,6 @@ from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE, POOL_N
 from tasks.common.datamodel.secrets import SecretSpec, load_secrets
 from tasks.common.ports import Port
 from tasks.common.templating import file_path, template_path
-from tasks.hypervisor.pgbackrest import database_host
 
 # The distribution's PostgreSQL major, by (os-release ID, VERSION_ID).
 DISTRIBUTION_MAJOR = {("ubuntu", "24.04"): 16, ("debian", "13"): 17, ("debian", "12"): 15}
@@ -386,13 +387,39 @@ def schema_comment(sql: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """Where the store's cluster lives and what it should hold, worked out before any change."""
+
+    major: int
+    datadir: str
+    unit: str
+    conf_dir: str
+    exists: bool
+    verifiers: dict[str, str]
+    sql: str
+    listen: list[str]
+
+
 @deploy("Memory store (PostgreSQL + pgvector)", data_defaults=DATA.defaults())
 def memory_store() -> None:
     settings = DATA.read(host)
+    cluster = _plan_cluster(settings)
+    _install_packages(cluster)
+    # Before the cluster exists: a rebuilt host restores from the repository instead.
+    backup = database_host(
+        cluster.major, cluster.datadir, pool_path_of(host, settings.postgresql_pool)
+    )
+    _bootstrap(cluster, backup)
+    _configure_and_run(settings, cluster, backup)
+    _apply_schema(cluster)
+
+
+def _plan_cluster(settings: Any) -> Cluster:
+    """The cluster's major, directories and unit, its schema and listen addresses; an existing
+    cluster in another directory stops the run."""
     major = postgresql_major(settings.postgresql_version)
     datadir = data_directory_of(host, settings.postgresql_pool, major)
-    unit = f"postgresql@{major}-main.service"
-    conf_dir = f"/etc/postgresql/{major}/main"
     clusters = host.get_fact(PostgresqlClusters) or []
     ours = next((c for c in clusters if c["version"] == major and c["name"] == "main"), None)
     if ours and ours["data_directory"].rstrip("/") != datadir:
@@ -407,7 +434,22 @@ def memory_store() -> None:
     listen = ["127.0.0.1", "::1", lan]
     if settings.postgresql_tailnet_address:
         listen.append(str(settings.postgresql_tailnet_address))
+    return Cluster(
+        major=major,
+        datadir=datadir,
+        unit=f"postgresql@{major}-main.service",
+        conf_dir=f"/etc/postgresql/{major}/main",
+        exists=ours is not None,
+        verifiers=role_verifiers,
+        sql=sql,
+        listen=listen,
+    )
 
+
+def _install_packages(cluster: Cluster) -> None:
+    """postgresql-common told how to create clusters, then PostgreSQL, pgvector and the
+    cluster's parent directory on the pool."""
+    major, datadir = cluster.major, cluster.datadir
     apt.packages(name="Install postgresql-common", packages=["postgresql-common"])
     files.directory(name="createcluster.d", path="/etc/postgresql-common/createcluster.d")
     files.template(
@@ -428,8 +470,12 @@ def memory_store() -> None:
         group="postgres",
         mode="700",
     )
-    # Before the cluster exists: a rebuilt host restores from the repository instead.
-    backup = database_host(major, datadir, pool_path_of(host, settings.postgresql_pool))
+
+
+def _bootstrap(cluster: Cluster, backup: Archiving) -> None:
+    """The store's scripts and their settings; the cluster created (or restored) when it does
+    not exist yet."""
+    major = cluster.major
     files.directory(name="Memory store config directory", path=CONFIG_DIR, mode="700")
     files.put(
         name="Install the memory store bootstrap script",
@@ -449,18 +495,24 @@ def memory_store() -> None:
         dest=ENV_FILE,
         mode="644",
         major=major,
-        datadir=datadir,
+        datadir=cluster.datadir,
         database=DATABASE,
         tables=" ".join(TABLES),
         textfile_dir=TEXTFILE_DIR,
-        extra={"PGBACKREST_STANZA": backup["stanza"], "RESTORE_SCRATCH": backup["scratch"]},
+        extra={"PGBACKREST_STANZA": backup.stanza, "RESTORE_SCRATCH": backup.scratch},
     )
     files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
-    if ours is None:
+    if not cluster.exists:
         server.shell(
             name=f"Create cluster {major}/main with checksums (or restore it from the backups)",
             commands=[BOOTSTRAP_SCRIPT],
         )
+
+
+def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> None:
+    """PostgreSQL's settings and pg_hba, the units' mount and integrity ordering; the cluster
+    runs and takes changed settings (reload, restart only when one needs it)."""
+    unit, datadir, conf_dir = cluster.unit, cluster.datadir, cluster.conf_dir
     conf = files.template(
         name="PostgreSQL settings (listen, scram-sha-256, sized from RAM)",
         src=template_path("postgresql-homelab.conf.j2"),
@@ -468,10 +520,10 @@ def memory_store() -> None:
         user="postgres",
         group="postgres",
         mode="644",
-        listen=listen,
+        listen=cluster.listen,
         port=PORT,
         max_connections=settings.postgresql_max_connections,
-        archive={"stanza": backup["stanza"], "timeout": backup["timeout"]},
+        archive={"stanza": backup.stanza, "timeout": backup.timeout},
         sizes=sizing(
             _ram(settings.postgresql_memory),
             settings.postgresql_memory_percent,
@@ -491,9 +543,9 @@ def memory_store() -> None:
     mounts = files.template(
         name=f"{unit} needs its data directory's mount",
         src=template_path("postgresql-homelab-mounts.conf.j2"),
-        dest=f"/etc/systemd/system/postgresql@{major}-main.service.d/homelab-mounts.conf",
+        dest=f"/etc/systemd/system/postgresql@{cluster.major}-main.service.d/homelab-mounts.conf",
         mode="644",
-        paths=[datadir, backup["spool"]],
+        paths=[datadir, backup.spool],
     )
     integrity_unit = files.template(
         name=f"{INTEGRITY_UNIT}: the store's check before any client",
@@ -521,15 +573,20 @@ def memory_store() -> None:
         ],
         _if=lambda: conf.did_change() or hba.did_change(),
     )
+
+
+def _apply_schema(cluster: Cluster) -> None:
+    """The database, roles and schema applied when they differ from the running cluster's
+    (a cluster without data checksums stops the run); the integrity check runs."""
     state = host.get_fact(MemoryStoreState)
     if state and state.get("checksums") == "off":
         raise RuntimeError(
-            f"host {host.name!r}: cluster {major}/main runs without data checksums; the store"
-            f" needs them (enable with pg_checksums --enable while it is stopped)"
+            f"host {host.name!r}: cluster {cluster.major}/main runs without data checksums; the"
+            f" store needs them (enable with pg_checksums --enable while it is stopped)"
         )
     schema = files.put(
         name="Memory store schema and roles (root-only SQL file)",
-        src=StringIO(sql),
+        src=StringIO(cluster.sql),
         dest=SCHEMA_FILE,
         user="root",
         group="root",
@@ -537,8 +594,8 @@ def memory_store() -> None:
     )
     current = (
         state is not None
-        and state.get("schema") == schema_comment(sql)
-        and state.get("roles") == roles_digest(role_verifiers)
+        and state.get("schema") == schema_comment(cluster.sql)
+        and state.get("roles") == roles_digest(cluster.verifiers)
     )
     server.shell(
         name="Apply the memory store schema and roles (psql -f as postgres)",

@@ -1,26 +1,18 @@
-"""pgBackRest: the memory store's WAL archive and backups, on the hypervisor's HDD pool.
+"""pgBackRest, the parts both hosts share: the memory store's WAL archive and its backups.
 
 A dedicated repository host (the hypervisor, ``pgbackrest_repository_host``) keeps the
-repository in ``<pools[pgbackrest_repository_pool].path>/pgbackrest``. The two hosts talk over
+repository in ``<pools[pgbackrest_repository_pool].path>/pgbackrest``
+(``tasks/hypervisor/pgbackrest_repository.py``); the database host archives to it and proves
+its backups restore (``tasks/ageis_node/pgbackrest_database.py``). This module holds what both
+sides read: the data keys and the secret, the TLS material, the facts, and the install.
+
+The two hosts talk over
 pgBackRest's own TLS server (port 8432 on both, client certificates checked against a small CA,
 ``tls-server-auth`` naming the one peer and the stanza): no SSH keys between the hosts. The CA
 and the hosts' certificates are made on the controller from the secret ``pgbackrest_tls_seed``
 (Ed25519 keys derived from it, certificates with fixed fields: the same seed gives the same
 files on every run, so nothing changes on a second run and no CA file has to be kept
 anywhere else; a new seed re-keys everything).
-
-On the database host (``tasks/ageis_node/memory_store.py`` calls :func:`database_host`):
-PostgreSQL archives
-with ``archive_command = pgbackrest archive-push`` in async mode from a local spool
-(``pgbackrest_spool_path``), ``archive_timeout`` is ``pgbackrest_archive_timeout`` (the most
-WAL a dead disk can take with it), and a daily restore test (``memory-store-restore-test``)
-proves the newest backup plus WAL restores and holds what the live store held.
-
-On the repository host: full and differential backups on systemd timers, retention as data,
-a weekly ``verify``; each writes its outcome for node-exporter's textfile collector
-(``homelab_backup_*``). After the firewall (both hosts reachable), the deploy creates the
-stanza when the repository lacks it, runs ``check`` and takes the first full backup when there
-is none (each gated on the repository's ``info``, so a second run does nothing).
 
 pgBackRest's versions must be equal on both hosts (its TLS protocol refuses a mixed pair):
 Debian 12 ships 2.45, Debian 13 (Proxmox VE 9) 2.55, Ubuntu 24.04 2.50. So by default
@@ -53,11 +45,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pyinfra import host, inventory, state
-from pyinfra.api import FactBase, deploy
+from pyinfra.api import FactBase
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
@@ -66,7 +57,6 @@ from tasks.common.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional,
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, HYPERVISOR, MACHINE, POOL_NAME
 from tasks.common.datamodel.secrets import SecretSpec, load_secrets
-from tasks.common.ports import Port
 from tasks.common.templating import file_path, template_path
 
 TLS_PORT = 8432
@@ -250,8 +240,6 @@ SECRETS = (
         " both hosts)",
     ),
 )
-
-PORTS = (Port(TLS_PORT, "tcp", "pgbackrest-server", probe="tcp"),)
 
 
 # --- certificates, derived from the seed --------------------------------------------------
@@ -597,7 +585,7 @@ def _install(settings: Any, peer: str) -> OperationMeta | None:
     return apt.packages(name="Install pgBackRest (the distribution's)", packages=["pgbackrest"])
 
 
-def _common(owner: str, log_owner: str, settings: Any, peer: str) -> OperationMeta | None:
+def prepare_host(owner: str, log_owner: str, settings: Any, peer: str) -> OperationMeta | None:
     """pgBackRest installed, its directories and TLS files; returns the install operation."""
     installed = _install(settings, peer)
     for path in ("/var/log/pgbackrest", "/var/lib/pgbackrest"):
@@ -610,11 +598,14 @@ def _common(owner: str, log_owner: str, settings: Any, peer: str) -> OperationMe
     return installed
 
 
-def _changed(op: OperationMeta | None) -> bool:
+def did_change(op: OperationMeta | None) -> bool:
+    """Whether ``op`` (None: no operation was needed) changed the host; for ``_if`` callbacks,
+    which run once the earlier operations have."""
     return op is not None and op.did_change()
 
 
-def _server_unit(user: str, mounts: list[str]) -> Any:
+def server_unit(user: str, mounts: list[str]) -> OperationMeta:
+    """The unit of pgBackRest's TLS server, run as ``user`` and needing ``mounts``."""
     unit = files.template(
         name="pgbackrest-server.service (TLS server for the peer host)",
         src=template_path("pgbackrest-server.service.j2"),
@@ -626,42 +617,8 @@ def _server_unit(user: str, mounts: list[str]) -> Any:
     return unit
 
 
-# --- the database host (ageis-node) --------------------------------------------------------
-
-
-def database_host(major: int, datadir: str, pool_path: str) -> dict[str, Any]:
-    """pgBackRest on the database host, before its cluster exists (a rebuilt host restores).
-
-    Returns what PostgreSQL's settings and the memory store's scripts need.
-    """
-    settings = DATA.read(host)
-    repo = repository_host_name(settings.pgbackrest_repository_host)
-    installed = _common("postgres", "postgres", settings, repo)
-    files.directory(
-        name="pgBackRest spool",
-        path=settings.pgbackrest_spool_path,
-        user="postgres",
-        group="postgres",
-        mode="750",
-    )
-    conf = files.template(
-        name="pgbackrest.conf (database host)",
-        src=template_path("pgbackrest-db.conf.j2"),
-        dest=CONF,
-        user="root",
-        group="postgres",
-        mode="640",
-        stanza=settings.pgbackrest_stanza,
-        repo_host=repo,
-        port=TLS_PORT,
-        tls_dir=TLS_DIR,
-        spool=settings.pgbackrest_spool_path,
-        process_max=settings.pgbackrest_process_max,
-        datadir=datadir,
-        archive_timeout=settings.pgbackrest_archive_timeout,
-    )
-    unit = _server_unit("postgres", [datadir])
-    systemd.daemon_reload(name="systemd reads pgbackrest-server", _if=unit.did_change)
+def run_server(conf: OperationMeta, unit: OperationMeta, installed: OperationMeta | None) -> None:
+    """pgBackRest's TLS server runs, restarted when its settings, unit or package changed."""
     systemd.service(
         name="pgbackrest-server runs", service="pgbackrest-server", running=True, enabled=True
     )
@@ -669,254 +626,5 @@ def database_host(major: int, datadir: str, pool_path: str) -> dict[str, Any]:
         name="pgbackrest-server takes its new settings",
         service="pgbackrest-server",
         restarted=True,
-        _if=lambda: conf.did_change() or unit.did_change() or _changed(installed),
-    )
-    scratch = settings.memory_store_restore_test_path or f"{pool_path}/restore-test"
-    files.put(
-        name="Install the restore test",
-        src=file_path("memory-store-restore-test"),
-        dest=RESTORE_TEST_SCRIPT,
-        mode="755",
-    )
-    files.template(
-        name="memory-store-restore-test.service",
-        src=template_path("memory-store-restore-test.service.j2"),
-        dest="/etc/systemd/system/memory-store-restore-test.service",
-        mode="644",
-        script=RESTORE_TEST_SCRIPT,
-        major=major,
-        mounts=[datadir, scratch],
-    )
-    timer = files.template(
-        name="memory-store-restore-test.timer",
-        src=template_path("systemd-timer.j2"),
-        dest="/etc/systemd/system/memory-store-restore-test.timer",
-        mode="644",
-        description="Daily restore test of the memory store's newest backup",
-        schedule=settings.memory_store_restore_test_schedule,
-        delay="30min",
-    )
-    systemd.daemon_reload(name="systemd reads the restore test timer", _if=timer.did_change)
-    systemd.service(
-        name="Restore test timer",
-        service="memory-store-restore-test.timer",
-        running=True,
-        enabled=True,
-    )
-    files.put(
-        name="Install the archiving metrics script",
-        src=file_path("memory-store-metrics"),
-        dest=METRICS_SCRIPT,
-        mode="755",
-    )
-    metrics_unit = files.template(
-        name="memory-store-metrics.service",
-        src=template_path("memory-store-metrics.service.j2"),
-        dest="/etc/systemd/system/memory-store-metrics.service",
-        mode="644",
-        script=METRICS_SCRIPT,
-        major=major,
-    )
-    metrics_timer = files.template(
-        name="memory-store-metrics.timer",
-        src=template_path("systemd-timer.j2"),
-        dest="/etc/systemd/system/memory-store-metrics.timer",
-        mode="644",
-        description="WAL archiving metrics of the memory store, every minute",
-        schedule="*-*-* *:*:00",
-        delay="0",
-    )
-    systemd.daemon_reload(
-        name="systemd reads the metrics timer",
-        _if=lambda: metrics_unit.did_change() or metrics_timer.did_change(),
-    )
-    systemd.service(
-        name="Archiving metrics timer",
-        service="memory-store-metrics.timer",
-        running=True,
-        enabled=True,
-    )
-    return {
-        "stanza": settings.pgbackrest_stanza,
-        "timeout": settings.pgbackrest_archive_timeout,
-        "spool": settings.pgbackrest_spool_path,
-        "scratch": scratch,
-        "conf_changed": conf,
-    }
-
-
-# --- the repository host (hypervisor) ------------------------------------------------------
-
-
-def _database_data_directory(name: str) -> str:
-    """The data directory of the database host ``name``, from that host's data."""
-    from tasks.ageis_node.memory_store import DATA as STORE
-    from tasks.ageis_node.memory_store import DISTRIBUTION_MAJOR_BY_OS, data_directory_of
-
-    other = inventory.get_host(name)
-    store = STORE.read(other)
-    major = store.postgresql_version
-    guest = MACHINE.read(other).guest
-    if major is None and guest:
-        major = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"])
-    if major is None:
-        raise RuntimeError(
-            f"host {host.name!r}: cannot tell the PostgreSQL major of {name!r} from the data:"
-            f" set postgresql_version for {name} (or its guest.os)"
-        )
-    return data_directory_of(other, store.postgresql_pool, major)
-
-
-@deploy("pgBackRest repository", data_defaults=DATA.defaults())
-def pgbackrest_repository() -> None:
-    settings = DATA.read(host)
-    repo = repository_host_name(settings.pgbackrest_repository_host)
-    if repo != host.name:
-        host.noop(f"the pgBackRest repository lives on {repo}")
-        return
-    pools = MACHINE.read(host).pools
-    pool = settings.pgbackrest_repository_pool
-    if pool not in pools:
-        raise RuntimeError(
-            f"host {host.name!r}: key 'pgbackrest_repository_pool' is {pool!r}; expected one of"
-            f" this host's pools ({', '.join(pools) or 'none'})"
-        )
-    repo_path = f"{pools[pool]['path'].rstrip('/')}/pgbackrest"
-    databases = [(name, _database_data_directory(name)) for name in database_host_names()]
-    if len(databases) != 1:
-        raise RuntimeError(
-            f"host {host.name!r}: the pgBackRest repository serves exactly one database host;"
-            f" the inventory's ageis_node group has {len(databases)}"
-        )
-    server.group(name="pgbackrest group", group=REPO_USER, system=True)
-    server.user(
-        name="pgbackrest user (owns the repository)",
-        user=REPO_USER,
-        group=REPO_USER,
-        system=True,
-        home="/var/lib/pgbackrest",
-        shell="/usr/sbin/nologin",
-    )
-    installed = _common(REPO_USER, REPO_USER, settings, databases[0][0])
-    files.directory(
-        name="pgBackRest repository on the HDD pool",
-        path=repo_path,
-        user=REPO_USER,
-        group=REPO_USER,
-        mode="750",
-    )
-    conf = files.template(
-        name="pgbackrest.conf (repository host)",
-        src=template_path("pgbackrest-repo.conf.j2"),
-        dest=CONF,
-        user="root",
-        group=REPO_USER,
-        mode="640",
-        stanza=settings.pgbackrest_stanza,
-        repo_path=repo_path,
-        port=TLS_PORT,
-        tls_dir=TLS_DIR,
-        process_max=settings.pgbackrest_process_max,
-        retention_full=settings.pgbackrest_retention_full,
-        retention_diff=settings.pgbackrest_retention_diff,
-        db_host=databases[0][0],
-        db_path=databases[0][1],
-    )
-    unit = _server_unit(REPO_USER, [repo_path])
-    files.put(
-        name="Install pgbackrest-run",
-        src=file_path("pgbackrest-run"),
-        dest=BACKUP_SCRIPT,
-        mode="755",
-    )
-    files.put(
-        name="Install pgbackrest-stanza-ready",
-        src=file_path("pgbackrest-stanza-ready"),
-        dest=STANZA_SCRIPT,
-        mode="755",
-    )
-    service = files.template(
-        name="pgbackrest-run@.service (backup full/diff, verify)",
-        src=template_path("pgbackrest-run@.service.j2"),
-        dest="/etc/systemd/system/pgbackrest-run@.service",
-        mode="644",
-        script=BACKUP_SCRIPT,
-        stanza=settings.pgbackrest_stanza,
-        mounts=[repo_path],
-    )
-    timers = []
-    for job, schedule, what in (
-        ("full", settings.pgbackrest_full_schedule, "Full backup of the memory store"),
-        ("diff", settings.pgbackrest_diff_schedule, "Differential backup of the memory store"),
-        ("verify", settings.pgbackrest_verify_schedule, "Verify the pgBackRest repository"),
-    ):
-        timers.append(
-            files.template(
-                name=f"pgbackrest-run@{job}.timer",
-                src=template_path("systemd-timer.j2"),
-                dest=f"/etc/systemd/system/pgbackrest-run@{job}.timer",
-                mode="644",
-                description=what,
-                schedule=schedule,
-                delay="10min",
-            )
-        )
-    systemd.daemon_reload(
-        name="systemd reads the pgBackRest units",
-        _if=lambda: (
-            unit.did_change() or service.did_change() or any(t.did_change() for t in timers)
-        ),
-    )
-    systemd.service(
-        name="pgbackrest-server runs", service="pgbackrest-server", running=True, enabled=True
-    )
-    systemd.service(
-        name="pgbackrest-server takes its new settings",
-        service="pgbackrest-server",
-        restarted=True,
-        _if=lambda: conf.did_change() or unit.did_change() or _changed(installed),
-    )
-    for job in ("full", "diff", "verify"):
-        systemd.service(
-            name=f"pgbackrest-run@{job}.timer",
-            service=f"pgbackrest-run@{job}.timer",
-            running=True,
-            enabled=True,
-        )
-
-
-@deploy("pgBackRest stanza", data_defaults=DATA.defaults())
-def pgbackrest_stanza() -> None:
-    """After the firewall (both hosts reachable): stanza-create, check, a first full backup.
-
-    Gated on the repository's ``info``: an existing stanza with a backup does nothing.
-    """
-    settings = DATA.read(host)
-    if repository_host_name(settings.pgbackrest_repository_host) != host.name:
-        return
-    info = host.get_fact(PgbackrestInfo, stanza=settings.pgbackrest_stanza, user=REPO_USER)
-    if info and info["status"] == 0 and info["backups"] > 0:
-        return
-    server.shell(
-        name="Stanza create, check and a first full backup (the repository has none)",
-        commands=[f"{STANZA_SCRIPT} {settings.pgbackrest_stanza}"],
-    )
-
-
-RESTORE_TEST_RESULT = f"{TEXTFILE_DIR}/memory_store_restore_test.prom"
-
-
-@deploy("Memory store restore test", data_defaults=DATA.defaults())
-def memory_store_first_restore_test() -> None:
-    """After the firewall (and the first backup): run the restore test once if it never ran.
-
-    A backup nobody restored is just a file: a new (or rebuilt) database host proves its
-    backups at its first rollout instead of waiting for the timer. Gated on the restore test's
-    result file.
-    """
-    if host.get_fact(File, path=RESTORE_TEST_RESULT):
-        return
-    server.shell(
-        name="Run the restore test once (it never ran here)",
-        commands=["systemctl start memory-store-restore-test.service"],
+        _if=lambda: conf.did_change() or unit.did_change() or did_change(installed),
     )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from tasks.hypervisor.pgbackrest import (
+from tasks.common.pgbackrest import (
     AptPolicy,
     PgbackrestVersionMismatch,
     host_tls,

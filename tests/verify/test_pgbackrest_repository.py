@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tasks.hypervisor.pgbackrest import DATA as PGBACKREST
+from tasks.common.pgbackrest import DATA as PGBACKREST
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify

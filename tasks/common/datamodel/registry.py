@@ -40,7 +40,7 @@ TASK_MODULES = (
     "tasks.embedder.tts",
     "tasks.ageis_node.snapshot_guard",
     "tasks.ageis_node.memory_store",
-    "tasks.hypervisor.pgbackrest",
+    "tasks.common.pgbackrest",
     "tasks.hypervisor.proxmox_storage",
     "tasks.hypervisor.proxmox_guests",
     "tasks.hypervisor.proxmox_backup",

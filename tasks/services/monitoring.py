@@ -29,6 +29,7 @@ from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -475,6 +476,15 @@ def alertmanager_variables(settings: Mapping[str, Any]) -> dict[str, Any]:
 PortsOf = Callable[[Iterable[str]], Iterable[Port]]
 
 
+@dataclass(frozen=True)
+class PrometheusConfig:
+    """Prometheus's settings, rules and scrape config: the operations that write them."""
+
+    defaults: OperationMeta
+    rules: OperationMeta
+    config: OperationMeta
+
+
 @deploy("Monitoring: Prometheus, Alertmanager, blackbox and Proxmox exporters")
 def monitoring(ports_of: PortsOf) -> None:
     """``ports_of(groups)``: the ports a host of those groups declares (``deploys.roles``
@@ -482,6 +492,30 @@ def monitoring(ports_of: PortsOf) -> None:
     settings = DATA.read(host)
     machine = MACHINE.read(host)
     secrets = load_secrets()
+    needed = _receiver_secrets(settings, secrets)
+    jobs, probes, pve_targets = monitoring_targets(
+        inventory_hosts(), ports_of, settings.monitoring_extra_probes
+    )
+    dns_hosts = [other.name for other in inventory if "dns" in other.groups]
+    dns_probe_name = f"{(dns_hosts or [host.name])[0]}.{machine.domain}"
+
+    secret_files = _install(needed, secrets)
+    prometheus = _prometheus(settings, jobs, probes, pve_targets)
+    _alertmanager(settings, secret_files)
+    _blackbox_exporter(dns_probe_name)
+    _pve_exporter(settings)
+    server.shell(
+        name="Prometheus answers its health check",
+        commands=[
+            "for i in $(seq 1 60); do curl -fsS -o /dev/null http://127.0.0.1:9090/-/ready"
+            " && exit 0; sleep 1; done; echo 'Prometheus is not ready after 60 s' >&2; exit 1"
+        ],
+        _if=any_changed(prometheus.defaults, prometheus.rules, prometheus.config),
+    )
+
+
+def _receiver_secrets(settings: Any, secrets: Mapping[str, Any]) -> list[str]:
+    """The secrets the alert receivers name, sorted; one the secrets file lacks stops the run."""
     needed = sorted({r["secret"] for r in settings.alert_receivers if r.get("secret")})
     missing = [name for name in needed if name not in secrets]
     if missing:
@@ -491,12 +525,12 @@ def monitoring(ports_of: PortsOf) -> None:
             missing,
             "secrets that exist in the secrets file (or HOMELAB_SECRET_<NAME>)",
         )
-    jobs, probes, pve_targets = monitoring_targets(
-        inventory_hosts(), ports_of, settings.monitoring_extra_probes
-    )
-    dns_hosts = [other.name for other in inventory if "dns" in other.groups]
-    dns_probe_name = f"{(dns_hosts or [host.name])[0]}.{machine.domain}"
+    return needed
 
+
+def _install(needed: list[str], secrets: Mapping[str, Any]) -> list[OperationMeta]:
+    """The packages, the rules and secrets directories and the receivers' secret files;
+    returns the secret files' operations."""
     apt.packages(
         name="Install Prometheus, Alertmanager, the blackbox exporter, python3-venv",
         packages=PACKAGES,
@@ -524,8 +558,17 @@ def monitoring(ports_of: PortsOf) -> None:
                 mode="640",
             )
         )
+    return secret_files
 
-    # --- Prometheus ------------------------------------------------------------------------
+
+def _prometheus(
+    settings: Any,
+    jobs: list[ScrapeJob],
+    probes: list[Probe],
+    pve_targets: list[tuple[str, str]],
+) -> PrometheusConfig:
+    """Prometheus's settings, its checked rules and scrape config; it runs, restarted for new
+    settings and reloaded for a new config or rules."""
     defaults = files.template(
         name="Prometheus: retention and listen address",
         src=template_path("prometheus.default.j2"),
@@ -572,8 +615,12 @@ def monitoring(ports_of: PortsOf) -> None:
         reloaded=True,
         _if=any_changed(rules, config),
     )
+    return PrometheusConfig(defaults, rules, config)
 
-    # --- Alertmanager ----------------------------------------------------------------------
+
+def _alertmanager(settings: Any, secret_files: list[OperationMeta]) -> None:
+    """Alertmanager as a single node with its checked routes and receivers; it runs, restarted
+    for a new config or receiver secret."""
     am_defaults = files.template(
         name="Alertmanager: single node (no cluster port)",
         src=template_path("prometheus-alertmanager.default.j2"),
@@ -599,7 +646,9 @@ def monitoring(ports_of: PortsOf) -> None:
         _if=any_changed(am_defaults, am_config, *secret_files),
     )
 
-    # --- blackbox exporter -----------------------------------------------------------------
+
+def _blackbox_exporter(dns_probe_name: str) -> None:
+    """The blackbox exporter's checked probe modules; it runs, restarted for a new config."""
     bb_config = checked_template(
         name="Blackbox exporter: probe modules",
         template="blackbox.yml.j2",
@@ -622,7 +671,10 @@ def monitoring(ports_of: PortsOf) -> None:
         _if=bb_config.did_change,
     )
 
-    # --- Proxmox VE exporter (PyPI, venv) --------------------------------------------------
+
+def _pve_exporter(settings: Any) -> None:
+    """prometheus-pve-exporter from PyPI (or a wheelhouse) in a venv, its token and unit; it
+    runs, restarted for a new version, token or unit."""
     venv = pip.venv(name="Venv for prometheus-pve-exporter", path=PVE_VENV, python="python3")
     install_args = None
     if settings.pve_exporter_wheelhouse:
@@ -688,14 +740,6 @@ def monitoring(ports_of: PortsOf) -> None:
         running=None,
         restarted=True,
         _if=any_changed(exporter, token, unit),
-    )
-    server.shell(
-        name="Prometheus answers its health check",
-        commands=[
-            "for i in $(seq 1 60); do curl -fsS -o /dev/null http://127.0.0.1:9090/-/ready"
-            " && exit 0; sleep 1; done; echo 'Prometheus is not ready after 60 s' >&2; exit 1"
-        ],
-        _if=any_changed(defaults, rules, config),
     )
 
 

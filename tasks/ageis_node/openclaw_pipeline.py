@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
@@ -37,7 +39,7 @@ from tasks.common.apt_keys import Fingerprint, verified_keyring
 from tasks.common.datamodel.forms import Field, Int, ListOf, MapOf, Optional, Predicate, Str, Struct
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
-from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
 from tasks.common.ports import Port
 from tasks.common.templating import file_path, template_path
 
@@ -246,12 +248,29 @@ def install_id(settings: Any) -> str:
     return f"openclaw {settings.openclaw_version} {source['kind']} {detail}"
 
 
+@dataclass(frozen=True)
+class PipelineFiles:
+    """The operations that write the service's unit, drop-in, configuration and token."""
+
+    unit: OperationMeta
+    drop_in: OperationMeta
+    config: OperationMeta
+    secret: OperationMeta
+
+
 @deploy("openclaw-pipeline", data_defaults=DATA.defaults())
 def openclaw_pipeline() -> None:
     settings = DATA.read(host)
     token = load_secrets()["openclaw_gateway_token"]
-    version = settings.nodejs_version
+    _install_nodejs(settings)
+    _install_openclaw(settings)
+    written = _configure(settings, token)
+    _activate(written)
 
+
+def _install_nodejs(settings: Any) -> None:
+    """NodeSource's key, apt source and version pin, then Node.js ``nodejs_version``."""
+    version = settings.nodejs_version
     key = verified_keyring(
         name="NodeSource's signing key (fingerprint checked)",
         url=settings.nodejs_key_url,
@@ -294,6 +313,10 @@ def openclaw_pipeline() -> None:
         allow_downgrades=True,
     )
 
+
+def _install_openclaw(settings: Any) -> None:
+    """openclaw's system user and OpenClaw itself, installed when its marker names another
+    release or source."""
     server.user(
         name="openclaw's system user",
         user=USER,
@@ -308,6 +331,10 @@ def openclaw_pipeline() -> None:
         commands=install_commands(settings) if have != install_id(settings) else [],
     )
 
+
+def _configure(settings: Any, token: Secret) -> PipelineFiles:
+    """The gateway's configuration and token, the helper scripts, the unit and its
+    environment drop-in."""
     files.directory(name="openclaw-pipeline's configuration", path=CONFIG_DIR, mode="755")
     config = files.put(
         name="OpenClaw gateway configuration (local Ollama)",
@@ -338,6 +365,19 @@ def openclaw_pipeline() -> None:
         wait_seconds=settings.openclaw_pipeline_wait,
         command=" ".join(shlex.quote(word) for word in settings.openclaw_pipeline_command),
     )
+    files.directory(name="openclaw-pipeline's drop-in directory", path=DROP_IN_DIR, mode="755")
+    drop_in = files.template(
+        name="openclaw-pipeline's environment (drop-in)",
+        src=template_path("openclaw-pipeline-homelab.conf.j2"),
+        dest=DROP_IN,
+        mode="644",
+        environment=service_environment(settings),
+    )
+    return PipelineFiles(unit=unit, drop_in=drop_in, config=config, secret=secret)
+
+
+def service_environment(settings: Any) -> dict[str, str]:
+    """The service's environment: OpenClaw's paths, the local Ollama key and the data's own."""
     environment = {
         "OPENCLAW_CONFIG_PATH": CONFIG,
         "OPENCLAW_STATE_DIR": STATE_DIR,
@@ -348,19 +388,18 @@ def openclaw_pipeline() -> None:
     }
     if settings.openclaw_pipeline_recover_command:
         environment["PIPELINE_RECOVER_COMMAND"] = settings.openclaw_pipeline_recover_command
-    files.directory(name="openclaw-pipeline's drop-in directory", path=DROP_IN_DIR, mode="755")
-    drop_in = files.template(
-        name="openclaw-pipeline's environment (drop-in)",
-        src=template_path("openclaw-pipeline-homelab.conf.j2"),
-        dest=DROP_IN,
-        mode="644",
-        environment=environment,
-    )
+    return environment
+
+
+def _activate(written: PipelineFiles) -> None:
+    """openclaw-pipeline runs and starts at boot; systemd reloads for a changed unit or drop-in
+    and the service restarts for any changed file."""
+    unit, drop_in = written.unit, written.drop_in
     systemd.service(
         name="openclaw-pipeline runs and starts at boot",
         service="openclaw-pipeline.service",
         running=True,
         enabled=True,
         daemon_reload=unit.changed or drop_in.changed,
-        restarted=any(op.changed for op in (unit, drop_in, config, secret)),
+        restarted=any(op.changed for op in (unit, drop_in, written.config, written.secret)),
     )

@@ -244,6 +244,7 @@ def actr_engine() -> None:
                 dest=f"{SRC}/{path.relative_to(root)}",
                 mode="644",
             )
+    # Not pip.venv: it has no umask, and under the hosts' 027 the service user could not read it.
     venv = server.shell(
         name="actr-engine's venv (system site-packages: the distribution's psycopg)",
         commands=[
@@ -261,7 +262,7 @@ def actr_engine() -> None:
             pip_command(source),
             f"echo {shlex.quote(digest)} > {MARKER}",
         ]
-        if have != digest or venv.changed
+        if have != digest or venv.will_change
         else [],
     )
 
@@ -300,6 +301,6 @@ def actr_engine() -> None:
         service="actr-engine.service",
         running=True,
         enabled=True,
-        daemon_reload=unit.changed or drop_in.changed,
-        restarted=any(op.changed for op in changed),
+        daemon_reload=unit.will_change or drop_in.will_change,
+        restarted=any(op.will_change for op in changed),
     )

@@ -370,8 +370,8 @@ def ollama() -> None:
         service="ollama.service",
         running=True,
         enabled=True,
-        daemon_reload=unit.changed or drop_in.changed,
-        restarted=installed or unit.changed or drop_in.changed,
+        daemon_reload=unit.will_change or drop_in.will_change,
+        restarted=installed or unit.will_change or drop_in.will_change,
     )
 
     present = host.get_fact(OllamaModels)

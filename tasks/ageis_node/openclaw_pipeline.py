@@ -305,7 +305,7 @@ def _install_nodejs(settings: Any) -> None:
     node_current = any(v.startswith(f"{version}-") for v in node)
     apt.update(
         name="Refresh package lists for NodeSource's repository",
-        _if=lambda: not node_current or any(op.changed for op in (key, sources, pin)),
+        _if=lambda: not node_current or any(op.did_change() for op in (key, sources, pin)),
     )
     apt.packages(
         name=f"Node.js {version} (NodeSource)",
@@ -400,6 +400,6 @@ def _activate(written: PipelineFiles) -> None:
         service="openclaw-pipeline.service",
         running=True,
         enabled=True,
-        daemon_reload=unit.changed or drop_in.changed,
-        restarted=any(op.changed for op in (unit, drop_in, written.config, written.secret)),
+        daemon_reload=unit.will_change or drop_in.will_change,
+        restarted=any(op.will_change for op in (unit, drop_in, written.config, written.secret)),
     )

@@ -303,7 +303,7 @@ def _repository_and_packages(
     needed = [name for name in wanted if name not in packages]
     apt.update(
         name="Refresh package lists for AMD's repositories",
-        _if=lambda: bool(needed) or upgrade or any(op.changed for op in (key, sources, pin)),
+        _if=lambda: bool(needed) or upgrade or any(op.did_change() for op in (key, sources, pin)),
     )
     apt.packages(
         name="amdgpu-dkms, kernel headers and ROCm",

@@ -77,7 +77,7 @@ test-plan: venv promtools ## Plan tests: the real deploys on the real machines' 
 	$(PYTEST) -q tests/plan
 
 .PHONY: docs
-docs: venv ## Regenerate the README's table of data keys
+docs: venv ## Regenerate docs/data-keys.md, the table of data keys
 	$(PY) -m tasks.common.datamodel.docs --update docs/data-keys.md
 
 # --- The lab ------------------------------------------------------------------------------

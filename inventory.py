@@ -2,7 +2,7 @@
 
 Groups are roles (see deploys/roles.py). Host names are the machines' short names; pyinfra
 reaches each by ``ssh_hostname`` (a name your LAN's DNS or ~/.ssh/config resolves). Keys and
-their forms are in the README's table; ``make check-data`` validates this file without
+their forms are in docs/data-keys.md; ``make check-data`` validates this file without
 connecting anywhere. The figures below are the seed's hardware; the addresses, by-id disk paths
 and PCI addresses are examples to replace with yours (``lspci -nn``, ``ls /dev/disk/by-id``).
 """

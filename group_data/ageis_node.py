@@ -1,4 +1,4 @@
-"""Settings for ageis-node (the inference VM). Keys, forms and defaults: README, "Data keys"."""
+"""Settings for ageis-node (the inference VM). Keys, forms and defaults: docs/data-keys.md."""
 
 # --- ROCm (AMD's repositories for the VM's Ubuntu release) ---
 # ROCm release and the amdgpu driver release that ships with it (ROCm 7.1.1: amdgpu 30.20.1).

@@ -1,4 +1,4 @@
-"""Settings for every host. Every key, its form and default: README, "Data keys"."""
+"""Settings for every host. Every key, its form and default: docs/data-keys.md."""
 
 # --- Connection (pyinfra's own keys) ---
 # First rollout: a user that can sudo (or root, as on a fresh Proxmox host).

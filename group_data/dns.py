@@ -1,4 +1,4 @@
-"""Settings for the dns group (unbound). Every key, its form and default: README, "Data keys"."""
+"""Settings for the dns group (unbound). Every key, its form and default: docs/data-keys.md."""
 
 # Upstream resolvers (IPv4) unbound forwards every query to. [] (the default): unbound resolves
 # from the root servers itself. DNSSEC is validated either way, so a forwarder must pass DNSSEC

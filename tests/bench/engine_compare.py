@@ -1,6 +1,6 @@
 """The thin service's engine (ONNX Runtime) against sentence-transformers (PyTorch), same run.
 
-The evaluation behind the embedder's choice (README, "Embedder"): both embed the same texts
+The evaluation behind the embedder's choice (docs/embedder.md): both embed the same texts
 (16 and 256 tokens) with the same batch size on the same CPUs, in alternating rounds so a
 neighbour's load hits both alike; the best round of each counts. Needs an environment with
 both stacks (sentence-transformers + torch, and the embedder's lock) and the model directory:

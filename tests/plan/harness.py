@@ -1,9 +1,10 @@
 """Plan harness: run the real deploy files against simulated hosts, with no network at all.
 
-Test double: ``FactTable`` answers pyinfra's fact requests from recorded facts of the real
-machines (a Proxmox VE 9 host with the R9700, the Ubuntu 24.04 VM, the Debian 13 embedder),
-in place of the shell commands pyinfra would run over SSH. Everything else is the real code:
-the real inventory file and group_data/, the real deploy files, pyinfra's real operations.
+Test double: ``FactTable`` answers pyinfra's fact requests from hand-written facts modelled on
+the real machines (a Proxmox VE 9 host with the R9700, the Ubuntu 24.04 VM, the Debian 13
+embedder; ``machines.py``), in place of the shell commands pyinfra would run over SSH.
+Everything else is the real code: the real inventory file and group_data/, the real deploy
+files, pyinfra's real operations.
 The result is the plan: per host, the operations and the exact commands they would run.
 
 A fact the table does not know is an error (``MissingFact``), never a silent default, so a
@@ -40,7 +41,7 @@ class MissingFact(LookupError):
 
 @dataclass
 class FactTable:
-    """Recorded facts of one machine: fact class name -> answer (or callable of kwargs)."""
+    """Facts of one simulated machine: fact class name -> answer (or callable of kwargs)."""
 
     facts: dict[str, FactAnswer]
     asked: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -49,7 +50,7 @@ class FactTable:
         name = fact_cls.__name__
         self.asked.append((name, dict(kwargs)))
         if name not in self.facts:
-            raise MissingFact(f"no recorded fact {name}({dict(kwargs)})")
+            raise MissingFact(f"no fact {name}({dict(kwargs)})")
         answer = self.facts[name]
         return answer(kwargs) if callable(answer) else answer
 

@@ -475,7 +475,7 @@ def proxmox_ve_9() -> Machine:
         ],
         framebuffers=["0 astdrmfb", "1 amdgpudrmfb"],
         cpu_vendor="intel",
-        # The pools as the operator made them (README): ZFS "ssd", the HDD mounted.
+        # The pools as the operator made them (docs/hypervisor.md): ZFS "ssd", the HDD mounted.
         zfs={"ssd": {"mountpoint": "/ssd", "mounted": True}},
         mounts={
             "/": {"device": "/dev/mapper/pve-root", "type": "ext4", "options": ["rw"]},

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tasks.common.datamodel import docs
 from tasks.common.datamodel.registry import all_schemas, secret_specs
+
+REPO = Path(__file__).resolve().parents[2]
 
 README = """# Title
 
@@ -111,3 +114,13 @@ def test_a_stale_repository_key_table_is_caught(tmp_path) -> None:
     row = next(line for line in text.splitlines() if line.startswith("| `lan_address` |"))
     stale.write_text(text.replace(row, row.replace("The host's", "A host's")), encoding="utf-8")
     assert docs.main(["--check", str(stale)]) == 1
+
+
+def test_secrets_example_lists_every_declared_secret() -> None:
+    """secrets.example.toml is the operator's form: each declared secret once, nothing else."""
+    example = tomllib.loads((REPO / "secrets.example.toml").read_text())
+    declared = {spec.name for spec in secret_specs()}
+    assert declared, "no secret is declared"
+    assert set(example) == declared, (
+        f"missing: {sorted(declared - set(example))}; unknown: {sorted(set(example) - declared)}"
+    )

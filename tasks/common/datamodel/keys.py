@@ -3,7 +3,7 @@
 A :class:`Key` names a data key, its form, its default and what it means; a :class:`Schema`
 groups the keys one task reads. ``Schema.defaults()`` feeds pyinfra's ``@deploy(data_defaults=)``
 and ``Schema.read(host)`` gives the task its values checked and normalised. The same
-declarations drive validation before a run, and the README's table of keys.
+declarations drive validation before a run, and the table of keys (docs/data-keys.md).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def check_key(host_name: str, key: Key, data: Mapping[str, Any]) -> Any:
 
 
 class Schema:
-    """The keys one task reads, under the task's name (``owner``, used in the README)."""
+    """The keys one task reads, under the task's name (``owner``, used in docs/data-keys.md)."""
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 A task module declares ``DATA`` (its :class:`~tasks.common.datamodel.keys.Schema`) and,
 when it needs any, ``SECRETS`` (a tuple of :class:`~tasks.common.datamodel.secrets.SecretSpec`).
 Listing the module
-here is what makes validation, the README's table and ``secrets.example.toml`` know about it.
+here is what makes validation, docs/data-keys.md and ``secrets.example.toml`` know about it.
 """
 
 from __future__ import annotations

@@ -36,7 +36,17 @@ from pyinfra.operations import apt, files, server, systemd
 from tasks.ageis_node.ollama import API as OLLAMA_API
 from tasks.ageis_node.ollama import WAIT, full_name
 from tasks.common.apt_keys import Fingerprint, verified_keyring
-from tasks.common.datamodel.forms import Field, Int, ListOf, MapOf, Optional, Predicate, Str, Struct
+from tasks.common.datamodel.forms import (
+    ABSOLUTE_PATH,
+    Field,
+    Int,
+    ListOf,
+    MapOf,
+    Optional,
+    Predicate,
+    Str,
+    Struct,
+)
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
@@ -68,6 +78,7 @@ SECRETS = (
         "openclaw_gateway_token",
         GROUPS,
         "a long random token clients of the OpenClaw gateway authenticate with",
+        "token",
     ),
 )
 
@@ -87,7 +98,7 @@ SOURCE = Struct(
         "kind": Field(Str(choices=("npm", "archive", "path"))),
         "url": Field(Optional(Str(r"https?://[^\s]+")), required=False, doc="archive URL"),
         "sha256": Field(Optional(Str(r"[0-9a-f]{64}")), required=False, doc="archive SHA-256"),
-        "path": Field(Optional(Str(r"/[^\s]*")), required=False, doc="directory on the host"),
+        "path": Field(Optional(ABSOLUTE_PATH), required=False, doc="directory on the host"),
     },
     what="an OpenClaw source with kind (npm, archive with url and sha256, path)",
 )

@@ -34,7 +34,7 @@ DATA = Schema(
     ),
     Key(
         "legal_banner",
-        Str(),
+        Str(multiline=True, what="text, on one or more lines"),
         (
             "Authorized access only. This is a private system: all activity is monitored and"
             " recorded, and unauthorized use is prohibited and subject to legal action."

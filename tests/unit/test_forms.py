@@ -7,6 +7,8 @@ import ipaddress
 import pytest
 
 from tasks.common.datamodel.forms import (
+    ABSOLUTE_PATH,
+    HOST_OR_ADDRESS,
     HOSTNAME,
     PCI_ADDRESS,
     PCI_ID,
@@ -26,7 +28,7 @@ from tasks.common.datamodel.forms import (
     path_in_package,
     plain,
 )
-from tasks.common.datamodel.machine import GPU, GUEST, POOL_NAME
+from tasks.common.datamodel.machine import DISK, GPU, GUEST, LAN_CIDR, POOL_NAME, DiskDevice
 
 GiB = 1024**3
 
@@ -331,3 +333,141 @@ def test_path_in_package_refuses_dot_dot_and_names_the_package_key(given: str) -
 def test_path_in_package_refuses_what_is_not_a_path(given: object) -> None:
     with pytest.raises(FormError, match="a path"):
         path_in_package("voice/data", "/srv/voices", "tts_voice_package").check(given)
+
+
+# --- single-line values ---
+
+
+@pytest.mark.parametrize(
+    "given", ["a\nb", "a\rb", "a\tb", "a\x1b[2Jb", "a\x00b", "a\x7fb", "a\x85b"]
+)
+def test_str_refuses_control_characters(given: str) -> None:
+    with pytest.raises(FormError) as caught:
+        Str().check(given)
+    assert caught.value.expected == "a non-empty string, on one line, without control characters"
+    assert caught.value.given == given
+
+
+def test_control_characters_are_refused_whatever_the_pattern_allows() -> None:
+    with pytest.raises(FormError, match="on one line"):
+        Str(r"[^\0]+", what="a file").check("ok\nrm -rf /")
+
+
+def test_multiline_text_keeps_line_breaks_and_tabs_only() -> None:
+    banner = Str(multiline=True, what="text")
+    assert banner.check("Line one\n\tline two") == "Line one\n\tline two"
+    with pytest.raises(FormError, match="other than line breaks and tabs"):
+        banner.check("Clear\x1b[2J screen")
+    with pytest.raises(FormError):
+        banner.check("carriage\rreturn")
+
+
+@pytest.mark.parametrize("given", ["$(reboot)", "pve;reboot", "`id`", "pve reboot", "-pve", "PVE"])
+def test_host_names_are_from_a_safe_alphabet(given: str) -> None:
+    for form in (HOSTNAME, HOST_OR_ADDRESS):
+        with pytest.raises(FormError) as caught:
+            form.check(given)
+        assert "lower case" in caught.value.expected
+    assert HOST_OR_ADDRESS.check("192.168.1.10") == "192.168.1.10"
+
+
+# --- paths ---
+
+
+@pytest.mark.parametrize("given", ["/srv/ssd", "/", "/var/lib/x.d"])
+def test_absolute_path_in_normal_form(given: str) -> None:
+    assert ABSOLUTE_PATH.check(given) == given
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["/mnt/../etc", "/srv/./ssd", "//srv", "/srv//ssd", "/srv/ssd/", "/srv/ssd ", "srv", "/a\nb"],
+)
+def test_absolute_path_refuses_what_is_not_normal(given: str) -> None:
+    with pytest.raises(FormError) as caught:
+        ABSOLUTE_PATH.check(given)
+    assert caught.value.expected.startswith("an absolute path in normal form")
+    assert caught.value.given == given
+
+
+def test_disk_device_by_id() -> None:
+    device = "/dev/disk/by-id/nvme-Samsung_SSD_960_EVO_500GB_S3X4NB0K123456"
+    assert DiskDevice().check(device) == device
+    assert DiskDevice().check("/dev/disk/by-id/wwn-0x5002538e40a1b2c3") is not None
+
+
+def test_disk_device_kernel_name_gets_a_hint() -> None:
+    with pytest.raises(FormError) as caught:
+        DISK.check({"device": "/dev/sdb", "model": "x", "size": "1T", "kind": "hdd"})
+    assert caught.value.path == ".device"
+    assert caught.value.given == "/dev/sdb"
+    assert "under /dev/disk/by-id/" in caught.value.expected
+    assert "not a kernel name such as /dev/sdb" in caught.value.expected
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "/dev/disk/by-id/../../sda",
+        "/dev/disk/by-id/..",
+        "/dev/disk/by-id/.",
+        "/dev/disk/by-id//ata-x",
+        "/dev/disk/by-id/ata-x/../../../etc/passwd",
+        "/dev/disk/by-uuid/1234",
+        "/dev/disk/by-id/",
+        "/dev/disk/by-id/ata-x\n",
+        "/dev/disk/by-id/$(reboot)",
+    ],
+)
+def test_disk_device_refuses_escapes_and_other_trees(given: str) -> None:
+    with pytest.raises(FormError) as caught:
+        DiskDevice().check(given)
+    assert "under /dev/disk/by-id/" in caught.value.expected
+
+
+# --- the LAN ---
+
+
+@pytest.mark.parametrize(
+    "given", ["192.168.1.0/24", "10.213.0.0/24", "172.16.0.0/12", "10.0.0.0/8"]
+)
+def test_lan_cidr_private(given: str) -> None:
+    assert str(LAN_CIDR.check(given)) == given
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "0.0.0.0/0",  # everything
+        "8.8.8.0/24",  # public
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local
+        "100.64.0.0/10",  # Tailscale's CGNAT range
+        "100.100.0.0/16",
+        "172.32.0.0/16",  # just outside 172.16.0.0/12
+        "192.168.0.0/15",  # wider than 192.168.0.0/16
+        "192.168.1.0/31",  # no host address left
+    ],
+)
+def test_lan_cidr_refuses_what_is_not_a_private_lan(given: str) -> None:
+    with pytest.raises(FormError) as caught:
+        LAN_CIDR.check(given)
+    assert "private IPv4 network (RFC 1918" in caught.value.expected
+    assert "100.64.0.0/10" in caught.value.expected
+
+
+def test_guest_passthrough_gpu_is_a_name() -> None:
+    guest = {
+        "hypervisor": "pve",
+        "kind": "qemu",
+        "vmid": 100,
+        "cores": 1,
+        "memory": "1G",
+        "disk_size": "8G",
+        "storage": "ssd",
+        "os": "debian-13",
+        "passthrough_gpu": "r9700; reboot",
+    }
+    with pytest.raises(FormError) as caught:
+        GUEST.check(guest)
+    assert caught.value.path == ".passthrough_gpu"

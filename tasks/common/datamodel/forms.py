@@ -9,6 +9,7 @@ so a message can name exactly what is wrong.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,13 +42,33 @@ class Form:
         return self.description
 
 
+# Characters a value may never hold: a newline or carriage return splits a config line or a
+# shell command in two, an escape rewrites the terminal that shows a plan.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Multi-line text (a banner) keeps its line breaks and tabs, nothing else.
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+SINGLE_LINE = "on one line, without control characters"
+
+
+def control_character_in(value: str, multiline: bool = False) -> bool:
+    """True when ``value`` holds a control character (newlines and tabs too, unless
+    ``multiline``)."""
+    return bool((_CONTROL_IN_TEXT if multiline else _CONTROL).search(value))
+
+
 @dataclass(frozen=True)
 class Str(Form):
-    """A string, optionally matching ``pattern`` (full match) or one of ``choices``."""
+    """A string, optionally matching ``pattern`` (full match) or one of ``choices``.
+
+    Control characters are refused whatever the pattern says: a value ends up in a config file
+    or a command line, where a newline starts a new directive or command. ``multiline`` allows
+    line breaks and tabs, for free text such as a banner.
+    """
 
     pattern: str | None = None
     choices: tuple[str, ...] = ()
     what: str = ""
+    multiline: bool = False
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -62,6 +83,9 @@ class Str(Form):
     def check(self, value: Any) -> str:
         if not isinstance(value, str) or not value:
             raise FormError(self.description, value)
+        if control_character_in(value, self.multiline):
+            text = "without control characters other than line breaks and tabs"
+            raise FormError(f"{self.description}, {text if self.multiline else SINGLE_LINE}", value)
         if self.choices and value not in self.choices:
             raise FormError(self.description, value)
         if self.pattern and not re.fullmatch(self.pattern, value):
@@ -163,8 +187,11 @@ HOSTNAME = Str(
     r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*",
     what='a DNS host name, lower case, such as "ageis-node" or "pve.home.arpa"',
 )
+HOST_OR_ADDRESS = Str(
+    r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*",
+    what='a DNS host name or IPv4 address, lower case, such as "pve.home.arpa" or "192.168.1.10"',
+)
 UNIX_NAME = Str(r"[a-z_][a-z0-9_-]{0,31}", what='a Unix user or group name, such as "ops"')
-ABSOLUTE_PATH = Str(r"/[^\0]*", what='an absolute path such as "/srv/ssd"')
 
 
 @dataclass(frozen=True)
@@ -296,6 +323,22 @@ class Predicate(Form):
         if not self.test(checked):
             raise FormError(self.what, value)
         return checked
+
+
+def is_normal_absolute_path(path: str) -> bool:
+    """Absolute and already in normal form: no ``..`` or ``.`` segment, no ``//``, no trailing
+    ``/``, so the path a check looks at is the path the host uses."""
+    # normpath keeps a leading "//" (POSIX leaves its meaning open): refuse it separately.
+    return path.startswith("/") and not path.startswith("//") and posixpath.normpath(path) == path
+
+
+_ABSOLUTE_PATH_FORM = (
+    'an absolute path in normal form such as "/srv/ssd" (no "..", ".", "//", trailing "/" or'
+    " white space)"
+)
+ABSOLUTE_PATH = Predicate(
+    Str(r"/[^\s]*", what=_ABSOLUTE_PATH_FORM), is_normal_absolute_path, _ABSOLUTE_PATH_FORM
+)
 
 
 def path_in_package(inside: str, absolute: str, package_key: str) -> Form:

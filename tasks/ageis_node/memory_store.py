@@ -159,11 +159,13 @@ SECRETS = (
         "memory_store_actr_engine_password",
         (AGEIS_NODE,),
         "password of the actr_engine role of the memory store (any long random string)",
+        "password",
     ),
     SecretSpec(
         "memory_store_vector_indexer_password",
         (AGEIS_NODE, EMBEDDER),
         "password of the vector_indexer role of the memory store (any long random string)",
+        "password",
     ),
 )
 

@@ -7,6 +7,8 @@ The sudoers file is checked with ``visudo -cf`` before it goes live.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Any
 
@@ -15,42 +17,99 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from tasks.common.checked_config import checked_template
-from tasks.common.datamodel.forms import UNIX_NAME, Bool, Form, FormError, ListOf
+from tasks.common.datamodel.forms import UNIX_NAME, Bool, Form, FormError, ListOf, Predicate
 from tasks.common.datamodel.keys import Key, Schema
 
-KEY_TYPES = (
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-)
+# Key types the generated sshd accepts (templates/sshd-homelab.conf.j2, PubkeyAcceptedAlgorithms
+# from tasks/base/ssh_server.py): ed25519, its FIDO variant, and RSA (signing with SHA-2) of at
+# least RequiredRSASize bits. A key of any other type would be installed and then refused at
+# login, locking the admin out once root login is off.
+ACCEPTED_KEY_TYPES = ("ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ssh-rsa")
+MIN_RSA_BITS = 3072
+# Accounts the system or the deploy itself runs as: an admin login of that name would take over
+# (or be taken over by) the service's account. Short on purpose: the names a person might pick.
+RESERVED_ACCOUNTS = ("root", "daemon", "bin", "sys", "nobody", "postgres", "ollama")
+
+
+def _ssh_string(blob: bytes, offset: int) -> tuple[bytes, int]:
+    """One length-prefixed field of an SSH public key blob (RFC 4253, section 6.6)."""
+    length = int.from_bytes(blob[offset : offset + 4], "big")
+    end = offset + 4 + length
+    if length == 0 or end > len(blob):
+        raise ValueError("truncated key blob")
+    return blob[offset + 4 : end], end
+
+
+def key_problem(line: str) -> str | None:
+    """Why sshd would refuse this authorized_keys line, or None when it accepts it."""
+    parts = line.split()
+    if len(parts) < 2:
+        return "not a public key"
+    key_type, encoded = parts[0], parts[1]
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+        blob_type, offset = _ssh_string(blob, 0)
+    except (binascii.Error, ValueError):
+        return "not a public key"
+    if blob_type.decode(errors="replace") != key_type:
+        return "not a public key"
+    if key_type not in ACCEPTED_KEY_TYPES:
+        return (
+            f"a {key_type} key, which sshd here refuses; accepted: "
+            f"{', '.join(ACCEPTED_KEY_TYPES)} (RSA of at least {MIN_RSA_BITS} bits)"
+        )
+    if key_type == "ssh-rsa":
+        try:
+            _exponent, offset = _ssh_string(blob, offset)
+            modulus, _ = _ssh_string(blob, offset)
+        except ValueError:
+            return "not a public key"
+        bits = int.from_bytes(modulus, "big").bit_length()
+        if bits < MIN_RSA_BITS:
+            return f"an RSA key of {bits} bits; sshd here requires at least {MIN_RSA_BITS}"
+    return None
 
 
 class PublicKeyFile(Form):
-    """A path on the controller to an OpenSSH public key; normalises to the key's text."""
+    """A path on the controller to an OpenSSH public key; normalises to the key's text.
 
-    description = 'a readable OpenSSH public key file such as "~/.ssh/id_ed25519.pub"'
+    Every key in the file must be of a type the generated sshd accepts.
+    """
+
+    description = (
+        'a readable OpenSSH public key file such as "~/.ssh/id_ed25519.pub" (ed25519, or RSA of'
+        f" at least {MIN_RSA_BITS} bits)"
+    )
 
     def check(self, value: Any) -> str:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\n" in value or "\0" in value:
             raise FormError(self.description, value)
         path = Path(value).expanduser()
         try:
             text = path.read_text(encoding="utf-8").strip()
         except OSError:
             raise FormError(self.description + " (cannot read it)", value) from None
-        parts = text.split()
-        if len(parts) < 2 or parts[0] not in KEY_TYPES or "PRIVATE KEY" in text:
+        if "PRIVATE KEY" in text:
             raise FormError(self.description + " (not a public key)", value)
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        problems = [key_problem(line) for line in lines] or ["not a public key"]
+        for problem in problems:
+            if problem:
+                raise FormError(f"{self.description} ({problem})", value)
         return text
+
+
+ADMIN_USER = Predicate(
+    UNIX_NAME,
+    lambda name: name not in RESERVED_ACCOUNTS,
+    'a Unix user name such as "ops", not a system or service account the deploy relies on'
+    f" ({', '.join(RESERVED_ACCOUNTS)})",
+)
 
 
 DATA = Schema(
     "admin_user",
-    Key("admin_user", UNIX_NAME, "ops", "Admin login on every host."),
+    Key("admin_user", ADMIN_USER, "ops", "Admin login on every host."),
     Key("admin_group", UNIX_NAME, "homelab-admins", "Group allowed to log in by SSH and sudo."),
     Key(
         "admin_ssh_public_key_files",

@@ -35,7 +35,7 @@ from tasks.common.apt_keys import Fingerprint, verified_keyring
 from tasks.common.datamodel.forms import Bool, Form, FormError, ListOf, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR
-from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
 from tasks.common.ports import Port
 from tasks.common.templating import file_path, template_path
 
@@ -172,6 +172,7 @@ SECRETS = (
         NODE_GROUPS,
         "a Tailscale auth key (admin console) the nodes log in with: reusable, pre-approved,"
         " allowed the tailscale_tags",
+        ISSUED,
     ),
 )
 

@@ -238,6 +238,7 @@ SECRETS = (
         (AGEIS_NODE, HYPERVISOR),
         "seed of pgBackRest's TLS CA and host keys (any long random string; a new one re-keys"
         " both hosts)",
+        "seed",
     ),
 )
 

@@ -30,7 +30,7 @@ from pyinfra.operations import python
 from tasks.common.datamodel.forms import Bool, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR
-from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
 from tasks.common.ports import Port
 
 ADDRESS = Str(
@@ -98,6 +98,7 @@ SECRETS = (
         "proxmox_api_secret",
         (HYPERVISOR,),
         "the Proxmox password of proxmox_api_user, or the secret of proxmox_api_token_name",
+        ISSUED,
     ),
 )
 

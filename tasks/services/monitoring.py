@@ -47,7 +47,7 @@ from tasks.common.datamodel.forms import (
 )
 from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE, MONITORING
-from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
 from tasks.common.ports import Port
 from tasks.common.templating import template_path
 
@@ -306,6 +306,7 @@ SECRETS = (
         G,
         "the secret of the read-only Proxmox API token pve_exporter_user!pve_exporter_token_name"
         " (pveum user token add monitoring@pve exporter --privsep 0; role PVEAuditor on /)",
+        ISSUED,
     ),
 )
 

@@ -12,6 +12,7 @@ import os
 import sys
 import weakref
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from tasks.common.datamodel.secrets import SecretsError, load_secrets
@@ -40,12 +41,17 @@ def views_of(hosts: Iterable[Any]) -> list[HostView]:
     return [HostView(h.name, tuple(h.groups), h.data.dict()) for h in hosts]
 
 
-def check_views(views: list[HostView], source: str) -> None:
+def file_group(inventory_file: str) -> str:
+    """The group pyinfra puts every host of an inventory file in: the file's name."""
+    return Path(inventory_file).name.rsplit(".", 1)[0]
+
+
+def check_views(views: list[HostView], source: str, file_groups: Iterable[str] = ()) -> None:
     try:
         secrets = load_secrets()
     except SecretsError as error:
         _fail(f"{error}; nothing was touched")
-    errors = validate_hosts(views, secrets)
+    errors = validate_hosts(views, secrets, file_groups)
     if errors:
         _fail(format_errors(errors, source))
 
@@ -68,7 +74,7 @@ def check_inventory_file(inventory_file: str) -> None:
                 inventory = make_inventory_from_files(inventory_file, cwd=os.getcwd())
     finally:
         _loading = False
-    check_views(views_of(inventory), inventory_file)
+    check_views(views_of(inventory), inventory_file, (file_group(inventory_file),))
 
 
 def require_valid_data() -> None:
@@ -78,5 +84,9 @@ def require_valid_data() -> None:
     state = context.state
     if state in _checked_states:
         return
-    check_views(views_of(state.inventory), "the inventory")
+    views = views_of(state.inventory)
+    # The inventory file's name is not known here: the group every host is in stands for it
+    # (the file itself already checked its groups by name when it loaded).
+    everywhere = set.intersection(*(set(view.groups) for view in views)) if views else set()
+    check_views(views, "the inventory", everywhere)
     _checked_states.add(state)

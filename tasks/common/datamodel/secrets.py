@@ -13,8 +13,10 @@ as command-line arguments.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
+import string
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +46,74 @@ class Secret:
         return "Secret(***)"
 
 
+# Kinds of secret. The first three are ours to choose (any long random string), so they must be
+# strong; an "issued" one (a Tailscale auth key, a Proxmox token secret) comes from a third party
+# in whatever form it uses, so only its shape is checked.
+GENERATED_KINDS = ("password", "seed", "token")
+ISSUED = "issued"
+MIN_SECRET_LENGTH = 16
+MIN_SECRET_BITS = 64
+# Few distinct characters mean a pattern ("aaaa…", "abab…"), whatever the length.
+MIN_DISTINCT_CHARACTERS = 8
+_CHARACTER_CLASSES = (string.ascii_lowercase, string.ascii_uppercase, string.digits)
+_OTHER_CHARACTERS = 33  # printable ASCII punctuation and space
+
+
 @dataclass(frozen=True)
 class SecretSpec:
-    """A secret a role needs: its name, which inventory groups need it, and what it is."""
+    """A secret a role needs: its name, which inventory groups need it, what it is, and its kind
+    (one of GENERATED_KINDS, checked for strength, or ISSUED)."""
 
     name: str
     groups: tuple[str, ...]
     doc: str
+    kind: str = "password"
+
+
+def estimated_bits(value: str) -> float:
+    """Length times log2 of the alphabet the characters are drawn from (each class used counts
+    whole): a generous estimate, so what fails it is weak for sure."""
+    alphabet = sum(len(c) for c in _CHARACTER_CLASSES if any(ch in c for ch in value))
+    if any(not any(ch in c for c in _CHARACTER_CLASSES) for ch in value):
+        alphabet += _OTHER_CHARACTERS
+    return len(value) * math.log2(alphabet) if alphabet > 1 else 0.0
+
+
+def secret_problem(spec: SecretSpec, secret: Secret) -> str | None:
+    """What is wrong with ``secret`` as ``spec``'s value, or None. Never shows the value."""
+    value = secret.reveal()
+    if spec.kind == ISSUED:
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            return "a single-line value without white space, as issued"
+        return None
+    if not value.isprintable():  # a newline or tab too: the value goes into config files
+        return "a single-line value without control characters"
+    if (
+        len(value) < MIN_SECRET_LENGTH
+        or estimated_bits(value) < MIN_SECRET_BITS
+        or len(set(value)) < MIN_DISTINCT_CHARACTERS
+    ):
+        return (
+            f"a random {spec.kind} of at least {MIN_SECRET_LENGTH} characters, about"
+            f" {MIN_SECRET_BITS} bits or more, such as the output of openssl rand -base64 32"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class HiddenValue:
+    """How a refused secret shows in a message: its length and strength, never its text."""
+
+    length: int
+    bits: float
+
+    def __repr__(self) -> str:
+        return f"*** ({self.length} characters, about {self.bits:.0f} bits)"
+
+
+def hidden(secret: Secret) -> HiddenValue:
+    value = secret.reveal()
+    return HiddenValue(len(value), estimated_bits(value))
 
 
 def secrets_file() -> Path:
@@ -62,7 +125,14 @@ def load_secrets(path: Path | None = None) -> dict[str, Secret]:
     path = path or secrets_file()
     found: dict[str, Secret] = {}
     if path.exists():
-        mode = path.stat().st_mode
+        status = path.stat()
+        mode = status.st_mode
+        # Another user's file could have been written (or swapped in) by that user.
+        if status.st_uid not in (os.getuid(), 0):
+            raise SecretsError(
+                f"secrets file {path} is owned by user id {status.st_uid}, not by the user"
+                f" running the deploy ({os.getuid()}) or root: copy it to a file of your own"
+            )
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SecretsError(
                 f"secrets file {path} is readable by other users (mode {oct(mode & 0o777)}); "

@@ -8,17 +8,31 @@ secrets each role needs. It returns every problem at once so one run shows them 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.common.datamodel.forms import HOSTNAME, FormError
 from tasks.common.datamodel.keys import DataError, check_key
-from tasks.common.datamodel.machine import HYPERVISOR
+from tasks.common.datamodel.machine import HYPERVISOR, ROLE_GROUPS
 from tasks.common.datamodel.registry import all_schemas, secret_specs
-from tasks.common.datamodel.secrets import Secret
+from tasks.common.datamodel.secrets import Secret, hidden, secret_problem
 
 # Keys that belong to pyinfra itself (connectors, global arguments) and are not ours to declare.
 PYINFRA_KEY_PREFIXES = ("ssh_", "_", "fake_", "winrm_", "docker_", "chroot_", "local_")
+# Groups that give no role but are always there: pyinfra's own "all".
+PYINFRA_GROUPS = ("all",)
+# Guest network addresses the hypervisor hands its guests (tasks/hypervisor/proxmox_guests.py).
+GUEST_NETWORK_KEYS = ("proxmox_guest_gateway", "proxmox_guest_nameserver")
+# Usable share of a ZFS pool's disks per layout (disks given): the pool is created as one vdev.
+ZFS_USABLE = {
+    "single": lambda sizes: sum(sizes),
+    "mirror": lambda sizes: min(sizes),
+    "raidz1": lambda sizes: min(sizes) * (len(sizes) - 1),
+    "raidz2": lambda sizes: min(sizes) * (len(sizes) - 2),
+}
+PARITY_DISKS = {"raidz1": 1, "raidz2": 2}
 
 
 @dataclass
@@ -46,9 +60,39 @@ def _close_match(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def gib(size: int) -> str:
+    """A byte count for a message: "16 GiB", "0.5 GiB"."""
+    return f"{size / 1024**3:g} GiB"
+
+
+def _check_name(view: HostView) -> list[DataError]:
+    """The inventory name becomes the host name, /etc/hosts and DNS entries, and file names."""
+    try:
+        HOSTNAME.check(view.name)
+    except FormError as error:
+        return [DataError(view.name, "inventory name", view.name, error.expected)]
+    return []
+
+
+def _check_groups(view: HostView, known: Iterable[str]) -> list[DataError]:
+    """A group no role knows is a typo: the host would silently get none of its tasks."""
+    known = (*ROLE_GROUPS, *PYINFRA_GROUPS, *known)
+    return [
+        DataError(
+            view.name,
+            "groups",
+            group,
+            f"a role group ({', '.join(ROLE_GROUPS)}); this one is unknown"
+            + _close_match(group, ROLE_GROUPS),
+        )
+        for group in view.groups
+        if group not in known
+    ]
+
+
 def check_host(view: HostView) -> list[DataError]:
     """Check one host's own keys; fills ``view.values`` with the normalised values."""
-    errors: list[DataError] = []
+    errors: list[DataError] = _check_name(view)
     declared = _declared_keys()
     for name in sorted(view.data):
         if name in declared or name.startswith(PYINFRA_KEY_PREFIXES):
@@ -79,11 +123,16 @@ def _cross_checks(views: Sequence[HostView]) -> list[DataError]:
     seen_addresses: dict[Any, str] = {}
     seen_vmids: dict[int, str] = {}
 
+    seen_disks: dict[str, str] = {}
+
     for view in views:
         values = view.values
         address, cidr = values.get("lan_address"), values.get("lan_cidr")
-        if address is not None and cidr is not None and address not in cidr:
-            errors.append(DataError(view.name, "lan_address", address, f"an address in {cidr}"))
+        if address is not None and cidr is not None:
+            errors.extend(_check_in_lan(view, "lan_address", address, cidr))
+            for key in GUEST_NETWORK_KEYS:
+                if values.get(key) is not None:
+                    errors.extend(_check_in_lan(view, key, values[key], cidr))
         if address is not None:
             if address in seen_addresses:
                 other = seen_addresses[address]
@@ -92,6 +141,9 @@ def _cross_checks(views: Sequence[HostView]) -> list[DataError]:
                 )
             seen_addresses[address] = view.name
 
+        errors.extend(_duplicate_disks(view, seen_disks))
+        errors.extend(_duplicate_gpu_addresses(view))
+        errors.extend(_duplicate_zfs_names(view))
         pools = values.get("pools") or {}
         for index, disk in enumerate(values.get("disks") or []):
             if disk["pool"] is not None and disk["pool"] not in pools:
@@ -156,7 +208,132 @@ def _cross_checks(views: Sequence[HostView]) -> list[DataError]:
         guest = values.get("guest")
         if guest:
             errors.extend(_check_guest(view, guest, by_name, seen_vmids))
+        if HYPERVISOR in view.groups:
+            errors.extend(_check_guest_memory(view, views))
     return errors
+
+
+def _check_in_lan(
+    view: HostView, key: str, address: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network
+) -> list[DataError]:
+    """An address a host uses on the LAN: inside it, and neither its network nor its
+    broadcast address (neither can be given to a host)."""
+    if address not in cidr:
+        return [DataError(view.name, key, address, f"an address in {cidr}")]
+    if address in (cidr.network_address, cidr.broadcast_address):
+        return [
+            DataError(
+                view.name,
+                key,
+                address,
+                f"a host address in {cidr}, not its network ({cidr.network_address}) or"
+                f" broadcast ({cidr.broadcast_address}) address",
+            )
+        ]
+    return []
+
+
+def _duplicate_disks(view: HostView, seen: dict[str, str]) -> list[DataError]:
+    """By-id names carry the disk's serial number: one listed twice (on any hosts) is one disk
+    given two roles, and creating a pool on it would wipe the other."""
+    errors = []
+    for index, disk in enumerate(view.values.get("disks") or []):
+        where = f"{view.name} disks[{index}]"
+        if disk["device"] in seen:
+            errors.append(
+                DataError(
+                    view.name,
+                    f"disks[{index}].device",
+                    disk["device"],
+                    f"a disk listed once; {seen[disk['device']]} is the same device",
+                )
+            )
+        else:
+            seen[disk["device"]] = where
+    return errors
+
+
+def _duplicate_gpu_addresses(view: HostView) -> list[DataError]:
+    """PCI addresses within one machine (other machines have buses of their own)."""
+    errors = []
+    seen: dict[str, str] = {}
+    for gpu_index, gpu in enumerate(view.values.get("gpus") or []):
+        for fn_index, function in enumerate(gpu["functions"]):
+            address, where = function["address"], f"gpus[{gpu_index}].functions[{fn_index}]"
+            if address is None:
+                continue
+            if address in seen:
+                errors.append(
+                    DataError(
+                        view.name,
+                        f"{where}.address",
+                        address,
+                        f"a PCI address not used by {seen[address]} of {view.name}",
+                    )
+                )
+            else:
+                seen[address] = where
+    return errors
+
+
+def _duplicate_zfs_names(view: HostView) -> list[DataError]:
+    """Two pools on one ZFS pool would share (and fight over) its datasets; compared
+    case-folded, as people read them."""
+    errors = []
+    seen: dict[str, str] = {}
+    for pool_name, pool in (view.values.get("pools") or {}).items():
+        zfs_name = pool["zfs_name"]
+        if not zfs_name:
+            continue
+        if zfs_name.casefold() in seen:
+            errors.append(
+                DataError(
+                    view.name,
+                    f"pools[{pool_name!r}].zfs_name",
+                    zfs_name,
+                    f"a ZFS pool name not used by pools[{seen[zfs_name.casefold()]!r}]",
+                )
+            )
+        else:
+            seen[zfs_name.casefold()] = pool_name
+    return errors
+
+
+def _check_guest_memory(hypervisor: HostView, views: Sequence[HostView]) -> list[DataError]:
+    """Guests' RAM is not overcommitted: a VM with a GPU passed through pins all of its RAM,
+    and an out-of-memory hypervisor kills a guest. No reserve is declared in the data, so the
+    guests may take all of it."""
+    memory = hypervisor.values.get("memory")
+    guests = [
+        (view.name, view.values["guest"]["memory"])
+        for view in views
+        if view.values.get("guest") and view.values["guest"]["hypervisor"] == hypervisor.name
+    ]
+    total = sum(size for _, size in guests)
+    if memory is None or total <= memory:
+        return []
+    shares = ", ".join(f"{name} {gib(size)}" for name, size in guests)
+    return [
+        DataError(
+            hypervisor.name,
+            "memory",
+            hypervisor.data.get("memory"),
+            f"at least the {gib(total)} of guest memory it runs ({shares}); it has {gib(memory)}",
+        )
+    ]
+
+
+def pool_capacity(host: HostView, pool_name: str) -> tuple[int, str] | None:
+    """Usable bytes of ``host``'s pool from the disks listed with it, and how they were
+    counted; None when no disk is listed (the size is not known)."""
+    pool = (host.values.get("pools") or {}).get(pool_name)
+    sizes = [d["size"] for d in host.values.get("disks") or [] if d["pool"] == pool_name]
+    if pool is None or not sizes:
+        return None
+    layout = pool["layout"] if pool["type"] == "zfs" else "single"
+    if len(sizes) <= PARITY_DISKS.get(layout, 0):
+        return None  # a layout that cannot be built is not this check's to judge
+    return ZFS_USABLE[layout](sizes), f"{layout} of {len(sizes)} disk(s)"
 
 
 def _check_guest(
@@ -198,6 +375,8 @@ def _check_guest(
                 f"a pool of {parent.name} ({', '.join(pools) or 'none declared'})",
             )
         )
+    else:
+        errors.extend(_check_guest_disk(view, guest, parent))
     wanted = guest["passthrough_gpu"]
     if wanted is not None:
         parent_gpus = {gpu["name"]: gpu for gpu in parent.values.get("gpus") or []}
@@ -251,10 +430,39 @@ def _check_guest(
     return errors
 
 
+def _check_guest_disk(
+    view: HostView, guest: Mapping[str, Any], parent: HostView
+) -> list[DataError]:
+    """The guest's disk fits the pool it is created on, when the pool's disks are listed."""
+    capacity = pool_capacity(parent, guest["storage"])
+    if capacity is None or guest["disk_size"] <= capacity[0]:
+        return []
+    size, counted = capacity
+    return [
+        DataError(
+            view.name,
+            "guest.disk_size",
+            view.data["guest"]["disk_size"],
+            f"at most the {gib(size)} of {parent.name}'s pool {guest['storage']!r} ({counted})",
+        )
+    ]
+
+
 def _check_secrets(views: Sequence[HostView], secrets: Mapping[str, Secret]) -> list[DataError]:
     errors = []
     for spec in secret_specs():
         needing = [view.name for view in views if set(spec.groups) & set(view.groups)]
+        if needing and spec.name in secrets:
+            problem = secret_problem(spec, secrets[spec.name])
+            if problem:
+                errors.append(
+                    DataError(
+                        needing[0],
+                        f"secret {spec.name}",
+                        hidden(secrets[spec.name]),
+                        f"{problem} (in the secrets file or HOMELAB_SECRET_{spec.name.upper()})",
+                    )
+                )
         if needing and spec.name not in secrets:
             errors.append(
                 DataError(
@@ -269,12 +477,19 @@ def _check_secrets(views: Sequence[HostView], secrets: Mapping[str, Secret]) -> 
 
 
 def validate_hosts(
-    views: Sequence[HostView], secrets: Mapping[str, Secret] | None = None
+    views: Sequence[HostView],
+    secrets: Mapping[str, Secret] | None = None,
+    file_groups: Iterable[str] = (),
 ) -> list[DataError]:
-    """Every problem with the inventory's data; empty when it is fine to go on."""
+    """Every problem with the inventory's data; empty when it is fine to go on.
+
+    ``file_groups`` are groups pyinfra makes itself (the inventory file's name), not roles.
+    """
     errors: list[DataError] = []
+    file_groups = tuple(file_groups)
     for view in views:
         errors.extend(check_host(view))
+        errors.extend(_check_groups(view, file_groups))
     errors.extend(_cross_checks(views))
     if secrets is not None:
         errors.extend(_check_secrets(views, secrets))

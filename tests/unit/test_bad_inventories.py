@@ -30,13 +30,15 @@ DEPLOY = "deploys/full.py"
 # that waits on the network (SSH timeouts are 10 s and more). An idle machine takes 1-2 s; the
 # margin is for a machine loaded by parallel labs.
 TIME_LIMIT_S = 9.0
+# Long enough for the secret strength check; the test asserts the text never shows.
+THROW_AWAY = "throw-away-Xq7Lp2Vz"
 SECRETS_TOML = (
-    'proxmox_api_secret = "throw-away"\ntailscale_auth_key = "throw-away"\n'
-    'memory_store_actr_engine_password = "throw-away"\n'
-    'memory_store_vector_indexer_password = "throw-away"\n'
-    'pgbackrest_tls_seed = "throw-away"\n'
-    'pve_exporter_token_secret = "throw-away"\n'
-    'openclaw_gateway_token = "throw-away"\n'
+    f'proxmox_api_secret = "{THROW_AWAY}"\ntailscale_auth_key = "{THROW_AWAY}"\n'
+    f'memory_store_actr_engine_password = "{THROW_AWAY}"\n'
+    f'memory_store_vector_indexer_password = "{THROW_AWAY}"\n'
+    f'pgbackrest_tls_seed = "{THROW_AWAY}"\n'
+    f'pve_exporter_token_secret = "{THROW_AWAY}"\n'
+    f'openclaw_gateway_token = "{THROW_AWAY}"\n'
 )
 PRIVATE_KEY = "{private_key}"  # placeholder for the throw-away private key's path
 
@@ -175,6 +177,7 @@ class Bad:
     shown: str  # the value as the message shows it
     also: str = ""  # more text the message must hold
     secrets: str | None = None  # the secrets file instead of SECRETS_TOML
+    group: str = ""  # a group to put ``host`` in as well
 
 
 CASES = [
@@ -323,6 +326,117 @@ CASES = [
         "'Intel'",
         "one of 'intel', 'amd'",
     ),
+    # Network sanity: the guests' gateway is the LAN's broadcast address.
+    Bad(
+        "guest-gateway-is-the-broadcast-address",
+        "pve",
+        ("proxmox_guest_gateway",),
+        "192.168.1.255",
+        "proxmox_guest_gateway",
+        "'192.168.1.255'",
+        "not its network (192.168.1.0) or broadcast (192.168.1.255) address",
+    ),
+    # Duplicates: one disk listed twice.
+    Bad(
+        "disk-listed-twice",
+        "pve",
+        ("disks", 1, "device"),
+        "/dev/disk/by-id/ata-TEAM_EXAMPLE1",
+        "disks[1].device",
+        "'/dev/disk/by-id/ata-TEAM_EXAMPLE1'",
+        "pve disks[0] is the same device",
+    ),
+    # Capacity: the hypervisor has less RAM than its guests are given; a disk over its pool.
+    Bad(
+        "guests-memory-over-hypervisor",
+        "pve",
+        ("memory",),
+        "16G",
+        "memory",
+        "'16G'",
+        "(ageis-node 16 GiB, monitoring 2 GiB, dns 0.5 GiB); it has 16 GiB",
+    ),
+    Bad(
+        "guest-disk-over-its-pool",
+        "ageis-node",
+        ("guest", "disk_size"),
+        "10T",
+        "guest.disk_size",
+        "'10T'",
+        "at most the 3572 GiB of pve's pool 'ssd'",
+    ),
+    # Paths: a kernel disk name, and a pool path that climbs out.
+    Bad(
+        "disk-by-kernel-name",
+        "pve",
+        ("disks", 0, "device"),
+        "/dev/sdb",
+        "disks[0].device",
+        "'/dev/sdb'",
+        "not a kernel name such as /dev/sdb",
+    ),
+    Bad(
+        "pool-path-with-dot-dot",
+        "pve",
+        ("pools", "hdd", "path"),
+        "/mnt/../etc",
+        "pools['hdd'].path",
+        "'/mnt/../etc'",
+        "an absolute path in normal form",
+    ),
+    # Single-line and safe values.
+    Bad(
+        "model-with-a-newline",
+        "pve",
+        ("cpu", "model"),
+        "Xeon\nrm -rf /",
+        "cpu.model",
+        "'Xeon\\nrm -rf /'",
+        "on one line, without control characters",
+    ),
+    Bad(
+        "ssh-hostname-with-a-command",
+        "dns",
+        ("ssh_hostname",),
+        "$(reboot)",
+        "ssh_hostname",
+        "'$(reboot)'",
+        "a DNS host name or IPv4 address",
+    ),
+    # Accounts: the admin login is root.
+    Bad(
+        "admin-user-root",
+        "dns",
+        ("admin_user",),
+        "root",
+        "admin_user",
+        "'root'",
+        "not a system or service account",
+    ),
+    # Secret strength: a one-character seed (the value never shows).
+    Bad(
+        "weak-seed",
+        "pve",
+        (),
+        None,
+        "secret pgbackrest_tls_seed",
+        "*** (1 characters, about 5 bits)",
+        "a random seed of at least 16 characters",
+        secrets=SECRETS_TOML.replace(
+            f'pgbackrest_tls_seed = "{THROW_AWAY}"', 'pgbackrest_tls_seed = "Q"'
+        ),
+    ),
+    # Unknown groups: a typo of a role.
+    Bad(
+        "group-no-role-knows",
+        "dns",
+        (),
+        None,
+        "groups",
+        "'dnss'",
+        "(did you mean 'dns'?)",
+        group="dnss",
+    ),
 ]
 
 
@@ -360,6 +474,8 @@ def test_bad_inventory_stops_before_connecting(case: Bad, lab: Lab) -> None:
         _set(lab.baseline.host(case.host), case.path, _fill(case.value, lab.keys.private))
     if case.secrets is not None:
         lab.write_secrets(case.secrets)
+    if case.group:
+        lab.baseline.groups[case.group] = [case.host]
 
     run = lab.run()
 
@@ -379,7 +495,20 @@ def test_secrets_file_readable_by_others_stops_before_connecting(lab: Lab) -> No
     assert run.status == 2, run.output
     assert run.seconds < TIME_LIMIT_S, f"took {run.seconds:.1f} s\n{run.output}"
     assert f"run chmod 600 {lab.secrets}" in run.output
-    assert "throw-away" not in run.output.replace(str(lab.tmp_path), "")
+    assert THROW_AWAY not in run.output
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give the file to another user")
+def test_secrets_file_of_another_user_stops_before_connecting(lab: Lab) -> None:
+    os.chown(lab.secrets, 65534, -1)
+
+    run = lab.run()
+
+    lab.listener.close()
+    assert lab.listener.accepted == [], run.output
+    assert run.status == 2, run.output
+    assert f"secrets file {lab.secrets} is owned by user id 65534" in run.output
+    assert THROW_AWAY not in run.output
 
 
 def test_valid_inventory_gets_past_validation_and_connects(lab: Lab) -> None:

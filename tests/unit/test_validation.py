@@ -330,12 +330,10 @@ def test_duplicate_disk_names_both_places(baseline) -> None:
     )
 
 
-def test_same_disk_on_two_hosts(baseline) -> None:
-    baseline.host("embedder")["disks"] = [
-        {**baseline.host("pve")["disks"][4], "pool": "ssd"},
-    ]
-    error = only(problems(baseline), "embedder", "disks[0].device")
-    assert error.expected == "a disk listed once; pve disks[4] is the same device"
+def test_same_disk_list_on_two_hosts_is_not_judged(baseline) -> None:
+    # pyinfra's --data disks=... gives every host the same list.
+    baseline.host("embedder")["disks"] = [{**baseline.host("pve")["disks"][4], "pool": "ssd"}]
+    assert problems(baseline) == []
 
 
 def test_duplicate_gpu_function_address_within_a_host(baseline) -> None:

@@ -123,8 +123,6 @@ def _cross_checks(views: Sequence[HostView]) -> list[DataError]:
     seen_addresses: dict[Any, str] = {}
     seen_vmids: dict[int, str] = {}
 
-    seen_disks: dict[str, str] = {}
-
     for view in views:
         values = view.values
         address, cidr = values.get("lan_address"), values.get("lan_cidr")
@@ -141,7 +139,7 @@ def _cross_checks(views: Sequence[HostView]) -> list[DataError]:
                 )
             seen_addresses[address] = view.name
 
-        errors.extend(_duplicate_disks(view, seen_disks))
+        errors.extend(_duplicate_disks(view))
         errors.extend(_duplicate_gpu_addresses(view))
         errors.extend(_duplicate_zfs_names(view))
         pools = values.get("pools") or {}
@@ -233,23 +231,26 @@ def _check_in_lan(
     return []
 
 
-def _duplicate_disks(view: HostView, seen: dict[str, str]) -> list[DataError]:
-    """By-id names carry the disk's serial number: one listed twice (on any hosts) is one disk
-    given two roles, and creating a pool on it would wipe the other."""
+def _duplicate_disks(view: HostView) -> list[DataError]:
+    """One disk listed twice is one disk given two pools: creating one wipes the other.
+
+    Within a host only: pyinfra's ``--data disks=...`` sets the same list on every host.
+    """
     errors = []
+    seen: dict[str, int] = {}
     for index, disk in enumerate(view.values.get("disks") or []):
-        where = f"{view.name} disks[{index}]"
         if disk["device"] in seen:
             errors.append(
                 DataError(
                     view.name,
                     f"disks[{index}].device",
                     disk["device"],
-                    f"a disk listed once; {seen[disk['device']]} is the same device",
+                    f"a disk listed once; {view.name} disks[{seen[disk['device']]}] is the same"
+                    " device",
                 )
             )
         else:
-            seen[disk["device"]] = where
+            seen[disk["device"]] = index
     return errors
 
 

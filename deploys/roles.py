@@ -42,6 +42,7 @@ from tasks.common.datamodel.machine import (
     SERVICE_GUESTS,
 )
 from tasks.common.datamodel.preflight import require_valid_data
+from tasks.common.host_keys import require_trusted_host_keys
 from tasks.common.ports import Port
 from tasks.embedder.embedding_server import embedding_server
 from tasks.embedder.nvidia_driver import nvidia_driver
@@ -136,6 +137,7 @@ def roll_out(*roles: str) -> None:
     if unknown:
         raise ValueError(f"unknown roles {unknown}; known: {', '.join(ROLES)}")
     require_valid_data()
+    require_trusted_host_keys()
     mine = [role for role in roles if role in host.groups]
     if not mine:
         host.noop(f"{host.name} has none of the roles {', '.join(roles)}")

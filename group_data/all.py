@@ -5,6 +5,11 @@
 ssh_user = "root"
 # Private key pyinfra logs in with (a path on this controller; never commit it).
 ssh_key = "~/.ssh/id_ed25519"
+# Host keys: the first contact records each host's key here, every later run must meet the same
+# key, or the whole run stops before any change, naming both fingerprints. Pin a key you read at
+# a host's console with host_key_fingerprint (host data, "SHA256:...").
+ssh_known_hosts_file = "~/.ssh/known_hosts"
+ssh_strict_host_key_checking = "accept-new"
 
 # --- Network ---
 # Your LAN; every host's lan_address must lie inside it.

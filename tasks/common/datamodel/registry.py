@@ -17,6 +17,7 @@ from tasks.common.datamodel.machine import MACHINE
 from tasks.common.datamodel.secrets import SecretSpec
 
 TASK_MODULES = (
+    "tasks.common.host_keys",
     "tasks.base.hostname",
     "tasks.base.apt_sources",
     "tasks.base.base_packages",

@@ -156,6 +156,13 @@ def roll_out(*roles: str) -> None:
             task()
     # Last, so a role's service is set up before its port opens.
     firewall(declared_ports(host.groups))
+    # Again from lines of their own, hypervisor first: the after-firewall tasks of all hosts
+    # follow the firewall's load (one operation on every host), so pyinfra orders them by the
+    # lines they are called from, and the repository's stanza and first backup must come before
+    # ageis-node's first restore test, which restores that backup.
+    if HYPERVISOR in mine:
+        for task in AFTER_FIREWALL.get(HYPERVISOR, ()):
+            task()
     for role in mine:
-        for task in AFTER_FIREWALL.get(role, ()):
+        for task in AFTER_FIREWALL.get(role, ()) if role != HYPERVISOR else ():
             task()

@@ -31,6 +31,7 @@ from pyinfra.operations import apt, files, server
 
 from tasks.ageis_node.inference_guard import guarded
 from tasks.common.apt_keys import Fingerprint, verified_keyring
+from tasks.common.changes import changed
 from tasks.common.datamodel.forms import UNIX_NAME, Bool, ListOf, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
@@ -303,7 +304,7 @@ def _repository_and_packages(
     needed = [name for name in wanted if name not in packages]
     apt.update(
         name="Refresh package lists for AMD's repositories",
-        _if=lambda: bool(needed) or upgrade or any(op.did_change() for op in (key, sources, pin)),
+        _if=lambda: bool(needed) or upgrade or any(changed(op) for op in (key, sources, pin)),
     )
     apt.packages(
         name="amdgpu-dkms, kernel headers and ROCm",

@@ -53,6 +53,7 @@ from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks.common.apt_keys import Fingerprint, verified_keyring
+from tasks.common.changes import changed
 from tasks.common.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, HYPERVISOR, MACHINE, POOL_NAME
@@ -599,12 +600,6 @@ def prepare_host(owner: str, log_owner: str, settings: Any, peer: str) -> Operat
     return installed
 
 
-def did_change(op: OperationMeta | None) -> bool:
-    """Whether ``op`` (None: no operation was needed) changed the host; for ``_if`` callbacks,
-    which run once the earlier operations have."""
-    return op is not None and op.did_change()
-
-
 def server_unit(user: str, mounts: list[str]) -> OperationMeta:
     """The unit of pgBackRest's TLS server, run as ``user`` and needing ``mounts``."""
     unit = files.template(
@@ -627,5 +622,5 @@ def run_server(conf: OperationMeta, unit: OperationMeta, installed: OperationMet
         name="pgbackrest-server takes its new settings",
         service="pgbackrest-server",
         restarted=True,
-        _if=lambda: conf.did_change() or unit.did_change() or did_change(installed),
+        _if=lambda: conf.did_change() or unit.did_change() or changed(installed),
     )

@@ -126,3 +126,16 @@ def test_tasks_are_grouped_by_role() -> None:
     assert not loose, f"tasks/ should hold only {sorted(ROLE_PACKAGES)}; also found {loose}"
     for role in ROLE_PACKAGES:
         assert (REPO / "tasks" / role / "__init__.py").is_file(), f"tasks/{role} is no package"
+
+
+def test_guarded_tasks_ask_changed_not_did_change() -> None:
+    """The snapshot guard asks its guarded operations whether they will change before any has
+    run; an ``_if`` calling ``did_change()`` there raises on a converged host."""
+    guarded = [
+        path
+        for path in (REPO / "tasks").rglob("*.py")
+        if "inference_guard import" in path.read_text()
+    ]
+    assert guarded, "no module enters the snapshot guard; this test checks nothing"
+    offenders = [str(p.relative_to(REPO)) for p in guarded if ".did_change(" in p.read_text()]
+    assert offenders == [], f"use tasks.common.changes.changed in {offenders}"

@@ -156,3 +156,36 @@ def test_snapshot_names_fit_proxmox(reason: str) -> None:
     name = snapshot_name(reason, now=0)
     assert len(name) <= 40
     assert __import__("re").fullmatch(NAMED_PATTERNS["pve-configid"], name)
+
+
+# A guarded step whose second operation runs only when the first changed something, as the
+# ROCm task refreshes package lists only when its repository files changed. The guard asks
+# both whether they will change before either has run.
+_DEPENDENT_STEP = """
+    from tasks.common.changes import changed
+    marker = files.directory(name="Directory the step manages", path={path!r})
+    server.shell(name="Runs only after a change", commands=["true"],
+                 _if=lambda: changed(marker))
+"""
+
+
+def test_a_converged_step_with_a_dependent_operation_takes_no_snapshot(
+    tmp_path: Path, pve_double: RunningDouble
+):
+    double = pve_double.double
+    _seed_vm(double)
+    result = _run(tmp_path, pve_double, _DEPENDENT_STEP.format(path=str(tmp_path)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert double.requests == [], "a converged host must not touch the API"
+
+
+def test_a_changing_step_with_a_dependent_operation_is_snapshotted(
+    tmp_path: Path, pve_double: RunningDouble
+):
+    double = pve_double.double
+    _seed_vm(double)
+    result = _run(tmp_path, pve_double, _DEPENDENT_STEP.format(path=str(tmp_path / "new")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(p.endswith("/snapshot") for p in _paths(double, "POST")), "no snapshot was taken"
+    assert "Runs only after a change" in result.stdout + result.stderr
+    pve_double.assert_all_accepted()

@@ -22,16 +22,23 @@ domain = "home.arpa"
 dns_fallback_servers = None
 
 # --- Firewall (nftables, every host) ---
-# Declared ports (the tasks' own) open only to lan_cidr and the tailnet interface; the rest of
-# what arrives unasked is dropped. A service you add by hand: its port here, e.g.
-#   firewall_extra_ports = [{"port": 9100, "proto": "tcp", "service": "node-exporter"}]
+# Each declared port (the tasks' own) is open only to its consumers: SSH and the Proxmox UI to
+# the admin's devices, PostgreSQL to the embedder, the embedding server and TTS to ageis-node,
+# exporters to the monitoring guest, Prometheus, Alertmanager and the OpenClaw gateway to the
+# tailnet; docs/security.md has the whole table. The rest of what arrives unasked is dropped.
+# Networks of the admin's devices (v4 or v6 CIDRs); None: the whole LAN. The tailnet is always
+# an admin source. E.g. firewall_admin_sources = ["192.168.1.64/28", "fd00:1::/64"]
+firewall_admin_sources = None
+# A service you add by hand: its port here (consumers default to ["admin"]), e.g.
+#   firewall_extra_ports = [{"port": 5201, "proto": "tcp", "service": "iperf3",
+#                            "consumers": ["admin", "embedder"]}]
 firewall_extra_ports = []
 # Raw nft rules appended to the input chain (checked with nft -c before they go live), e.g.
 #   firewall_extra_rules = ["ip saddr 192.168.1.5 tcp dport 5201 accept"]
 firewall_extra_rules = []
 # Ping and ICMP errors accepted per protocol (IPv4, IPv6), above a burst of firewall_icmp_burst.
 firewall_icmp_rate = "10/second"
-# The interface Tailscale creates; declared ports are open on it too.
+# The interface Tailscale creates; admin and tailnet ports are open on it.
 tailnet_interface = "tailscale0"
 
 # --- Tailscale (the nodes: hypervisor, ageis-node, embedder; not the service guests) ---

@@ -37,8 +37,6 @@ class Shell(Protocol):
 
 
 class Http(Protocol):
-    def get_json(self, url: str) -> Any | None: ...
-
     def connect_seconds(self, address: str, port: int) -> float | None: ...
 
 
@@ -129,8 +127,15 @@ class SshShell:
         return result.stdout if result.returncode == 0 else None
 
 
+def _json_or_none(text: str | None) -> Any | None:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
 class HttpJson:
-    """HTTP answers (Ollama's API) and TCP connect times, from where the report runs."""
+    """TCP connect times, from where the report runs."""
 
     def connect_seconds(self, address: str, port: int) -> float | None:
         """Best of three TCP connects: the network latency to a host, like a ping."""
@@ -147,16 +152,6 @@ class HttpJson:
                 continue
             best = elapsed if best is None else min(best, elapsed)
         return best
-
-    def get_json(self, url: str) -> Any | None:
-        import requests
-
-        try:
-            response = requests.get(url, timeout=3)
-            response.raise_for_status()
-            return response.json()
-        except (requests.RequestException, ValueError):
-            return None
 
 
 # --- formatting helpers ----------------------------------------------------------------------
@@ -336,7 +331,9 @@ class Report:
             "vram",
             f"{gib(used)} / {gib(vtotal)} GB allocated" if used is not None and vtotal else None,
         )
-        ps = self.http.get_json(f"http://{node.address}:11434/api/ps")
+        # Over SSH: Ollama's port is open to its own host and monitoring, not to the controller.
+        ps_text = self.shell.run(node.name, "curl -fsS --max-time 3 http://127.0.0.1:11434/api/ps")
+        ps = _json_or_none(ps_text)
         models = [m.get("name") for m in (ps or {}).get("models", [])] if ps is not None else None
         s.add(
             "model",
@@ -467,7 +464,7 @@ class Report:
             unknown_part = f"; {missing} unknown" if missing else ""
             s.add(
                 "firewall",
-                "no exposed ports (input policy drop, declared ports LAN/tailnet only"
+                "no exposed ports (input policy drop, declared ports to their consumers only"
                 f" on {len(known)} hosts{unknown_part})",
             )
         down = [labels.get("instance") for labels, v in self.q('up{job="node-exporter"}') if v == 0]

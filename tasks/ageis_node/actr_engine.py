@@ -101,7 +101,7 @@ DATA = Schema(
         "actr_engine_bind",
         Str(r"[0-9.]+", what='an IPv4 address such as "0.0.0.0"'),
         "0.0.0.0",
-        "Address the engine listens on (port 8100; the firewall admits LAN and tailnet).",
+        "Address the engine listens on (port 8100; the firewall admits monitoring only).",
         GROUPS,
     ),
     Key("actr_engine_decay", FLOAT, "0.5", "Base-level decay d of ACT-R.", GROUPS),

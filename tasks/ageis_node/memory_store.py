@@ -57,7 +57,7 @@ from tasks.common.datamodel.forms import (
     Struct,
 )
 from tasks.common.datamodel.keys import Key, Schema
-from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE, POOL_NAME
+from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR, MACHINE, POOL_NAME
 from tasks.common.datamodel.secrets import SecretSpec, load_secrets
 from tasks.common.ports import Port
 from tasks.common.templating import file_path, template_path
@@ -170,9 +170,18 @@ SECRETS = (
 )
 
 PORTS = (
-    Port(PORT, "tcp", "postgresql", probe="tcp"),
+    Port(
+        PORT,
+        "tcp",
+        "postgresql",
+        probe="tcp",
+        consumers=(EMBEDDER,),
+        extra_sources=lambda data: [
+            f"{c['address']}/32" for c in (data.get("postgresql_extra_clients") or [])
+        ],
+    ),
     # pgBackRest's TLS server: the repository host reaches the data directory for backups.
-    Port(8432, "tcp", "pgbackrest-server", probe="tcp"),
+    Port(8432, "tcp", "pgbackrest-server", probe="tcp", consumers=(HYPERVISOR,)),
 )
 
 

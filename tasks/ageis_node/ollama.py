@@ -9,7 +9,7 @@ install and every upgrade run inside the snapshot guard.
 
 Its own system user ``ollama`` (in ``render`` and ``video`` for /dev/kfd and /dev/dri), the
 documented unit plus a drop-in with the environment from the data: the bind address (the
-firewall opens 11434 to the LAN and the tailnet only), the models directory on the SSD pool,
+firewall opens 11434 to monitoring only; clients are local), the models directory on the SSD pool,
 keep-alive, parallelism, flash attention and the context length.
 
 Before any model is pulled, the capacity preflight (``tasks/ageis_node/model_capacity.py``) compares
@@ -128,7 +128,7 @@ DATA = Schema(
         "ollama_bind",
         Str(r"[0-9.]+", what='an IPv4 address such as "0.0.0.0"'),
         "0.0.0.0",
-        "Address Ollama listens on; the firewall admits only the LAN and the tailnet.",
+        "Address Ollama listens on; the firewall admits monitoring only.",
         GROUPS,
     ),
     Key(

@@ -50,7 +50,7 @@ from tasks.common.datamodel.forms import (
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
-from tasks.common.ports import Port
+from tasks.common.ports import TAILNET, Port
 from tasks.common.templating import file_path, template_path
 
 GROUPS = (AGEIS_NODE,)
@@ -71,7 +71,7 @@ NODE_SOURCES = "/etc/apt/sources.list.d/nodesource.sources"
 NODE_PIN = "/etc/apt/preferences.d/nodejs.pref"
 MIN_NODE = (24, 16)
 
-PORTS = (Port(PORT, "tcp", "openclaw-gateway", probe="tcp"),)
+PORTS = (Port(PORT, "tcp", "openclaw-gateway", probe="tcp", consumers=(TAILNET,)),)
 
 SECRETS = (
     SecretSpec(

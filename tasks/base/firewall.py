@@ -1,11 +1,14 @@
-"""The host's firewall: nftables, input and forward dropped, declared ports open to LAN and tailnet.
+"""The host's firewall: nftables, input and forward dropped, each declared port open to its users.
 
 ``deploys/roles.py`` runs this task last, with the ports the host's tasks declare (``PORTS``);
 ``firewall_extra_ports`` adds ports of services set up by hand. Each port is accepted only from
-the LAN (``lan_cidr``) and on the tailnet interface (``tailnet_interface``); everything else
-that arrives unasked is dropped. Loopback, replies (established/related; invalid is dropped),
-IPv6 neighbour discovery and rate-limited ICMP/ICMPv6 pass. Nothing is forwarded, except on the
-hypervisor, which forwards whatever enters or leaves its guest bridges
+the sources its consumers name (``tasks/common/ports.py``): the ``lan_address`` of each host in
+a consumer group, the admin's devices (``firewall_admin_sources``, by default the LAN, and the
+tailnet interface ``tailnet_interface``), the tailnet alone, or the whole LAN; a probed or
+scraped port also to the monitoring guest. A port with no consumer serves loopback only.
+Everything else that arrives unasked is dropped. Loopback, replies (established/related; invalid
+is dropped), IPv6 neighbour discovery and rate-limited ICMP/ICMPv6 pass. Nothing is forwarded,
+except on the hypervisor, which forwards whatever enters or leaves its guest bridges
 (``firewall_guest_bridges``, ``vmbr*`` and Proxmox's per-guest firewall bridges ``fwbr*``): its
 guests are bridged to the LAN and each runs this firewall itself. Output is not filtered.
 
@@ -24,18 +27,28 @@ from __future__ import annotations
 import ipaddress
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks.common.checked_config import checked_template
-from tasks.common.datamodel.forms import Field, Int, ListOf, Predicate, Str, Struct
+from tasks.common.datamodel.forms import (
+    Field,
+    Int,
+    IPNetwork,
+    ListOf,
+    Optional,
+    Predicate,
+    Str,
+    Struct,
+)
 from tasks.common.datamodel.keys import Key, Schema, check_key
-from tasks.common.datamodel.machine import HYPERVISOR, MACHINE
+from tasks.common.datamodel.machine import HYPERVISOR, MACHINE, MONITORING, ROLE_GROUPS
 from tasks.common.facts import NftTableMatches, SshSession
-from tasks.common.ports import Port
+from tasks.common.ports import ADMIN, ALL_HOSTS, CONSUMER_KINDS, LAN, TAILNET, Port
 from tasks.common.templating import file_path
 
 TABLE = "inet homelab"
@@ -59,6 +72,12 @@ EXTRA_PORT = Struct(
         "port": Field(Int(1, 65535), doc="port number"),
         "proto": Field(Str(choices=("tcp", "udp")), doc="tcp or udp"),
         "service": Field(SERVICE_NAME, doc="what listens there (shown in the ruleset)"),
+        "consumers": Field(
+            ListOf(Str(choices=CONSUMER_KINDS), min_items=1, unique=True),
+            required=False,
+            default=[ADMIN],
+            doc="who may connect (default: the admin's devices)",
+        ),
     },
     what="a port",
 )
@@ -87,10 +106,18 @@ NFT_RULE = Predicate(Str(r"[^\n\r;#]+", what=_NFT_RULE_FORM), _one_rule, _NFT_RU
 DATA = Schema(
     "firewall",
     Key(
+        "firewall_admin_sources",
+        Optional(ListOf(IPNetwork(), min_items=1, unique=True)),
+        None,
+        "Networks of the admin's devices (SSH, Proxmox UI); None: all of lan_cidr. The "
+        "tailnet interface is always an admin source.",
+    ),
+    Key(
         "firewall_extra_ports",
         ListOf(EXTRA_PORT),
         [],
-        "Ports of services added by hand ({port, proto, service}), open to LAN and tailnet.",
+        "Ports of services added by hand ({port, proto, service[, consumers]}); consumers "
+        f"from {', '.join(CONSUMER_KINDS)}, default admin.",
     ),
     Key(
         "firewall_extra_rules",
@@ -114,7 +141,7 @@ DATA = Schema(
         "tailnet_interface",
         INTERFACE,
         "tailscale0",
-        "The tailnet's network interface: declared ports are open on it.",
+        "The tailnet's network interface: admin and tailnet ports are open on it.",
     ),
     Key(
         "firewall_guest_bridges",
@@ -137,13 +164,40 @@ class FirewallRefused(SystemExit):
         return self.message
 
 
+@dataclass(frozen=True)
+class Opening:
+    """One port and exactly who may reach it: source networks per family, and the tailnet."""
+
+    port: Port
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+    tailnet: bool
+    consumers: tuple[str, ...]
+
+    @property
+    def local_only(self) -> bool:
+        return not (self.ipv4 or self.ipv6 or self.tailnet)
+
+    def admits(self, client: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether a connection from ``client`` to this port is accepted."""
+        if any(client in network for network in LOOPBACK_NETWORKS):
+            return True
+        if self.tailnet and any(client in network for network in TAILNET_NETWORKS):
+            return True
+        return any(client in ipaddress.ip_network(cidr) for cidr in (*self.ipv4, *self.ipv6))
+
+
 def open_ports(declared: Iterable[Port], extra: Iterable[Mapping[str, Any]]) -> tuple[Port, ...]:
     """The ports to open: the tasks' declared ports and ``firewall_extra_ports``, once each.
 
     A port/protocol pair declared twice is opened once, under the first service's name.
     """
     chosen: dict[tuple[int, str], Port] = {}
-    for port in (*declared, *(Port(e["port"], e["proto"], e["service"]) for e in extra)):
+    added = (
+        Port(e["port"], e["proto"], e["service"], consumers=tuple(e.get("consumers") or [ADMIN]))
+        for e in extra
+    )
+    for port in (*declared, *added):
         chosen.setdefault((port.port, port.proto), port)
     return tuple(sorted(chosen.values()))
 
@@ -154,16 +208,69 @@ def ports_of(host_name: str, declared: Iterable[Port], data: Mapping[str, Any]) 
     return open_ports(declared, extra)
 
 
-def session_refusal(
-    session: Mapping[str, Any] | None,
+def openings(
+    ports: Iterable[Port],
+    *,
     lan_cidr: ipaddress.IPv4Network,
-    tcp_ports: Iterable[int],
-) -> str | None:
-    """Why the rules would not admit the SSH ``session`` (the SshSession fact); None if they do.
+    admin_sources: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] | None,
+    group_addresses: Mapping[str, Iterable[str]],
+    own_address: str,
+    data: Any = None,
+) -> tuple[Opening, ...]:
+    """Who may reach each of ``ports``: resolve its consumers (and monitoring, for a probed or
+    scraped port) into source networks. ``group_addresses`` maps each inventory group, and
+    ``ALL_HOSTS``, to its hosts' LAN addresses; the host's own address is left out (its own
+    connections arrive on loopback). ``data`` is given to a port's ``extra_sources``."""
+    admin = list(admin_sources) if admin_sources else [lan_cidr]
+    result = []
+    for port in ports:
+        consumers = tuple(
+            dict.fromkeys((*port.consumers, *([MONITORING] if port.monitored else [])))
+        )
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        tailnet = False
+        for consumer in consumers:
+            if consumer == ADMIN:
+                networks += admin
+                tailnet = True
+            elif consumer == TAILNET:
+                tailnet = True
+            elif consumer == LAN:
+                networks.append(lan_cidr)
+            else:
+                networks += [
+                    ipaddress.ip_network(f"{address}/32")
+                    for address in group_addresses.get(consumer, ())
+                    if str(address) != own_address
+                ]
+        if port.extra_sources is not None:
+            networks += [ipaddress.ip_network(cidr) for cidr in port.extra_sources(data)]
+        collapsed4 = ipaddress.collapse_addresses(n for n in networks if n.version == 4)
+        collapsed6 = ipaddress.collapse_addresses(n for n in networks if n.version == 6)
+        result.append(
+            Opening(
+                port=port,
+                ipv4=tuple(str(n) for n in collapsed4),
+                ipv6=tuple(str(n) for n in collapsed6),
+                tailnet=tailnet,
+                consumers=consumers,
+            )
+        )
+    return tuple(result)
 
-    The rules admit a declared TCP port from ``lan_cidr`` and on the tailnet interface (where
-    the peers have Tailscale's addresses), and anything on loopback (an SSH tunnel).
-    """
+
+def inventory_addresses() -> dict[str, list[str]]:
+    """Each role group's, and ``ALL_HOSTS``', LAN addresses, from the inventory."""
+    addresses = {
+        group: [str(MACHINE.read(other).lan_address) for other in inventory.get_group(group, [])]
+        for group in ROLE_GROUPS
+    }
+    addresses[ALL_HOSTS] = [str(MACHINE.read(other).lan_address) for other in inventory]
+    return addresses
+
+
+def session_refusal(session: Mapping[str, Any] | None, opened: Iterable[Opening]) -> str | None:
+    """Why the rules would not admit the SSH ``session`` (the SshSession fact); None if they do."""
     if session is None:
         return (
             "this run does not come in over SSH ($SSH_CONNECTION is empty), so it cannot tell "
@@ -174,19 +281,20 @@ def session_refusal(
     except ValueError:
         return f"the SSH client address {session['client']!r} is not an IP address"
     port = int(session["port"])
-    if port not in set(tcp_ports):
+    ssh = [o for o in opened if o.port.port == port and o.port.proto == "tcp"]
+    if not ssh:
         return (
             f"pyinfra's SSH session uses port {port}/tcp, which no task declares; add it to "
             "firewall_extra_ports"
         )
-    if any(client in network for network in LOOPBACK_NETWORKS):
+    if ssh[0].admits(client):
         return None
-    if client in lan_cidr or any(client in network for network in TAILNET_NETWORKS):
-        return None
+    sources = ", ".join((*ssh[0].ipv4, *ssh[0].ipv6)) or "no network"
     return (
-        f"pyinfra's SSH session comes from {client}, which is neither in lan_cidr ({lan_cidr}) "
-        "nor on the tailnet (100.64.0.0/10); the new rules would drop it. Run pyinfra from the "
-        "LAN or over Tailscale"
+        f"pyinfra's SSH session comes from {client}, which the rules for port {port} do not "
+        f"admit (from {sources}"
+        f"{' and the tailnet (100.64.0.0/10)' if ssh[0].tailnet else ''}); the new rules would "
+        "drop it. Run pyinfra from an admin source (firewall_admin_sources) or over Tailscale"
     )
 
 
@@ -199,12 +307,18 @@ def _refuse(host_name: str, reason: str) -> None:
 @deploy("Firewall", data_defaults=DATA.defaults())
 def firewall(declared: Iterable[Port] = ()) -> None:
     settings = DATA.read(host)
-    lan_cidr = check_key(host.name, MACHINE.keys["lan_cidr"], host.data.dict())
-    ports = ports_of(host.name, declared, settings)
-    tcp_ports = [p.port for p in ports if p.proto == "tcp"]
+    machine = MACHINE.read(host)
+    opened = openings(
+        ports_of(host.name, declared, settings),
+        lan_cidr=machine.lan_cidr,
+        admin_sources=settings.firewall_admin_sources,
+        group_addresses=inventory_addresses(),
+        own_address=str(machine.lan_address),
+        data=host.data,
+    )
 
     # The SSH session's own address is known on the host only (the controller may be NATed).
-    reason = session_refusal(host.get_fact(SshSession, _sudo=False), lan_cidr, tcp_ports)
+    reason = session_refusal(host.get_fact(SshSession, _sudo=False), opened)
     if reason:
         _refuse(host.name, reason)
 
@@ -225,8 +339,7 @@ def firewall(declared: Iterable[Port] = ()) -> None:
         mode="755",
         check="nft -c -f {}",
         jinja_env_kwargs={"trim_blocks": True, "lstrip_blocks": True},
-        ports=ports,
-        lan_cidr=str(lan_cidr),
+        openings=opened,
         tailnet_interface=settings.tailnet_interface,
         icmp_rate=settings.firewall_icmp_rate,
         icmp_burst=settings.firewall_icmp_burst,

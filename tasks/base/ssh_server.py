@@ -21,7 +21,7 @@ from tasks.common.checked_config import checked_template
 from tasks.common.datamodel.forms import Bool, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.facts import OpenSSHVersion
-from tasks.common.ports import Port
+from tasks.common.ports import ADMIN, Port
 
 DATA = Schema(
     "ssh_server",
@@ -39,7 +39,7 @@ DATA = Schema(
     ),
 )
 
-PORTS = (Port(22, "tcp", "ssh", probe="ssh"),)
+PORTS = (Port(22, "tcp", "ssh", probe="ssh", consumers=(ADMIN,)),)
 
 DROP_IN = "/etc/ssh/sshd_config.d/10-homelab.conf"
 # sshd uses the first value it reads for a keyword: a throw-away main config that includes the

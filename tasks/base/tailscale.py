@@ -36,7 +36,7 @@ from tasks.common.datamodel.forms import Bool, Form, FormError, ListOf, Optional
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR
 from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
-from tasks.common.ports import Port
+from tasks.common.ports import LAN, Port
 from tasks.common.templating import file_path, template_path
 
 NODE_GROUPS = (HYPERVISOR, AGEIS_NODE, EMBEDDER)
@@ -177,7 +177,7 @@ SECRETS = (
 )
 
 # tailscaled's WireGuard port: direct (not relayed) connections between nodes on the LAN.
-PORTS = (Port(41641, "udp", "tailscaled"),)
+PORTS = (Port(41641, "udp", "tailscaled", consumers=(LAN,)),)
 
 _PREFS_MARK = "#homelab-tailscale-prefs"
 

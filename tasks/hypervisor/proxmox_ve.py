@@ -17,7 +17,7 @@ is unreachable there) and pyinfra's output says so.
 
 Ports: Proxmox's spiceproxy listens on 3128 (SPICE consoles, authenticated by pveproxy
 tickets); it belongs to pve-manager, whose upgrades restart it, so it is declared rather than
-disabled and the firewall opens it only to the LAN and the tailnet. rpcbind (111, pulled in by
+disabled and the firewall opens it only to the admin's devices. rpcbind (111, pulled in by
 nfs-common for NFS storages) is masked unless ``proxmox_rpcbind`` is true: this homelab has no
 NFS storage, and an rpcbind open to the LAN serves nothing but scanners. spiceproxy is not
 probed by monitoring: it serves only SPICE sessions that pveproxy (probed on 8006) hands out, and
@@ -42,7 +42,7 @@ from tasks.common.datamodel.forms import Bool, Str
 from tasks.common.datamodel.keys import Key, Schema, Settings
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE
 from tasks.common.hardware_facts import UnitStates
-from tasks.common.ports import Port
+from tasks.common.ports import ADMIN, Port
 from tasks.common.templating import file_path, template_path
 
 URL = Str(
@@ -92,7 +92,7 @@ DATA = Schema(
     ),
 )
 
-PORTS = (Port(3128, "tcp", "spiceproxy"),)
+PORTS = (Port(3128, "tcp", "spiceproxy", consumers=(ADMIN,)),)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The local DNS resolver: unbound on the DNS guest (group ``dns``), for the LAN and the tailnet.
+"""The local DNS resolver: unbound on the DNS guest (group ``dns``), for the homelab's hosts.
 
 Reads ``domain``, ``lan_cidr``, every inventory host's ``lan_address`` and ``dns_forwarders``.
 unbound answers a local zone built from the inventory (an A and a PTR record for
@@ -8,7 +8,8 @@ forwarders. DNSSEC validation is always on, with Debian's trust anchor (the ``dn
 package's root key, kept current by unbound's auto-trust-anchor file): a forwarder that strips
 DNSSEC makes every signed name fail validation (SERVFAIL) rather than pass unchecked. Only
 localhost, the LAN (``lan_cidr``) and the tailnet (100.64.0.0/10, fd7a:115c:a1e0::/48) may
-query; everyone else gets REFUSED.
+query; everyone else gets REFUSED. The firewall narrows that further: port 53 is open to the
+inventory's hosts and the tailnet.
 
 The config is one drop-in, ``/etc/unbound/unbound.conf.d/homelab.conf``, checked with
 ``unbound-checkconf`` (as unbound will read it, with Debian's other drop-ins) before it goes
@@ -32,7 +33,7 @@ from tasks.common.checked_config import checked_template
 from tasks.common.datamodel.forms import IPv4Address, ListOf
 from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.common.datamodel.machine import DNS, MACHINE
-from tasks.common.ports import Port
+from tasks.common.ports import ALL_HOSTS, TAILNET, Port
 from tasks.common.templating import file_path
 
 DATA = Schema(
@@ -47,7 +48,12 @@ DATA = Schema(
     ),
 )
 
-PORTS = (Port(53, "udp", "unbound", probe="dns"), Port(53, "tcp", "unbound", probe="tcp"))
+# Every inventory host and the tailnet resolve here; other LAN devices are let in by
+# firewall_extra_rules.
+PORTS = (
+    Port(53, "udp", "unbound", probe="dns", consumers=(ALL_HOSTS, TAILNET)),
+    Port(53, "tcp", "unbound", probe="tcp", consumers=(ALL_HOSTS, TAILNET)),
+)
 
 # Tailscale hands out addresses from the CGNAT range and its own IPv6 ULA prefix.
 TAILNET = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))

@@ -48,7 +48,7 @@ from tasks.common.datamodel.forms import (
 from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE, MONITORING
 from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
-from tasks.common.ports import Port
+from tasks.common.ports import ADMIN, TAILNET, Port
 from tasks.common.templating import template_path
 
 PVE_COLLECTORS = (
@@ -311,8 +311,10 @@ SECRETS = (
 )
 
 PORTS = (
-    Port(9090, "tcp", "prometheus", probe=None, metrics_path="/metrics"),
-    Port(9093, "tcp", "alertmanager", probe=None, metrics_path="/metrics"),
+    # Prometheus' UI and query API are read-only (no admin API): the admin's devices may read.
+    Port(9090, "tcp", "prometheus", metrics_path="/metrics", consumers=(ADMIN,)),
+    # Alertmanager's silences change what pages: the tailnet only.
+    Port(9093, "tcp", "alertmanager", metrics_path="/metrics", consumers=(TAILNET,)),
     Port(9115, "tcp", "blackbox-exporter", probe=None, metrics_path="/metrics"),
     Port(9221, "tcp", "pve-exporter", probe=None, metrics_path="/metrics"),
 )

@@ -1,7 +1,8 @@
-"""Helpers of the embedder's lab tests: SSH to a lab host, copy a file, HTTP from the LAN.
+"""Helpers of the embedder's lab tests: SSH to a lab host, copy a file, HTTP from a consumer.
 
-The controller is on the lab LAN (the bridge's gateway address is inside lan_cidr), so HTTP
-from here is what a LAN client sees through the embedder's firewall.
+The embedder's ports are open to their consumers only (the embedding server and TTS to
+ageis-node, the indexer's health and metrics to monitoring), so HTTP goes out from that
+consumer (``consumer_http``), through the embedder's real firewall.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.lab import hosts, labctl
+from tests.lab.consumer_http import http_from
 
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDER = hosts.by_name("embedder")
 STORE = hosts.by_name("ageis-node")
+MONITORING = hosts.by_name("monitoring")
 EMBED_URL = f"http://{EMBEDDER.address}:8300"
 TTS_URL = f"http://{EMBEDDER.address}:5500"
 INDEXER_URL = f"http://{EMBEDDER.address}:9310"
@@ -46,18 +48,16 @@ def copy(host: hosts.LabHost, source: Path, dest: str) -> None:
     ssh(host, f"cat > {dest} && chmod 644 {dest}", stdin=source.read_text())
 
 
+# Who consumes each of the embedder's ports (tasks/embedder/*.py declare the same).
+CONSUMER_OF_PORT = {8300: STORE, 5500: STORE, 9310: MONITORING}
+
+
 def http(
     method: str, url: str, body: Any = None, timeout: float = 60
 ) -> tuple[int, bytes, dict[str, str]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), dict(error.headers)
+    """``method url`` sent from the port's consumer (``CONSUMER_OF_PORT``)."""
+    consumer = CONSUMER_OF_PORT[urlsplit(url).port or 80]
+    return http_from(consumer, method, url, body, timeout=timeout)
 
 
 def wait_healthy(url: str, timeout: float = 180) -> None:

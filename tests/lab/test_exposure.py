@@ -6,11 +6,15 @@ Two vantage points made for this module, removed afterwards (also when a test fa
   pair to this machine, which routes it to the lab (ip_forward is on while the lab is up);
 - LAN: network namespace ``hlab<id>-scan-lan`` on the lab bridge with a free LAN address (.250).
 
-From each, nmap SYN-scans all 65535 TCP ports of every lab host. From outside nothing may answer;
-from the LAN exactly the declared ports must (open when something listens, closed when the port
-is open in the firewall but nothing listens yet). This machine does not connection-track the
-scans' packets (a notrack table of this module's own), so the 650,000 probes do not fill the
-conntrack table that the other labs on this machine share.
+From each, nmap SYN-scans all 65535 TCP ports of every lab host. From outside nothing may answer.
+The LAN vantage point is an admin source (by default the admin's devices are the LAN) and no
+port's consumer: exactly the admin ports must answer (SSH everywhere, the Proxmox UI on pve,
+Prometheus' read-only UI), open when something listens, closed when nothing listens yet; every
+service port (PostgreSQL, Ollama, actr-engine, the embedder's, the exporters) stays silent.
+From each consumer host, a connect to its ports is answered and to others' ports is dropped.
+This machine does not connection-track the scans' packets (a notrack table of this module's
+own), so the 650,000 probes do not fill the conntrack table that the other labs on this machine
+share.
 
 A control proves the outside vantage point would see a port the firewall opened to it, and
 IPv6 neighbour discovery and ping are shown to pass while the ports stay shut over IPv6.
@@ -194,14 +198,16 @@ def lan_scan(vantage_points: None) -> Scan:
     return full_scan(LAN_NS)
 
 
-def declared_tcp_ports() -> dict[str, set[int]]:
-    """Per lab host, the TCP ports its firewall opens, computed as the deploy computes them."""
+def admitted_tcp_ports(source: str) -> dict[str, set[int]]:
+    """Per lab host, the TCP ports its firewall admits from ``source``, computed as the deploy
+    computes them (ports and their consumers, resolved against the lab inventory)."""
     from pyinfra.api import State
-    from pyinfra.context import ctx_state
+    from pyinfra.context import ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory_from_files
 
     from deploys.roles import declared_ports
-    from tasks.base.firewall import ports_of
+    from tasks.base.firewall import DATA, inventory_addresses, openings, ports_of
+    from tasks.common.datamodel.machine import MACHINE
 
     cwd = Path.cwd()
     os.chdir(REPO)
@@ -210,14 +216,24 @@ def declared_tcp_ports() -> dict[str, set[int]]:
             inventory = make_inventory_from_files(INVENTORY, cwd=str(REPO))
     finally:
         os.chdir(cwd)
-    return {
-        h.name: {
-            p.port
-            for p in ports_of(h.name, declared_ports(h.groups), h.data.dict())
-            if p.proto == "tcp"
-        }
-        for h in inventory
-    }
+    client = ipaddress.ip_address(source)
+    admitted = {}
+    with ctx_inventory.use(inventory):
+        groups = inventory_addresses()
+        for h in inventory:
+            machine = MACHINE.read(h)
+            opened = openings(
+                ports_of(h.name, declared_ports(h.groups), h.data.dict()),
+                lan_cidr=machine.lan_cidr,
+                admin_sources=DATA.read(h).firewall_admin_sources,
+                group_addresses=groups,
+                own_address=str(machine.lan_address),
+                data=h.data,
+            )
+            admitted[h.name] = {
+                o.port.port for o in opened if o.port.proto == "tcp" and o.admits(client)
+            }
+    return admitted
 
 
 def _table(scan: Scan, title: str) -> str:
@@ -248,15 +264,63 @@ def test_nothing_answers_from_outside_the_lan(outside_scan: Scan) -> None:
         assert len(seen.ports("filtered")) + seen.uncounted("filtered") == 65535
 
 
-def test_lan_sees_exactly_the_declared_ports(lan_scan: Scan) -> None:
-    print("\n" + _table(lan_scan, "from the LAN"))
-    declared = declared_tcp_ports()
+# What an admin device on the LAN may reach, written out by hand: SSH, the Proxmox UI and its
+# SPICE proxy, Prometheus' read-only UI. Nothing else, whatever listens.
+ADMIN_PORTS = {"pve": {22, 3128, 8006}, "monitoring": {22, 9090}}
+
+
+def test_lan_sees_exactly_the_admin_ports(lan_scan: Scan) -> None:
+    print("\n" + _table(lan_scan, "from the LAN (an admin source, no port's consumer)"))
+    admitted = admitted_tcp_ports(LAN_ADDRESS)
     for host in hosts.HOSTS:
         seen = lan_scan.hosts[host.address]
-        print(f"  {host.name:<11} declared {sorted(declared[host.name])}")
+        print(f"  {host.name:<11} admitted {sorted(admitted[host.name])}")
+        assert admitted[host.name] == ADMIN_PORTS.get(host.name, {22}), host.name
         assert seen.uncounted(*ANSWERING) == 0, f"{host.name}: {seen.collapsed}"
-        assert seen.ports(*ANSWERING) == declared[host.name], host.name
+        assert seen.ports(*ANSWERING) == admitted[host.name], host.name
         assert 22 in seen.ports("open"), f"{host.name}: sshd does not answer from the LAN"
+
+
+# (from, to, port, answered): each consumer reaches its ports; a LAN host that is not the
+# port's consumer is dropped, though the service listens.
+CONSUMER_CASES = [
+    ("ageis-node", "embedder", 8300, True),  # embedding server
+    ("ageis-node", "embedder", 5500, True),  # TTS
+    ("ageis-node", "embedder", 9310, False),  # vector indexer: monitoring only
+    ("monitoring", "embedder", 9310, True),
+    ("embedder", "ageis-node", 5432, True),  # PostgreSQL: the indexer
+    ("embedder", "ageis-node", 8100, False),  # actr-engine: local clients and monitoring
+    ("embedder", "ageis-node", 11434, False),  # Ollama: likewise
+    ("monitoring", "ageis-node", 8100, True),
+    ("pve", "ageis-node", 8432, True),  # pgBackRest's TLS server: the repository host
+    ("embedder", "ageis-node", 8432, False),
+    ("ageis-node", "pve", 8432, True),  # the repository's TLS server: the database host
+    ("embedder", "pve", 8432, False),
+    ("embedder", "monitoring", 9093, False),  # Alertmanager: the tailnet only
+    ("embedder", "dns", 53, True),  # unbound: every inventory host
+]
+
+
+def connect_from(source: LabHost, target: LabHost, port: int) -> str:
+    """'open', 'closed' (refused: answered) or 'dropped' (no answer in 3 s), seen from
+    ``source``."""
+    rc = on(
+        source,
+        f"timeout 3 bash -c 'exec 3<>/dev/tcp/{target.address}/{port}' 2>/dev/null; echo $?",
+        check=False,
+    ).strip()
+    return {"0": "open", "1": "closed", "124": "dropped"}.get(rc, f"exit {rc}")
+
+
+def test_each_consumer_reaches_its_ports_and_only_its_ports(vantage_points: None) -> None:
+    seen = {
+        (src, dst, port): connect_from(hosts.by_name(src), hosts.by_name(dst), port)
+        for src, dst, port, _ in CONSUMER_CASES
+    }
+    print("\nconsumers:", {f"{s}->{d}:{p}": state for (s, d, p), state in seen.items()})
+    for src, dst, port, answered in CONSUMER_CASES:
+        expected = "open" if answered else "dropped"
+        assert seen[(src, dst, port)] == expected, f"{src} -> {dst}:{port}"
 
 
 @contextmanager

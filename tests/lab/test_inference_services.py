@@ -14,13 +14,13 @@ import json
 import math
 import subprocess
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 
 from tests.bench import actr_retrieval
 from tests.lab import hosts, labctl
+from tests.lab.consumer_http import http_from
 from tests.lab.lab_cli import labctl_run
 
 pytestmark = pytest.mark.lab
@@ -50,15 +50,12 @@ def ssh(command: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
 
 
 def call(path: str, payload: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(
-        ENGINE + path, data, {"Content-Type": "application/json"} if data else {}
+    """actr-engine's answer, asked from its own host: its clients are local (the firewall
+    admits monitoring besides, and no one else)."""
+    status, body, _ = http_from(
+        NODE, "POST" if payload is not None else "GET", ENGINE + path, payload
     )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+    return status, json.loads(body)
 
 
 def unit_vector(*hot: int) -> list[float]:
@@ -130,8 +127,9 @@ def test_actr_engine_stores_and_retrieves_by_activation() -> None:
 
 
 def test_actr_engine_exports_metrics() -> None:
-    with urllib.request.urlopen(ENGINE + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    status, body, _ = http_from(hosts.by_name("monitoring"), "GET", ENGINE + "/metrics")
+    assert status == 200
+    text = body.decode()
     assert "actr_engine_retrieval_seconds_count" in text
 
 

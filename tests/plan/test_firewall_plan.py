@@ -12,46 +12,56 @@ from tests.plan.harness import Plan, PlannedOp
 
 HOSTS = ("pve", "ageis-node", "embedder", "monitoring", "dns")
 LAN = "192.168.1.0/24"
-# Exactly what each real host opens, and what declares it: sshd (every host, ssh_server), the
-# Proxmox web UI (firewall_extra_ports in group_data/hypervisor.py), Proxmox's spiceproxy
-# (proxmox_ve), tailscaled's WireGuard
-# port on the three nodes (tailscale), unbound on the DNS guest (dns_resolver).
-NODE_EXPORTER = (9100, "tcp", "node-exporter")
-MONITORING = {
-    (9090, "tcp", "prometheus"),
-    (9093, "tcp", "alertmanager"),
-    (9115, "tcp", "blackbox-exporter"),
-    (9221, "tcp", "pve-exporter"),
-}
-EXPECTED_PORTS = {
+PVE, NODE, EMBEDDER, MONITOR = (
+    "192.168.1.10/32",
+    "192.168.1.20/32",
+    "192.168.1.30/32",
+    "192.168.1.40/32",
+)
+# Exactly what each real host opens and to whom, written out by hand from the consumers the
+# tasks declare: (port, proto, service) -> (IPv4 sources, open on the tailnet interface).
+# The admin's devices are the LAN by default; monitoring (.40) reaches what it probes or
+# scrapes; a port a host only serves to itself (and its own monitoring) gets no rule at all.
+ADMIN_PORT = ({LAN}, True)
+EXPECTED = {
     "pve": {
-        (22, "tcp", "ssh"),
-        (3128, "tcp", "spiceproxy"),
-        (8006, "tcp", "proxmox-web"),
-        (8432, "tcp", "pgbackrest-server"),
-        (41641, "udp", "tailscaled"),
+        (22, "tcp", "ssh"): ADMIN_PORT,
+        (3128, "tcp", "spiceproxy"): ADMIN_PORT,
+        (8006, "tcp", "proxmox-web"): ADMIN_PORT,
+        (8432, "tcp", "pgbackrest-server"): ({NODE, MONITOR}, False),
+        (9100, "tcp", "node-exporter"): ({MONITOR}, False),
+        (41641, "udp", "tailscaled"): ({LAN}, False),
     },
     "ageis-node": {
-        (22, "tcp", "ssh"),
-        (5432, "tcp", "postgresql"),
-        (8100, "tcp", "actr-engine"),
-        (8432, "tcp", "pgbackrest-server"),
-        (11434, "tcp", "ollama"),
-        (18789, "tcp", "openclaw-gateway"),
-        (41641, "udp", "tailscaled"),
+        (22, "tcp", "ssh"): ADMIN_PORT,
+        (5432, "tcp", "postgresql"): ({EMBEDDER, MONITOR}, False),
+        (8100, "tcp", "actr-engine"): ({MONITOR}, False),
+        (8432, "tcp", "pgbackrest-server"): ({PVE, MONITOR}, False),
+        (9100, "tcp", "node-exporter"): ({MONITOR}, False),
+        (11434, "tcp", "ollama"): ({MONITOR}, False),
+        (18789, "tcp", "openclaw-gateway"): ({MONITOR}, True),
+        (41641, "udp", "tailscaled"): ({LAN}, False),
     },
     "embedder": {
-        (22, "tcp", "ssh"),
-        (41641, "udp", "tailscaled"),
-        (8300, "tcp", "embedding-server"),
-        (5500, "tcp", "tts (piper)"),
-        (9310, "tcp", "vector-indexer"),
+        (22, "tcp", "ssh"): ADMIN_PORT,
+        (5500, "tcp", "tts (piper)"): ({NODE, MONITOR}, False),
+        (8300, "tcp", "embedding-server"): ({NODE, MONITOR}, False),
+        (9100, "tcp", "node-exporter"): ({MONITOR}, False),
+        (9310, "tcp", "vector-indexer"): ({MONITOR}, False),
+        (41641, "udp", "tailscaled"): ({LAN}, False),
     },
-    "monitoring": {(22, "tcp", "ssh"), *MONITORING},
-    "dns": {(22, "tcp", "ssh"), (53, "tcp", "unbound"), (53, "udp", "unbound")},
+    "monitoring": {
+        (22, "tcp", "ssh"): ADMIN_PORT,
+        (9090, "tcp", "prometheus"): ADMIN_PORT,
+        (9093, "tcp", "alertmanager"): (set(), True),
+    },
+    "dns": {
+        (22, "tcp", "ssh"): ADMIN_PORT,
+        (53, "tcp", "unbound"): ({PVE, NODE, EMBEDDER, MONITOR}, True),
+        (53, "udp", "unbound"): ({PVE, NODE, EMBEDDER, MONITOR}, True),
+        (9100, "tcp", "node-exporter"): ({MONITOR}, False),
+    },
 }
-for _ports in EXPECTED_PORTS.values():
-    _ports.add(NODE_EXPORTER)
 BROKEN_RULE = "tcp dport 22 acept"
 
 
@@ -93,27 +103,36 @@ def chain(text: str, name: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def opened(text: str) -> tuple[set[tuple[int, str, str]], set[tuple[int, str, str]]]:
-    """(port, proto, service) accepted from the LAN, and on the tailnet interface."""
+def opened(text: str) -> dict[tuple[int, str, str], tuple[set[str], bool]]:
+    """(port, proto, service) -> (IPv4 sources, accepted on the tailnet interface)."""
     rules = chain(text, "input")
-    lan = re.compile(
-        rf'ip saddr {re.escape(LAN)} (tcp|udp) dport (\d+) accept comment "(.+) \(LAN\)"'
+    from_sources = re.compile(
+        r'ip saddr \{ ([0-9./, ]+) \} (tcp|udp) dport (\d+) accept comment "([^"]+)"'
     )
     tailnet = re.compile(
         r'iifname "tailscale0" (tcp|udp) dport (\d+) accept comment "(.+) \(tailnet\)"'
     )
-    from_lan = {(int(m[2]), m[1], m[3]) for r in rules if (m := lan.fullmatch(r))}
-    from_tailnet = {(int(m[2]), m[1], m[3]) for r in rules if (m := tailnet.fullmatch(r))}
+    result: dict[tuple[int, str, str], tuple[set[str], bool]] = {}
     port_rules = [r for r in rules if " dport " in r]
-    assert len(port_rules) == len(from_lan) + len(from_tailnet), port_rules
-    return from_lan, from_tailnet
+    for rule in port_rules:
+        if m := from_sources.fullmatch(rule):
+            key = (int(m[3]), m[2], m[4])
+            assert key not in result or not result[key][0], f"two source rules for {key}"
+            result[key] = (set(m[1].split(", ")), result.get(key, (set(), False))[1])
+        elif m := tailnet.fullmatch(rule):
+            key = (int(m[2]), m[1], m[3])
+            result[key] = (result.get(key, (set(), False))[0], True)
+        else:
+            raise AssertionError(f"a port rule of unknown form: {rule}")
+    return result
 
 
 @pytest.mark.parametrize("name", HOSTS)
-def test_each_real_host_opens_exactly_its_declared_ports(full: Plan, name: str) -> None:
-    from_lan, from_tailnet = opened(ruleset(full, name))
-    assert from_lan == EXPECTED_PORTS[name]
-    assert from_tailnet == EXPECTED_PORTS[name]
+def test_each_real_host_opens_each_port_to_exactly_its_consumers(full: Plan, name: str) -> None:
+    assert opened(ruleset(full, name)) == EXPECTED[name]
+    assert "ip6 saddr" not in "\n".join(chain(ruleset(full, name), "input")).replace(
+        "ip6 saddr fe80::/10 accept", ""
+    ), "no IPv6 sources are declared in the real inventory"
 
 
 def test_ruleset_replaces_only_our_table_in_one_transaction(full: Plan) -> None:
@@ -142,10 +161,10 @@ def test_input_drops_all_but_loopback_replies_icmp_and_the_declared_ports(full: 
     ping = [r for r in rules if "echo-request" in r]
     assert [r.split()[0] for r in ping] == ["icmp", "icmpv6"]
     assert all("limit rate 10/second burst 20 packets accept" in r for r in ping)
-    ssh = rules.index(f'ip saddr {LAN} tcp dport 22 accept comment "ssh (LAN)"')
+    ssh = rules.index(f'ip saddr {{ {LAN} }} tcp dport 22 accept comment "ssh"')
     assert rules[ssh + 1] == 'iifname "tailscale0" tcp dport 22 accept comment "ssh (tailnet)"'
     # After the fixed rules, only the declared ports' accepts follow.
-    assert all("dport" in rule and rule.endswith(')"') for rule in rules[ssh:])
+    assert all(" dport " in rule and rule.endswith('"') for rule in rules[ssh:])
     assert chain(ruleset(full, "monitoring"), "output") == [
         "type filter hook output priority filter; policy accept;"
     ]
@@ -174,14 +193,19 @@ def test_icmp_rate_and_tailnet_interface_come_from_the_data(plan_of) -> None:
             "firewall_icmp_rate": "5/minute",
             "firewall_icmp_burst": 3,
             "tailnet_interface": "ts0",
-            "firewall_extra_ports": [{"port": 9100, "proto": "tcp", "service": "node-exporter"}],
+            "firewall_extra_ports": [{"port": 5201, "proto": "tcp", "service": "iperf3"}],
+            "firewall_admin_sources": ["192.168.1.0/28", "fd00:1::/64"],
         },
     )
     text = ruleset(result, "embedder")
     assert text.count("limit rate 5/minute burst 3 packets accept") == 2
     assert 'iifname "ts0" tcp dport 22 accept' in text
-    assert f'ip saddr {LAN} tcp dport 9100 accept comment "node-exporter (LAN)"' in text
-    assert "tailscale0" not in chain(text, "input")
+    rules = chain(text, "input")
+    assert 'ip saddr { 192.168.1.0/28 } tcp dport 5201 accept comment "iperf3"' in rules
+    assert 'ip6 saddr { fd00:1::/64 } tcp dport 5201 accept comment "iperf3"' in rules
+    # Monitoring still probes SSH from outside the narrowed admin sources.
+    assert f'ip saddr {{ 192.168.1.0/28, {MONITOR} }} tcp dport 22 accept comment "ssh"' in rules
+    assert "tailscale0" not in "\n".join(rules)
 
 
 def test_a_broken_extra_rule_reaches_the_live_file_only_through_nft_check(plan_of) -> None:
@@ -251,8 +275,8 @@ def test_a_session_from_the_lan_the_tailnet_or_a_tunnel_is_let_through(
 @pytest.mark.parametrize(
     "client, reason",
     [
-        ("203.0.113.7", "comes from 203.0.113.7, which is neither in lan_cidr (192.168.1.0/24)"),
-        ("192.168.2.5", "comes from 192.168.2.5, which is neither in lan_cidr"),
+        ("203.0.113.7", "comes from 203.0.113.7, which the rules for port 22 do not admit"),
+        ("192.168.2.5", "comes from 192.168.2.5, which the rules for port 22 do not admit"),
         (None, "does not come in over SSH"),
     ],
 )

@@ -7,10 +7,11 @@ import ipaddress
 import pytest
 
 from deploys.roles import declared_ports
-from tasks.base.firewall import DATA, open_ports, ports_of, session_refusal
+from tasks.base.firewall import DATA, open_ports, openings, ports_of, session_refusal
 from tasks.common.datamodel.keys import DataError
 from tasks.common.facts import SshSession
-from tasks.common.ports import Port
+from tasks.common.ports import ADMIN, ALL_HOSTS, TAILNET, Port
+from tasks.common.ports import LAN as LAN_CONSUMER
 
 LAN = ipaddress.IPv4Network("192.168.1.0/24")
 
@@ -89,19 +90,118 @@ def test_icmp_rate_form(rate: object) -> None:
         DATA.check("pve", {"firewall_icmp_rate": rate})
 
 
+SSH = Port(22, "tcp", "ssh", probe="ssh", consumers=(ADMIN,))
+# Inventory groups' LAN addresses as the firewall resolves consumers (the real inventory's).
+GROUPS = {
+    "hypervisor": ["192.168.1.10"],
+    "ageis_node": ["192.168.1.20"],
+    "embedder": ["192.168.1.30"],
+    "monitoring": ["192.168.1.40"],
+    "dns": ["192.168.1.50"],
+    ALL_HOSTS: ["192.168.1.10", "192.168.1.20", "192.168.1.30", "192.168.1.40", "192.168.1.50"],
+}
+
+
+def _open(*ports: Port, admin: list | None = None, own: str = "192.168.1.20") -> tuple:
+    return openings(
+        ports,
+        lan_cidr=LAN,
+        admin_sources=[ipaddress.ip_network(n) for n in admin] if admin else None,
+        group_addresses=GROUPS,
+        own_address=own,
+        data={"postgresql_extra_clients": [{"role": "actr_engine", "address": "192.168.1.99"}]},
+    )
+
+
+def test_admin_ports_open_to_the_lan_by_default_and_the_tailnet() -> None:
+    (ssh,) = _open(SSH)
+    assert ssh.ipv4 == ("192.168.1.0/24",) and ssh.ipv6 == () and ssh.tailnet
+    assert ssh.consumers == (ADMIN, "monitoring")
+
+
+def test_admin_sources_from_data_replace_the_lan_in_both_families() -> None:
+    (ssh,) = _open(SSH, admin=["192.168.1.64/28", "fd00:1::/64"])
+    assert ssh.ipv4 == ("192.168.1.40/32", "192.168.1.64/28")  # monitoring probes ssh
+    assert ssh.ipv6 == ("fd00:1::/64",) and ssh.tailnet
+
+
+def test_a_group_consumer_opens_to_its_hosts_only_and_monitoring_to_probed_ports() -> None:
+    embed = Port(8300, "tcp", "embedding-server", probe="http:/health", consumers=("ageis_node",))
+    (opening,) = _open(embed, own="192.168.1.30")
+    assert opening.ipv4 == ("192.168.1.20/32", "192.168.1.40/32") and not opening.tailnet
+    assert opening.admits(ipaddress.ip_address("192.168.1.20"))
+    assert not opening.admits(ipaddress.ip_address("192.168.1.21"))
+    assert not opening.admits(ipaddress.ip_address("100.64.0.1")), "not on the tailnet"
+
+
+def test_a_port_without_consumers_is_local_only_and_the_host_is_never_its_own_source() -> None:
+    (ollama,) = _open(Port(11434, "tcp", "ollama"))
+    assert ollama.local_only and ollama.consumers == ()
+    (dns,) = _open(Port(53, "udp", "unbound", consumers=(ALL_HOSTS,)), own="192.168.1.50")
+    assert "192.168.1.50/32" not in dns.ipv4 and len(dns.ipv4) == 4
+
+
+def test_tailnet_and_lan_consumers_and_extra_sources_from_data() -> None:
+    ui, peer, store = _open(
+        Port(9090, "tcp", "prometheus", consumers=(TAILNET,)),
+        Port(41641, "udp", "tailscaled", consumers=(LAN_CONSUMER,)),
+        Port(
+            5432,
+            "tcp",
+            "postgresql",
+            consumers=("embedder",),
+            extra_sources=lambda data: [
+                f"{c['address']}/32" for c in data["postgresql_extra_clients"]
+            ],
+        ),
+    )
+    assert ui.tailnet and ui.ipv4 == () and ui.ipv6 == ()
+    assert peer.ipv4 == ("192.168.1.0/24",) and not peer.tailnet
+    assert store.ipv4 == ("192.168.1.30/32", "192.168.1.99/32")
+
+
+def test_an_unknown_consumer_is_refused_where_the_port_is_declared() -> None:
+    with pytest.raises(ValueError, match=r"consumers \['embeder'\] of x are not among"):
+        Port(1, "tcp", "x", consumers=("embeder",))
+
+
+def test_extra_ports_take_consumers_and_default_to_admin() -> None:
+    ports = ports_of(
+        "embedder",
+        (),
+        {
+            "firewall_extra_ports": [
+                {"port": 5201, "proto": "tcp", "service": "iperf3"},
+                {"port": 5202, "proto": "tcp", "service": "x", "consumers": ["embedder"]},
+            ]
+        },
+    )
+    assert [p.consumers for p in ports] == [(ADMIN,), ("embedder",)]
+    with pytest.raises(DataError, match="consumers"):
+        ports_of(
+            "embedder",
+            (),
+            {
+                "firewall_extra_ports": [
+                    {"port": 1, "proto": "tcp", "service": "x", "consumers": ["nobody"]}
+                ]
+            },
+        )
+
+
 @pytest.mark.parametrize(
     "client",
     ["192.168.1.2", "100.64.0.1", "100.127.255.254", "fd7a:115c:a1e0::1", "127.0.0.1", "::1"],
 )
 def test_sessions_the_rules_let_in(client: str) -> None:
-    assert session_refusal({"client": client, "port": 22}, LAN, [22, 8006]) is None
+    assert session_refusal({"client": client, "port": 22}, _open(SSH)) is None
 
 
 @pytest.mark.parametrize(
     "session, reason",
     [
-        ({"client": "192.168.2.2", "port": 22}, "neither in lan_cidr (192.168.1.0/24)"),
-        ({"client": "100.128.0.1", "port": 22}, "nor on the tailnet"),
+        ({"client": "192.168.2.2", "port": 22}, "comes from 192.168.2.2, which the rules"),
+        ({"client": "100.128.0.1", "port": 22}, "and the tailnet (100.64.0.0/10)"),
         ({"client": "fe80::1%eth0", "port": 22}, "comes from fe80::1"),
         ({"client": "192.168.1.2", "port": 2222}, "port 2222/tcp, which no task declares"),
         ({"client": "not-an-address", "port": 22}, "is not an IP address"),
@@ -109,8 +209,15 @@ def test_sessions_the_rules_let_in(client: str) -> None:
     ],
 )
 def test_sessions_the_rules_would_cut_are_refused(session: dict | None, reason: str) -> None:
-    refusal = session_refusal(session, LAN, [22])
+    refusal = session_refusal(session, _open(SSH))
     assert refusal is not None and reason in refusal
+
+
+def test_a_session_from_outside_narrowed_admin_sources_is_refused() -> None:
+    opened = _open(SSH, admin=["192.168.1.64/28"])
+    assert session_refusal({"client": "192.168.1.70", "port": 22}, opened) is None
+    refusal = session_refusal({"client": "192.168.1.2", "port": 22}, opened)
+    assert refusal is not None and "192.168.1.64/28" in refusal
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from tools.infrastructure_status import (
     UNKNOWN,
@@ -55,17 +54,13 @@ class RecordedShell:
 
 
 class RecordedHttp:
-    """Test double for HttpJson: recorded API answers and a recorded connect time."""
+    """Test double for HttpJson: a recorded connect time."""
 
-    def __init__(self, answers: dict[str, Any], latency: float | None = 0.0003) -> None:
-        self.answers = answers
+    def __init__(self, latency: float | None = 0.0003) -> None:
         self.latency = latency
 
     def connect_seconds(self, address: str, port: int) -> float | None:
         return self.latency
-
-    def get_json(self, url: str) -> Any | None:
-        return self.answers.get(url)
 
 
 HOSTS = [
@@ -150,6 +145,9 @@ TAILSCALE = json.dumps(
 )
 SHELL = {
     ("ageis-node", "cat /opt/rocm"): "7.1.3-87\n",
+    ("ageis-node", "curl -fsS --max-time 3 http://127.0.0.1:11434/api/ps"): (
+        '{"models": [{"name": "llama3.1:70b-instruct-q4_K_M"}]}'
+    ),
     ("pve", "tailscale status"): TAILSCALE,
     **{
         (
@@ -159,12 +157,11 @@ SHELL = {
         for h in HOSTS
     },
 }
-HTTP = {"http://192.168.1.20:11434/api/ps": {"models": [{"name": "llama3.1:70b-instruct-q4_K_M"}]}}
 
 
 def report(answers=HEALTHY, prometheus=None, shell=SHELL) -> Report:
     built = Report(
-        HOSTS, prometheus or RecordedPrometheus(answers), RecordedShell(shell), RecordedHttp(HTTP)
+        HOSTS, prometheus or RecordedPrometheus(answers), RecordedShell(shell), RecordedHttp()
     )
     built.build()
     return built
@@ -231,7 +228,7 @@ def test_unmeasurable_figures_print_unknown_without_degrading() -> None:
     answers = [
         (p, r) for p, r in HEALTHY if not re.search(r"temp|gpu_memory|backup|restore|vzdump", p)
     ]
-    built = Report(HOSTS, RecordedPrometheus(answers), RecordedShell({}), RecordedHttp({}))
+    built = Report(HOSTS, RecordedPrometheus(answers), RecordedShell({}), RecordedHttp())
     built.build()
     text = render_text(built.sections)
     assert f"   thermals: cpu {UNKNOWN} / gpu {UNKNOWN}" in text

@@ -163,6 +163,21 @@ class IPv4Network(Form):
             raise FormError(self.description, value) from error
 
 
+class IPNetwork(Form):
+    description = (
+        'an IPv4 or IPv6 network in CIDR form, such as "192.168.1.0/24", "192.168.1.7/32" or '
+        '"fd00:1::/64" (no host bits set)'
+    )
+
+    def check(self, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        if not isinstance(value, str) or "/" not in value:
+            raise FormError(self.description, value)
+        try:
+            return ipaddress.ip_network(value, strict=True)
+        except ValueError as error:
+            raise FormError(self.description, value) from error
+
+
 @dataclass(frozen=True)
 class IPv4Address(Form):
     description = 'an IPv4 address such as "192.168.1.10"'

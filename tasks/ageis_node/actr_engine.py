@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from io import StringIO
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,8 +33,9 @@ from tasks.ageis_node.ollama import WAIT
 from tasks.common.datamodel.forms import Field, Int, ListOf, MapOf, Optional, Predicate, Str, Struct
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
-from tasks.common.datamodel.secrets import load_secrets
+from tasks.common.datamodel.secrets import Secret, load_secrets
 from tasks.common.ports import Port
+from tasks.common.secret_files import secret_file
 from tasks.common.templating import REPO_ROOT, file_path, template_path
 
 GROUPS = (AGEIS_NODE,)
@@ -267,9 +267,9 @@ def actr_engine() -> None:
     )
 
     files.directory(name="actr-engine's configuration", path=CONFIG_DIR, mode="750")
-    secret = files.put(
+    secret = secret_file(
         name="actr-engine's database password (root-only file, a systemd credential)",
-        src=StringIO(password.reveal() + "\n"),
+        content=Secret(password.reveal() + "\n"),
         dest=PASSWORD_FILE,
         user="root",
         group="root",

@@ -37,7 +37,6 @@ import hmac
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from io import StringIO
 from typing import Any
 
 from pyinfra import host, inventory
@@ -58,8 +57,9 @@ from tasks.common.datamodel.forms import (
 )
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR, MACHINE, POOL_NAME
-from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
 from tasks.common.ports import Port
+from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
 
 # The distribution's PostgreSQL major, by (os-release ID, VERSION_ID).
@@ -595,9 +595,10 @@ def _apply_schema(cluster: Cluster) -> None:
             f"host {host.name!r}: cluster {cluster.major}/main runs without data checksums; the"
             f" store needs them (enable with pg_checksums --enable while it is stopped)"
         )
-    schema = files.put(
+    # Not files.put: the file holds the roles' password verifiers, which --diff would print.
+    schema = secret_file(
         name="Memory store schema and roles (root-only SQL file)",
-        src=StringIO(cluster.sql),
+        content=Secret(cluster.sql),
         dest=SCHEMA_FILE,
         user="root",
         group="root",

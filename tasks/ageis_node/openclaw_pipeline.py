@@ -51,6 +51,7 @@ from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
 from tasks.common.ports import TAILNET, Port
+from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
 
 GROUPS = (AGEIS_NODE,)
@@ -353,9 +354,9 @@ def _configure(settings: Any, token: Secret) -> PipelineFiles:
         dest=CONFIG,
         mode="644",
     )
-    secret = files.put(
+    secret = secret_file(
         name="OpenClaw gateway token (root-only file, a systemd credential)",
-        src=StringIO(token.reveal() + "\n"),
+        content=Secret(token.reveal() + "\n"),
         dest=TOKEN_FILE,
         user="root",
         group="root",

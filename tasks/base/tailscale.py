@@ -9,8 +9,9 @@ picks the stable or unstable track, ``tailscale_version`` optionally pins a vers
 ``tailscale up`` runs only on a node that is not logged in (``TailscaleState``, from
 ``tailscale status --json``). The auth key (secret ``tailscale_auth_key``) is uploaded as the
 content of a root-only file and passed as ``--auth-key=file:PATH``, never as a value on a
-command line. The login states every setting, with ``--reset`` (settings made by hand on the
-node go back to Tailscale's defaults). A refused key fails the run naming the host
+command line; the file exists only for the login: it is removed right after it, and on every
+run of a logged-in node. The login states every setting, with ``--reset`` (settings made by
+hand on the node go back to Tailscale's defaults). A refused key fails the run naming the host
 (``files/tailscale-login``). On a logged-in node, a changed hostname, ``--ssh``,
 ``--accept-dns`` or ``--accept-routes`` is applied with ``tailscale set``; tags can only change
 with a new login, so a difference is reported, not forced.
@@ -22,7 +23,6 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
-from io import StringIO
 from typing import Any
 
 from pyinfra import host, logger
@@ -37,6 +37,7 @@ from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR
 from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
 from tasks.common.ports import LAN, Port
+from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
 
 NODE_GROUPS = (HYPERVISOR, AGEIS_NODE, EMBEDDER)
@@ -368,15 +369,6 @@ def tailscale() -> None:
         group="root",
         mode="700",
     )
-    auth_key = load_secrets()["tailscale_auth_key"]
-    files.put(
-        name="Tailscale auth key (root-only file)",
-        src=StringIO(auth_key.reveal()),
-        dest=AUTH_KEY_FILE,
-        user="root",
-        group="root",
-        mode="600",
-    )
     files.put(
         name="Install the tailscale login wrapper",
         src=file_path("tailscale-login"),
@@ -393,6 +385,22 @@ def tailscale() -> None:
             "Tailscale: logged in, waiting for an admin to approve the machine (admin console)"
         )
     else:
+        # The reusable auth key is on the host only for the login itself.
+        secret_file(
+            name="Tailscale auth key (root-only file, for this login only)",
+            content=load_secrets()["tailscale_auth_key"],
+            dest=AUTH_KEY_FILE,
+            user="root",
+            group="root",
+            mode="600",
+        )
         server.shell(
             name="Log in to the tailnet (tailscale up)", commands=[up_command(settings, name)]
         )
+    # After a login that worked (a failed one stops the run first) and on every later run: a
+    # stolen host must not hand out a key that can add more machines to the tailnet.
+    files.file(
+        name="No Tailscale auth key left on the host after login",
+        path=AUTH_KEY_FILE,
+        present=False,
+    )

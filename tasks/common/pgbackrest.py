@@ -57,7 +57,8 @@ from tasks.common.changes import changed
 from tasks.common.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, HYPERVISOR, MACHINE, POOL_NAME
-from tasks.common.datamodel.secrets import SecretSpec, load_secrets
+from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
+from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
 
 TLS_PORT = 8432
@@ -415,19 +416,23 @@ def _tls_files(owner: str) -> None:
     files.directory(
         name="pgBackRest TLS directory", path=TLS_DIR, user=owner, group=owner, mode="700"
     )
-    for name, text, mode in (
-        ("ca.crt", tls.ca_cert, "644"),
-        ("host.crt", tls.cert, "644"),
-        ("host.key", tls.key, "600"),
-    ):
+    for name, text in (("ca.crt", tls.ca_cert), ("host.crt", tls.cert)):
         files.put(
             name=f"pgBackRest TLS {name}",
             src=StringIO(text),
             dest=f"{TLS_DIR}/{name}",
             user=owner,
             group=owner,
-            mode=mode,
+            mode="644",
         )
+    secret_file(
+        name="pgBackRest TLS host.key",
+        content=Secret(tls.key),
+        dest=f"{TLS_DIR}/host.key",
+        user=owner,
+        group=owner,
+        mode="600",
+    )
 
 
 def upstream_version(version: str) -> str:

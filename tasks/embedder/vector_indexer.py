@@ -18,7 +18,6 @@ PostgreSQL on ageis-node. Health and metrics: port 9310.
 
 from __future__ import annotations
 
-from io import StringIO
 from typing import Any
 
 from pyinfra import host, inventory
@@ -28,8 +27,9 @@ from pyinfra.operations import files
 from tasks.common.datamodel.forms import HOSTNAME, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER
-from tasks.common.datamodel.secrets import load_secrets
+from tasks.common.datamodel.secrets import Secret, load_secrets
 from tasks.common.ports import Port
+from tasks.common.secret_files import secret_file
 from tasks.embedder.embedder_runtime import APP, VENV, service
 from tasks.embedder.embedding_server import PORT as EMBEDDING_PORT
 
@@ -113,9 +113,9 @@ def vector_indexer() -> None:
         name="Vector indexer config directory", path=CONFIG_DIR, user="root", group="root",
         mode="700",
     )  # fmt: skip
-    password = files.put(
+    password = secret_file(
         name="Memory store password of vector_indexer (root-only file)",
-        src=StringIO(secrets[SECRET].reveal() + "\n"),
+        content=Secret(secrets[SECRET].reveal() + "\n"),
         dest=PASSWORD_FILE,
         user="root",
         group="root",

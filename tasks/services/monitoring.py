@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,9 @@ from tasks.common.datamodel.forms import (
 )
 from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE, MONITORING
-from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
+from tasks.common.datamodel.secrets import ISSUED, Secret, SecretSpec, load_secrets
 from tasks.common.ports import ADMIN, TAILNET, Port
+from tasks.common.secret_files import secret_file
 from tasks.common.templating import template_path
 
 PVE_COLLECTORS = (
@@ -552,9 +552,9 @@ def _install(needed: list[str], secrets: Mapping[str, Any]) -> list[OperationMet
     secret_files = []
     for name in needed:
         secret_files.append(
-            files.put(
+            secret_file(
                 name=f"Receiver secret {name}",
-                src=StringIO(secrets[name].reveal()),
+                content=secrets[name],
                 dest=f"{SECRETS_DIR}/{name}",
                 user="root",
                 group="prometheus",
@@ -705,9 +705,9 @@ def _pve_exporter(settings: Any) -> None:
         commands=[f"chmod -R a+rX {PVE_VENV}"],
         _if=any_changed(venv, exporter),
     )
-    token = files.put(
+    token = secret_file(
         name="Proxmox exporter: read-only API token (secret)",
-        src=StringIO(
+        content=Secret(
             _pve_config(
                 settings.pve_exporter_user,
                 settings.pve_exporter_token_name,

@@ -89,7 +89,7 @@ def test_lists_refresh_then_tailscale_installs_and_tailscaled_runs(full: Plan) -
 
 def test_auth_key_is_a_root_only_file_never_a_command_line_value(full: Plan) -> None:
     assert "chmod 700 /etc/tailscale" in full.op("embedder", "auth key directory").commands
-    commands = full.op("embedder", "Tailscale auth key (root-only file)").commands
+    commands = full.op("embedder", "Tailscale auth key (root-only file").commands
     assert f"upload /etc/tailscale/authkey\n{SECRET}" in commands
     assert "chmod 600 /etc/tailscale/authkey" in commands
     assert "chown root:root /etc/tailscale/authkey" in commands
@@ -98,6 +98,26 @@ def test_auth_key_is_a_root_only_file_never_a_command_line_value(full: Plan) -> 
     for command in full.commands("embedder"):
         if not command.startswith(others):
             assert SECRET not in command, command
+
+
+def test_the_auth_key_is_on_the_host_for_the_login_only(full: Plan) -> None:
+    names = [op.name for op in full.for_host("embedder")]
+    upload = next(i for i, n in enumerate(names) if "Tailscale auth key (root-only file" in n)
+    login = next(i for i, n in enumerate(names) if "Log in to the tailnet" in n)
+    removal = next(i for i, n in enumerate(names) if "No Tailscale auth key left" in n)
+    assert upload < login < removal
+    # Not there yet in the simulated fresh host: nothing to remove before the run creates it.
+    assert full.for_host("embedder")[removal].commands == []
+
+
+def test_a_logged_in_node_gets_no_key_and_loses_one_left_behind(plan_of, fleet) -> None:
+    logged_in(fleet["embedder"])
+    fleet["embedder"].files["/etc/tailscale/authkey"] = "tskey-left-behind"
+    result = plan_of("deploys/full.py")
+    assert not [op for op in result.for_host("embedder") if "auth key (root-only" in op.name]
+    assert result.op("embedder", "No Tailscale auth key left").commands == [
+        "rm -f /etc/tailscale/authkey"
+    ]
 
 
 @pytest.mark.parametrize("name", NODES)

@@ -12,8 +12,9 @@ the system site-packages), installed again only when the source changed. Its uni
 ``memory-store-integrity.service`` (a failed integrity check keeps it down), comes after
 Ollama, waits (bounded) for the embedding server on the embedder when one is configured, and
 restarts on failure with a growing delay. The database password (secret
-``memory_store_actr_engine_password``) reaches it as a systemd credential, never in its
-environment or on a command line.
+``memory_store_actr_engine_password``) and the API token its clients must send to store and
+retrieve (secret ``actr_engine_api_token``) reach it as systemd credentials, never in its
+environment or on a command line; a new token is rolled out by changing the secret.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tasks.ageis_node.ollama import WAIT
 from tasks.common.datamodel.forms import Field, Int, ListOf, MapOf, Optional, Predicate, Str, Struct
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
-from tasks.common.datamodel.secrets import Secret, load_secrets
+from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
 from tasks.common.ports import Port
 from tasks.common.secret_files import secret_file
 from tasks.common.templating import REPO_ROOT, file_path, template_path
@@ -51,6 +52,17 @@ UNIT = "/etc/systemd/system/actr-engine.service"
 DROP_IN_DIR = "/etc/systemd/system/actr-engine.service.d"
 DROP_IN = f"{DROP_IN_DIR}/homelab.conf"
 PASSWORD_SECRET = "memory_store_actr_engine_password"
+TOKEN_SECRET = "actr_engine_api_token"
+TOKEN_FILE = f"{CONFIG_DIR}/api-token"
+
+SECRETS = (
+    SecretSpec(
+        TOKEN_SECRET,
+        GROUPS,
+        "a long random bearer token clients of actr-engine send to store and retrieve memories",
+        "token",
+    ),
+)
 
 PORTS = (Port(PORT, "tcp", "actr-engine", probe="http:/health", metrics_path="/metrics"),)
 
@@ -213,7 +225,8 @@ def environment(settings: Any) -> dict[str, str]:
 def actr_engine() -> None:
     settings = DATA.read(host)
     source = settings.actr_engine_source
-    password = load_secrets()[PASSWORD_SECRET]
+    secrets = load_secrets()
+    password = secrets[PASSWORD_SECRET]
 
     packages = ["python3-venv", "python3-psycopg", "python3-setuptools", "curl"]
     if source["kind"] == "git":
@@ -275,6 +288,14 @@ def actr_engine() -> None:
         group="root",
         mode="600",
     )
+    token = secret_file(
+        name="actr-engine's API token (root-only file, a systemd credential)",
+        content=Secret(secrets[TOKEN_SECRET].reveal() + "\n"),
+        dest=TOKEN_FILE,
+        user="root",
+        group="root",
+        mode="600",
+    )
     embedder = settings.actr_engine_embedder_url
     unit = files.template(
         name="actr-engine's systemd unit",
@@ -282,6 +303,7 @@ def actr_engine() -> None:
         dest=UNIT,
         mode="644",
         password_file=PASSWORD_FILE,
+        token_file=TOKEN_FILE,
         wait=WAIT,
         embedder_health=health_url(embedder) if embedder else None,
         embedder_wait=settings.actr_engine_embedder_wait,
@@ -295,7 +317,7 @@ def actr_engine() -> None:
         mode="644",
         environment=environment(settings),
     )
-    changed = [unit, drop_in, install, secret]
+    changed = [unit, drop_in, install, secret, token]
     systemd.service(
         name="actr-engine runs and starts at boot",
         service="actr-engine.service",

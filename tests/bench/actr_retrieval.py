@@ -12,8 +12,8 @@ embeddings made by PostgreSQL itself, 1 to 5 accesses each over the last 30 days
 
 and prints p50/p95/p99 in milliseconds for both. The bench chunks are deleted afterwards
 (``--keep`` leaves them). Runs the measuring part on the host itself (over SSH, as root: it
-reads actr-engine's database password from its root-only credential file); goal: engine p95
-<= 20 ms with 100 000 memories.
+reads actr-engine's database password and API token from their root-only credential files);
+goal: engine p95 <= 20 ms with 100 000 memories.
 
     HOMELAB_LAB_ID=n python3 tests/bench/actr_retrieval.py --count 100000 --queries 500
 """
@@ -33,6 +33,7 @@ import psycopg
 
 args = json.loads(sys.argv[1])
 password = open("/etc/actr-engine/db-password").read().strip()
+token = open("/etc/actr-engine/api-token").read().strip()
 conn = psycopg.connect("host=127.0.0.1 dbname=memory_store user=actr_engine",
                        password=password, autocommit=True, client_encoding="utf8")
 run = f"bench-{int(time.time())}"
@@ -89,7 +90,8 @@ def cue():
 def engine(vector):
     body = json.dumps({"embedding": vector, "limit": args["limit"]}).encode()
     request = urllib.request.Request("http://127.0.0.1:8100/retrieve", body,
-                                     {"Content-Type": "application/json"})
+                                     {"Content-Type": "application/json",
+                                      "Authorization": f"Bearer {token}"})
     t = time.perf_counter()
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.load(response)

@@ -22,7 +22,8 @@ from tests.lab.hosts import LabHost
 # the status code, the body and the headers, each base64 (a WAV body survives the text pipe).
 _SCRIPT = """set -u
 d=$(mktemp -d) && trap 'rm -rf "$d"' EXIT
-code=$(curl -sS -X {method} --max-time {timeout} {headers} {data} -D "$d/h" -o "$d/b" \\
+read -r config && printf '%s' "$config" | base64 -d > "$d/c"
+code=$(curl -sS -X {method} --max-time {timeout} -K "$d/c" {data} -D "$d/h" -o "$d/b" \\
   -w '%{{http_code}}' {url}) || exit $?
 printf '%s\\n' "$code"; base64 -w0 "$d/b"; echo; base64 -w0 "$d/h"; echo
 """
@@ -35,26 +36,31 @@ def http_from(
     body: Any = None,
     *,
     params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> tuple[int, bytes, dict[str, str]]:
     """(status, body, headers) of ``method url`` sent from ``host``; a JSON ``body`` is posted.
+    ``headers`` travel in curl's config on stdin, not on a command line (a token among them).
 
     A refused, dropped or timed-out connection raises ``ConnectionError`` (an ``OSError``, as
     urllib raises from the controller).
     """
     if params:
         url = f"{url}?{urlencode(params)}"
-    data = json.dumps(body) if body is not None else None
+    data = json.dumps(body) if body is not None else ""
+    sent = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+    # curl reads its headers from a config file (first stdin line, base64) and the body from
+    # the rest of stdin.
+    config = "".join(f"header = {json.dumps(f'{k}: {v}')}\n" for k, v in sent.items())
     script = _SCRIPT.format(
         method=shlex.quote(method),
         timeout=int(max(1, timeout)),
-        headers="-H 'Content-Type: application/json'" if data is not None else "",
-        data="--data-binary @-" if data is not None else "",
+        data="--data-binary @-" if body is not None else "",
         url=shlex.quote(url),
     )
     result = subprocess.run(
         [*labctl.ssh_command(host), script],
-        input=data,
+        input=base64.b64encode(config.encode()).decode() + "\n" + data,
         capture_output=True,
         text=True,
         timeout=timeout + 30,

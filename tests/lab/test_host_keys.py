@@ -8,6 +8,7 @@ full rollout as a user does, and puts the old keys back.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import time
@@ -51,7 +52,8 @@ def _wait_for_fingerprint(wanted: str) -> None:
 
 def _file_fingerprint(public_key: Path) -> str:
     words = public_key.read_text().split()
-    return host_keys.fingerprint(paramiko.PKey.from_type_string(words[0], words[1].encode()))
+    key = paramiko.PKey.from_type_string(words[0], base64.b64decode(words[1]))
+    return host_keys.fingerprint(key)
 
 
 @pytest.fixture

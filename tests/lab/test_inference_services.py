@@ -14,6 +14,7 @@ import json
 import math
 import subprocess
 import time
+import tomllib
 from typing import Any
 
 import pytest
@@ -49,11 +50,19 @@ def ssh(command: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
+def api_token() -> str:
+    return tomllib.loads(hosts.SECRETS_FILE.read_text())["actr_engine_api_token"]
+
+
 def call(path: str, payload: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """actr-engine's answer, asked from its own host: its clients are local (the firewall
-    admits monitoring besides, and no one else)."""
+    """actr-engine's answer, asked from its own host (its clients are local; the firewall
+    admits monitoring besides), with the API token the POST endpoints require."""
     status, body, _ = http_from(
-        NODE, "POST" if payload is not None else "GET", ENGINE + path, payload
+        NODE,
+        "POST" if payload is not None else "GET",
+        ENGINE + path,
+        payload,
+        headers={"Authorization": f"Bearer {api_token()}"},
     )
     return status, json.loads(body)
 
@@ -124,6 +133,24 @@ def test_actr_engine_stores_and_retrieves_by_activation() -> None:
         "sudo -u postgres psql -q memory_store -c "
         f"\"DELETE FROM memory_chunk WHERE metadata->>'test' = '{tag}'\""
     )
+
+
+def test_actr_engine_refuses_requests_without_the_token_and_huge_bodies() -> None:
+    for path in ("/chunks", "/retrieve"):
+        status, body, headers = http_from(NODE, "POST", ENGINE + path, {"content": "x"})
+        assert status == 401 and headers.get("WWW-Authenticate") == "Bearer", (path, body)
+        wrong = {"Authorization": "Bearer not-the-token"}
+        assert http_from(NODE, "POST", ENGINE + path, {"cue": "x"}, headers=wrong)[0] == 401
+    # A body claimed to be 1 GiB is refused from its length, before any of it is read.
+    status, _, _ = http_from(
+        NODE,
+        "POST",
+        ENGINE + "/chunks",
+        headers={"Authorization": f"Bearer {api_token()}", "Content-Length": "1073741824"},
+        timeout=20,
+    )
+    assert status == 413
+    assert call("/health")[0] == 200, "the engine still answers"
 
 
 def test_actr_engine_exports_metrics() -> None:

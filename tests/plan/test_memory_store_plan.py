@@ -86,11 +86,12 @@ def test_settings_sized_from_ram_listen_and_hba(plan_of, fleet) -> None:
 def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:
     result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
     # (every plan secret is the same test double; the Tailscale key file and the clients'
-    # root-only credential files, actr-engine's and the gateway's, legitimately hold it)
+    # root-only credential files, actr-engine's two and the gateway's, legitimately hold it)
     leaks = [c for c in result.commands(NODE) if PASSWORD in c]
     assert leaks == [
         "upload /etc/tailscale/authkey\n" + PASSWORD,
         "upload /etc/actr-engine/db-password\n" + PASSWORD + "\n",
+        "upload /etc/actr-engine/api-token\n" + PASSWORD + "\n",
         "upload /etc/openclaw-pipeline/gateway-token\n" + PASSWORD + "\n",
     ]
     sql = result.upload(NODE, "/etc/homelab/memory-store/schema.sql")

@@ -19,6 +19,7 @@ SECRETS = {
     "pgbackrest_tls_seed": Secret("test-double-value"),
     "pve_exporter_token_secret": Secret("test-double-value"),
     "openclaw_gateway_token": Secret("test-double-value"),
+    "actr_engine_api_token": Secret("test-double-value"),
 }
 
 
@@ -80,12 +81,13 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("pve", "secret pgbackrest_tls_seed"),
         ("monitoring", "secret pve_exporter_token_secret"),
         ("ageis-node", "secret openclaw_gateway_token"),
+        ("ageis-node", "secret actr_engine_api_token"),
     }
     text = format_errors(errors, "inventory.py")
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 11
+    assert len(text.splitlines()) == 12
 
 
 def test_address_outside_lan_cidr(baseline) -> None:

@@ -1,6 +1,12 @@
 """HTTP service of the reference actr-engine (standard library http.server + psycopg 3).
 
-Endpoints (JSON in and out):
+Endpoints (JSON in and out). The two that change or read the memories (``POST``) need
+``Authorization: Bearer <token>`` (the systemd credential ``api-token``, or
+``ACTR_API_TOKEN_FILE``): without it they answer 401. A body over ``ACTR_MAX_BODY`` bytes
+(1 MiB) is refused with 413 before it is read, one without a length with 411, and a client that
+sends slower than ``ACTR_CLIENT_TIMEOUT`` seconds (10) per read is cut off with 408; each
+connection has its own thread, so a slow client holds only its own. Health and metrics stay
+open (monitoring reads them); the engine does not start without a token.
 
 - ``GET /health``: 200 ``{"status": "ok"}`` when the memory store answers, else 503.
 - ``GET /metrics``: Prometheus text (requests, errors, retrieval latency histogram).
@@ -17,15 +23,17 @@ Configuration, from the environment (the systemd unit's drop-in):
 the password), the password from the systemd credential ``db-password`` (or
 ``ACTR_DATABASE_PASSWORD_FILE``), ``ACTR_DECAY`` (0.5), ``ACTR_MISMATCH_PENALTY`` (1.0),
 ``ACTR_THRESHOLD`` (empty: none), ``ACTR_CANDIDATES`` (20), ``ACTR_EMBEDDER_URL`` (empty: the
-caller gives embeddings), ``ACTR_EMBEDDER_MODEL``.
+caller gives embeddings), ``ACTR_EMBEDDER_MODEL``, ``ACTR_MAX_BODY``, ``ACTR_CLIENT_TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import urllib.request
@@ -70,6 +78,9 @@ class Config:
     candidates: int
     embedder_url: str | None
     embedder_model: str
+    api_token: str | None = None
+    max_body: int = 1024 * 1024
+    client_timeout: float = 10.0
 
     @classmethod
     def from_environment(cls, env: dict[str, str] | None = None) -> Config:
@@ -81,6 +92,12 @@ class Config:
             else ""
         )
         password = Path(password_file).read_text().strip() if password_file else None
+        token_file = env.get("ACTR_API_TOKEN_FILE") or (
+            str(Path(env["CREDENTIALS_DIRECTORY"]) / "api-token")
+            if env.get("CREDENTIALS_DIRECTORY")
+            else ""
+        )
+        token = Path(token_file).read_text().strip() if token_file else None
         threshold = env.get("ACTR_THRESHOLD", "").strip()
         return cls(
             listen_host=host or "127.0.0.1",
@@ -93,11 +110,44 @@ class Config:
             candidates=int(env.get("ACTR_CANDIDATES", "20")),
             embedder_url=env.get("ACTR_EMBEDDER_URL", "").strip() or None,
             embedder_model=env.get("ACTR_EMBEDDER_MODEL", "all-MiniLM-L6-v2"),
+            api_token=token or None,
+            max_body=int(env.get("ACTR_MAX_BODY", str(1024 * 1024))),
+            client_timeout=float(env.get("ACTR_CLIENT_TIMEOUT", "10")),
         )
 
 
 class BadRequest(ValueError):
     pass
+
+
+class Refused(Exception):
+    """A request turned away before its body is read: status, message, extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def check_request(headers: Any, token: str | None, max_body: int) -> int:
+    """The body length of a state-changing request that may be read, or :class:`Refused`.
+
+    The token is compared in constant time; the length is checked before any byte of the body
+    is read, so a huge body costs the engine nothing.
+    """
+    given = headers.get("Authorization") or ""
+    if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Refused(401, "a valid bearer token is needed", {"WWW-Authenticate": "Bearer"})
+    length_text = headers.get("Content-Length")
+    if length_text is None:
+        raise Refused(411, "Content-Length is needed")
+    try:
+        length = int(length_text)
+    except ValueError:
+        raise Refused(400, "Content-Length is not a number") from None
+    if not 0 <= length <= max_body:
+        raise Refused(413, f"the body must be at most {max_body} bytes")
+    return length
 
 
 class Metrics:
@@ -292,15 +342,27 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "actr-engine/1.0"
+        # Every read and write on the connection: a client that stalls is cut off.
+        timeout = engine.config.client_timeout
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
 
-        def reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
+        def reply(
+            self,
+            status: int,
+            body: Any,
+            content_type: str = "application/json",
+            headers: dict[str, str] | None = None,
+        ) -> None:
             data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
             engine.metrics.request(self.path.split("?")[0], status)
@@ -328,10 +390,42 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
             else:
                 self.reply(404, {"error": "not found"})
 
-        def post(self) -> None:
+        def read_body(self) -> bytes | None:
+            """The request's body, or None once the request was refused (and answered)."""
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                payload = json.loads(self.rfile.read(length) or b"{}")
+                length = check_request(
+                    self.headers, engine.config.api_token, engine.config.max_body
+                )
+            except Refused as refused:
+                self.close_connection = True  # the unread body must not be taken as a request
+                self.reply(refused.status, {"error": str(refused)}, headers=refused.headers)
+                return None
+            # The whole body within the client timeout, not only each read: a client that
+            # trickles a byte at a time would otherwise hold its thread for hours.
+            deadline = time.monotonic() + engine.config.client_timeout
+            parts: list[bytes] = []
+            remaining = length
+            try:
+                while remaining > 0 and time.monotonic() < deadline:
+                    part = self.rfile.read1(min(remaining, 65536))
+                    if not part:
+                        break
+                    parts.append(part)
+                    remaining -= len(part)
+            except TimeoutError:
+                pass
+            if remaining > 0:
+                self.close_connection = True
+                self.reply(408, {"error": "the body came too slowly"})
+                return None
+            return b"".join(parts)
+
+        def post(self) -> None:
+            body = self.read_body()
+            if body is None:
+                return
+            try:
+                payload = json.loads(body or b"{}")
                 if not isinstance(payload, dict):
                     raise BadRequest("the body must be a JSON object")
                 if self.path == "/chunks":
@@ -360,6 +454,9 @@ def handler_for(engine: Engine) -> type[BaseHTTPRequestHandler]:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("ACTR_LOG_LEVEL", "INFO"), format="%(message)s")
     config = Config.from_environment()
+    if config.api_token is None:
+        log.error("actr-engine: no API token (credential api-token or ACTR_API_TOKEN_FILE)")
+        sys.exit(2)
     engine = Engine(config)
     server = ThreadingHTTPServer((config.listen_host, config.listen_port), handler_for(engine))
     server.daemon_threads = True

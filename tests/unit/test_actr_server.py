@@ -1,0 +1,184 @@
+"""actr-engine's HTTP front: bearer token, body cap and slow clients (no database).
+
+The real server module and handler run on 127.0.0.1 in a thread. Test doubles: ``psycopg`` is
+a stand-in module (the controller has no libpq; the guard never reaches the database), and
+``EngineDouble`` answers ``store``/``retrieve`` from memory, so a request that passes the
+guard shows its answer.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "files" / "actr-engine"))
+if "psycopg" not in sys.modules:
+    _psycopg_double = types.ModuleType("psycopg")
+    _psycopg_double.Error = type("Error", (Exception,), {})  # type: ignore[attr-defined]
+    _psycopg_double.Connection = object  # type: ignore[attr-defined]
+    sys.modules["psycopg"] = _psycopg_double
+
+from actr_engine.server import Config, Engine, Refused, check_request, handler_for
+
+TOKEN = "t0k3n-Lr8sQ2vW9xZ4cB7n"
+
+
+class EngineDouble(Engine):
+    """Stores and retrieves in memory; counts the requests that got through."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.stored: list[dict[str, Any]] = []
+
+    def store(self, payload: dict[str, Any]) -> int:
+        self.stored.append(payload)
+        return len(self.stored)
+
+    def retrieve(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"chunks": [], "elapsed_ms": 0.0}
+
+    def record_access(self, answer: dict[str, Any]) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def healthy(self) -> bool:
+        return True
+
+
+def _config(**changes: Any) -> Config:
+    base = dict(
+        listen_host="127.0.0.1", listen_port=0, database="", password=None, decay=0.5,
+        mismatch_penalty=1.0, threshold=None, candidates=20, embedder_url=None,
+        embedder_model="m", api_token=TOKEN, max_body=4096, client_timeout=1.0,
+    )  # fmt: skip
+    return Config(**{**base, **changes})
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[int, EngineDouble]]:
+    engine = EngineDouble(_config())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(engine))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], engine
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("POST", path, body, headers)
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def _auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("path", ["/chunks", "/retrieve"])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+)
+def test_state_changing_endpoints_need_the_token(served, path: str, headers: dict) -> None:
+    port, engine = served
+    status, answer = _post(port, path, b'{"content": "x"}', headers)
+    assert status == 401 and "bearer token" in answer["error"]
+    assert engine.stored == []
+
+
+def test_with_the_token_a_memory_is_stored(served) -> None:
+    port, engine = served
+    status, answer = _post(port, "/chunks", b'{"content": "apple"}', _auth())
+    assert (status, answer) == (201, {"id": 1})
+    assert engine.stored == [{"content": "apple"}]
+
+
+def test_health_and_metrics_stay_open(served) -> None:
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for path in ("/health", "/metrics"):
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, path
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(served) -> None:
+    port, engine = served
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        # Claims 1 GiB and sends none of it: the answer comes at once, from the length alone.
+        raw.sendall(
+            b"POST /chunks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+            + b"\r\nContent-Length: 1073741824\r\n\r\n"
+        )  # fmt: skip
+        answer = raw.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") and "Connection: close" in answer
+    assert engine.stored == []
+
+
+def test_a_slow_client_is_cut_off_and_others_are_served_meanwhile(served) -> None:
+    port, engine = served
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+        slow.sendall(
+            b"POST /chunks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+            + b"\r\nContent-Length: 100\r\n\r\n{"
+        )  # fmt: skip
+        started = time.monotonic()
+        # Another client is served while the slow one stalls.
+        assert _post(port, "/chunks", b'{"content": "pear"}', _auth())[0] == 201
+        for _ in range(3):  # a byte now and then, each well inside the per-read timeout
+            time.sleep(0.4)
+            try:
+                slow.sendall(b" ")
+            except OSError:
+                break
+        answer = slow.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 3
+    assert engine.stored == [{"content": "pear"}]
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"Authorization": f"Bearer {TOKEN}"}, 411),
+        ({"Authorization": f"Bearer {TOKEN}", "Content-Length": "ten"}, 400),
+        ({"Authorization": f"Bearer {TOKEN}", "Content-Length": "-1"}, 413),
+        ({"Authorization": f"Bearer {TOKEN}x", "Content-Length": "1"}, 401),
+    ],
+)
+def test_check_request_refusals(headers: dict[str, str], status: int) -> None:
+    with pytest.raises(Refused) as refused:
+        check_request(headers, TOKEN, 4096)
+    assert refused.value.status == status
+
+
+def test_without_a_configured_token_nothing_passes() -> None:
+    with pytest.raises(Refused) as refused:
+        check_request({"Authorization": "Bearer ", "Content-Length": "1"}, None, 4096)
+    assert refused.value.status == 401
+
+
+def test_the_token_comes_from_the_systemd_credential(tmp_path: Path) -> None:
+    (tmp_path / "api-token").write_text(TOKEN + "\n")
+    (tmp_path / "db-password").write_text("pw\n")
+    config = Config.from_environment({"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert config.api_token == TOKEN and config.max_body == 1024 * 1024
+    assert Config.from_environment({}).api_token is None

@@ -316,7 +316,6 @@ PORTS = (
     # Alertmanager's silences change what pages: the tailnet only.
     Port(9093, "tcp", "alertmanager", metrics_path="/metrics", consumers=(TAILNET,)),
     Port(9115, "tcp", "blackbox-exporter", probe=None, metrics_path="/metrics"),
-    Port(9221, "tcp", "pve-exporter", probe=None, metrics_path="/metrics"),
 )
 
 PACKAGES = [
@@ -331,6 +330,9 @@ SECRETS_DIR = f"{CONFIG_DIR}/secrets"
 PVE_VENV = "/opt/prometheus-pve-exporter"
 WHEELHOUSE = "/var/cache/homelab/pve-exporter-wheels"
 BLACKBOX = "127.0.0.1:9115"
+# Loopback only: the exporter logs in to whatever /pve?target= names, with the API token, so
+# only Prometheus beside it may ask (its targets come from the inventory). Its health shows as
+# up{job="pve"}.
 PVE_EXPORTER = "127.0.0.1:9221"
 BLACKBOX_MODULES = {
     "tcp": "tcp_connect",
@@ -727,7 +729,7 @@ def _pve_exporter(settings: Any) -> None:
         mode="644",
         venv=PVE_VENV,
         config=f"{CONFIG_DIR}/pve.yml",
-        listen="0.0.0.0:9221",
+        listen=PVE_EXPORTER,
         disabled=settings.pve_exporter_disabled_collectors,
     )
     systemd.daemon_reload(name="Proxmox exporter: reload systemd", _if=unit.did_change)

@@ -71,6 +71,8 @@ class PlannedOp:
 @dataclass
 class Plan:
     ops: dict[str, list[PlannedOp]]
+    # Per host, the facts its table answered: each is one remote command in a real run.
+    facts_asked: dict[str, int] = field(default_factory=dict)
 
     def for_host(self, name: str) -> list[PlannedOp]:
         return self.ops[name]
@@ -160,7 +162,7 @@ def plan(
             raise MissingFact(f"no fact table for hosts {missing}")
         # One pyinfra state per host: pyinfra merges the names of operations that sit at the
         # same place in different hosts' deploys, so a shared state would mislabel them.
-        return Plan(
+        result = Plan(
             {
                 name: _plan_host(
                     deploy_file,
@@ -174,6 +176,8 @@ def plan(
                 for name in hosts
             }
         )
+        result.facts_asked = {name: len(facts[name].asked) for name in hosts}
+        return result
 
 
 def _plan_host(

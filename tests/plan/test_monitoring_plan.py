@@ -90,8 +90,13 @@ def test_every_inventory_host_is_scraped_and_probed(full: Plan) -> None:
     assert 'targets: ["192.168.1.50:53"]' in config and '"dns_local"' in config
     # Proxmox VE through the exporter, and the monitoring guest's own services.
     assert 'job_name: "pve"' in config and 'targets: ["192.168.1.10"]' in config
-    for job in ("prometheus", "alertmanager", "blackbox-exporter", "pve-exporter"):
+    for job in ("prometheus", "alertmanager", "blackbox-exporter"):
         assert f'job_name: "{job}"' in config
+    # The Proxmox exporter answers on loopback only: Prometheus beside it, nobody else.
+    assert 'job_name: "pve-exporter"' not in config
+    assert 'replacement: "127.0.0.1:9221"' in config
+    unit = full.upload("monitoring", "/etc/systemd/system/prometheus-pve-exporter.service")
+    assert "--web.listen-address 127.0.0.1:9221" in unit
     # No hand-kept list: nothing outside the inventory's addresses.
     found = set(re.findall(r"192\.168\.1\.\d+", config))
     assert found == set(ADDRESSES.values())

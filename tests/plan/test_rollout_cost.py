@@ -1,0 +1,31 @@
+"""The rollout's cost in remote commands: a budget per host that a new task cannot pass silently.
+
+Each fact a deploy asks is one command over SSH in a real run (pyinfra 3 keeps no fact cache
+between operations), and the commands, not the operations, are what a no-change rollout waits
+for. This plans ``deploys/full.py`` over the modelled fleet and counts the facts each host's
+table answered. The budgets are today's counts: a change that asks more raises the budget here,
+in the same commit, where a reviewer sees it; one that asks fewer lowers it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.plan.harness import Plan
+
+# Facts answered per host while planning the full rollout of the modelled fleet.
+FACT_BUDGET = {"pve": 472, "ageis-node": 697, "embedder": 404, "monitoring": 351, "dns": 265}
+
+
+@pytest.mark.parametrize("name", sorted(FACT_BUDGET))
+def test_facts_asked_stay_within_the_budget(full: Plan, name: str) -> None:
+    asked = full.facts_asked[name]
+    print(f"\n{name}: {asked} facts for {len(full.for_host(name))} operations")
+    assert asked <= FACT_BUDGET[name], (
+        f"{name}: the full rollout now asks {asked} facts, over its budget of "
+        f"{FACT_BUDGET[name]}: each is an SSH command in every run. Ask fewer (one fact for "
+        "many files, a fact only where an operation needs it) or raise the budget here."
+    )
+    assert asked >= FACT_BUDGET[name] * 0.9, (
+        f"{name}: {asked} facts, well under the budget of {FACT_BUDGET[name]}: lower it"
+    )

@@ -166,6 +166,10 @@ drills: venv ## Memory store drills, full counts (10 power cuts), on the rolled-
 bench-actr: venv ## Benchmark: actr-engine retrieval vs plain pgvector, 100 000 memories (lab)
 	$(PY) tests/bench/actr_retrieval.py --count 100000 --queries 500
 
+.PHONY: bench-rollout
+bench-rollout: venv ## Benchmark: no-change rollouts (full, per role, one template) beside the floor (lab)
+	$(PY) tests/bench/rollout.py --rounds $(or $(ROUNDS),3)
+
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)

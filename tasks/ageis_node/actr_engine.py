@@ -284,17 +284,11 @@ def actr_engine() -> None:
         name="actr-engine's database password (root-only file, a systemd credential)",
         content=Secret(password.reveal() + "\n"),
         dest=PASSWORD_FILE,
-        user="root",
-        group="root",
-        mode="600",
     )
     token = secret_file(
         name="actr-engine's API token (root-only file, a systemd credential)",
         content=Secret(secrets[TOKEN_SECRET].reveal() + "\n"),
         dest=TOKEN_FILE,
-        user="root",
-        group="root",
-        mode="600",
     )
     embedder = settings.actr_engine_embedder_url
     unit = files.template(

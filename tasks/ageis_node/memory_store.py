@@ -600,9 +600,6 @@ def _apply_schema(cluster: Cluster) -> None:
         name="Memory store schema and roles (root-only SQL file)",
         content=Secret(cluster.sql),
         dest=SCHEMA_FILE,
-        user="root",
-        group="root",
-        mode="600",
     )
     current = (
         state is not None

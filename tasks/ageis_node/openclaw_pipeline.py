@@ -358,9 +358,6 @@ def _configure(settings: Any, token: Secret) -> PipelineFiles:
         name="OpenClaw gateway token (root-only file, a systemd credential)",
         content=Secret(token.reveal() + "\n"),
         dest=TOKEN_FILE,
-        user="root",
-        group="root",
-        mode="600",
     )
     files.put(name=f"Install {RECOVER}", src=file_path("openclaw-pipeline-recover"),
               dest=RECOVER, mode="755")  # fmt: skip

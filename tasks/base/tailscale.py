@@ -390,9 +390,6 @@ def tailscale() -> None:
             name="Tailscale auth key (root-only file, for this login only)",
             content=load_secrets()["tailscale_auth_key"],
             dest=AUTH_KEY_FILE,
-            user="root",
-            group="root",
-            mode="600",
         )
         server.shell(
             name="Log in to the tailnet (tailscale up)", commands=[up_command(settings, name)]

@@ -117,9 +117,6 @@ def vector_indexer() -> None:
         name="Memory store password of vector_indexer (root-only file)",
         content=Secret(secrets[SECRET].reveal() + "\n"),
         dest=PASSWORD_FILE,
-        user="root",
-        group="root",
-        mode="600",
     )
     service(
         UNIT,

@@ -1,4 +1,4 @@
-"""The embedder: its services healthy, its endpoints answering from another LAN host, and
+"""The embedder: its services healthy, its endpoints answering their consumers only, and
 (real hardware only) the NVIDIA driver loaded with the declared card listed by nvidia-smi."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ ROLE = "embedder"
 UNITS = ("embedding-server", "vector-indexer", "piper-tts")
 
 
-def _lan_client(host: InventoryHost, everyone: list[InventoryHost]) -> InventoryHost:
-    """Another inventory host on the LAN, to ask the embedder's endpoints from outside it."""
-    others = [h for h in everyone if h.name != host.name and "embedder" not in h.groups]
-    assert others, "no other host in the inventory to test from"
-    return others[0]
+def _in_group(group: str, everyone: list[InventoryHost]) -> InventoryHost:
+    """A host of ``group``, to ask the embedder's endpoints from where their consumers are."""
+    members = [h for h in everyone if group in h.groups]
+    assert members, f"the inventory has no host in group {group!r} to test from"
+    return members[0]
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -28,26 +28,34 @@ def test_services_run_and_start_at_boot(host_in: InventoryHost, unit: str) -> No
     assert service.is_enabled, f"{host_in.name}: {unit} does not start at boot"
 
 
-def test_endpoints_answer_from_the_lan(
+def test_endpoints_answer_their_consumers_and_no_one_else(
     host_in: InventoryHost, inventory_hosts: list[InventoryHost]
 ) -> None:
-    client = _lan_client(host_in, inventory_hosts)
+    """The embedding server and TTS answer ageis-node; health and metrics answer monitoring;
+    a LAN host that consumes neither (the dns guest) gets no answer at all."""
+    consumer = _in_group("ageis_node", inventory_hosts)
+    monitoring = _in_group("monitoring", inventory_hosts)
     address = host_in.data["lan_address"]
     for url in (f"http://{address}:8300/health", f"http://{address}:9310/health"):
-        result = client.testinfra.run("curl -fsS --max-time 10 %s", url)
-        assert result.rc == 0, f"{client.name} -> {url}: {result.stderr}"
+        result = monitoring.testinfra.run("curl -fsS --max-time 10 %s", url)
+        assert result.rc == 0, f"{monitoring.name} -> {url}: {result.stderr}"
         assert json.loads(result.stdout)["status"] == "ok", result.stdout
-    result = client.testinfra.run(
+    result = monitoring.testinfra.run("curl -fsS --max-time 10 http://%s:8300/metrics", address)
+    assert result.rc == 0 and "embedding_server_requests_total" in result.stdout
+    result = consumer.testinfra.run(
         "curl -fsS --max-time 60 -H 'Content-Type: application/json'"
         ' -d \'{"input": ["verify"]}\' http://%s:8300/v1/embeddings',
         address,
     )
-    assert result.rc == 0, result.stderr
+    assert result.rc == 0, f"{consumer.name} -> embeddings: {result.stderr}"
     assert len(json.loads(result.stdout)["data"][0]["embedding"]) == 384
-    result = client.testinfra.run("curl -fsS --max-time 10 http://%s:5500/voices", address)
-    assert result.rc == 0, f"{client.name} -> TTS: {result.stderr}"
-    result = client.testinfra.run("curl -fsS --max-time 10 http://%s:8300/metrics", address)
-    assert result.rc == 0 and "embedding_server_requests_total" in result.stdout
+    result = consumer.testinfra.run("curl -fsS --max-time 10 http://%s:5500/voices", address)
+    assert result.rc == 0, f"{consumer.name} -> TTS: {result.stderr}"
+    outsider = _in_group("dns", inventory_hosts)
+    for port in (8300, 5500):
+        result = outsider.testinfra.run("curl -sS --max-time 3 http://%s:%s/", address, port)
+        # 28: timed out, the firewall dropped the SYN (7 would mean refused: a rule reached it).
+        assert result.rc == 28, f"{outsider.name} -> {address}:{port}: rc {result.rc}"
 
 
 def test_model_runs_where_the_data_says(host_in: InventoryHost) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from deploys.roles import declared_ports
-from tasks.base.firewall import DATA, TAILNET_NETWORKS, ports_of
+from tasks.base.firewall import DATA, TAILNET_NETWORKS, Opening, openings, ports_of
+from tasks.common.datamodel.machine import ROLE_GROUPS
+from tasks.common.ports import ALL_HOSTS
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify
@@ -56,6 +58,13 @@ def _values(right: Any) -> list[Any]:
     return [right]
 
 
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """One address or prefix as ``nft -j`` writes it."""
+    if isinstance(value, dict) and "prefix" in value:
+        return ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}")
+    return ipaddress.ip_network(str(value), strict=False)
+
+
 def port_rule(expr: list[dict[str, Any]]) -> dict[str, Any] | None:
     """An accepting rule with a tcp/udp destination port: its ports and how the source is scoped."""
     if not any("accept" in statement for statement in expr):
@@ -70,14 +79,34 @@ def port_rule(expr: list[dict[str, Any]]) -> dict[str, Any] | None:
         if payload.get("field") == "dport" and payload.get("protocol") in ("tcp", "udp"):
             found["ports"] += [(port, payload["protocol"]) for port in _values(right)]
         elif payload.get("field") == "saddr":
-            prefix = right.get("prefix", {}) if isinstance(right, dict) else {}
-            address = f"{prefix['addr']}/{prefix['len']}" if prefix else str(right)
-            found["saddr"].append(ipaddress.ip_network(address, strict=False))
+            items = right["set"] if isinstance(right, dict) and "set" in right else [right]
+            found["saddr"] += [_network(item) for item in items]
         elif meta.get("key") in ("iifname", "iif"):
             found["iifname"].append(right)
         else:
             found["other"].append(match)
     return found if found["ports"] else None
+
+
+def expected_openings(
+    host_in: InventoryHost, everyone: list[InventoryHost]
+) -> dict[tuple[int, str], Opening]:
+    """Who each port should admit, resolved the way the deploy resolves it."""
+    values = settings(host_in)
+    addresses: dict[str, list[str]] = {
+        group: [h.data["lan_address"] for h in everyone if group in h.groups]
+        for group in ROLE_GROUPS
+    }
+    addresses[ALL_HOSTS] = [h.data["lan_address"] for h in everyone]
+    opened = openings(
+        ports_of(host_in.name, declared_ports(host_in.groups), host_in.data),
+        lan_cidr=ipaddress.ip_network(host_in.data["lan_cidr"]),
+        admin_sources=values["firewall_admin_sources"],
+        group_addresses=addresses,
+        own_address=str(host_in.data["lan_address"]),
+        data=host_in.data,
+    )
+    return {(o.port.port, o.port.proto): o for o in opened}
 
 
 def test_nftables_loads_our_table_at_boot_and_stops_only_ours(host_in: InventoryHost) -> None:
@@ -118,27 +147,38 @@ def test_input_and_forward_drop_what_is_not_allowed(host_in: InventoryHost) -> N
     assert seen == bridges, f"{host_in.name}: forwards for {sorted(seen)}, not {sorted(bridges)}"
 
 
-def test_only_declared_ports_and_only_from_lan_or_tailnet(host_in: InventoryHost) -> None:
+def test_each_port_admits_exactly_its_consumers(
+    host_in: InventoryHost, inventory_hosts: list[InventoryHost]
+) -> None:
+    """Per port: the IPv4 and IPv6 sources and the tailnet the loaded rules accept are exactly
+    the port's consumers; a port no other host consumes has no rule at all."""
     values = settings(host_in)
-    lan = ipaddress.ip_network(host_in.data["lan_cidr"])
     tailnet = values["tailnet_interface"]
-    from_lan: set[tuple[int, str]] = set()
-    from_tailnet: set[tuple[int, str]] = set()
+    loaded: dict[tuple[int, str], dict[str, Any]] = {}
     unscoped: list[dict[str, Any]] = []
     for expr in rules(loaded_table(host_in), "input"):
         found = port_rule(expr)
         if found is None:
             continue
-        if found["saddr"] == [lan] and not found["iifname"] and not found["other"]:
-            from_lan.update(found["ports"])
-        elif found["iifname"] == [tailnet] and not found["saddr"] and not found["other"]:
-            from_tailnet.update(found["ports"])
-        else:
+        if found["other"] or (found["saddr"] and found["iifname"]):
             unscoped.append(found)
-    expected = expected_ports(host_in)
-    print(f"{host_in.name}: open to {lan} and {tailnet}: {sorted(expected)}")
-    assert from_lan == expected, f"{host_in.name}: open to the LAN {sorted(from_lan)}"
-    assert from_tailnet == expected, f"{host_in.name}: open to the tailnet {sorted(from_tailnet)}"
+            continue
+        for key in found["ports"]:
+            seen = loaded.setdefault(key, {"ipv4": set(), "ipv6": set(), "tailnet": False})
+            if found["iifname"] == [tailnet]:
+                seen["tailnet"] = True
+            elif found["saddr"]:
+                for network in found["saddr"]:
+                    seen[f"ipv{network.version}"].add(str(network))
+            else:
+                unscoped.append(found)
+    expected = {
+        key: {"ipv4": set(o.ipv4), "ipv6": set(o.ipv6), "tailnet": o.tailnet}
+        for key, o in expected_openings(host_in, inventory_hosts).items()
+        if not o.local_only
+    }
+    print(f"{host_in.name}: expected openings {expected}")
+    assert loaded == expected, f"{host_in.name}: the loaded rules admit {loaded}"
     # Port rules scoped otherwise can only come from the raw rules the data adds on purpose.
     assert len(unscoped) <= len(values["firewall_extra_rules"]), unscoped
 

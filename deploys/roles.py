@@ -23,6 +23,7 @@ from tasks.ageis_node.rocm import rocm
 from tasks.base.admin_user import admin_user
 from tasks.base.apt_sources import apt_sources
 from tasks.base.base_packages import base_packages
+from tasks.base.cloud_init import cloud_init_handover
 from tasks.base.firewall import firewall
 from tasks.base.hardening import hardening
 from tasks.base.hostname import hostname
@@ -84,6 +85,7 @@ def _function_of(task: Task) -> Callable[..., None]:
 
 
 BASE: tuple[Task, ...] = (
+    cloud_init_handover,
     hostname,
     apt_sources,
     base_packages,

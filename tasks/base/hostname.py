@@ -1,7 +1,11 @@
 """Host name and /etc/hosts: every inventory host by name, so the LAN works without DNS.
 
-Reads: the host's inventory name, ``domain``, and ``lan_address`` of every inventory host.
+Reads: the host's inventory name, ``domain``, ``guest`` and ``lan_address`` of every inventory
+host.
 The host's own name maps to its LAN address (not 127.0.1.1): Proxmox VE requires that.
+The file has one owner: on an LXC guest ``/etc/.pve-ignore.hosts`` keeps Proxmox VE from adding
+its own section at every start; on a cloud-init VM, cloud-init is switched off after its first
+boot (``tasks.base.cloud_init``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pyinfra.operations import files, server
 
 from tasks.common.datamodel.machine import MACHINE
 from tasks.common.templating import template_path
+
+PVE_IGNORE = "/etc/.pve-ignore.hosts"
 
 
 @deploy("Host name and /etc/hosts")
@@ -30,3 +36,12 @@ def hostname() -> None:
         domain=domain,
         entries=entries,
     )
+    guest = MACHINE.read(host).guest  # from the data: no fact to ask in every run
+    if guest and guest["kind"] == "lxc":
+        files.file(
+            name="Proxmox VE leaves this guest's /etc/hosts alone",
+            path=PVE_IGNORE,
+            present=True,
+            touch=False,
+            mode="644",
+        )

@@ -90,3 +90,19 @@ class UnattendedUpgradesPending(FactBase["list[str] | None"]):
         if output and output[-1].strip() == "MISSING":
             return None
         return [name for line in output if line.strip() != "END" for name in line.split()]
+
+
+class CloudInitState(FactBase[str]):
+    """Whether cloud-init still runs at boot: ``absent`` (not installed: installer-made hosts,
+    LXC guests), ``active`` (it runs at every boot: a cloud-image VM before its first rollout)
+    or ``disabled`` (``/etc/cloud/cloud-init.disabled`` exists: the host was handed over)."""
+
+    def command(self) -> str:
+        return (
+            "if ! command -v cloud-init >/dev/null 2>&1; then echo absent;"
+            " elif [ -e /etc/cloud/cloud-init.disabled ]; then echo disabled;"
+            " else echo active; fi"
+        )
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else "absent"

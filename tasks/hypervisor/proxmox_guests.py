@@ -11,7 +11,10 @@ cloud image and grown to ``disk_size``, a virtio NIC on the bridge, the GPU as `
 ``pcie=1`` (all its functions: as root@pam the host's PCI address, with an API token through a
 PCI resource mapping named after the GPU), the QEMU guest agent, start at boot with its start
 order. The guest OS comes from the cloud image by cloud-init: user ``admin_user`` of the guest,
-its ``admin_ssh_public_key_files``, its ``lan_address`` on the LAN (gateway and DNS as data).
+its ``admin_ssh_public_key_files``, its ``lan_address`` on the LAN, no package upgrade on first
+boot (``ciupgrade=0``: it would race the rollout's apt). Every guest's resolver at creation is the
+gateway (or ``proxmox_guest_nameserver``), never the dns guest, which does not exist yet on a
+first install; ``resolver_client`` puts the dns guest first later.
 The cloud image is downloaded by the node itself (``download-url``, checksum verified) into the
 storage with ``import`` content, once.
 
@@ -106,7 +109,9 @@ DATA = Schema(
         "proxmox_guest_nameserver",
         Optional(IPv4Address()),
         None,
-        "DNS server of the guests; None: the dns guest's lan_address (else the gateway).",
+        "DNS server a guest gets at creation; None: the gateway. It must answer before any"
+        " guest exists (the router, not the dns guest); the resolver task puts the dns guest"
+        " first once the guest is up.",
         (HYPERVISOR,),
     ),
 )
@@ -163,12 +168,9 @@ def _gib(size: int) -> int:
 def _network(settings: Any, guest_data: Any) -> tuple[str, str, str]:
     lan = ipaddress.ip_network(str(host.data.get("lan_cidr")), strict=False)
     gateway = str(settings.proxmox_guest_gateway or next(lan.hosts()))
-    nameserver = settings.proxmox_guest_nameserver
-    if nameserver is None:
-        from pyinfra import inventory
-
-        dns_hosts = [h for h in inventory if "dns" in h.groups]
-        nameserver = dns_hosts[0].data.get("lan_address") if dns_hosts else gateway
+    # Not the dns guest: on a first install it does not exist yet when the other guests boot
+    # and install their packages. resolver_client puts it first once it answers.
+    nameserver = settings.proxmox_guest_nameserver or gateway
     address = f"{guest_data.get('lan_address')}/{lan.prefixlen}"
     return address, gateway, str(nameserver)
 
@@ -263,6 +265,9 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
         "ipconfig0": f"ip={address},gw={gateway}",
         "nameserver": nameserver,
         "searchdomain": data.get("domain", "home.arpa"),
+        # No package upgrade by cloud-init on first boot: it would race the rollout's apt, and
+        # unattended-upgrades (security_updates) owns upgrades.
+        "ciupgrade": 0,
     }
     if hostpci:
         wanted["hostpci0"] = hostpci

@@ -87,6 +87,8 @@ class Machine:
     ollama_models: list[str] | None = None
     # Versions apt would install (AptPolicy's candidate), by package, as the lists hold them.
     apt_candidates: dict[str, str] = field(default_factory=dict)
+    # CloudInitState: "absent" (not installed), "active" (runs at boot) or "disabled".
+    cloud_init: str = "absent"
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -216,6 +218,7 @@ class Machine:
                 "DiskSignatures": lambda kw: self.disks.get(
                     kw["device"], {"exists": False, "signatures": [], "partitions": []}
                 ),
+                "CloudInitState": self.cloud_init,
                 "UnitStates": lambda kw: {
                     unit: self.units.get(unit, "not-found") for unit in kw["units"]
                 },
@@ -523,6 +526,7 @@ def ubuntu_24_04_vm() -> Machine:
         memory_bytes=16_365_432 * 1024,
         # Ubuntu 24.04's own pgBackRest (universe; what apt would install without PGDG).
         apt_candidates={"pgbackrest": "2.50-1build2"},
+        cloud_init="active",
     )
 
 

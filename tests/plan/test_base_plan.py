@@ -173,3 +173,47 @@ def test_process_accounting_on_machines_not_in_containers(full: Plan) -> None:
     names = [op.name for op in full.for_host("embedder")]
     assert "Host hardening | Process accounting" in names
     assert not any("Process accounting" in op.name for op in full.for_host("dns"))
+
+
+def _first(plan: Plan, name: str, text: str) -> int:
+    """Position of the first operation on ``name`` whose commands contain ``text``."""
+    ops = plan.for_host(name)
+    found = [i for i, op in enumerate(ops) if any(text in c for c in op.commands)]
+    assert found, f"{name}: no operation runs {text!r}"
+    return found[0]
+
+
+def test_a_cloud_init_vm_is_waited_for_before_apt_then_handed_over(full: Plan) -> None:
+    """The Ubuntu cloud-image VM: cloud-init's first boot finishes before the rollout's first
+    apt command, and cloud-init is kept from running again (it would rewrite /etc/hosts and the
+    pinned SSH host keys when Proxmox gives the VM a new instance id)."""
+    handover = _first(full, "ageis-node", "cloud-init status --wait")
+    command = full.for_host("ageis-node")[handover].commands[0]
+    assert command.endswith("touch /etc/cloud/cloud-init.disabled")
+    assert "$status -ne 2" in command, "done with recoverable errors goes on"
+    assert handover < _first(full, "ageis-node", "apt-get")
+    for name in ("pve", "embedder", "monitoring", "dns"):  # no cloud-init installed
+        assert not [op for op in full.for_host(name) if "cloud-init" in " ".join(op.commands)]
+
+
+def test_a_handed_over_vm_gets_no_cloud_init_operation(plan_of, fleet) -> None:
+    fleet["ageis-node"].cloud_init = "disabled"
+    plan = plan_of("deploys/full.py")
+    assert not [op for op in plan.for_host("ageis-node") if "cloud-init" in op.name.lower()]
+
+
+def test_proxmox_leaves_the_hosts_file_of_lxc_guests_alone(full: Plan) -> None:
+    for name in ("monitoring", "dns"):
+        assert full.op(name, "Proxmox VE leaves this guest's /etc/hosts alone").commands == [
+            "touch /etc/.pve-ignore.hosts",
+            "chmod 644 /etc/.pve-ignore.hosts",
+        ]
+    for name in ("pve", "ageis-node", "embedder"):
+        commands = " ".join(c for op in full.for_host(name) for c in op.commands)
+        assert ".pve-ignore.hosts" not in commands, name
+
+
+def test_the_vm_gets_the_qemu_guest_agent_that_its_config_enables(full: Plan) -> None:
+    for name in ("pve", "ageis-node", "embedder", "monitoring", "dns"):
+        install = " ".join(full.op(name, "Install base packages").commands)
+        assert ("qemu-guest-agent" in install) == (name == "ageis-node"), (name, install)

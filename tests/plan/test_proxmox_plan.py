@@ -96,6 +96,24 @@ def test_creating_twice_creates_once(hypervisor: Any, pve_double: RunningDouble)
     pve_double.assert_all_accepted()
 
 
+def test_new_guests_can_resolve_and_install_before_the_dns_guest_exists(
+    hypervisor: Any, pve_double: RunningDouble
+) -> None:
+    """On a first install the dns guest does not exist when the others boot: every guest gets
+    the router as its resolver, and the VM's cloud-init does no package upgrade of its own
+    (it would race the rollout's apt)."""
+    hypervisor(run_python=True)
+    guests = pve_double.double.state.guests
+    vm = guests[100]["config"]
+    assert vm["nameserver"] == "192.168.1.1", vm["nameserver"]
+    assert vm["ciupgrade"] == "0", "cloud-init's first-boot upgrade races the rollout's apt"
+    assert vm["ciuser"] == "ops" and vm["ipconfig0"] == "ip=192.168.1.20/24,gw=192.168.1.1"
+    assert vm["searchdomain"] == "home.arpa"
+    for vmid in (110, 111):  # monitoring and the dns guest itself
+        assert guests[vmid]["config"]["nameserver"] == "192.168.1.1", guests[vmid]["config"]
+    pve_double.assert_all_accepted()
+
+
 def test_changing_cores_in_the_data_updates_only_cores(
     hypervisor: Any, pve_double: RunningDouble, tmp_path: Path
 ) -> None:

@@ -316,8 +316,17 @@ def test_guest_nameserver_is_a_usable_address(baseline) -> None:
     baseline.host("pve")["proxmox_guest_nameserver"] = "192.168.1.255"
     error = only(problems(baseline), "pve", "proxmox_guest_nameserver")
     assert "is '192.168.1.255'; expected a host address in 192.168.1.0/24" in str(error)
-    baseline.host("pve")["proxmox_guest_nameserver"] = "192.168.1.50"
+    baseline.host("pve")["proxmox_guest_nameserver"] = "192.168.1.53"
     assert problems(baseline) == []
+
+
+def test_guest_nameserver_is_not_a_guest_that_does_not_exist_yet(baseline) -> None:
+    baseline.host("pve")["proxmox_guest_nameserver"] = "192.168.1.50"  # the dns guest
+    error = only(problems(baseline), "pve", "proxmox_guest_nameserver")
+    assert "is '192.168.1.50'; expected a resolver that answers before any guest exists" in str(
+        error
+    )
+    assert "not guest dns's address" in str(error)
 
 
 # --- duplicates ---

@@ -53,7 +53,7 @@ def test_endpoints_answer_their_consumers_and_no_one_else(
     assert result.rc == 0, f"{consumer.name} -> TTS: {result.stderr}"
     outsider = _in_group("dns", inventory_hosts)
     for port in (8300, 5500):
-        result = outsider.testinfra.run("curl -sS --max-time 3 http://%s:%s/", address, port)
+        result = outsider.testinfra.run("curl -sS --max-time 3 http://%s:%s/", address, str(port))
         # 28: timed out, the firewall dropped the SYN (7 would mean refused: a rule reached it).
         assert result.rc == 28, f"{outsider.name} -> {address}:{port}: rc {result.rc}"
 

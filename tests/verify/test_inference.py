@@ -84,3 +84,19 @@ def test_ollama_can_write_its_models_directory(host_in: InventoryHost) -> None:
     assert models, f"{host_in.name}: ollama.service sets no OLLAMA_MODELS ({environment!r})"
     check = host_in.testinfra.run(f"runuser -u ollama -- test -w {models}")
     assert check.rc == 0, f"{host_in.name}: the ollama user cannot write {models}"
+
+
+def test_the_vm_has_the_qemu_guest_agent(host_in: InventoryHost) -> None:
+    guest = host_in.data.get("guest") or {}
+    assert guest.get("kind") == "qemu", f"{host_in.name}: expected a Proxmox VM, got {guest}"
+    assert host_in.testinfra.package("qemu-guest-agent").is_installed
+
+
+@pytest.mark.hardware
+def test_the_guest_agent_answers_on_its_virtio_port(host_in: InventoryHost) -> None:
+    virt = host_in.testinfra.run("systemd-detect-virt --container").stdout.strip()
+    if virt not in ("", "none"):
+        pytest.skip(f"{host_in.name} is a container ({virt}, the lab): no virtio agent port")
+    port = "/dev/virtio-ports/org.qemu.guest_agent.0"
+    assert host_in.testinfra.file(port).exists, f"{host_in.name}: no {port}: agent=1 not set?"
+    assert host_in.testinfra.service("qemu-guest-agent").is_running

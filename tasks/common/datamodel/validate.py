@@ -208,7 +208,28 @@ def _cross_checks(views: Sequence[HostView]) -> list[DataError]:
             errors.extend(_check_guest(view, guest, by_name, seen_vmids))
         if HYPERVISOR in view.groups:
             errors.extend(_check_guest_memory(view, views))
+            errors.extend(_check_guest_nameserver(view, views))
     return errors
+
+
+def _check_guest_nameserver(hypervisor: HostView, views: Sequence[HostView]) -> list[DataError]:
+    """The resolver new guests get must answer on a first install, before any guest exists."""
+    nameserver = hypervisor.values.get("proxmox_guest_nameserver")
+    if nameserver is None:
+        return []
+    for view in views:
+        if view.values.get("guest") and view.values.get("lan_address") == nameserver:
+            return [
+                DataError(
+                    hypervisor.name,
+                    "proxmox_guest_nameserver",
+                    nameserver,
+                    f"a resolver that answers before any guest exists (the router), not guest"
+                    f" {view.name}'s address: on a first install {view.name} does not exist yet"
+                    " when the other guests install their packages",
+                )
+            ]
+    return []
 
 
 def _check_in_lan(

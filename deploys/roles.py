@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from pyinfra import host
+from pyinfra import context, host
 
 from tasks.ageis_node.actr_engine import actr_engine
 from tasks.ageis_node.memory_store import memory_store
@@ -42,6 +42,7 @@ from tasks.common.datamodel.machine import (
     MONITORING,
     SERVICE_GUESTS,
 )
+from tasks.common import fact_cache
 from tasks.common.datamodel.preflight import require_valid_data
 from tasks.common.host_keys import require_trusted_host_keys
 from tasks.common.ports import Port
@@ -138,6 +139,7 @@ def roll_out(*roles: str) -> None:
     unknown = [role for role in roles if role not in ROLES]
     if unknown:
         raise ValueError(f"unknown roles {unknown}; known: {', '.join(ROLES)}")
+    fact_cache.enable(context.state)
     require_valid_data()
     require_trusted_host_keys()
     mine = [role for role in roles if role in host.groups]

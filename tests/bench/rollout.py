@@ -5,6 +5,8 @@ Run on a rolled-out lab (``make lab``) as ``make bench-rollout`` or
 
 - ``full``: ``pyinfra -y -vvv tests/lab/inventory.py deploys/full.py``, which must change nothing;
 - ``full plain``: the same without ``-vvv``, as an operator runs it (the cost of the printing);
+- ``full, no fact cache`` and ``full plain, no fact cache``: the same two with
+  ``HOMELAB_FACT_CACHE=0``, pyinfra asking every fact each time (the fact cache's baseline);
 - each per-role deploy (``deploys/<role>.py``), which must change nothing;
 - ``one-template``: the full rollout with one template's data changed (``--data
   journald_max_use=...``, a line in journald's drop-in on every host), then again without
@@ -41,6 +43,8 @@ from tests.lab import hosts, labctl  # noqa: E402
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 INVENTORY = "tests/lab/inventory.py"
 ROLE_DEPLOYS = ("hypervisor", "ageis_node", "embedder", "services")
+FULL = "deploys/full.py"
+FACT_CACHE_SWITCH = "HOMELAB_FACT_CACHE"
 TEMPLATE_KEY = "journald_max_use"
 TEMPLATE_VALUE = "317M"
 
@@ -67,7 +71,7 @@ class Run:
     read: dict[str, list[int]] = field(default_factory=dict)
 
 
-def pyinfra(label: str, deploy: str, *extra: str) -> Run:
+def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True) -> Run:
     """Run pyinfra, timing each output line as it arrives."""
     run = Run(label)
     argv = [str(PYINFRA), "-y", "-vvv", *extra, INVENTORY, deploy]
@@ -75,7 +79,12 @@ def pyinfra(label: str, deploy: str, *extra: str) -> Run:
     asked: dict[str, float] = {}  # host -> when its last command line was printed
     operation, operation_started = None, started
     process = subprocess.Popen(
-        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv,
+        cwd=REPO,
+        env=environment(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert process.stdout is not None
     tail: list[str] = []
@@ -109,18 +118,25 @@ def pyinfra(label: str, deploy: str, *extra: str) -> Run:
     return run
 
 
-def plain(deploy: str) -> Run:
+def environment(cache: bool) -> dict[str, str]:
+    """This process's environment, with the fact cache on or off (tasks/common/fact_cache.py)."""
+    return {**os.environ, FACT_CACHE_SWITCH: "1" if cache else "0"}
+
+
+def plain(label: str, deploy: str, cache: bool = True) -> Run:
     """The operator's own command, timed from outside only."""
-    run = Run("full plain")
+    run = Run(label)
     started = time.monotonic()
     result = subprocess.run(
-        [str(PYINFRA), "-y", INVENTORY, deploy], cwd=REPO, capture_output=True, text=True
+        [str(PYINFRA), "-y", INVENTORY, deploy],
+        cwd=REPO,
+        env=environment(cache),
+        capture_output=True,
+        text=True,
     )
     run.seconds = time.monotonic() - started
     if result.returncode != 0:
-        raise SystemExit(
-            f"full plain: pyinfra exited {result.returncode}:\n{result.stdout[-3000:]}"
-        )
+        raise SystemExit(f"{label}: pyinfra exited {result.returncode}:\n{result.stdout[-3000:]}")
     return run
 
 
@@ -184,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {round_number}/{args.rounds}", file=sys.stderr, flush=True)
         full = pyinfra("full", "deploys/full.py")
         kinds["full"].append(full)
-        kinds["full plain"].append(plain("deploys/full.py"))
+        kinds["full plain"].append(plain("full plain", "deploys/full.py"))
+        # The baseline: pyinfra asking every fact each time.
+        kinds["full, no fact cache"].append(pyinfra("full, no fact cache", FULL, cache=False))
+        kinds["full plain, no fact cache"].append(
+            plain("full plain, no fact cache", FULL, cache=False)
+        )
         for role in ROLE_DEPLOYS:
             kinds[role].append(pyinfra(role, f"deploys/{role}.py"))
         kinds["one-template"].append(
@@ -201,12 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "runs": {kind: summary(runs) for kind, runs in kinds.items()},
     }
-    noop, base = result["runs"]["full"], result["runs"]["floor"]
-    result["full_over_floor"] = round(
-        float(noop["seconds_median"]) / max(float(base["seconds_median"]), 1e-3), 1
-    )
-    for kind in ("full", *ROLE_DEPLOYS):
-        changed = result["runs"][kind]["changed_per_host"]
+    runs = result["runs"]
+
+    def ratio(slow: str, fast: str) -> float:
+        slower, faster = runs[slow]["seconds_median"], runs[fast]["seconds_median"]
+        return round(float(slower) / max(float(faster), 1e-3), 1)
+
+    result["full_over_floor"] = ratio("full plain", "floor")
+    result["no_cache_over_cache"] = ratio("full plain, no fact cache", "full plain")
+    for kind in ("full", "full, no fact cache", *ROLE_DEPLOYS):
+        changed = runs[kind]["changed_per_host"]
         if changed:
             print(f"warning: {kind} changed something: {changed}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)

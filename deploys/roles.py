@@ -34,6 +34,7 @@ from tasks.base.security_updates import security_updates
 from tasks.base.ssh_server import ssh_server
 from tasks.base.tailscale import tailscale
 from tasks.base.time_sync import time_sync
+from tasks.common import fact_cache
 from tasks.common.datamodel.machine import (
     AGEIS_NODE,
     DNS,
@@ -42,7 +43,6 @@ from tasks.common.datamodel.machine import (
     MONITORING,
     SERVICE_GUESTS,
 )
-from tasks.common import fact_cache
 from tasks.common.datamodel.preflight import require_valid_data
 from tasks.common.host_keys import require_trusted_host_keys
 from tasks.common.ports import Port
@@ -139,9 +139,9 @@ def roll_out(*roles: str) -> None:
     unknown = [role for role in roles if role not in ROLES]
     if unknown:
         raise ValueError(f"unknown roles {unknown}; known: {', '.join(ROLES)}")
-    fact_cache.enable(context.state)
     require_valid_data()
     require_trusted_host_keys()
+    fact_cache.enable(context.state, fact_cache.journal_directory())
     mine = [role for role in roles if role in host.groups]
     if not mine:
         host.noop(f"{host.name} has none of the roles {', '.join(roles)}")

@@ -14,6 +14,15 @@ a callback may change a host in ways no command shows (an API call). So an answe
 while nothing has run anywhere since it was read: exactly the window in which asking again
 returns the same state, unless something outside the rollout changes the host meanwhile.
 
+**Asked in one command.** Each run writes down, per host, which facts it asked (a journal on
+the controller, ``HOMELAB_FACT_JOURNAL`` or ``~/.cache/homelab-as-code/facts``: fact class,
+arguments, connection arguments; no answers). The next run, before its first operation, sends
+each host all the facts of its journal as one shell script, every host at once, and caches the
+answers it can take as they are: a fact whose command exits 0 and whose output its own
+``process`` reads, exactly as pyinfra would. Anything else (a fact that failed, a missing
+command, arguments that do not survive the journal unchanged) is left to pyinfra to ask as
+usual. A fact the deploy no longer asks costs one command in the script, nothing more.
+
 ``HOMELAB_FACT_CACHE=0`` in the environment turns it off (the benchmark's baseline). It wraps
 two pyinfra internals, ``pyinfra.api.host.get_fact`` and the ``execute`` of pyinfra's command
 classes; :func:`supported` checks they are as expected (a unit test fails on a pyinfra that
@@ -22,16 +31,26 @@ changed them) and :func:`enable` leaves pyinfra alone, with a warning, if they a
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
+import importlib
+import json
 import os
+import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from pyinfra import logger
 
 ENV_SWITCH = "HOMELAB_FACT_CACHE"
+ENV_JOURNAL = "HOMELAB_FACT_JOURNAL"
+# Connection arguments that hold a password: a fact asked with one is not journaled.
+SECRET_CONNECTION_ARGUMENTS = ("_sudo_password", "_su_password")
+DEFAULT_JOURNAL = "~/.cache/homelab-as-code/facts"
+_HEADER = re.compile(r"^@@HOMELAB-FACT (\d+) (\d+) (\d+) ([01])@@$")
 
 # Per pyinfra State: key -> answer. Weak, so a finished State (a plan test's) takes its cache.
 _caches: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]] = weakref.WeakKeyDictionary()
@@ -39,6 +58,14 @@ _callbacks_running = 0
 # Counts clears: an answer read while a clear happened may predate what ran, so it is not kept.
 _generation = 0
 _installed = False
+# Per State: where its journal goes, and what each host asked (key -> how to ask it again).
+_journals: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
+# Per State and host: set once that host's journal has been asked (pyinfra prepares hosts in
+# greenlets of their own, so a host's deploy may ask a fact while its batch is under way).
+_prefetched: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_asked: weakref.WeakKeyDictionary[Any, dict[str, dict[tuple[str, ...], dict[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def supported() -> str | None:
@@ -51,8 +78,11 @@ def supported() -> str | None:
         return f"pyinfra's internals moved: {error}"
     if not callable(getattr(host_module, "get_fact", None)):
         return "pyinfra.api.host.get_fact is gone"
-    if not callable(getattr(facts, "_handle_fact_kwargs", None)):
-        return "pyinfra.api.facts._handle_fact_kwargs is gone"
+    for name in ("_handle_fact_kwargs", "_make_command"):
+        if not callable(getattr(facts, name, None)):
+            return f"pyinfra.api.facts.{name} is gone"
+    if not isinstance(getattr(facts, "_MISSING_COMMAND_MARKER", None), str):
+        return "pyinfra.api.facts._MISSING_COMMAND_MARKER is gone"
     for name in ("StringCommand", "FileUploadCommand", "FileDownloadCommand", "RsyncCommand"):
         if not callable(getattr(getattr(command, name, None), "execute", None)):
             return f"pyinfra.api.command.{name}.execute is gone"
@@ -85,6 +115,243 @@ def _key(state: Any, host: Any, cls: type, args: Any, kwargs: Any) -> tuple[str,
     )
 
 
+def _spec(state: Any, host: Any, cls: type, args: Any, kwargs: Any) -> dict[str, Any] | None:
+    """How to ask this fact again in another run (JSON), or None when it cannot be written."""
+    from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+    from pyinfra.api.facts import _handle_fact_kwargs
+
+    fact_kwargs, global_kwargs = _handle_fact_kwargs(state, host, cls, args, kwargs)
+    spec = {
+        "fact": f"{cls.__module__}:{cls.__qualname__}",
+        "args": {k: v for k, v in fact_kwargs.items() if k != "self"},
+        "connection": {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS},
+    }
+    if any(spec["connection"].get(k) for k in SECRET_CONNECTION_ARGUMENTS):
+        return None  # never written to disk; such a run asks as usual
+    try:
+        json.dumps(spec)
+    except (TypeError, ValueError):
+        return None
+    return spec
+
+
+def _record(state: Any, host: Any, cls: type, key: tuple[str, ...], args: Any, kwargs: Any) -> None:
+    asked = _asked.get(state)
+    if asked is None:
+        return
+    mine = asked.setdefault(host.name, {})
+    if key not in mine:
+        spec = _spec(state, host, cls, args, kwargs)
+        if spec is not None:
+            mine[key] = spec
+
+
+def _fact_class(name: str) -> type | None:
+    module_name, _, qualname = name.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _journal_file(directory: Path, host: Any) -> Path:
+    """One file per host and address: the lab's pve is not the real pve."""
+    where = f"{host.name}@{host.data.get('ssh_hostname') or host.name}"
+    return directory / f"{re.sub(r'[^A-Za-z0-9._@-]', '_', where)}.json"
+
+
+def write_journals() -> None:
+    """Write each run's journal: per host, how to ask each fact it asked (no answers)."""
+    for state, directory in list(_journals.items()):
+        for host_name, asked in (_asked.get(state) or {}).items():
+            if not asked:
+                continue
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = _journal_file(directory, state.inventory.get_host(host_name))
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(list(asked.values())))
+            os.chmod(temporary, 0o600)
+            temporary.replace(path)
+
+
+def batch_script(commands: Iterable[str]) -> str:
+    """One shell script running each fact command in turn; per command a header line
+    ``@@HOMELAB-FACT <index> <exit status> <lines> <unterminated>@@`` and then its output,
+    exactly its lines (a last line without a newline gets one, and says so)."""
+    parts = ["t=$(mktemp) || exit 1; trap 'rm -f \"$t\"' EXIT"]
+    for index, command in enumerate(commands):
+        parts.append(
+            f'( {command} ) </dev/null >"$t" 2>/dev/null; rc=$?; n=$(wc -l <"$t"); e=0; '
+            'if [ -s "$t" ] && [ -n "$(tail -c 1 "$t")" ]; then e=1; fi; '
+            f'echo "@@HOMELAB-FACT {index} $rc $n $e@@"; cat "$t"; if [ $e = 1 ]; then echo; fi'
+        )
+    return "\n".join(parts) + "\n"
+
+
+def split_batch(lines: list[str]) -> dict[int, tuple[int, list[str]]]:
+    """The batch's output: command index -> (exit status, output lines)."""
+    found: dict[int, tuple[int, list[str]]] = {}
+    position = 0
+    while position < len(lines):
+        header = _HEADER.match(lines[position])
+        if not header:
+            break  # not our output: take nothing after it
+        index, status, count, unterminated = (int(g) for g in header.groups())
+        count += unterminated
+        body = lines[position + 1 : position + 1 + count]
+        if len(body) < count:
+            break
+        found[index] = (status, body)
+        position += 1 + count
+    return found
+
+
+def _fact_command(state: Any, host: Any, fact: Any, spec: dict[str, Any]) -> str | None:
+    """The command pyinfra would run for ``fact`` (an instance: some facts keep their
+    arguments for ``process``), as a string; None when this cache does not batch it (a shell
+    of its own, preconditions)."""
+    from pyinfra.api import StringCommand
+    from pyinfra.api.facts import _MISSING_COMMAND_MARKER, _make_command
+
+    if fact.shell_executable or fact.check_preconditions(state, host):
+        return None
+
+    def text(command: Any) -> str | None:
+        if isinstance(command, StringCommand):
+            return command.get_raw_value()
+        return command if isinstance(command, str) else None
+
+    command = text(_make_command(fact.command, dict(spec["args"])))
+    required = _make_command(fact.requires_command, dict(spec["args"]))
+    if command is None or not required:
+        return command
+    # As pyinfra guards it: the marker when the command the fact needs is missing.
+    return (
+        f"if command -v {text(required)} >/dev/null 2>&1; then ( {command} ); "
+        f"else echo '{_MISSING_COMMAND_MARKER}'; fi"
+    )
+
+
+# A command line is one argument of the remote shell (or of sudo's): Linux takes at most 128 KiB
+# per argument, and quoting grows the script; each batch stays well below.
+BATCH_CHARACTERS = 40_000
+
+
+def _chunks(entries: list[Any]) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    size = 0
+    for entry in entries:
+        if chunk and size + len(entry[3]) > BATCH_CHARACTERS:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += len(entry[3]) + 200
+    if chunk:
+        yield chunk
+
+
+def _prefetch_host(
+    state: Any, host: Any, cache: dict[tuple[str, ...], Any], directory: Path
+) -> int:
+    """Ask one host the facts of its journal in one command per connection; cache the answers
+    pyinfra would have taken. Returns how many were cached."""
+    path = _journal_file(directory, host)
+    try:
+        specs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    from pyinfra.api.facts import _MISSING_COMMAND_MARKER
+
+    groups: dict[str, list[tuple[tuple[str, ...], Any, dict[str, Any], str]]] = {}
+    for spec in specs if isinstance(specs, list) else []:
+        try:
+            cls = _fact_class(spec["fact"])
+            if cls is None:
+                continue
+            key = _key(state, host, cls, [], {**spec["args"], **spec["connection"]})
+            fact = cls()
+            command = _fact_command(state, host, fact, spec)
+        except Exception:  # a stale journal entry is skipped, never fatal
+            continue
+        # Only what comes back unchanged from the journal is asked on its behalf.
+        if (
+            command is None
+            or _spec(state, host, cls, [], {**spec["args"], **spec["connection"]}) != spec
+        ):
+            continue
+        groups.setdefault(json.dumps(spec["connection"], sort_keys=True), []).append(
+            (key, fact, spec, command)
+        )
+    cached = 0
+    for connection, entries in (
+        (connection, chunk)
+        for connection, all_entries in groups.items()
+        for chunk in _chunks(all_entries)
+    ):
+        generation = _generation
+        status, output = host.run_shell_command(
+            batch_script(command for _, _, _, command in entries),
+            print_input=state.print_fact_input,
+            **json.loads(connection),
+        )
+        if not status or generation != _generation:
+            continue
+        for index, (exit_status, lines) in split_batch(output.stdout_lines).items():
+            key, fact, spec, _ = entries[index]
+            if exit_status != 0 or lines == [_MISSING_COMMAND_MARKER]:
+                continue
+            try:
+                answer = fact.process(lines) if lines else fact.default()
+            except Exception:  # pyinfra asks it again and reports it
+                continue
+            cache[key] = copy.deepcopy(answer)
+            cached += 1
+    return cached
+
+
+def prefetch(state: Any, hosts: Iterable[Any], directory: Path) -> dict[str, int]:
+    """Every host's journal at once (one greenlet per host): answers cached per host."""
+    import gevent
+    import gevent.event
+    from pyinfra.context import ctx_host
+
+    cache = _caches.get(state)
+    if cache is None:
+        return {}
+
+    def one(host: Any) -> int:
+        _prefetching.add(gevent.getcurrent())
+        with ctx_host.use(host):
+            try:
+                return _prefetch_host(state, host, cache, directory)
+            except Exception as error:  # the run goes on asking as usual
+                logger.warning(f"{host.name}: facts not asked in one command: {error}")
+                return 0
+            finally:
+                events[host.name].set()
+
+    chosen = [h for h in hosts if h.connected]
+    events = {host.name: gevent.event.Event() for host in chosen}
+    _prefetched[state] = events
+    # Not from pyinfra's pool: its slots are taken by the hosts' own deploys, which wait for these.
+    greenlets = {host.name: gevent.spawn(one, host) for host in chosen}
+    gevent.joinall(list(greenlets.values()))
+    return {name: greenlet.value or 0 for name, greenlet in greenlets.items()}
+
+
+_prefetching: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _in_prefetch() -> bool:
+    """Whether this greenlet is one asking a journal (it must never wait for itself)."""
+    import gevent
+
+    return gevent.getcurrent() in _prefetching
+
+
 def _wrap_get_fact(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_fact(
@@ -111,7 +378,11 @@ def _wrap_get_fact(original: Callable[..., Any]) -> Callable[..., Any]:
 
         if cache is None or _callbacks_running or ensure_hosts is not None:
             return ask()
+        done = _prefetched.get(state, {}).get(host.name)
+        if done is not None and not done.is_set() and not _in_prefetch():
+            done.wait()  # its batch answers this fact, most likely
         key = _key(state, host, cls, args, kwargs)
+        _record(state, host, cls, key, args, kwargs)
         if key not in cache:
             generation = _generation
             answer = ask()
@@ -157,9 +428,11 @@ def _install() -> None:
     _installed = True
 
 
-def enable(state: Any) -> bool:
+def enable(state: Any, journal: str | Path | None = None) -> bool:
     """Cache facts for the run ``state``; False (and pyinfra untouched) when switched off by
-    ``HOMELAB_FACT_CACHE=0`` or when pyinfra's internals are not the expected ones."""
+    ``HOMELAB_FACT_CACHE=0`` or when pyinfra's internals are not the expected ones. With a
+    ``journal`` directory, the facts each host asks are written there at exit, and the facts
+    written there by the previous run are asked first, one command per host."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return False
     if not _installed:
@@ -168,6 +441,18 @@ def enable(state: Any) -> bool:
             logger.warning(f"fact cache off: {problem}; every fact is asked each time")
             return False
         _install()
-    if state not in _caches:
-        _caches[state] = {}
+        atexit.register(write_journals)
+    if state in _caches:
+        return True
+    _caches[state] = {}
+    if journal is not None:
+        directory = Path(journal).expanduser()
+        _journals[state] = directory
+        _asked[state] = {}
+        prefetch(state, list(state.inventory), directory)
     return True
+
+
+def journal_directory() -> Path:
+    """Where the journal of asked facts is kept on this controller."""
+    return Path(os.environ.get(ENV_JOURNAL) or DEFAULT_JOURNAL).expanduser()

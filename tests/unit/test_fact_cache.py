@@ -7,6 +7,7 @@ how many commands a sequence of ``get_fact`` calls really sent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def test_this_pyinfra_has_the_internals_the_cache_wraps() -> None:
 
 
 def test_without_the_cache_every_ask_is_a_command(local) -> None:
-    state, host = local
+    _, host = local
     host.get_fact(CountedFact)
     host.get_fact(CountedFact)
     assert runs() == 2
@@ -119,3 +120,136 @@ def test_switched_off_by_the_environment(local, monkeypatch: pytest.MonkeyPatch)
     host.get_fact(CountedFact)
     host.get_fact(CountedFact)
     assert runs() == 2
+
+
+# --- facts asked in one command -------------------------------------------------------------
+
+ODD_OUTPUTS = (
+    "printf 'a\\nb\\n'",  # ends with a newline
+    "printf 'a\\nb'",  # does not
+    "true",  # no output at all
+    "printf '\\n\\nlast\\n\\n'",  # blank lines around
+    "echo '@@HOMELAB-FACT 9 0 1 0@@'",  # our own header as output
+    "echo out; echo err >&2; exit 3",  # fails, with stderr
+    "exit 0; echo never",  # exit in the command ends only its subshell
+    "cat",  # reads stdin: gets nothing, not the rest of the script
+)
+
+
+def test_one_script_gives_each_command_exactly_the_lines_it_prints_alone(tmp_path: Path) -> None:
+    import subprocess
+
+    def alone(command: str) -> tuple[int, list[str]]:
+        done = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+        return done.returncode, [line.rstrip("\n") for line in done.stdout.splitlines(True)]
+
+    script = fact_cache.batch_script(ODD_OUTPUTS)
+    batch = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    lines = [line.rstrip("\n") for line in batch.stdout.splitlines(True)]
+    assert fact_cache.split_batch(lines) == {
+        index: alone(command) for index, command in enumerate(ODD_OUTPUTS)
+    }
+
+
+def test_output_that_is_not_the_scripts_is_taken_no_further() -> None:
+    lines = ["@@HOMELAB-FACT 0 0 1 0@@", "a", "garbage", "@@HOMELAB-FACT 1 0 1 0@@", "b"]
+    assert fact_cache.split_batch(lines) == {0: (0, ["a"])}
+    assert fact_cache.split_batch(["@@HOMELAB-FACT 0 0 3 0@@", "a"]) == {}, "cut short"
+
+
+def _run_once(local, journal: Path, *asks: dict[str, Any]) -> None:
+    state, host = local
+    assert fact_cache.enable(state, journal)
+    for kwargs in asks:
+        host.get_fact(CountedFact, **kwargs)
+    fact_cache.write_journals()
+
+
+def test_the_next_run_asks_the_journals_facts_in_one_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    global LOG
+    journal = tmp_path / "journal"
+    LOG = tmp_path / "runs"
+    monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
+
+    def new_run() -> tuple[State, Any]:
+        inventory = Inventory((["@local"], {}))
+        state = State(inventory, Config())
+        connect_all(state)
+        return state, inventory.get_host("@local")
+
+    state, host = new_run()
+    with ctx_state.use(state), ctx_host.use(host):
+        _run_once((state, host), journal, {"tag": "a"}, {"tag": "b"}, {"tag": "a"})
+    assert runs() == 2
+    (written,) = journal.glob("*.json")
+    assert len(json.loads(written.read_text())) == 2
+    assert written.stat().st_mode & 0o777 == 0o600
+
+    state, host = new_run()
+    with ctx_state.use(state), ctx_host.use(host):
+        assert fact_cache.enable(state, journal)
+        assert runs() == 4, "both facts ran, in the one batch"
+        assert host.get_fact(CountedFact, tag="a") == {"run": 3, "items": [1, 2]}
+        assert host.get_fact(CountedFact, tag="b") == {"run": 4, "items": [1, 2]}
+        assert host.get_fact(CountedFact, tag="c")["run"] == 5, "not in the journal: asked"
+        assert runs() == 5
+
+
+def test_a_fact_asked_with_a_password_is_never_written_down(local, tmp_path: Path) -> None:
+    state, host = local
+    journal = tmp_path / "journal"
+    fact_cache.enable(state, journal)
+    host.get_fact(CountedFact, tag="a", _sudo_password="hunter2-very-secret")
+    host.get_fact(CountedFact, tag="b")
+    fact_cache.write_journals()
+    (written,) = journal.glob("*.json")
+    assert "hunter2" not in written.read_text()
+    assert [spec["args"]["tag"] for spec in json.loads(written.read_text())] == ["b"]
+
+
+class StatefulFact(FactBase[str]):
+    """Test fact shaped like pyinfra's Sha1File: ``process`` reads what ``command`` kept; and
+    like SystemdStatus: it requires a command (``needs``), guarded the way pyinfra guards it."""
+
+    def requires_command(self, tag: str = "a", needs: str = "sh") -> str:
+        return needs
+
+    def command(self, tag: str = "a", needs: str = "sh") -> str:
+        self.tag = tag
+        return f"echo {tag} >> {LOG}; echo {tag}"
+
+    def process(self, output: list[str]) -> str:
+        return f"{self.tag}:{output[0]}"
+
+
+def test_facts_that_keep_their_arguments_or_require_a_command_come_from_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    global LOG
+    journal = tmp_path / "journal"
+    LOG = tmp_path / "runs"
+    monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
+    answers = []
+    for _ in range(2):  # the first run writes the journal, the second asks it in one batch
+        inventory = Inventory((["@local"], {}))
+        state = State(inventory, Config())
+        connect_all(state)
+        host = inventory.get_host("@local")
+        with ctx_state.use(state), ctx_host.use(host):
+            before = runs()
+            fact_cache.enable(state, journal)
+            answers.append(
+                (
+                    host.get_fact(StatefulFact, tag="x"),
+                    host.get_fact(StatefulFact, tag="y", needs="no-such-command-here"),
+                )
+            )
+            fact_cache.write_journals()
+        if len(answers) == 2:
+            # x came from the batch; y's command is missing: pyinfra asked it (and skipped it)
+            assert runs() - before == 1, "x ran once, in the batch"
+    assert answers[0] == answers[1] == ("x:x", None)

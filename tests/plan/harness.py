@@ -71,8 +71,12 @@ class PlannedOp:
 @dataclass
 class Plan:
     ops: dict[str, list[PlannedOp]]
-    # Per host, the facts its table answered: each is one remote command in a real run.
+    # Per host, the facts its table answered: each is one remote command in a real run
+    # without the fact cache (tasks/common/fact_cache.py) ...
     facts_asked: dict[str, int] = field(default_factory=dict)
+    # ... and the different ones (fact and arguments): with it, each is one line of the
+    # host's one batched command, and no command of its own.
+    distinct_facts_asked: dict[str, int] = field(default_factory=dict)
 
     def for_host(self, name: str) -> list[PlannedOp]:
         return self.ops[name]
@@ -177,6 +181,10 @@ def plan(
             }
         )
         result.facts_asked = {name: len(facts[name].asked) for name in hosts}
+        result.distinct_facts_asked = {
+            name: len({(fact, repr(sorted(kw.items()))) for fact, kw in facts[name].asked})
+            for name in hosts
+        }
         return result
 
 

@@ -45,6 +45,8 @@ from tasks.common.datamodel.machine import DNS, MACHINE
 from tasks.common.facts import ContainerVirt
 from tasks.common.templating import template_path
 
+RESOLVED = "systemd-resolved.service"
+
 DATA = Schema(
     "resolver_client",
     Key(
@@ -119,7 +121,7 @@ def server_order(
 
 def uses_resolved() -> bool:
     """Whether systemd-resolved runs and /etc/resolv.conf points into its files."""
-    if not host.get_fact(SystemdStatus).get("systemd-resolved.service"):
+    if not host.get_fact(SystemdStatus, services=[RESOLVED]).get(RESOLVED):
         return False
     link = host.get_fact(Link, path=RESOLV_CONF)
     return bool(link) and RESOLVED_DIR in str(link.get("link_target", ""))

@@ -38,6 +38,8 @@ import importlib
 import json
 import os
 import re
+import secrets
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -50,7 +52,10 @@ ENV_JOURNAL = "HOMELAB_FACT_JOURNAL"
 # Connection arguments that hold a password: a fact asked with one is not journaled.
 SECRET_CONNECTION_ARGUMENTS = ("_sudo_password", "_su_password")
 DEFAULT_JOURNAL = "~/.cache/homelab-as-code/facts"
-_HEADER = re.compile(r"^@@HOMELAB-FACT (\d+) (\d+) (\d+) ([01])@@$")
+# A fact not asked again stays in its host's journal this long (seconds).
+JOURNAL_KEEP_S = 14 * 86400
+# Fact commands run this many at a time within a host's batch.
+STREAMS = 4
 
 # Per pyinfra State: key -> answer. Weak, so a finished State (a plan test's) takes its cache.
 _caches: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]] = weakref.WeakKeyDictionary()
@@ -163,49 +168,77 @@ def _journal_file(directory: Path, host: Any) -> Path:
     return directory / f"{re.sub(r'[^A-Za-z0-9._@-]', '_', where)}.json"
 
 
-def write_journals() -> None:
-    """Write each run's journal: per host, how to ask each fact it asked (no answers)."""
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """A journal's entries, ``{"spec": ..., "asked": unix time}``; [] when unreadable."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("spec"), dict)]
+
+
+def write_journals(now: float | None = None) -> None:
+    """Write each run's journal: per host, how to ask each fact it asked (no answers). Facts
+    this run did not ask (a deploy of another role) stay for ``JOURNAL_KEEP_S`` after they were
+    last asked, so one role's run does not empty another's batch."""
+    now = time.time() if now is None else now
     for state, directory in list(_journals.items()):
         for host_name, asked in (_asked.get(state) or {}).items():
             if not asked:
                 continue
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             path = _journal_file(directory, state.inventory.get_host(host_name))
+            entries = {
+                json.dumps(spec, sort_keys=True): {"spec": spec, "asked": now}
+                for spec in asked.values()
+            }
+            for old in read_journal(path):
+                key = json.dumps(old["spec"], sort_keys=True)
+                if key not in entries and now - float(old.get("asked", 0)) < JOURNAL_KEEP_S:
+                    entries[key] = old
             temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(list(asked.values())))
+            temporary.write_text(json.dumps(list(entries.values())))
             os.chmod(temporary, 0o600)
             temporary.replace(path)
 
 
-def batch_script(commands: Iterable[str]) -> str:
-    """One shell script running each fact command in turn; per command a header line
-    ``@@HOMELAB-FACT <index> <exit status> <lines> <unterminated>@@`` and then its output,
-    exactly its lines (a last line without a newline gets one, and says so)."""
-    parts = ["t=$(mktemp) || exit 1; trap 'rm -f \"$t\"' EXIT"]
-    for index, command in enumerate(commands):
-        parts.append(
-            f'( {command} ) </dev/null >"$t" 2>/dev/null; rc=$?; n=$(wc -l <"$t"); e=0; '
-            'if [ -s "$t" ] && [ -n "$(tail -c 1 "$t")" ]; then e=1; fi; '
-            f'echo "@@HOMELAB-FACT {index} $rc $n $e@@"; cat "$t"; if [ $e = 1 ]; then echo; fi'
-        )
+def batch_script(commands: Iterable[str], token: str, streams: int = STREAMS) -> str:
+    """One shell script running every fact command, ``streams`` at a time (facts only read),
+    then printing each one's output in order, followed by a line ``@@<token> <index> <exit
+    status>@@`` (after a newline, so a last line without one stays a line of its own)."""
+    listed = list(commands)
+    parts = ["d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT"]
+    for stream in range(streams):
+        mine = [
+            f'( {command} ) </dev/null >"$d/{index}" 2>/dev/null; '
+            f"printf '\\n@@{token} {index} %d@@\\n' $? >>\"$d/{index}\""
+            for index, command in enumerate(listed)
+            if index % streams == stream
+        ]
+        if mine:
+            parts.append("(\n" + "\n".join(mine) + "\n) &")
+    parts.append("wait")
+    parts.append('cd "$d" && cat ' + " ".join(str(i) for i in range(len(listed))))
     return "\n".join(parts) + "\n"
 
 
-def split_batch(lines: list[str]) -> dict[int, tuple[int, list[str]]]:
-    """The batch's output: command index -> (exit status, output lines)."""
+def split_batch(lines: list[str], token: str) -> dict[int, tuple[int, list[str]]]:
+    """The batch's output: command index -> (exit status, output lines as pyinfra reads them
+    from the command alone: the newline before each marker is the script's, not the fact's)."""
+    marker = re.compile(rf"^@@{re.escape(token)} (\d+) (\d+)@@$")
     found: dict[int, tuple[int, list[str]]] = {}
-    position = 0
-    while position < len(lines):
-        header = _HEADER.match(lines[position])
-        if not header:
-            break  # not our output: take nothing after it
-        index, status, count, unterminated = (int(g) for g in header.groups())
-        count += unterminated
-        body = lines[position + 1 : position + 1 + count]
-        if len(body) < count:
-            break
-        found[index] = (status, body)
-        position += 1 + count
+    body: list[str] = []
+    for line in lines:
+        match = marker.match(line)
+        if not match:
+            body.append(line)
+            continue
+        if body and body[-1] == "":
+            body.pop()
+        found[int(match.group(1))] = (int(match.group(2)), body)
+        body = []
     return found
 
 
@@ -260,13 +293,13 @@ def _prefetch_host(
     pyinfra would have taken. Returns how many were cached."""
     path = _journal_file(directory, host)
     try:
-        specs = json.loads(path.read_text())
-    except (OSError, ValueError):
+        specs = [entry["spec"] for entry in read_journal(path)]
+    except (KeyError, TypeError):
         return 0
     from pyinfra.api.facts import _MISSING_COMMAND_MARKER
 
     groups: dict[str, list[tuple[tuple[str, ...], Any, dict[str, Any], str]]] = {}
-    for spec in specs if isinstance(specs, list) else []:
+    for spec in specs:
         try:
             cls = _fact_class(spec["fact"])
             if cls is None:
@@ -292,14 +325,15 @@ def _prefetch_host(
         for chunk in _chunks(all_entries)
     ):
         generation = _generation
+        token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
         status, output = host.run_shell_command(
-            batch_script(command for _, _, _, command in entries),
+            batch_script((command for _, _, _, command in entries), token),
             print_input=state.print_fact_input,
             **json.loads(connection),
         )
         if not status or generation != _generation:
             continue
-        for index, (exit_status, lines) in split_batch(output.stdout_lines).items():
+        for index, (exit_status, lines) in split_batch(output.stdout_lines, token).items():
             key, fact, spec, _ = entries[index]
             if exit_status != 0 or lines == [_MISSING_COMMAND_MARKER]:
                 continue

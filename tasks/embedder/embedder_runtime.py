@@ -179,7 +179,7 @@ def service(
         **variables,
     )
     systemd.daemon_reload(name="systemd reloads the units", _if=unit_op.did_change)
-    was_running = bool((host.get_fact(SystemdStatus) or {}).get(unit))
+    was_running = bool((host.get_fact(SystemdStatus, services=[unit]) or {}).get(unit))
     extra = restart_on or []
 
     def changed() -> bool:

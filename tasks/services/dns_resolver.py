@@ -36,6 +36,8 @@ from tasks.common.datamodel.machine import DNS, MACHINE
 from tasks.common.ports import ALL_HOSTS, TAILNET, Port
 from tasks.common.templating import file_path
 
+RESOLVED = "systemd-resolved.service"
+
 DATA = Schema(
     "dns_resolver",
     Key(
@@ -123,7 +125,7 @@ def inventory_records(domain: str) -> list[Record]:
 def dns_resolver() -> None:
     settings = DATA.read(host)
     machine = MACHINE.read(host)
-    if host.get_fact(SystemdStatus).get("systemd-resolved.service"):
+    if host.get_fact(SystemdStatus, services=[RESOLVED]).get(RESOLVED):
         raise DataError(
             host.name,
             "groups",

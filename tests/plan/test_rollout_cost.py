@@ -20,7 +20,7 @@ FACT_BUDGET = {"pve": 472, "ageis-node": 698, "embedder": 404, "monitoring": 355
 DISTINCT_FACT_BUDGET = {
     "pve": 195,
     "ageis-node": 268,
-    "embedder": 169,
+    "embedder": 172,
     "monitoring": 138,
     "dns": 110,
 }

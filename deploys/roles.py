@@ -141,7 +141,8 @@ def roll_out(*roles: str) -> None:
         raise ValueError(f"unknown roles {unknown}; known: {', '.join(ROLES)}")
     require_valid_data()
     require_trusted_host_keys()
-    fact_cache.enable(context.state, fact_cache.journal_directory())
+    working = [h for h in context.state.inventory if any(r in h.groups for r in roles)]
+    fact_cache.enable(context.state, fact_cache.journal_directory(), working)
     mine = [role for role in roles if role in host.groups]
     if not mine:
         host.noop(f"{host.name} has none of the roles {', '.join(roles)}")

@@ -462,11 +462,14 @@ def _install() -> None:
     _installed = True
 
 
-def enable(state: Any, journal: str | Path | None = None) -> bool:
+def enable(
+    state: Any, journal: str | Path | None = None, hosts: Iterable[Any] | None = None
+) -> bool:
     """Cache facts for the run ``state``; False (and pyinfra untouched) when switched off by
     ``HOMELAB_FACT_CACHE=0`` or when pyinfra's internals are not the expected ones. With a
     ``journal`` directory, the facts each host asks are written there at exit, and the facts
-    written there by the previous run are asked first, one command per host."""
+    written there by the previous run are asked first, one command per host (of ``hosts``,
+    default every host of the inventory: the ones the deploy will work on)."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return False
     if not _installed:
@@ -483,7 +486,7 @@ def enable(state: Any, journal: str | Path | None = None) -> bool:
         directory = Path(journal).expanduser()
         _journals[state] = directory
         _asked[state] = {}
-        prefetch(state, list(state.inventory), directory)
+        prefetch(state, list(state.inventory if hosts is None else hosts), directory)
     return True
 
 

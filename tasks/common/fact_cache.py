@@ -32,6 +32,7 @@ changed them) and :func:`enable` leaves pyinfra alone, with a warning, if they a
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import functools
 import importlib
@@ -339,9 +340,9 @@ def _prefetch_host(
                 continue
             try:
                 answer = fact.process(lines) if lines else fact.default()
+                cache[key] = copy.deepcopy(answer)
             except Exception:  # pyinfra asks it again and reports it
                 continue
-            cache[key] = copy.deepcopy(answer)
             cached += 1
     return cached
 
@@ -423,7 +424,9 @@ def _wrap_get_fact(original: Callable[..., Any]) -> Callable[..., Any]:
             # A command that ran while this fact was being read (another host's greenlet)
             # cleared the cache; the answer may predate it, so it is not kept.
             if _callbacks_running == 0 and _generation == generation:
-                cache[key] = copy.deepcopy(answer)
+                # An answer that cannot be copied is asked each time.
+                with contextlib.suppress(Exception):
+                    cache[key] = copy.deepcopy(answer)
             return answer
         return copy.deepcopy(cache[key])
 

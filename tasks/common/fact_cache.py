@@ -186,6 +186,7 @@ def write_journals(now: float | None = None) -> None:
     last asked, so one role's run does not empty another's batch."""
     now = time.time() if now is None else now
     for state, directory in list(_journals.items()):
+        del _journals[state]  # each run's journal is written once
         for host_name, asked in (_asked.get(state) or {}).items():
             if not asked:
                 continue

@@ -266,9 +266,12 @@ def test_a_run_of_another_role_keeps_the_journal_until_its_facts_age_out(
     LOG = tmp_path / "runs"
     monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
 
+    alive: list[State] = []  # earlier runs' states are not written again at a later exit
+
     def run(tags: tuple[str, ...], now: float) -> list[str]:
         inventory = Inventory((["@local"], {}))
         state = State(inventory, Config())
+        alive.append(state)
         connect_all(state)
         host = inventory.get_host("@local")
         with ctx_state.use(state), ctx_host.use(host):

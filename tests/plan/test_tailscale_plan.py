@@ -112,7 +112,8 @@ def test_the_auth_key_is_on_the_host_for_the_login_only(full: Plan) -> None:
 
 def test_a_logged_in_node_gets_no_key_and_loses_one_left_behind(plan_of, fleet) -> None:
     logged_in(fleet["embedder"])
-    fleet["embedder"].files["/etc/tailscale/authkey"] = "tskey-left-behind"
+    # The test double's key, as an earlier login left it on the host.
+    fleet["embedder"].files["/etc/tailscale/authkey"] = SECRET
     result = plan_of("deploys/full.py")
     assert not [op for op in result.for_host("embedder") if "auth key (root-only" in op.name]
     assert result.op("embedder", "No Tailscale auth key left").commands == [

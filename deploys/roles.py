@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from pyinfra import context, host
+from pyinfra import host
 
 from tasks.ageis_node.actr_engine import actr_engine
 from tasks.ageis_node.memory_store import memory_store
@@ -141,8 +141,10 @@ def roll_out(*roles: str) -> None:
         raise ValueError(f"unknown roles {unknown}; known: {', '.join(ROLES)}")
     require_valid_data()
     require_trusted_host_keys()
-    working = [h for h in context.state.inventory if any(r in h.groups for r in roles)]
-    fact_cache.enable(context.state, fact_cache.journal_directory(), working)
+    # The run's own State, not pyinfra's context proxy: the cache is keyed by it.
+    state = host.state
+    working = [h for h in state.inventory if any(r in h.groups for r in roles)]
+    fact_cache.enable(state, fact_cache.journal_directory(), working)
     mine = [role for role in roles if role in host.groups]
     if not mine:
         host.noop(f"{host.name} has none of the roles {', '.join(roles)}")

@@ -37,15 +37,26 @@ def runs() -> int:
     return len(LOG.read_text().splitlines()) if LOG.exists() else 0
 
 
-@pytest.fixture
-def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[State, Any]]:
-    global LOG
-    LOG = tmp_path / "runs"
-    monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
+def new_run() -> tuple[State, Any]:
+    """A fresh pyinfra run (State) over the local connector, connected."""
     inventory = Inventory((["@local"], {}))
     state = State(inventory, Config())
     connect_all(state)
-    host = inventory.get_host("@local")
+    return state, inventory.get_host("@local")
+
+
+@pytest.fixture
+def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Facts count their runs in a file of this test's; the cache is not switched off."""
+    global LOG
+    LOG = tmp_path / "runs"
+    monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def local(counted: Path) -> Iterator[tuple[State, Any]]:
+    state, host = new_run()
     with ctx_state.use(state), ctx_host.use(host):
         yield state, host
 
@@ -169,18 +180,9 @@ def _run_once(local, journal: Path, *asks: dict[str, Any]) -> None:
 
 
 def test_the_next_run_asks_the_journals_facts_in_one_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    counted: Path,
 ) -> None:
-    global LOG
-    journal = tmp_path / "journal"
-    LOG = tmp_path / "runs"
-    monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
-
-    def new_run() -> tuple[State, Any]:
-        inventory = Inventory((["@local"], {}))
-        state = State(inventory, Config())
-        connect_all(state)
-        return state, inventory.get_host("@local")
+    journal = counted / "journal"
 
     state, host = new_run()
     with ctx_state.use(state), ctx_host.use(host):
@@ -230,18 +232,12 @@ class StatefulFact(FactBase[str]):
 
 
 def test_facts_that_keep_their_arguments_or_require_a_command_come_from_the_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    counted: Path,
 ) -> None:
-    global LOG
-    journal = tmp_path / "journal"
-    LOG = tmp_path / "runs"
-    monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
+    journal = counted / "journal"
     answers = []
     for _ in range(2):  # the first run writes the journal, the second asks it in one batch
-        inventory = Inventory((["@local"], {}))
-        state = State(inventory, Config())
-        connect_all(state)
-        host = inventory.get_host("@local")
+        state, host = new_run()
         with ctx_state.use(state), ctx_host.use(host):
             before = runs()
             fact_cache.enable(state, journal)
@@ -259,21 +255,15 @@ def test_facts_that_keep_their_arguments_or_require_a_command_come_from_the_batc
 
 
 def test_a_run_of_another_role_keeps_the_journal_until_its_facts_age_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    counted: Path,
 ) -> None:
-    global LOG
-    journal = tmp_path / "journal"
-    LOG = tmp_path / "runs"
-    monkeypatch.delenv(fact_cache.ENV_SWITCH, raising=False)
+    journal = counted / "journal"
 
     alive: list[State] = []  # earlier runs' states are not written again at a later exit
 
     def run(tags: tuple[str, ...], now: float) -> list[str]:
-        inventory = Inventory((["@local"], {}))
-        state = State(inventory, Config())
+        state, host = new_run()
         alive.append(state)
-        connect_all(state)
-        host = inventory.get_host("@local")
         with ctx_state.use(state), ctx_host.use(host):
             fact_cache.enable(state, journal)
             for tag in tags:

@@ -8,6 +8,7 @@ and PCI addresses are examples to replace with yours (``lspci -nn``, ``ls /dev/d
 """
 
 from tasks.common.datamodel.preflight import check_inventory_file
+from tasks.common.logins import log_in_as_recorded
 
 R9700 = {
     "name": "r9700",
@@ -190,4 +191,6 @@ dns = [
 
 service_guests = [name for name, _ in monitoring + dns]
 
-check_inventory_file(__file__)
+# Validate every host's data (nothing connects before it passes), then log in to each host as
+# its admin user once a run has proven that login, else as its first-contact user.
+log_in_as_recorded(globals(), check_inventory_file(__file__))

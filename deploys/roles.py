@@ -31,6 +31,7 @@ from tasks.base.journald import journald
 from tasks.base.node_exporter import node_exporter
 from tasks.base.resolver_client import resolver_client
 from tasks.base.security_updates import security_updates
+from tasks.base.ssh_login import ssh_login
 from tasks.base.ssh_server import ssh_server
 from tasks.base.tailscale import tailscale
 from tasks.base.time_sync import time_sync
@@ -128,6 +129,10 @@ AFTER_FIREWALL: dict[str, tuple[Task, ...]] = {
     AGEIS_NODE: (memory_store_first_restore_test,),
 }
 
+# Last on every host: root login goes off only once everything else (reboots included, which
+# reconnect as the run's login) is done and the admin login is proven.
+LAST: tuple[Task, ...] = (ssh_login,)
+
 
 def roll_out(*roles: str) -> None:
     """Validate the data, then apply the base and the named roles to the current host.
@@ -173,3 +178,5 @@ def roll_out(*roles: str) -> None:
     for role in mine:
         for task in AFTER_FIREWALL.get(role, ()) if role != HYPERVISOR else ():
             task()
+    for task in LAST:
+        task()

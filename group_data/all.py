@@ -1,8 +1,12 @@
 """Settings for every host. Every key, its form and default: docs/data-keys.md."""
 
 # --- Connection (pyinfra's own keys) ---
-# First rollout: a user that can sudo (or root, as on a fresh Proxmox host).
-ssh_user = "root"
+# Who pyinfra logs in as is chosen per host as the inventory loads (tasks/common/logins.py):
+# the admin user with sudo once a run has proven that login (recorded on this controller in
+# login_record_directory), else first_login_user: root on a fresh install and a new LXC guest,
+# the admin user on the VM (cloud-init creates it). Setting ssh_user here overrides the choice.
+first_login_user = None
+login_record_directory = "~/.local/state/homelab-as-code/logins"
 # Private key pyinfra logs in with (a path on this controller; never commit it).
 ssh_key = "~/.ssh/id_ed25519"
 # Host keys: the first contact records each host's key here, every later run must meet the same
@@ -58,7 +62,9 @@ tailscale_accept_routes = False
 timezone = "Etc/UTC"
 # NTP servers for chrony; [] keeps the distribution's default pool.
 ntp_servers = []
-# The admin login created on every host, its group (SSH and sudo) and its public keys.
+# The admin login created on every host, its group (SSH and sudo) and its public keys. Root SSH
+# login goes off at the end of the run that proves the admin login; a Proxmox cluster's nodes
+# need it by key: sshd_permit_root_login = "prohibit-password".
 admin_user = "ops"
 admin_group = "homelab-admins"
 admin_ssh_public_key_files = ["~/.ssh/id_ed25519.pub"]

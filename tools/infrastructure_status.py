@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -113,10 +114,11 @@ class SshShell:
             args += ["-p", str(data["ssh_port"])]
         user = data.get("ssh_user") or "root"
         target = f"{user}@{data.get('ssh_hostname') or host}"
-        sudo = "" if user == "root" else "sudo -n "
+        if user != "root":  # the admin login: the whole command through sudo
+            command = f"sudo -n sh -c {shlex.quote(command)}"
         try:
             result = subprocess.run(
-                [*args, target, sudo + command],
+                [*args, target, command],
                 capture_output=True,
                 text=True,
                 timeout=self.timeout,

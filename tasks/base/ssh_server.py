@@ -1,9 +1,7 @@
-"""SSH server: key-only, modern algorithms only, logins limited to the admin group.
+"""SSH server: key-only, modern algorithms only.
 
-Reads ``sshd_permit_root_login``, ``sshd_allow_tcp_forwarding`` and (from the admin user task)
-``admin_group``. Root keeps key-only login by default: the first rollout of a fresh host logs in
-as root, and Proxmox VE's own tooling (cluster join, migration) connects between nodes as root;
-set ``sshd_permit_root_login = "no"`` once ``ssh_user`` is the admin user and no cluster needs it.
+Reads ``sshd_allow_tcp_forwarding``. Who may log in (root, the admin group) is the last step of
+a run, :mod:`tasks.base.ssh_login`, once the admin login is proven.
 
 The drop-in is checked with ``sshd -t`` (staged in front of the live configuration, so it is
 tested exactly as sshd will read it) before it goes live, and sshd is reloaded, not restarted,
@@ -16,21 +14,14 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
-from tasks.base import admin_user
 from tasks.common.checked_config import checked_template
-from tasks.common.datamodel.forms import Bool, Str
+from tasks.common.datamodel.forms import Bool
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.facts import OpenSSHVersion
 from tasks.common.ports import ADMIN, Port
 
 DATA = Schema(
     "ssh_server",
-    Key(
-        "sshd_permit_root_login",
-        Str(choices=("no", "prohibit-password")),
-        "prohibit-password",
-        "Root login by key only, or not at all (Proxmox clusters need root by key).",
-    ),
     Key(
         "sshd_allow_tcp_forwarding",
         Bool(),
@@ -99,19 +90,13 @@ def kex_algorithms(version: tuple[int, int]) -> list[str]:
 @deploy("SSH server", data_defaults=DATA.defaults())
 def ssh_server() -> None:
     settings = DATA.read(host)
-    admin_group = admin_user.DATA.read(host).admin_group
-    allow_groups = [admin_group]
-    if settings.sshd_permit_root_login != "no":
-        allow_groups.append("root")
     installed = checked_template(
         name="Key-only SSH login, modern algorithms",
         template="sshd-homelab.conf.j2",
         dest=DROP_IN,
         mode="644",
         check=f"'{CHECK}'",
-        permit_root_login=settings.sshd_permit_root_login,
         allow_tcp_forwarding="yes" if settings.sshd_allow_tcp_forwarding else "no",
-        allow_groups=" ".join(allow_groups),
         kex=",".join(kex_algorithms(host.get_fact(OpenSSHVersion))),
         ciphers=",".join(CIPHERS),
         macs=",".join(MACS),

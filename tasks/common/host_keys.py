@@ -28,6 +28,7 @@ from typing import Any
 import paramiko
 from pyinfra import logger
 
+from tasks.common import logins
 from tasks.common.datamodel.forms import Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 
@@ -167,6 +168,8 @@ def trust_problems(hosts: Iterable[Any], failed: set[Any]) -> list[str]:
                     " not created yet, the hypervisor's part of this run creates it; run the"
                     " same command again once it has booted"
                 )
+            if problem is None:
+                logger.warning(logins.failed_login_hint(host.name, host.data))
         elif pinned := host.data.get("host_key_fingerprint"):
             problem = pin_problem(host.name, endpoint, pinned)
         else:

@@ -137,17 +137,18 @@ print(json.dumps(result))
 """
 
 
-def lab_ssh(host: str) -> list[str]:
+def lab_ssh_argv(host: str, command: str) -> list[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.lab import hosts, labctl
 
-    return labctl.ssh_command(hosts.by_name(host), connect_timeout=10)
+    return labctl.ssh_argv(hosts.by_name(host), command, connect_timeout=10)
 
 
 def run(count: int, queries: int, *, keep: bool = False, ssh: list[str] | None = None) -> dict:
     """Run the benchmark on the host; return the result (also used by the lab test)."""
     args = {"count": count, "queries": queries, "limit": 1, "candidates": 20, "keep": keep}
-    command = [*(ssh or lab_ssh("ageis-node")), "python3", "-", _quote(json.dumps(args))]
+    remote = f"python3 - {_quote(json.dumps(args))}"
+    command = [*ssh, remote] if ssh else lab_ssh_argv("ageis-node", remote)
     result = subprocess.run(
         command, input=REMOTE, text=True, stdout=subprocess.PIPE, check=False, timeout=3600
     )

@@ -154,7 +154,7 @@ def floor(paths: dict[str, set[str]]) -> Run:
             "systemctl list-units --all --no-legend --plain | wc -l"
         )
         processes[host.name] = subprocess.Popen(
-            [*labctl.ssh_command(host), script], stdout=subprocess.PIPE, text=True
+            labctl.ssh_argv(host, script), stdout=subprocess.PIPE, text=True
         )
     for name, process in processes.items():
         out, _ = process.communicate(timeout=120)

@@ -59,7 +59,7 @@ def http_from(
         url=shlex.quote(url),
     )
     result = subprocess.run(
-        [*labctl.ssh_command(host), script],
+        labctl.ssh_argv(host, script),
         input=base64.b64encode(config.encode()).decode() + "\n" + data,
         capture_output=True,
         text=True,

@@ -30,7 +30,7 @@ BENCH_DIR = Path(os.environ.get("HOMELAB_BENCH_DIR", hosts.STATE_DIR / "bench"))
 
 def ssh(host: hosts.LabHost, command: str, timeout: float = 120, stdin: str | None = None) -> str:
     result = subprocess.run(
-        [*labctl.ssh_command(host), command],
+        labctl.ssh_argv(host, command),
         input=stdin,
         capture_output=True,
         text=True,

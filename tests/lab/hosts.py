@@ -18,13 +18,16 @@ class LabHost:
 
     ``name`` is the inventory host name (and the container's hostname); ``groups`` are the
     inventory groups it belongs to; ``pools`` maps a pool name (``ssd``/``hdd``) to the path
-    inside the container where the stand-in pool directory is bind-mounted.
+    inside the container where the stand-in pool directory is bind-mounted. ``first_login`` is
+    the user a new root lets in, as the real host's installer would: root, or on the VM the
+    admin user that cloud-init creates from Proxmox's ``ciuser``.
     """
 
     name: str
     address: str
     groups: tuple[str, ...]
     pools: dict[str, str] = field(default_factory=dict)
+    first_login: str = "root"
 
     @property
     def root_dir(self) -> Path:
@@ -52,9 +55,12 @@ SUBNET = f"{NET_PREFIX}.0/24"
 GATEWAY = f"{NET_PREFIX}.1"
 PREFIX_LENGTH = 24
 
+# The admin user of group_data/all.py, the login of every lab host once a rollout proved it.
+ADMIN_USER = "ops"
+
 HOSTS: tuple[LabHost, ...] = (
     LabHost("pve", f"{NET_PREFIX}.10", ("hypervisor",), {"ssd": "/srv/ssd", "hdd": "/srv/hdd"}),
-    LabHost("ageis-node", f"{NET_PREFIX}.20", ("ageis_node",), {"ssd": "/srv/ssd"}),
+    LabHost("ageis-node", f"{NET_PREFIX}.20", ("ageis_node",), {"ssd": "/srv/ssd"}, ADMIN_USER),
     LabHost("embedder", f"{NET_PREFIX}.30", ("embedder",), {"ssd": "/srv/ssd"}),
     LabHost("monitoring", f"{NET_PREFIX}.40", ("service_guests", "monitoring")),
     LabHost("dns", f"{NET_PREFIX}.50", ("service_guests", "dns")),
@@ -66,6 +72,8 @@ CACHE_DIR = Path(os.environ.get("HOMELAB_LAB_CACHE", "/var/cache/homelab-lab"))
 STATE_DIR = Path(os.environ.get("HOMELAB_LAB_STATE", f"/var/lib/homelab-lab{SUFFIX}"))
 SSH_KEY = CACHE_DIR / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
+# The lab's login records (tasks/common/logins.py): a new root forgets its host's record.
+LOGIN_RECORDS = STATE_DIR / "logins"
 # The lab's secrets file (random values, mode 600), made when the lab inventory loads.
 SECRETS_FILE = STATE_DIR / "secrets.toml"
 # Container roots (``MACHINES_DIR/<name>/root``) and stand-in pools (``POOLS_DIR/<name>/<pool>``).

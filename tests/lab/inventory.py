@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tasks.base.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
 from tasks.common.datamodel.preflight import check_inventory_file
+from tasks.common.logins import log_in_as_recorded
 from tests.lab import hosts as lab
 from tests.lab import pve_api_double
 from tests.lab.inference_standin import ollama_data, pipeline_data, rocm_data
@@ -127,7 +128,8 @@ _LAB_MONITORING = {
 def _host_data(lab_host: lab.LabHost) -> dict:
     data = {
         "ssh_hostname": lab_host.address,
-        "ssh_user": "root",
+        # Who pyinfra logs in as comes from the lab's login records, as on real hosts.
+        "login_record_directory": str(lab.LOGIN_RECORDS),
         "ssh_key": str(lab.SSH_KEY),
         "ssh_known_hosts_file": str(lab.KNOWN_HOSTS),
         "ssh_strict_host_key_checking": "yes",
@@ -211,4 +213,4 @@ service_guests = _group("service_guests")
 monitoring = _group("monitoring")
 dns = _group("dns")
 
-check_inventory_file(__file__)
+log_in_as_recorded(globals(), check_inventory_file(__file__))

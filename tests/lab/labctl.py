@@ -35,6 +35,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -53,6 +54,7 @@ from typing import TypeVar
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tasks.common import logins
 from tests.lab import hosts, inference_standin, pve_api_double, standin_repo, wheelhouse
 from tests.lab.hosts import LabHost
 
@@ -950,6 +952,10 @@ def configure_root(
     )
     if not first_boot:
         return
+    # A new root is a new host: no run has proven its admin login yet.
+    logins.record_file(hosts.LOGIN_RECORDS, host.name).unlink(missing_ok=True)
+    if host.first_login != "root":
+        add_cloud_init_user(root, host.first_login, public_key)
     write_file(root, "etc/hostname", f"{host.name}\n")
     write_file(
         root,
@@ -969,6 +975,32 @@ def configure_root(
     run(["ssh-keygen", "-A", "-f", str(root)], what=f"{host.name}: ssh host keys")
 
 
+def add_cloud_init_user(root: Path, user: str, public_key: str) -> None:
+    """What cloud-init makes of Proxmox's ``ciuser`` and ``sshkeys`` on a VM's first boot: the
+    user with a home, the key, and sudo without a password (its 90-cloud-init-users file)."""
+    run(
+        ["useradd", "--root", str(root), "--create-home", "--shell", "/bin/bash",
+         "--user-group", user],
+        what=f"{root.parent.name}: cloud-init's user {user}",
+    )  # fmt: skip
+    uid, gid = next(
+        (int(fields[2]), int(fields[3]))
+        for fields in (line.split(":") for line in (root / "etc/passwd").read_text().splitlines())
+        if fields[0] == user
+    )
+    ssh_dir = root / "home" / user / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_file(root, f"home/{user}/.ssh/authorized_keys", public_key + "\n", 0o600)
+    for path in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, uid, gid)
+    write_file(
+        root,
+        "etc/sudoers.d/90-cloud-init-users",
+        f"# Created by cloud-init v. 24.4 (lab stand-in)\n{user} ALL=(ALL) NOPASSWD:ALL\n",
+        0o440,
+    )
+
+
 def write_known_hosts() -> None:
     lines: list[str] = []
     for host in hosts.HOSTS:
@@ -983,7 +1015,14 @@ def write_known_hosts() -> None:
 # --- ssh -----------------------------------------------------------------------------------
 
 
+def login_user(host: LabHost) -> str:
+    """Who the lab logs in to ``host`` as: as pyinfra does, the recorded admin login once a
+    rollout proved it (root login is off from then on), else the host's first login."""
+    return logins.recorded_user(hosts.LOGIN_RECORDS, host.name) or host.first_login
+
+
 def ssh_command(host: LabHost, connect_timeout: int = 5) -> list[str]:
+    """ssh's arguments up to the login; what follows runs as the login (see ssh_argv)."""
     return [
         "ssh",
         "-i", str(hosts.SSH_KEY),
@@ -994,8 +1033,18 @@ def ssh_command(host: LabHost, connect_timeout: int = 5) -> list[str]:
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", f"ConnectTimeout={connect_timeout}",
         "-o", "LogLevel=ERROR",
-        f"root@{host.address}",
+        f"{login_user(host)}@{host.address}",
     ]  # fmt: skip
+
+
+def as_root(host: LabHost, command: str) -> str:
+    """``command`` as ssh sends it to run as root: through sudo, once the login is the admin."""
+    return command if login_user(host) == "root" else f"sudo -n sh -c {shlex.quote(command)}"
+
+
+def ssh_argv(host: LabHost, command: str, connect_timeout: int = 5) -> list[str]:
+    """ssh's arguments to run the shell ``command`` as root on ``host``."""
+    return [*ssh_command(host, connect_timeout), as_root(host, command)]
 
 
 def ssh_ok(host: LabHost) -> bool:
@@ -1429,7 +1478,9 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     command = ssh_command(host)
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
-    os.execvp(command[0], [*command, *args.command])
+    if args.command:  # a command runs as root, as the lab's tests run theirs
+        command.append(as_root(host, " ".join(args.command)))
+    os.execvp(command[0], command)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:

@@ -60,7 +60,7 @@ def on(
 ) -> subprocess.CompletedProcess[str]:
     feed: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     result = subprocess.run(
-        [*labctl.ssh_command(host), command],
+        labctl.ssh_argv(host, command),
         capture_output=True,
         text=True,
         timeout=120,

@@ -74,7 +74,7 @@ def run(argv: Sequence[str], timeout: float = 120, check: bool = True) -> str:
 
 
 def on(host: LabHost, command: str, check: bool = True) -> str:
-    return run([*labctl.ssh_command(host), command], timeout=60, check=check)
+    return run(labctl.ssh_argv(host, command), timeout=60, check=check)
 
 
 # --- the vantage points ----------------------------------------------------------------------
@@ -488,7 +488,7 @@ def test_a_broken_rule_fails_the_run_and_touches_nothing(
         through = ssh_sessions[host.name]
         # The connection opened before the run is still up and still carries commands.
         run([*through[:-1], "-O", "check", through[-1]])
-        still = run([*through, "nft -s list table inet homelab"])
+        still = run([*through, labctl.as_root(host, "nft -s list table inet homelab")])
         assert still == before[host.name], f"{host.name}: the loaded ruleset changed"
         assert "acept" not in on(host, "cat /etc/nftables.conf")
     changed = changed_operations(pyinfra("--json", INVENTORY, "deploys/full.py"))

@@ -33,7 +33,7 @@ def _ssh(command: str, *, any_key: bool = False) -> None:
     # ssh takes the first value of an option: these come before the lab's strict ones.
     lax = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     base = labctl.ssh_command(HOST)
-    argv = [base[0], *(lax if any_key else []), *base[1:], command]
+    argv = [base[0], *(lax if any_key else []), *base[1:], labctl.as_root(HOST, command)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, f"{HOST.name}: {command!r}: {result.stderr}"
 

@@ -36,7 +36,7 @@ SKIPS = (
 
 def ssh(command: str) -> str:
     result = subprocess.run(
-        [*labctl.ssh_command(PVE), command],
+        labctl.ssh_argv(PVE, command),
         capture_output=True,
         text=True,
         timeout=60,

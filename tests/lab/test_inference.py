@@ -65,7 +65,7 @@ def vm_in_the_double() -> Any:
 
 def ssh(command: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*labctl.ssh_command(NODE), command],
+        labctl.ssh_argv(NODE, command),
         capture_output=True,
         text=True,
         timeout=timeout,

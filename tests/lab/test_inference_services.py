@@ -42,7 +42,7 @@ DIMS = 384
 
 def ssh(command: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*labctl.ssh_command(NODE), command],
+        labctl.ssh_argv(NODE, command),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -36,7 +36,7 @@ HOST = _test_host()
 
 def ssh(command: str, timeout: float = 60) -> str:
     result = subprocess.run(
-        [*labctl.ssh_command(HOST), command],
+        labctl.ssh_argv(HOST, command),
         capture_output=True,
         text=True,
         timeout=timeout,

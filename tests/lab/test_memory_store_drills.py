@@ -51,7 +51,7 @@ STANZA = "memory"
 
 def ssh(host: hosts.LabHost, command: str, check: bool = True, timeout: float = 600) -> str:
     result = subprocess.run(
-        [*labctl.ssh_command(host), command],
+        labctl.ssh_argv(host, command),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -71,7 +71,7 @@ def run_unit(host: hosts.LabHost, unit: str) -> tuple[bool, str]:
     since = ssh(host, "date '+%Y-%m-%d %H:%M:%S'")
     ok = (
         subprocess.run(
-            [*labctl.ssh_command(host), f"systemctl start {unit}"],
+            labctl.ssh_argv(host, f"systemctl start {unit}"),
             capture_output=True,
             timeout=900,
             check=False,
@@ -117,7 +117,7 @@ def wait_client_ready(timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while True:
         state = subprocess.run(
-            [*labctl.ssh_command(DB, connect_timeout=2), f"systemctl is-active {CLIENT}"],
+            labctl.ssh_argv(DB, f"systemctl is-active {CLIENT}", connect_timeout=2),
             capture_output=True,
             text=True,
             timeout=30,

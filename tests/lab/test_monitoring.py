@@ -38,7 +38,7 @@ MEASURED: dict[str, str] = {}
 
 def on(host: LabHost, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [*labctl.ssh_command(host), command], capture_output=True, text=True, timeout=120
+        labctl.ssh_argv(host, command), capture_output=True, text=True, timeout=120
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{host.name}: {command}: {result.stderr or result.stdout}")
@@ -200,9 +200,11 @@ def test_filling_a_standin_disk_fires_the_fill_prediction(standin_disk: str) -> 
     start = time.monotonic()
     writer = subprocess.Popen(
         [
-            *labctl.ssh_command(FILL_HOST),
-            f"for i in $(seq 1 56); do dd if=/dev/zero of={standin_disk}/f$i bs=1M count=1"
-            " status=none; sleep 1; done",
+            *labctl.ssh_argv(
+                FILL_HOST,
+                f"for i in $(seq 1 56); do dd if=/dev/zero of={standin_disk}/f$i bs=1M count=1"
+                " status=none; sleep 1; done",
+            )
         ]
     )
     try:

@@ -65,7 +65,7 @@ def test_a_changed_secret_rolled_out_with_diff_and_debug_output_is_never_printed
         assert "Success" in output or "Changed" in output, output[-2000:]
         assert shown(values, output) == [], "secret values in pyinfra's output"
         held = subprocess.run(
-            [*labctl.ssh_command(NODE), f"cat {TOKEN_FILE}"],
+            labctl.ssh_argv(NODE, f"cat {TOKEN_FILE}"),
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout.strip()  # fmt: skip
         assert held == new_token, "the host does not hold the new token"

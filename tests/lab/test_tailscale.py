@@ -53,7 +53,7 @@ def rollout(*extra: str, secret: str | None = None) -> subprocess.CompletedProce
 
 def ssh(command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*labctl.ssh_command(NODE), command],
+        labctl.ssh_argv(NODE, command),
         capture_output=True,
         text=True,
         timeout=120,

@@ -30,6 +30,8 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from pyinfra_cli.inventory import make_inventory_from_files
 from pyinfra_cli.util import load_deploy_file
 
+from tasks.common import logins
+
 REPO = Path(__file__).resolve().parents[2]
 
 FactAnswer = Any | Callable[[Mapping[str, Any]], Any]
@@ -105,6 +107,23 @@ class Plan:
             if command.startswith(f"upload {dest}\n"):
                 return command.split("\n", 1)[1]
         return None
+
+
+# Controller-side functions that log in to the host: planned, never run by a plan test.
+CONNECTING_FUNCTIONS = (logins.prove_admin_login,)
+
+# The inventory file's last line: copies of the inventory put their changes before it.
+INVENTORY_FINAL = "log_in_as_recorded(globals(), check_inventory_file(__file__))"
+
+
+def inventory_copy(directory: Path, change: str) -> str:
+    """A copy of the real inventory in ``directory`` with the code ``change`` run just before
+    it validates its data; the copy's path."""
+    text = (REPO / "inventory.py").read_text()
+    assert text.rstrip().endswith(INVENTORY_FINAL)
+    path = directory / "inventory.py"
+    path.write_text(text.rstrip()[: -len(INVENTORY_FINAL)] + change + INVENTORY_FINAL + "\n")
+    return str(path)
 
 
 def _render(command: Any) -> str:
@@ -235,9 +254,12 @@ def _plan_host(
                 for command in generated if run_python else ():
                     # Our python.call functions run (against the API double); pyinfra's own
                     # connection-level functions (taking state and host, as server.reboot's
-                    # do) would need a real connection and are only planned.
-                    if isinstance(command, FunctionCommand) and not _takes_state_and_host(
-                        command.function
+                    # do) and the admin login's proof (an SSH login to the host) would need
+                    # a real connection and are only planned.
+                    if (
+                        isinstance(command, FunctionCommand)
+                        and not _takes_state_and_host(command.function)
+                        and command.function not in CONNECTING_FUNCTIONS
                     ):
                         command.function(*command.args, **command.kwargs)
             op_name = " / ".join(sorted(state.op_meta[op_hash].names))

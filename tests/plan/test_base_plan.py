@@ -78,7 +78,8 @@ def test_sudoers_and_sshd_go_live_only_through_their_checks(full: Plan) -> None:
     content = next(c for c in staged if c.startswith("upload"))
     assert "PasswordAuthentication no" in content
     assert "KbdInteractiveAuthentication no" in content
-    assert "PermitRootLogin prohibit-password" in content
+    # Who may log in is the login drop-in's, written last (below).
+    assert "PermitRootLogin" not in content and "AllowGroups" not in content
     reload_op = full.op("embedder", "Reload sshd")
     assert reload_op.conditional and reload_op.commands == ["systemctl reload ssh.service"]
 
@@ -131,10 +132,48 @@ def test_sshd_algorithms_follow_each_hosts_openssh(full: Plan) -> None:
         assert "HostKey /etc/ssh/ssh_host_ecdsa_key" not in content
 
 
-def test_sshd_allows_the_admin_group_and_root_by_key(full: Plan) -> None:
+PROOF = "Admin login proven: ops by SSH key, with sudo"
+
+
+def _login_drop_in(plan: Plan, name: str, root: str = "no") -> str:
+    staged = plan.op(name, f"SSH login: the admin group, root {root} (staged)").commands
+    return next(c for c in staged if c.startswith("upload"))
+
+
+def test_root_login_goes_off_last_once_the_admin_login_is_proven(full: Plan) -> None:
+    # First contact (no login record): root on the installed hosts and the LXC guests.
+    for name in ("pve", "embedder", "monitoring", "dns"):
+        names = [op.name for op in full.for_host(name)]
+        proof = next(i for i, op in enumerate(names) if PROOF in op)
+        login = next(i for i, op in enumerate(names) if "root no (checked, installed)" in op)
+        assert proof < login, f"{name}: root login would go off before the proof"
+        # Nothing after it but the reload: every reboot of the run reconnects as root first.
+        assert [op for op in names[login + 1 :] if "Reload sshd for who" not in op] == [], name
+        content = _login_drop_in(full, name)
+        assert "PermitRootLogin no\nAllowGroups homelab-admins\n" in content
+        installed = full.op(name, "root no (checked, installed)").commands[0]
+        assert "/etc/ssh/sshd_config.d/05-homelab-login.conf" in installed
+    # The VM is reached as the admin user cloud-init made: nothing to prove.
+    assert not any(PROOF in op.name for op in full.for_host("ageis-node"))
+    assert "PermitRootLogin no" in _login_drop_in(full, "ageis-node")
+
+
+def test_a_host_reached_as_the_admin_proves_nothing(plan_of) -> None:
+    result = plan_of("deploys/full.py", override_data={"ssh_user": "ops", "_sudo": True})
+    for name in HOSTS:
+        assert not any(PROOF in op.name for op in result.for_host(name)), name
+
+
+def test_root_login_by_key_where_the_data_keeps_it(plan_of) -> None:
+    result = plan_of(
+        "deploys/hypervisor.py", override_data={"sshd_permit_root_login": "prohibit-password"}
+    )
+    content = _login_drop_in(result, "pve", "prohibit-password")
+    assert "PermitRootLogin prohibit-password\nAllowGroups homelab-admins root\n" in content
+
+
+def test_sshd_port_forwarding_on_the_hypervisor_only(full: Plan) -> None:
     content = _sshd_drop_in(full, "pve")
-    assert "AllowGroups homelab-admins root" in content
-    assert "PermitRootLogin prohibit-password" in content
     # Proxmox migrations tunnel through SSH: forwarding on the hypervisor only.
     assert "AllowTcpForwarding yes" in content
     assert "AllowTcpForwarding no" in _sshd_drop_in(full, "embedder")

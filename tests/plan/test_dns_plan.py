@@ -15,7 +15,7 @@ import pytest
 
 from tasks.common.datamodel.keys import DataError
 from tasks.services.dns_resolver import PORTS
-from tests.plan.harness import REPO, Plan
+from tests.plan.harness import REPO, Plan, inventory_copy
 
 INVENTORY = {
     "pve": "192.168.1.10",
@@ -35,17 +35,12 @@ def unbound_conf(plan: Plan) -> str:
 
 def with_data(tmp_path: Path, **overrides: object) -> str:
     """A copy of the real inventory with ``overrides`` on every host; its path."""
-    text = (REPO / "inventory.py").read_text()
     change = (
         f"for _group in {GROUPS}:\n"
         "    for _name, _data in _group:\n"
         f"        _data.update({overrides!r})\n\n"
     )
-    final = "check_inventory_file(__file__)"
-    assert text.rstrip().endswith(final)
-    path = tmp_path / "inventory.py"
-    path.write_text(text.rstrip()[: -len(final)] + change + final + "\n")
-    return str(path)
+    return inventory_copy(tmp_path, change)
 
 
 # --- unbound on the dns host -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.plan.conftest import PLAN_SECRETS
-from tests.plan.harness import REPO, Plan
+from tests.plan.harness import REPO, Plan, inventory_copy
 
 DRIVER_PACKAGES = (
     "linux-headers-amd64",
@@ -25,13 +25,7 @@ PASSWORD = PLAN_SECRETS["memory_store_vector_indexer_password"]
 
 def embedder_with(tmp_path: Path, **overrides: object) -> str:
     """A copy of the real inventory with ``overrides`` on the embedder only; its path."""
-    text = (REPO / "inventory.py").read_text()
-    final = "check_inventory_file(__file__)"
-    assert text.rstrip().endswith(final)
-    change = f"embedder[0][1].update({overrides!r})\n\n"
-    path = tmp_path / "inventory.py"
-    path.write_text(text.rstrip()[: -len(final)] + change + final + "\n")
-    return str(path)
+    return inventory_copy(tmp_path, f"embedder[0][1].update({overrides!r})\n\n")
 
 
 def error_text(caught: pytest.ExceptionInfo[BaseException]) -> str:

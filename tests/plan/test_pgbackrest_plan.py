@@ -17,7 +17,7 @@ from tasks.common.pgbackrest import (
 )
 from tests.doubles.apt_policy import AptPolicyDouble, Available, compare_versions
 from tests.plan.conftest import PLAN_SECRETS
-from tests.plan.harness import REPO, Plan
+from tests.plan.harness import REPO, Plan, inventory_copy
 from tests.plan.machines import Machine
 
 SEED = PLAN_SECRETS["pgbackrest_tls_seed"]
@@ -493,18 +493,13 @@ def test_distribution_packages_with_the_peer_outside_the_run_are_not_compared(pl
 
 def with_host_data(tmp_path: Path, name: str, **overrides: object) -> str:
     """A copy of the real inventory with ``overrides`` on host ``name`` only; its path."""
-    text = (REPO / "inventory.py").read_text()
-    final = "check_inventory_file(__file__)"
-    assert text.rstrip().endswith(final)
     change = (
         "for _group in (hypervisor, ageis_node):\n"
         "    for _name, _data in _group:\n"
         f"        if _name == {name!r}:\n"
         f"            _data.update({overrides!r})\n\n"
     )
-    path = tmp_path / "inventory.py"
-    path.write_text(text.rstrip()[: -len(final)] + change + final + "\n")
-    return str(path)
+    return inventory_copy(tmp_path, change)
 
 
 @pytest.mark.parametrize(

@@ -106,3 +106,26 @@ def test_vzdump_collector_writes_nothing_where_there_is_no_proxmox(tmp_path: Pat
     )
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
+
+
+def test_gpu_collector_without_its_tool_reports_down_and_exits_0(tmp_path) -> None:
+    """A first rollout runs the collector before the driver's tools exist: it says so in the
+    metric, and exits 0 so that its timer keeps running it (a oneshot that never succeeded
+    gives OnUnitActiveSec no base)."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "homelab-gpu.prom"
+    result = subprocess.run(
+        [sys.executable, str(FILES / "homelab-gpu-metrics"), "--vendor", "amd,nvidia",
+         "--output", str(output)],
+        env={"PATH": str(tmp_path)},  # neither amd-smi nor nvidia-smi on it
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "homelab-gpu-metrics: amd:" in result.stderr
+    text = output.read_text()
+    assert 'homelab_gpu_collector_up{vendor="amd"} 0.0' in text
+    assert 'homelab_gpu_collector_up{vendor="nvidia"} 0.0' in text

@@ -1,9 +1,13 @@
-"""SSH on every host: key-only, modern algorithms, logins for the admin group (and root by key)."""
+"""SSH on every host: key-only, modern algorithms, logins for the admin group, root login off."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import paramiko
 import pytest
 
+from tasks.common.host_keys import DEFAULT_KNOWN_HOSTS as DEFAULT_KNOWN
 from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify
@@ -65,3 +69,32 @@ def test_password_login_is_refused_by_the_server(host_in: InventoryHost) -> None
     )
     assert "exit=255" in result.stdout
     assert "Permission denied (publickey)." in result.stdout
+
+
+def test_reached_as_the_admin_with_sudo(host_in: InventoryHost) -> None:
+    """After bring-up every host is reached as the admin user (recorded login), root by sudo."""
+    admin = host_in.data.get("admin_user", "ops")
+    assert host_in.data.get("ssh_user") == admin, f"{host_in.name}: no proven admin login"
+    assert host_in.testinfra.check_output("id -u") == "0"
+
+
+def test_root_ssh_login_is_refused(host_in: InventoryHost) -> None:
+    """Root logs in with the admin's key nowhere (unless the data keeps root login by key)."""
+    if host_in.data.get("sshd_permit_root_login", "no") != "no":
+        pytest.skip(f"{host_in.name}: sshd_permit_root_login keeps root login by key")
+    data = host_in.data
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(Path(data.get("ssh_known_hosts_file", DEFAULT_KNOWN)).expanduser()))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    key = data.get("ssh_key")
+    with pytest.raises(paramiko.AuthenticationException):
+        client.connect(
+            data.get("ssh_hostname") or host_in.name,
+            port=int(data.get("ssh_port") or 22),
+            username="root",
+            key_filename=str(Path(key).expanduser()) if key else None,
+            look_for_keys=key is None,
+            allow_agent=key is None,
+            timeout=15,
+        )
+    client.close()

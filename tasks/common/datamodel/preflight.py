@@ -56,11 +56,15 @@ def check_views(views: list[HostView], source: str, file_groups: Iterable[str] =
         _fail(format_errors(errors, source))
 
 
-def check_inventory_file(inventory_file: str) -> None:
-    """Load ``inventory_file`` the way pyinfra's CLI does and validate every host's data."""
+def check_inventory_file(inventory_file: str) -> Any:
+    """Load ``inventory_file`` the way pyinfra's CLI does and validate every host's data.
+
+    Returns the loaded inventory (group data merged in), or None while pyinfra's loader runs
+    the file again from inside this call.
+    """
     global _loading
     if _loading:  # pyinfra's loader runs the inventory file again: do not recurse
-        return
+        return None
     from pyinfra.api import State
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory_from_files
@@ -75,6 +79,7 @@ def check_inventory_file(inventory_file: str) -> None:
     finally:
         _loading = False
     check_views(views_of(inventory), inventory_file, (file_group(inventory_file),))
+    return inventory
 
 
 def require_valid_data() -> None:

@@ -18,12 +18,14 @@ from tasks.common.datamodel.secrets import SecretSpec
 
 TASK_MODULES = (
     "tasks.common.host_keys",
+    "tasks.common.logins",
     "tasks.base.hostname",
     "tasks.base.apt_sources",
     "tasks.base.base_packages",
     "tasks.base.time_sync",
     "tasks.base.admin_user",
     "tasks.base.ssh_server",
+    "tasks.base.ssh_login",
     "tasks.base.security_updates",
     "tasks.base.hardening",
     "tasks.base.journald",

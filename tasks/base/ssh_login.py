@@ -66,6 +66,17 @@ def ssh_login() -> None:
             record_directory=record.login_record_directory,
             sudo_without_password=admin.admin_sudo_nopasswd,
         )
+    elif logins.recorded_user(record.login_record_directory, host.name) != admin.admin_user:
+        # Reached as the admin with sudo (the VM's first login is cloud-init's admin user):
+        # this run is the proof; record it, as a proven login is recorded everywhere else.
+        python.call(
+            name=f"Admin login recorded: {admin.admin_user} (this run logged in with it)",
+            function=logins.write_record,
+            directory=record.login_record_directory,
+            name_of_host=host.name,
+            user=admin.admin_user,
+            address=endpoint_of(host).hostname,
+        )
     allow_groups = [admin.admin_group]
     if settings.sshd_permit_root_login != "no":
         allow_groups.append("root")

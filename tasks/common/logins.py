@@ -70,9 +70,9 @@ def recorded_user(directory: str | Path, name: str) -> str | None:
         return None
 
 
-def write_record(directory: str | Path, name: str, user: str, address: str) -> Path:
-    """Record that ``user`` logs in to ``name`` with sudo (mode 600, written atomically)."""
-    path = record_file(directory, name)
+def write_record(directory: str | Path, name_of_host: str, user: str, address: str) -> Path:
+    """Record that ``user`` logs in to ``name_of_host`` with sudo (mode 600, atomically)."""
+    path = record_file(directory, name_of_host)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     proven = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     text = json.dumps({"user": user, "address": address, "proven": proven}, indent=1) + "\n"
@@ -148,6 +148,10 @@ def log_in_as_recorded(
             data["ssh_user"] = user
             if sudo:
                 data["_sudo"] = True
+                # An upload goes to a file the login writes, then sudo copies it into place.
+                # pyinfra would take the temporary directory from TMPDIR asked under sudo, and
+                # libpam-tmpdir (hardening) makes that root's private /tmp/user/0.
+                data.setdefault("_temp_dir", "/tmp")
 
 
 def prove_admin_login(

@@ -536,7 +536,7 @@ def _install_from_pgdg(settings: Any) -> OperationMeta | None:
     )
 
 
-def _in_run(name: str) -> Host | None:
+def in_run(name: str) -> Host | None:
     """Inventory host ``name`` when it is connected for this run (else None: no facts)."""
     other = inventory.get_host(name)
     return other if other in state.activated_hosts else None
@@ -550,7 +550,7 @@ def _runs_or_installs(target: Host) -> str | None:
 
 def _check_distribution_versions(peer: str) -> None:
     """Distribution packages on both hosts: their versions must be equal, or the run stops."""
-    other = _in_run(peer)
+    other = in_run(peer)
     if other is None:
         host.noop(
             f"pgBackRest versions not compared: {peer} is not in this run (the distribution's"

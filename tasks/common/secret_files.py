@@ -44,9 +44,11 @@ def secret_file(
     digest = hashlib.sha256(data).hexdigest()
     remote = host.get_fact(File, path=dest)
     if not remote or host.get_fact(Sha256File, path=dest) != digest:
-        yield FileUploadCommand(
-            BytesIO(data), dest, remote_temp_filename=host.get_temp_filename(dest)
-        )
+        # The temporary file goes where files.put puts its own: the _temp_dir argument (a
+        # directory the login can write when the upload goes through sudo), else pyinfra's.
+        arguments = host.current_op_global_arguments or {}
+        temp = host.get_temp_filename(dest, temp_directory=arguments.get("_temp_dir"))
+        yield FileUploadCommand(BytesIO(data), dest, remote_temp_filename=temp)
         yield file_utils.chown(dest, user, group)
         yield file_utils.chmod(dest, mode)
         return

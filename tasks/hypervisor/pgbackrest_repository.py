@@ -32,6 +32,7 @@ from tasks.common.pgbackrest import (
     TLS_PORT,
     PgbackrestInfo,
     database_host_names,
+    in_run,
     prepare_host,
     repository_host_name,
     run_server,
@@ -211,7 +212,18 @@ def pgbackrest_stanza() -> None:
     info = host.get_fact(PgbackrestInfo, stanza=settings.pgbackrest_stanza, user=REPO_USER)
     if info and info["status"] == 0 and info["backups"] > 0:
         return
+    absent = [name for name in database_host_names() if in_run(name) is None]
+    if absent:
+        # A first install: the memory store's VM is created in this run and reached in the next.
+        host.noop(
+            f"pgBackRest stanza and first backup: {', '.join(absent)} is not in this run (not"
+            " created yet, or not reachable): they come with the run that reaches it"
+        )
+        return
+    databases = [in_run(name) for name in database_host_names()]
     server.shell(
         name="Stanza create, check and a first full backup (the repository has none)",
         commands=[f"{STANZA_SCRIPT} {settings.pgbackrest_stanza}"],
+        # Not when a database host failed earlier in this run: the stanza would wait for it.
+        _if=lambda: not any(db in host.state.failed_hosts for db in databases),
     )

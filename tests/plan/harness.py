@@ -109,8 +109,9 @@ class Plan:
         return None
 
 
-# Controller-side functions that log in to the host: planned, never run by a plan test.
-CONNECTING_FUNCTIONS = (logins.prove_admin_login,)
+# Controller-side functions that log in to the host or write this controller's login records:
+# planned, never run by a plan test.
+CONNECTING_FUNCTIONS = (logins.prove_admin_login, logins.write_record)
 
 # The inventory file's last line: copies of the inventory put their changes before it.
 INVENTORY_FINAL = "log_in_as_recorded(globals(), check_inventory_file(__file__))"
@@ -255,7 +256,7 @@ def _plan_host(
                     # Our python.call functions run (against the API double); pyinfra's own
                     # connection-level functions (taking state and host, as server.reboot's
                     # do) and the admin login's proof (an SSH login to the host) would need
-                    # a real connection and are only planned.
+                    # a real connection and are only planned, as is its record.
                     if (
                         isinstance(command, FunctionCommand)
                         and not _takes_state_and_host(command.function)

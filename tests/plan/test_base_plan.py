@@ -153,8 +153,10 @@ def test_root_login_goes_off_last_once_the_admin_login_is_proven(full: Plan) -> 
         assert "PermitRootLogin no\nAllowGroups homelab-admins\n" in content
         installed = full.op(name, "root no (checked, installed)").commands[0]
         assert "/etc/ssh/sshd_config.d/05-homelab-login.conf" in installed
-    # The VM is reached as the admin user cloud-init made: nothing to prove.
+    # The VM is reached as the admin user cloud-init made: nothing to prove, only to record.
     assert not any(PROOF in op.name for op in full.for_host("ageis-node"))
+    recorded = "Admin login recorded: ops (this run logged in with it)"
+    assert [op.name for op in full.for_host("ageis-node") if recorded in op.name]
     assert "PermitRootLogin no" in _login_drop_in(full, "ageis-node")
 
 

@@ -76,6 +76,13 @@ def test_a_repository_with_a_backup_needs_no_stanza_step(plan_of, fleet) -> None
     assert not [op for op in result.for_host("pve") if "Stanza create" in op.name]
 
 
+def test_a_first_install_without_the_database_host_waits_for_it(plan_of) -> None:
+    """On a first install the VM is created in the run: the stanza waits for the next run."""
+    result = plan_of("deploys/full.py", limit=["pve", "embedder"])
+    assert not [op for op in result.for_host("pve") if "Stanza create" in op.name]
+    assert result.op("pve", "pgbackrest.conf (repository host)").commands
+
+
 def test_database_host_archives_async_to_the_repository(full: Plan) -> None:
     conf = settings(full.upload("ageis-node", "/etc/pgbackrest/pgbackrest.conf"))
     assert conf["repo1-host"] == "pve"

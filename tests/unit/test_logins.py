@@ -80,9 +80,10 @@ def test_the_inventory_gets_each_hosts_login(tmp_path: Path) -> None:
         "lan_address": "192.168.1.10",
         "ssh_user": "ops",
         "_sudo": True,
+        "_temp_dir": "/tmp",
     }
     assert namespace["embedder"][0][1] == {"ssh_user": "root"}
-    assert namespace["ageis_node"][0][1] == {"ssh_user": "ops", "_sudo": True}
+    assert namespace["ageis_node"][0][1] == {"ssh_user": "ops", "_sudo": True, "_temp_dir": "/tmp"}
     assert namespace["monitoring"][0][1] == {}
     assert namespace["names"] == ["pve", "embedder"]
 
@@ -126,6 +127,8 @@ def test_the_repositorys_inventory_logs_in_as_recorded(tmp_path: Path) -> None:
     logins.write_record(home / ".local/state/homelab-as-code/logins", "pve", "ops", "pve")
     later = _load(home)
     assert (later["pve"]["ssh_user"], later["pve"]["_sudo"]) == ("ops", True)
+    # Uploads through sudo: a directory the login can write (not root's libpam-tmpdir one).
+    assert later["pve"]["_temp_dir"] == "/tmp"
     assert later["embedder"]["ssh_user"] == "root"
 
 

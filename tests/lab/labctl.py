@@ -14,7 +14,7 @@ Commands::
     down                  power every host off, tear the network down, check nothing is left
     destroy               down, then delete the lab state (roots, pools); the cache stays
     status                one line per host
-    ssh HOST [CMD...]     ssh into a host as root with the lab key
+    ssh HOST [CMD...]     ssh into a host with the lab key as its login; CMD runs as root
     kill HOST             pull the plug (SIGKILL the container's init, no shutdown)
     start HOST            start a stopped host; return once SSH answers
     wait HOST             wait for SSH and ``systemctl is-system-running`` = running
@@ -1600,7 +1600,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop everything, keep state").set_defaults(func=cmd_down)
     sub.add_parser("destroy", help="down, then delete the state").set_defaults(func=cmd_destroy)
     sub.add_parser("status", help="one line per host").set_defaults(func=cmd_status)
-    ssh = sub.add_parser("ssh", help="ssh into a host as root")
+    ssh = sub.add_parser("ssh", help="ssh into a host as its login; a command runs as root")
     ssh.add_argument("host", metavar="HOST")
     ssh.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
     ssh.set_defaults(func=cmd_ssh)

@@ -9,8 +9,8 @@ VM): the API double cannot start containers, so this step stands in for Proxmox 
 guests it created. The same command again converges everything, and every host is then reached
 as the admin user with sudo, root login off.
 
-``make lab`` runs this drill (it starts from whatever the lab holds: ``labctl down`` first);
-``make test`` runs it once, through ``make lab``.
+``make lab-bare`` runs this drill (it starts from whatever the lab holds: ``labctl down``
+first), and ``make test`` through it; ``make lab`` keeps ready-made hosts for the fast loop.
 """
 
 from __future__ import annotations

@@ -208,6 +208,16 @@ def plan(
         return result
 
 
+def host_data(
+    name: str, *, home: Path, secrets: Mapping[str, str], inventory_file: str = "inventory.py"
+) -> dict[str, Any]:
+    """Host ``name``'s data as pyinfra merges it when the inventory loads (connection keys and
+    the login chosen for it included), with ``home`` as the controller's home directory."""
+    with _environment(home, secrets), ctx_state.use(State()):
+        inventory = make_inventory_from_files(inventory_file, cwd=str(REPO))
+        return dict(inventory.get_host(name).data.dict())
+
+
 def _plan_host(
     deploy_file: str,
     inventory_file: str,

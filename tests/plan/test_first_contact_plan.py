@@ -15,20 +15,14 @@ import pytest
 from tests.plan.conftest import PLAN_SECRETS
 from tests.plan.harness import Plan, host_data
 from tests.plan.machines import Machine
-from tests.plan.test_hypervisor_plan import DEBIAN_12, plain_debian_13
+from tests.plan.test_hypervisor_plan import make_proxmox_ve_8, plain_debian_13
 
 PROOF = "Admin login proven: ops by SSH key, with sudo"
 ROOT_OFF = "SSH login: the admin group, root no (checked, installed)"
 
 
 def _pve_8(fleet: dict[str, Machine]) -> None:
-    machine = fleet["pve"]
-    machine.os_release = DEBIAN_12
-    machine.kernel = "6.8.12-11-pve"
-    machine.packages["pve-manager"] = "8.4.1"
-    del machine.packages["proxmox-archive-keyring"]
-    for path in ("pve-enterprise.sources", "ceph.sources"):
-        del machine.files[f"/etc/apt/sources.list.d/{path}"]
+    make_proxmox_ve_8(fleet["pve"])
 
 
 def _plain_debian(fleet: dict[str, Machine]) -> None:

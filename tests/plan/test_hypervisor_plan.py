@@ -358,8 +358,8 @@ def test_pve_9_is_accepted_and_its_enterprise_repositories_disabled(plan_of) -> 
     ] == ["systemctl mask --now rpcbind.service rpcbind.socket"]
 
 
-def test_pve_8_on_bookworm(plan_of, fleet) -> None:
-    machine = fleet["pve"]
+def make_proxmox_ve_8(machine: Machine) -> None:
+    """Turn the Proxmox VE 9 facts into those of Proxmox VE 8 as its ISO installs it."""
     machine.os_release = DEBIAN_12
     machine.kernel = "6.8.12-11-pve"
     machine.packages["pve-manager"] = "8.4.1"
@@ -369,6 +369,10 @@ def test_pve_8_on_bookworm(plan_of, fleet) -> None:
     machine.files["/etc/apt/sources.list.d/pve-enterprise.list"] = (
         "deb https://enterprise.proxmox.com/debian/pve bookworm pve-enterprise\n"
     )
+
+
+def test_pve_8_on_bookworm(plan_of, fleet) -> None:
+    make_proxmox_ve_8(fleet["pve"])
     result = plan_pve(plan_of)
     key = result.op("pve", "Proxmox's bookworm archive keyring").commands
     assert key == [

@@ -30,5 +30,6 @@ alert_drive_temp_celsius = 50
 # and put its secret in the secrets file as pve_exporter_token_secret).
 pve_exporter_user = "monitoring@pve"
 pve_exporter_token_name = "exporter"
-# Proxmox's API certificate is self-signed unless you installed one (Let's Encrypt, your CA).
-pve_exporter_verify_tls = False
+# The exporter verifies the API against the CA this controller trusts for each hypervisor
+# (proxmox_api_ca_from_host, proxmox_api_ca_file; group data of hypervisor).
+pve_exporter_verify_tls = True

@@ -6,11 +6,13 @@ The secret is the password or the token's secret, per ``proxmox_api_token_name``
 
 The client is proxmoxer's HTTPS backend, made by :func:`connect` from the hypervisor's data
 and the secret. TLS is verified unless ``proxmox_api_verify_tls`` is false: against the
-system's CAs, or against ``proxmox_api_ca_file`` (the host's ``/etc/pve/pve-root-ca.pem``
-copied to the controller). Calls come from the controller: reads while pyinfra plans (like
-facts), writes inside ``python.call`` operations at execute time, and only when the read
-state differs from the data (:func:`api_change`), so ``--dry`` shows them and a converged
-host plans none. Every write that answers a UPID is waited on (:meth:`Proxmox.call`); a task
+host's own CA, ``/etc/pve/pve-root-ca.pem``, read over SSH on first contact and pinned
+(:mod:`tasks.hypervisor.proxmox_ca`); against ``proxmox_api_ca_file``; or, with
+``proxmox_api_ca_from_host`` false, against the system's CAs (a certificate of your own).
+Calls come from the controller: reads while pyinfra plans (like facts), writes inside
+``python.call`` operations at execute time, and only when the read state differs from the
+data (:func:`api_change`), so ``--dry`` shows them and a converged host plans none. Every
+write that answers a UPID is waited on (:meth:`Proxmox.call`); a task
 that ends in anything but ``OK`` raises :class:`TaskFailed` with the task's log.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 from pyinfra import host as current_host
 from pyinfra import inventory as current_inventory
 from pyinfra.api import deploy
+from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
 
 from tasks.common.datamodel.forms import Bool, Int, Optional, Str
@@ -32,6 +35,7 @@ from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR
 from tasks.common.datamodel.secrets import ISSUED, SecretSpec, load_secrets
 from tasks.common.ports import ADMIN, Port
+from tasks.hypervisor import proxmox_ca
 
 ADDRESS = Str(
     r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?",
@@ -73,8 +77,38 @@ DATA = Schema(
         "proxmox_api_ca_file",
         Optional(Str(r"[^\0]+", what='a file on the controller, such as "pve-root-ca.pem"')),
         None,
-        "CA certificate (PEM, on the controller) the API's certificate must chain to, such as"
-        " the host's /etc/pve/pve-root-ca.pem; None: the system's CAs.",
+        "CA certificate (PEM, on the controller) the API's certificate must chain to; None:"
+        " see proxmox_api_ca_from_host.",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "proxmox_api_ca_from_host",
+        Bool(),
+        True,
+        "Without proxmox_api_ca_file: trust the host's own CA (/etc/pve/pve-root-ca.pem), read"
+        " over SSH on first contact, recorded and then pinned; false: the system's CAs (for"
+        " a certificate of your own, such as ACME's).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "proxmox_api_ca_fingerprint",
+        Optional(
+            Str(
+                r"([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}",
+                what="a SHA-256 fingerprint, 32 hex pairs joined by colons (openssl x509"
+                " -noout -fingerprint -sha256)",
+            )
+        ),
+        None,
+        "The host's CA pinned by its SHA-256 fingerprint, read at its console; None trusts the"
+        " CA met first (then recorded).",
+        (HYPERVISOR,),
+    ),
+    Key(
+        "proxmox_api_ca_record_directory",
+        Str(r"[^\0]+", what='a directory on the controller, such as "~/.local/state/ca"'),
+        "~/.local/state/homelab-as-code/proxmox-ca",
+        "Where this controller records each hypervisor's CA (one PEM file per host).",
         (HYPERVISOR,),
     ),
     Key(
@@ -203,6 +237,33 @@ def settings_of(hypervisor: Any) -> Any:
     return DATA.read(hypervisor)
 
 
+def tls_verification(hypervisor: Any) -> bool | str:
+    """How a client verifies the API of ``hypervisor``: False (not at all), True (the system's
+    CAs) or the CA file on this controller (``proxmox_api_ca_file`` or the recorded host CA)."""
+    settings = settings_of(hypervisor)
+    if not settings.proxmox_api_verify_tls:
+        return False
+    if settings.proxmox_api_ca_file:
+        ca_file = Path(settings.proxmox_api_ca_file).expanduser()
+        if not ca_file.is_file():
+            raise ProxmoxError(
+                f"host {hypervisor.name!r}: key 'proxmox_api_ca_file' is"
+                f" {settings.proxmox_api_ca_file!r}; expected a readable PEM file on the"
+                " controller (copy the host's /etc/pve/pve-root-ca.pem)"
+            )
+        return str(ca_file)
+    if not settings.proxmox_api_ca_from_host:
+        return True
+    record = proxmox_ca.record_file(settings.proxmox_api_ca_record_directory, hypervisor.name)
+    if not record.is_file():
+        raise ProxmoxError(
+            f"host {hypervisor.name!r}: the Proxmox API's CA is not recorded on this"
+            f" controller yet ({record}); a run of deploys/full.py or deploys/hypervisor.py"
+            f" on {hypervisor.name} reads it over SSH and records it"
+        )
+    return str(record)
+
+
 _clients: dict[tuple[Any, ...], Proxmox] = {}
 
 
@@ -213,16 +274,7 @@ def connect(hypervisor: Any) -> Proxmox:
     settings = settings_of(hypervisor)
     address = settings.proxmox_api_host or hypervisor.data.get("lan_address")
     node = settings.proxmox_node or hypervisor.name
-    verify: bool | str = settings.proxmox_api_verify_tls
-    if verify and settings.proxmox_api_ca_file:
-        ca_file = Path(settings.proxmox_api_ca_file).expanduser()
-        if not ca_file.is_file():
-            raise ProxmoxError(
-                f"host {hypervisor.name!r}: key 'proxmox_api_ca_file' is"
-                f" {settings.proxmox_api_ca_file!r}; expected a readable PEM file on the"
-                " controller (copy the host's /etc/pve/pve-root-ca.pem)"
-            )
-        verify = str(ca_file)
+    verify = tls_verification(hypervisor)
     secret = load_secrets().get("proxmox_api_secret")
     if secret is None:
         raise ProxmoxError(
@@ -318,14 +370,40 @@ def reach(name: str) -> Proxmox | None:
     installed yet (the host's first run installs it: the API work waits for the next run)."""
     from pyinfra.facts.deb import DebPackages
 
+    def not_installed_yet() -> bool:
+        if "pve-manager" in (current_host.get_fact(DebPackages) or {}):
+            return False
+        current_host.noop(
+            f"{name}: Proxmox VE is not installed yet; this converges on the run after"
+            " the installation"
+        )
+        return True
+
+    settings = settings_of(current_host)
+    uses_host_ca = (
+        settings.proxmox_api_verify_tls
+        and not settings.proxmox_api_ca_file
+        and settings.proxmox_api_ca_from_host
+    )
+    if uses_host_ca:
+        lines = current_host.get_fact(FileContents, path=proxmox_ca.HOST_CA)
+        if lines is None:
+            if not_installed_yet():
+                return None
+            raise ProxmoxError(
+                f"host {current_host.name!r}: pve-manager is installed but {proxmox_ca.HOST_CA}"
+                " is missing (pvecm updatecerts makes it)"
+            )
+        proxmox_ca.trust(
+            current_host.name,
+            "\n".join(lines) + "\n",
+            settings.proxmox_api_ca_record_directory,
+            settings.proxmox_api_ca_fingerprint,
+        )
     try:
         return connect(current_host)
     except ProxmoxError:
-        if "pve-manager" not in (current_host.get_fact(DebPackages) or {}):
-            current_host.noop(
-                f"{name}: Proxmox VE is not installed yet; this converges on the run after"
-                " the installation"
-            )
+        if not_installed_yet():
             return None
         raise
 

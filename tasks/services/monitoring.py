@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +276,9 @@ DATA = Schema(
         "pve_exporter_verify_tls",
         Bool(),
         True,
-        "Verify the Proxmox API's TLS certificate (false for the default self-signed one).",
+        "Verify the Proxmox API's TLS certificate against the CA the controller trusts for"
+        " each hypervisor (recorded on first contact, or proxmox_api_ca_file), or the"
+        " system's CAs where a hypervisor uses those.",
         G,
     ),
     Key(
@@ -328,6 +331,7 @@ CONFIG_DIR = "/etc/prometheus"
 RULES = f"{CONFIG_DIR}/rules/homelab.rules.yml"
 SECRETS_DIR = f"{CONFIG_DIR}/secrets"
 PVE_VENV = "/opt/prometheus-pve-exporter"
+PVE_CA_BUNDLE = f"{CONFIG_DIR}/pve-api-ca.pem"
 WHEELHOUSE = "/var/cache/homelab/pve-exporter-wheels"
 BLACKBOX = "127.0.0.1:9115"
 # Loopback only: the exporter logs in to whatever /pve?target= names, with the API token, so
@@ -707,6 +711,22 @@ def _pve_exporter(settings: Any) -> None:
         commands=[f"chmod -R a+rX {PVE_VENV}"],
         _if=any_changed(venv, exporter),
     )
+    verify: bool | str = settings.pve_exporter_verify_tls
+    ca_bundle = _pve_ca_bundle() if verify else None
+    if ca_bundle is not None:
+        ca = files.put(
+            name="Proxmox exporter: the hypervisors' API CAs (as this controller trusts them)",
+            src=StringIO(ca_bundle),
+            dest=PVE_CA_BUNDLE,
+            mode="644",
+        )
+        verify = PVE_CA_BUNDLE
+    else:
+        ca = files.file(
+            name="Proxmox exporter: no CA file (the system's CAs, or no verification)",
+            path=PVE_CA_BUNDLE,
+            present=False,
+        )
     token = secret_file(
         name="Proxmox exporter: read-only API token (secret)",
         content=Secret(
@@ -714,7 +734,7 @@ def _pve_exporter(settings: Any) -> None:
                 settings.pve_exporter_user,
                 settings.pve_exporter_token_name,
                 load_secrets()["pve_exporter_token_secret"].reveal(),
-                settings.pve_exporter_verify_tls,
+                verify,
             )
         ),
         dest=f"{CONFIG_DIR}/pve.yml",
@@ -744,12 +764,27 @@ def _pve_exporter(settings: Any) -> None:
         service="prometheus-pve-exporter",
         running=None,
         restarted=True,
-        _if=any_changed(exporter, token, unit),
+        _if=any_changed(exporter, token, unit, ca),
     )
 
 
-def _pve_config(user: str, token_name: str, token_value: str, verify_tls: bool) -> str:
-    """prometheus-pve-exporter's pve.yml (module ``default``), as uploaded file content."""
+def _pve_ca_bundle() -> str | None:
+    """The CA certificates this controller verifies the hypervisors' APIs with (their recorded
+    or configured CA files), joined; None when every hypervisor relies on the system's CAs."""
+    from tasks.hypervisor.proxmox_api import tls_verification
+
+    bundle = []
+    for hypervisor in inventory:
+        if HYPERVISOR in hypervisor.groups:
+            verification = tls_verification(hypervisor)
+            if isinstance(verification, str):
+                bundle.append(Path(verification).read_text().strip() + "\n")
+    return "".join(bundle) or None
+
+
+def _pve_config(user: str, token_name: str, token_value: str, verify_tls: bool | str) -> str:
+    """prometheus-pve-exporter's pve.yml (module ``default``), as uploaded file content;
+    ``verify_tls`` is a bool or the CA file to verify against (requests' ``verify``)."""
 
     def quoted(text: str) -> str:
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -761,5 +796,9 @@ def _pve_config(user: str, token_name: str, token_value: str, verify_tls: bool) 
         f"  user: {quoted(user)}\n"
         f"  token_name: {quoted(token_name)}\n"
         f"  token_value: {quoted(token_value)}\n"
-        f"  verify_ssl: {'true' if verify_tls else 'false'}\n"
+        + (
+            f"  verify_ssl: {quoted(verify_tls)}\n"
+            if isinstance(verify_tls, str)
+            else f"  verify_ssl: {'true' if verify_tls else 'false'}\n"
+        )
     )

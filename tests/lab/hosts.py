@@ -74,6 +74,7 @@ SSH_KEY = CACHE_DIR / "ssh" / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
 # The lab's login records (tasks/common/logins.py): a new root forgets its host's record.
 LOGIN_RECORDS = STATE_DIR / "logins"
+PROXMOX_CA_RECORDS = STATE_DIR / "proxmox-ca"
 # The lab's secrets file (random values, mode 600), made when the lab inventory loads.
 SECRETS_FILE = STATE_DIR / "secrets.toml"
 # Container roots (``MACHINES_DIR/<name>/root``) and stand-in pools (``POOLS_DIR/<name>/<pool>``).

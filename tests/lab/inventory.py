@@ -20,7 +20,6 @@ from tasks.base.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
 from tasks.common.datamodel.preflight import check_inventory_file
 from tasks.common.logins import log_in_as_recorded
 from tests.lab import hosts as lab
-from tests.lab import pve_api_double
 from tests.lab.inference_standin import ollama_data, pipeline_data, rocm_data
 from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
@@ -110,7 +109,6 @@ _LAB_MONITORING = {
     "alert_fill_for": "15s",
     "alertmanager_group_wait": "5s",
     "alertmanager_group_interval": "10s",
-    "pve_exporter_verify_tls": False,
     # The lab's Proxmox API double knows one token, root@pam!homelab (secret
     # proxmox_api_secret), and implements the read endpoints of these collectors only.
     "pve_exporter_user": "root@pam",
@@ -151,9 +149,9 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     }
     if "hypervisor" in lab_host.groups:
         data["cpu"] = {"vendor": "intel", "model": "lab container", "cores": 2, "threads": 4}
-        # The Proxmox API is the lab's test double on pve:8006 (tests/lab/pve_api_double.py),
-        # trusted by its own self-signed certificate.
-        data["proxmox_api_ca_file"] = str(pve_api_double.ca_file())
+        # The Proxmox API is the lab's test double on pve:8006 (tests/lab/pve_api_double.py);
+        # its certificate is trusted on first contact, as a real node's CA is.
+        data["proxmox_api_ca_record_directory"] = str(lab.PROXMOX_CA_RECORDS)
     if lab_host.name in _GUESTS:
         data["guest"] = {"hypervisor": "pve", "storage": "ssd", **_GUESTS[lab_host.name]}
     data["dns_fallback_servers"] = _UPSTREAM_DNS

@@ -55,6 +55,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tasks.common import logins
+from tasks.hypervisor import proxmox_ca
 from tests.lab import hosts, inference_standin, pve_api_double, standin_repo, wheelhouse
 from tests.lab.hosts import LabHost
 
@@ -952,8 +953,9 @@ def configure_root(
     )
     if not first_boot:
         return
-    # A new root is a new host: no run has proven its admin login yet.
+    # A new root is a new host: no run has proven its admin login or met its Proxmox CA yet.
     logins.record_file(hosts.LOGIN_RECORDS, host.name).unlink(missing_ok=True)
+    proxmox_ca.record_file(hosts.PROXMOX_CA_RECORDS, host.name).unlink(missing_ok=True)
     if host.first_login != "root":
         add_cloud_init_user(root, host.first_login, public_key)
     write_file(root, "etc/hostname", f"{host.name}\n")

@@ -8,7 +8,9 @@ back after a reboot and keeps its state (``/var/lib/homelab-pve-api-double/state
 until ``labctl up --fresh`` recreates the root. Never installed by the deploy.
 
 - TLS: a self-signed certificate for ``pve`` and its lab address, made once per lab in the
-  lab's state directory; the lab inventory trusts exactly that file (``proxmox_api_ca_file``).
+  lab's state directory, and written where Proxmox VE keeps its node CA
+  (``/etc/pve/pve-root-ca.pem``): the rollout reads it there on first contact and records it
+  (``tasks/hypervisor/proxmox_ca.py``), as on a real node.
 - Login: ``root@pam`` with the lab secret ``proxmox_api_secret``, and the API token
   ``root@pam!homelab`` with the same secret (for token-mode tests).
 """
@@ -82,6 +84,8 @@ def install(host: LabHost) -> None:
         _write(root, f"{CODE_DIR}/apidata-v{version}.json", schema_bytes(version), 0o644)
     secret = lab_secret()
     _write(root, f"{CONF_DIR}/pve.pem", cert.read_text(), 0o644)
+    # Self-signed, so the certificate is its own CA; pmxcfs shows it as root:www-data 0640.
+    _write(root, "etc/pve/pve-root-ca.pem", cert.read_text(), 0o640)
     _write(root, f"{CONF_DIR}/pve.key", key.read_text(), 0o600)
     _write(root, f"{CONF_DIR}/password", secret + "\n", 0o600)
     _write(root, f"{CONF_DIR}/tokens", f"{TOKEN}={secret}\n", 0o600)

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tasks.common import logins
-from tests.lab import hosts
+from tasks.hypervisor import proxmox_ca
+from tests.lab import hosts, pve_api_double
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +75,11 @@ def test_bring_up_from_bare_machines_in_two_runs() -> None:
         assert logins.recorded_user(hosts.LOGIN_RECORDS, host.name) == hosts.ADMIN_USER, (
             f"{host.name}: no proven admin login after the first run"
         )
+    # The node's CA, read over SSH on first contact and recorded, fingerprint printed.
+    node_ca = proxmox_ca.fingerprint(pve_api_double.ca_file().read_text())
+    recorded = proxmox_ca.record_file(hosts.PROXMOX_CA_RECORDS, "pve")
+    assert proxmox_ca.fingerprint(recorded.read_text()) == node_ca, "the node's CA is recorded"
+    assert f'proxmox_api_ca_fingerprint = "{node_ca}"' in said, said[-4000:]
 
     # Stand-in for Proxmox starting the guests the first run created (see the docstring).
     labctl("up", "--fresh", *(g.name for g in GUESTS))

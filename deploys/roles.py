@@ -52,6 +52,7 @@ from tasks.embedder.nvidia_driver import nvidia_driver
 from tasks.embedder.tts import tts
 from tasks.embedder.vector_indexer import vector_indexer
 from tasks.hypervisor.gpu_passthrough import gpu_passthrough
+from tasks.hypervisor.guest_bridge import guest_bridge
 from tasks.hypervisor.pgbackrest_repository import pgbackrest_repository, pgbackrest_stanza
 from tasks.hypervisor.proxmox_api import proxmox_api_check
 from tasks.hypervisor.proxmox_backup import proxmox_backup_job
@@ -104,6 +105,7 @@ BASE: tuple[Task, ...] = (
 # Role tasks run after the base; each issue that builds a role adds its tasks here.
 ROLES: dict[str, tuple[Task, ...]] = {
     HYPERVISOR: (
+        guest_bridge,  # before proxmox_ve, whose reboot brings it up
         proxmox_ve,
         storage_pools,
         gpu_passthrough,

@@ -165,9 +165,14 @@ def _gib(size: int) -> int:
     return max(1, size // 1024**3)
 
 
+def lan_gateway(settings: Any, lan: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """The LAN's gateway: ``proxmox_guest_gateway``, or the first address of ``lan``."""
+    return str(settings.proxmox_guest_gateway or next(lan.hosts()))
+
+
 def _network(settings: Any, guest_data: Any) -> tuple[str, str, str]:
     lan = ipaddress.ip_network(str(host.data.get("lan_cidr")), strict=False)
-    gateway = str(settings.proxmox_guest_gateway or next(lan.hosts()))
+    gateway = lan_gateway(settings, lan)
     # Not the dns guest: on a first install it does not exist yet when the other guests boot
     # and install their packages. resolver_client puts it first once it answers.
     nameserver = settings.proxmox_guest_nameserver or gateway

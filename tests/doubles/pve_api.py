@@ -735,6 +735,12 @@ class PveApiDouble:
                 mac = _random_mac()
                 value = f"{value},hwaddr={mac}"
             config[key] = value
+        keys = params.get("ssh-public-keys")
+        if kind == "lxc" and keys and "rootfs" in config:
+            # pve-container writes them into the new root's /root/.ssh/authorized_keys; they
+            # are not part of the config. The volume keeps them (the lab reads them there).
+            volid = str(config["rootfs"]).split(",")[0]
+            self.state.volumes.setdefault(volid, {})["root_authorized_keys"] = str(keys)
 
     def _list_guests(self, kind: str) -> list:
         return [

@@ -152,6 +152,9 @@ def _host_data(lab_host: lab.LabHost) -> dict:
         # The Proxmox API is the lab's test double on pve:8006 (tests/lab/pve_api_double.py);
         # its certificate is trusted on first contact, as a real node's CA is.
         data["proxmox_api_ca_record_directory"] = str(lab.PROXMOX_CA_RECORDS)
+        # The lab's gateway is no router and answers no DNS: new guests get the lab machine's
+        # resolver, as a user without a resolving router names one.
+        data["proxmox_guest_nameserver"] = _UPSTREAM_DNS[0]
     if lab_host.name in _GUESTS:
         data["guest"] = {"hypervisor": "pve", "storage": "ssd", **_GUESTS[lab_host.name]}
     data["dns_fallback_servers"] = _UPSTREAM_DNS

@@ -11,6 +11,9 @@ Commands::
     image [--rebuild]     build (or reuse) the cached debootstrap Debian 13 root
     up [--fresh] [HOST...]  network, apt proxy, stand-in Tailscale repository, roots, boot;
                           wait for SSH and a running systemd
+    guests [HYPERVISOR]   boot the guests the rollout created through the API double, each
+                          prepared as Proxmox prepares it (tests/lab/proxmox_prep.py), in
+                          their startup order
     down                  power every host off, tear the network down, check nothing is left
     destroy               down, then delete the lab state (roots, pools); the cache stays
     status                one line per host
@@ -56,7 +59,14 @@ if __package__ in (None, ""):
 
 from tasks.common import logins
 from tasks.hypervisor import proxmox_ca
-from tests.lab import hosts, inference_standin, pve_api_double, standin_repo, wheelhouse
+from tests.lab import (
+    hosts,
+    inference_standin,
+    proxmox_prep,
+    pve_api_double,
+    standin_repo,
+    wheelhouse,
+)
 from tests.lab.hosts import LabHost
 
 # --- what the lab is made of ---------------------------------------------------------------
@@ -830,6 +840,59 @@ def ensure_image(rebuild: bool = False) -> Path:
     return target
 
 
+# The VM's image: the lab image with Debian's cloud-init, as a cloud image has it.
+CLOUD_PACKAGES = ("cloud-init",)
+
+
+def cloud_image_dir(base: Path) -> Path:
+    recipe = f"{base.name}\n{','.join(CLOUD_PACKAGES)}\n"
+    return IMAGES_DIR / f"cloud-{base.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
+
+
+def ensure_cloud_image(base: Path) -> Path:
+    """The lab image plus cloud-init (installed through the lab's apt proxy), cached."""
+    target = cloud_image_dir(base)
+    if target.is_dir():
+        say(f"image: cached {target}")
+        return target
+    started = time.monotonic()
+    build = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=IMAGES_DIR))
+    build.chmod(0o755)
+    log = IMAGES_DIR / f"{target.name}.build.log"
+    try:
+        run(["cp", "-a", "--reflink=auto", f"{base}/.", str(build)], what="copy the lab image")
+        write_file(build, APT_PROXY_CONF, apt_proxy_conf())
+        write_file(build, "etc/apt/sources.list.d/debian.sources", installer_sources(host_mirror()))
+        (build / "etc/apt/sources.list").unlink(missing_ok=True)
+        install = (
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq"
+            f" --no-install-recommends {' '.join(CLOUD_PACKAGES)}"
+        )
+        with open(log, "w") as log_file:
+            status = subprocess.run(
+                ["systemd-nspawn", "--quiet", "--register=no", "--pipe", "-D", str(build),
+                 "sh", "-c", install],
+                check=False, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT,
+            ).returncode  # fmt: skip
+        if status != 0:
+            raise LabError(
+                f"image: installing {' '.join(CLOUD_PACKAGES)} failed (exit {status}), see"
+                f" {log}:\n{tail(log.read_text(errors='replace'))}"
+            )
+        (build / APT_PROXY_CONF).unlink(missing_ok=True)
+        prepare_image(build)
+        os.rename(build, target)
+    except BaseException:
+        remove_tree(build)
+        raise
+    say(f"image: built {target} in {time.monotonic() - started:.1f}s")
+    for stale in IMAGES_DIR.glob("cloud-*"):
+        if stale.is_dir() and stale != target:
+            remove_tree(stale)
+    return target
+
+
 def prepare_image(root: Path) -> None:
     """Make the debootstrapped root a template: no host identity, networkd enabled."""
     unmount_under(root)
@@ -930,6 +993,11 @@ def configure_root(
     behind (host name, hosts file, resolv.conf, APT sources, host keys) only on a new root,
     so that a rebooted lab host keeps what the deploy made of it."""
     root = host.root_dir
+    if proxmox_guest_marker(host).is_file():
+        # Made by `labctl guests` from its Proxmox config: network, names and keys are what
+        # Proxmox (and the VM's cloud-init) wrote there, not the lab's.
+        write_file(root, APT_PROXY_CONF, apt_proxy_conf())
+        return
     # Sorts before the image's 80-container-host0.network, so it wins for host0.
     write_file(
         root,
@@ -944,18 +1012,10 @@ def configure_root(
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ssh_dir.chmod(0o700)
     write_file(root, "root/.ssh/authorized_keys", public_key + "\n", 0o600)
-    write_file(
-        root,
-        APT_PROXY_CONF,
-        f'Acquire::http::Proxy "{apt_proxy_url()}";\n'
-        # The lab's own servers (the stand-in Tailscale repository) are reached directly.
-        f'Acquire::http::Proxy::{hosts.GATEWAY} "DIRECT";\n',
-    )
+    write_file(root, APT_PROXY_CONF, apt_proxy_conf())
     if not first_boot:
         return
-    # A new root is a new host: no run has proven its admin login or met its Proxmox CA yet.
-    logins.record_file(hosts.LOGIN_RECORDS, host.name).unlink(missing_ok=True)
-    proxmox_ca.record_file(hosts.PROXMOX_CA_RECORDS, host.name).unlink(missing_ok=True)
+    forget_host(host)
     if host.first_login != "root":
         add_cloud_init_user(root, host.first_login, public_key)
     write_file(root, "etc/hostname", f"{host.name}\n")
@@ -975,6 +1035,52 @@ def configure_root(
     if machine_id.is_symlink() or not machine_id.is_file() or not machine_id.read_text().strip():
         write_file(root, "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
     run(["ssh-keygen", "-A", "-f", str(root)], what=f"{host.name}: ssh host keys")
+
+
+def apt_proxy_conf() -> str:
+    return (
+        f'Acquire::http::Proxy "{apt_proxy_url()}";\n'
+        # The lab's own servers (the stand-in Tailscale repository) are reached directly.
+        f'Acquire::http::Proxy::{hosts.GATEWAY} "DIRECT";\n'
+    )
+
+
+def proxmox_guest_marker(host: LabHost) -> Path:
+    """Present while the host's root was made by `labctl guests` (from its Proxmox config)."""
+    return host.root_dir.parent / "proxmox-guest.json"
+
+
+def forget_host(host: LabHost) -> None:
+    """A new root is a new host: no run has proven its admin login or met its Proxmox CA yet."""
+    logins.record_file(hosts.LOGIN_RECORDS, host.name).unlink(missing_ok=True)
+    proxmox_ca.record_file(hosts.PROXMOX_CA_RECORDS, host.name).unlink(missing_ok=True)
+
+
+def prepare_guest_root(host: LabHost, guest: proxmox_prep.Guest) -> None:
+    """A new root for ``host`` as Proxmox prepares guest ``guest`` (tests/lab/proxmox_prep.py):
+    the VM's NoCloud seed for its cloud-init, a container's files from pve-container."""
+    root = host.root_dir
+    forget_host(host)
+    write_file(root, APT_PROXY_CONF, apt_proxy_conf())
+    write_file(root, "etc/apt/sources.list.d/debian.sources", installer_sources(host_mirror()))
+    (root / "etc/apt/sources.list").unlink(missing_ok=True)
+    write_file(root, "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    (root / "etc/systemd/network/10-host0.network").unlink(missing_ok=True)
+    if guest.kind == "qemu":
+        for name, content in proxmox_prep.nocloud_seed(guest).items():
+            write_file(root, f"{proxmox_prep.SEED_DIR}/{name}", content, 0o600)
+        # What systemd-resolved serves on the cloud image once cloud-init has configured the
+        # NIC with the seed's nameserver (the lab image has no resolved).
+        write_file(root, "etc/resolv.conf", proxmox_prep.vm_resolv_conf(guest))
+    else:
+        for path, content in proxmox_prep.container_files(guest).items():
+            write_file(root, path, content, 0o600 if path.startswith("root/") else 0o644)
+        ssh_dir = root / "root/.ssh"
+        if ssh_dir.is_dir():
+            ssh_dir.chmod(0o700)
+        # pve-container's first start of a Debian template: new host keys.
+        run(["ssh-keygen", "-A", "-f", str(root)], what=f"{host.name}: ssh host keys")
+    proxmox_guest_marker(host).write_text(json.dumps({"vmid": guest.vmid, "kind": guest.kind}))
 
 
 def add_cloud_init_user(root: Path, user: str, public_key: str) -> None:
@@ -1358,6 +1464,64 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_guests(args: argparse.Namespace) -> int:
+    """Boot, as Proxmox would, the guests the rollout created through the API double."""
+    require_root()
+    hypervisor = one_host(args.hypervisor)
+    with lab_lock():
+        ensure_deps()
+        if nspawn_pid(hypervisor) is None:
+            raise LabError(f"{hypervisor.name}: not running; its API double holds the guests")
+        ensure_apt_proxy()
+        ensure_standin_repo()
+        ensure_wheelhouse()
+        ensure_inference_standin()
+        image = ensure_image()
+        guests = [g for g in proxmox_prep.guests(hypervisor.root_dir) if g.running]
+        if not guests:
+            raise LabError(f"{hypervisor.name}: the API double holds no running guest")
+        lab_guests = []
+        for guest in guests:
+            try:
+                host = hosts.by_name(guest.name)
+            except KeyError as error:
+                raise LabError(f"guest {guest.vmid} ({guest.name}): {error.args[0]}") from None
+            lab_guests.append((guest, host))
+        cloud_image = ensure_cloud_image(image) if any(g.kind == "qemu" for g in guests) else None
+        running = nspawn_processes()
+        in_parallel(
+            [h for _, h in lab_guests if h.name in running], stop_container, lambda h: h.name
+        )
+
+        def prepare(item: tuple[proxmox_prep.Guest, LabHost]) -> None:
+            guest, host = item
+            create_root(host, cloud_image if guest.kind == "qemu" else image, fresh=True)
+            prepare_guest_root(host, guest)
+
+        in_parallel(lab_guests, prepare, lambda item: item[1].name)
+        # Proxmox's boot order: by `startup` order, each `up` seconds after the one before.
+        for guest, host in lab_guests:
+            order, up = guest.startup
+            say(f"{host.name}: {guest.kind} {guest.vmid}, startup order {order}")
+            start_container(host)
+            time.sleep(up)
+
+        def ready(item: tuple[proxmox_prep.Guest, LabHost]) -> None:
+            guest, host = item
+            if guest.kind == "qemu":
+                # cloud-init makes the host keys and the login at first boot.
+                wait_until(lambda: (host.root_dir / "etc/ssh/ssh_host_ed25519_key.pub").is_file(),
+                           SSH_TIMEOUT)  # fmt: skip
+                write_known_hosts()
+            wait_host(host)
+
+        write_known_hosts()
+        in_parallel(lab_guests, ready, lambda item: item[1].name)
+        write_known_hosts()
+    say(f"guests up: {', '.join(h.name for _, h in lab_guests)}")
+    return 0
+
+
 def lab_id_of(pid: int) -> int | None:
     """The HOMELAB_LAB_ID a process runs with (0 when unset), None when it is gone."""
     try:
@@ -1599,6 +1763,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--fresh", action="store_true", help="recreate roots and pools from the image")
     up.add_argument("hosts", nargs="*", metavar="HOST")
     up.set_defaults(func=cmd_up)
+    guests = sub.add_parser(
+        "guests", help="boot the guests the API double created, prepared as Proxmox does"
+    )
+    guests.add_argument("hypervisor", nargs="?", default="pve", metavar="HYPERVISOR")
+    guests.set_defaults(func=cmd_guests)
     sub.add_parser("down", help="stop everything, keep state").set_defaults(func=cmd_down)
     sub.add_parser("destroy", help="down, then delete the state").set_defaults(func=cmd_destroy)
     sub.add_parser("status", help="one line per host").set_defaults(func=cmd_status)

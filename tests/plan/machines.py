@@ -89,6 +89,8 @@ class Machine:
     apt_candidates: dict[str, str] = field(default_factory=dict)
     # CloudInitState: "absent" (not installed), "active" (runs at boot) or "disabled".
     cloud_init: str = "absent"
+    # NetworkDevices (ip addr): interface -> {"ether", "ipv4": {"address", "mask_bits"}, ...}.
+    network_devices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _file(self, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         path = kwargs["path"]
@@ -180,6 +182,7 @@ class Machine:
                     line for line in self.files.get(kw["path"], "").splitlines() if line
                 ],
                 "TmpDir": "/tmp",
+                "NetworkDevices": self.network_devices,
                 "OpenSSHVersion": self.openssh,
                 "UnattendedUpgradesPending": self.unattended_upgrades_pending,
                 "SshSession": (

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tasks.hypervisor.gpu_passthrough import PassthroughRefused, group_problems, preflight
+from tasks.hypervisor.guest_bridge import BridgeRefused
 from tasks.hypervisor.proxmox_ve import ProxmoxRefused
 from tasks.hypervisor.storage_pools import PoolRefused
 from tests.plan.harness import Plan
@@ -22,6 +23,7 @@ from tests.plan.machines import (
     Machine,
     debian_13_embedder,
     pci,
+    real_fleet,
     xeon_pci,
 )
 
@@ -409,7 +411,35 @@ def plain_debian_13() -> Machine:
     machine.mounts = {
         "/mnt/hdd": {"device": "/dev/sde", "type": "ext4", "options": ["rw"]},
     }
+    # As Debian's installer leaves a static address: ifupdown, no bridge.
+    machine.files["/etc/network/interfaces"] = DEBIAN_INSTALLER_INTERFACES
+    machine.network_devices = {
+        "lo": {"ipv4": {"address": "127.0.0.1", "mask_bits": 8}},
+        "enp5s0": {"ether": "a8:a1:59:00:00:10", "state": "UP", "ipv4": DEBIAN_INSTALLER_IPV4},
+    }
     return machine
+
+
+DEBIAN_INSTALLER_IPV4 = {"address": "192.168.1.10", "mask_bits": 24, "netmask": "255.255.255.0"}
+DEBIAN_INSTALLER_INTERFACES = """\
+# This file describes the network interfaces available on your system
+# and how to activate them. For more information, see interfaces(5).
+
+source /etc/network/interfaces.d/*
+
+# The loopback network interface
+auto lo
+iface lo inet loopback
+
+# The primary network interface
+allow-hotplug enp5s0
+iface enp5s0 inet static
+\taddress 192.168.1.10/24
+\tgateway 192.168.1.1
+\t# dns-* options are implemented by the resolvconf package, if installed
+\tdns-nameservers 192.168.1.1
+\tdns-search home.arpa
+"""
 
 
 def test_plain_debian_13_gets_proxmox_ve_installed_step_by_step(plan_of, fleet) -> None:
@@ -455,6 +485,62 @@ def test_plain_debian_13_gets_proxmox_ve_installed_step_by_step(plan_of, fleet) 
     )
     removed = " ".join(commands["Remove Debian's kernel (Proxmox VE brings its own)"])
     assert "remove linux-image-6.12.48+deb13-amd64 linux-image-amd64" in removed
+
+
+def bridge_ops(result: Plan) -> list[str]:
+    return [op.name for op in result.changing("pve") if op.name.startswith("Guest bridge |")]
+
+
+def test_plain_debian_gets_the_guest_bridge_before_the_reboot_that_brings_it_up(
+    plan_of, fleet
+) -> None:
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    result = plan_pve(plan_of)
+    names = [op.name for op in result.changing("pve")]
+    bridge = names.index(
+        "Guest bridge | Guest bridge vmbr0 over enp5s0 (/etc/network/interfaces)"
+        " (checked, installed)"
+    )
+    assert names.index("Guest bridge | bridge-utils (ifupdown builds the bridge at boot)") < bridge
+    assert bridge < names.index("Proxmox VE | Reboot into the Proxmox VE kernel"), names
+    interfaces = result.upload("pve", "/etc/homelab/staged/etc_network_interfaces")
+    assert "iface enp5s0 inet manual\n" in interfaces
+    assert (
+        "auto vmbr0\niface vmbr0 inet static\n\taddress 192.168.1.10/24\n"
+        "\tgateway 192.168.1.1\n\tbridge-ports enp5s0\n"
+    ) in interfaces
+    assert "allow-hotplug enp5s0" not in interfaces, "the uplink holds no address of its own"
+    check = " ".join(result.op("pve", names[bridge]).commands)
+    assert "ifquery --interfaces=" in check
+    # No live change: nothing brings the bridge up or restarts networking in this run.
+    everything = " ".join(c for op in result.for_host("pve") for c in op.commands)
+    assert "ifup -" not in everything and "ifreload" not in everything
+    assert "restart networking" not in everything
+
+
+def test_the_guest_bridge_is_left_alone_where_it_exists_or_proxmox_ve_runs(plan_of, fleet) -> None:
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    fleet["pve"].network_devices["vmbr0"] = {"ipv4": DEBIAN_INSTALLER_IPV4}
+    fleet["pve"].network_devices["enp5s0"].pop("ipv4")
+    assert not bridge_ops(plan_pve(plan_of)), "the bridge exists"
+    fleet["pve"].network_devices.pop("vmbr0")
+    plain = plan_pve(plan_of, override_data={"proxmox_ve_install": False})
+    assert not bridge_ops(plain), "a host that stays plain Debian (the lab)"
+    fleet["pve"] = real_fleet()["pve"]
+    assert fleet["pve"].network_devices == {}
+    assert not bridge_ops(plan_pve(plan_of)), "Proxmox VE runs: its network is the user's"
+
+
+def test_a_lan_address_no_interface_holds_stops_before_the_bridge_is_written(
+    plan_of, fleet
+) -> None:
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].network_devices["enp5s0"]["ipv4"] = {"address": "192.168.1.99", "mask_bits": 24}
+    message = refused(plan_of, BridgeRefused)
+    assert "'pve'" in message and "'192.168.1.10'" in message
+    assert "enp5s0 192.168.1.99" in message
 
 
 def test_plain_debian_stays_plain_with_the_lab_override(plan_of, fleet) -> None:

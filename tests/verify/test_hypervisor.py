@@ -7,6 +7,7 @@ own, those checks skip saying so. The rest runs against the lab and the real hos
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -155,3 +156,16 @@ def test_proxmox_ve_runs_the_release_of_its_debian(host_in: InventoryHost) -> No
     assert host_in.testinfra.service("pveproxy").is_running
     kernel = host_in.testinfra.run("uname -r").stdout.strip()
     assert kernel.endswith("-pve"), f"{host_in.name}: runs kernel {kernel}, not Proxmox's"
+
+
+@pytest.mark.hardware
+def test_the_guest_bridge_holds_the_host_address(host_in: InventoryHost) -> None:
+    """vmbr0 (the ISO's, or guest_bridge's on plain Debian) has a port and the host's address."""
+    settings = PROXMOX_DATA.check(host_in.name, host_in.data)
+    if not settings["proxmox_ve_install"]:
+        pytest.skip(f"{host_in.name}: proxmox_ve_install is false (the lab): no guest bridge")
+    shown = json.loads(host_in.testinfra.check_output("ip -j addr show dev vmbr0"))
+    held = [a["local"] for link in shown for a in link.get("addr_info", [])]
+    assert host_in.data["lan_address"] in held, f"{host_in.name}: vmbr0 holds {held}"
+    ports = host_in.testinfra.check_output("ls /sys/class/net/vmbr0/brif").split()
+    assert ports, f"{host_in.name}: vmbr0 has no port (the uplink is not in the bridge)"

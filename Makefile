@@ -76,6 +76,14 @@ test-unit: venv promtools ## Unit tests: data model, validation, helpers, Promet
 test-plan: venv promtools ## Plan tests: the real deploys on the real machines' facts, no network
 	$(PYTEST) -q tests/plan
 
+# Two pytest processes, each every other test of both layers (tests/conftest.py: --shard).
+.PHONY: test-fast test-shard-0 test-shard-1
+test-fast: venv promtools ## Lint, unit and plan tests side by side on two cores (make test runs this)
+	$(MAKE) -j3 --output-sync=target --no-print-directory lint test-shard-0 test-shard-1
+
+test-shard-0 test-shard-1: venv promtools
+	$(PYTEST) -q --shard $(subst test-shard-,,$@)/2 tests/unit tests/plan
+
 .PHONY: docs
 docs: venv ## Regenerate docs/data-keys.md, the table of data keys
 	$(PY) -m tasks.common.datamodel.docs --update docs/data-keys.md
@@ -178,7 +186,7 @@ bench-rollout: venv ## Benchmark: no-change rollouts (full, per role, one templa
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
 test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)
-	$(MAKE) --no-print-directory lint test-unit test-plan
+	$(MAKE) --no-print-directory test-fast
 	@trap '$(LABCTL) down >/dev/null 2>&1 || true' EXIT; \
 	$(MAKE) --no-print-directory lab-bare; \
 	$(PYTEST) -q -s tests/lab/test_rollout.py; \

@@ -870,7 +870,8 @@ def ensure_cloud_image(base: Path) -> Path:
         )
         with open(log, "w") as log_file:
             status = subprocess.run(
-                ["systemd-nspawn", "--quiet", "--register=no", "--pipe", "-D", str(build),
+                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe",
+                 "--machine=homelab-cloud-image", "-D", str(build),
                  "sh", "-c", install],
                 check=False, stdin=subprocess.DEVNULL, stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -318,6 +318,12 @@ def test_guest_nameserver_is_a_usable_address(baseline) -> None:
     assert "is '192.168.1.255'; expected a host address in 192.168.1.0/24" in str(error)
     baseline.host("pve")["proxmox_guest_nameserver"] = "192.168.1.53"
     assert problems(baseline) == []
+    # A resolver beyond the gateway (an upstream or public one) is fine; loopback is not.
+    baseline.host("pve")["proxmox_guest_nameserver"] = "9.9.9.9"
+    assert problems(baseline) == []
+    baseline.host("pve")["proxmox_guest_nameserver"] = "127.0.0.53"
+    error = only(problems(baseline), "pve", "proxmox_guest_nameserver")
+    assert "is '127.0.0.53'; expected a resolver's unicast address" in str(error)
 
 
 def test_guest_nameserver_is_not_a_guest_that_does_not_exist_yet(baseline) -> None:

@@ -129,8 +129,13 @@ def _cross_checks(views: Sequence[HostView]) -> list[DataError]:
         if address is not None and cidr is not None:
             errors.extend(_check_in_lan(view, "lan_address", address, cidr))
             for key in GUEST_NETWORK_KEYS:
-                if values.get(key) is not None:
-                    errors.extend(_check_in_lan(view, key, values[key], cidr))
+                given = values.get(key)
+                if given is None:
+                    continue
+                if key == "proxmox_guest_nameserver" and given not in cidr:
+                    errors.extend(_check_resolver_address(view, key, given, cidr))
+                else:
+                    errors.extend(_check_in_lan(view, key, given, cidr))
         if address is not None:
             if address in seen_addresses:
                 other = seen_addresses[address]
@@ -229,6 +234,29 @@ def _check_guest_nameserver(hypervisor: HostView, views: Sequence[HostView]) -> 
                     " when the other guests install their packages",
                 )
             ]
+    return []
+
+
+def _check_resolver_address(
+    view: HostView, key: str, address: ipaddress.IPv4Address, cidr: ipaddress.IPv4Network
+) -> list[DataError]:
+    """A resolver outside the LAN (an upstream or public one) must be a routable unicast
+    address: guests reach it through the gateway."""
+    if (
+        address.is_loopback
+        or address.is_multicast
+        or address.is_unspecified
+        or address.is_link_local
+        or address.is_reserved
+    ):
+        return [
+            DataError(
+                view.name,
+                key,
+                address,
+                f"a resolver's unicast address, in {cidr} (the router) or beyond the gateway",
+            )
+        ]
     return []
 
 

@@ -54,7 +54,7 @@ from tasks.embedder.vector_indexer import vector_indexer
 from tasks.hypervisor.gpu_passthrough import gpu_passthrough
 from tasks.hypervisor.guest_bridge import guest_bridge
 from tasks.hypervisor.pgbackrest_repository import pgbackrest_repository, pgbackrest_stanza
-from tasks.hypervisor.proxmox_api import proxmox_api_check
+from tasks.hypervisor.proxmox_api import proxmox_api_check, proxmox_api_stage
 from tasks.hypervisor.proxmox_backup import proxmox_backup_job
 from tasks.hypervisor.proxmox_guests import proxmox_guests
 from tasks.hypervisor.proxmox_storage import proxmox_storages
@@ -102,7 +102,7 @@ BASE: tuple[Task, ...] = (
     node_exporter,
 )
 
-# Role tasks run after the base; each issue that builds a role adds its tasks here.
+# Role tasks run after the base, in this order.
 ROLES: dict[str, tuple[Task, ...]] = {
     HYPERVISOR: (
         guest_bridge,  # before proxmox_ve, whose reboot brings it up
@@ -110,10 +110,11 @@ ROLES: dict[str, tuple[Task, ...]] = {
         storage_pools,
         gpu_passthrough,
         tailscale,
-        proxmox_api_check,
-        proxmox_storages,
-        proxmox_guests,
-        proxmox_backup_job,
+        # At plan time, or after the installation on a host this run makes Proxmox VE.
+        partial(
+            proxmox_api_stage,
+            (proxmox_api_check, proxmox_storages, proxmox_guests, proxmox_backup_job),
+        ),
         pgbackrest_repository,
     ),
     AGEIS_NODE: (tailscale, memory_store, rocm, ollama, actr_engine, openclaw_pipeline),

@@ -19,7 +19,7 @@ that ends in anything but ``OK`` raises :class:`TaskFailed` with the task's log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -425,6 +425,43 @@ def diff(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, str
         for key, value in wanted.items()
         if str(current.get(key, "")) != str(int(value) if isinstance(value, bool) else value)
     }
+
+
+def proxmox_api_stage(tasks: Sequence[Callable[[], None]]) -> None:
+    """The tasks that work through the API (checks, storages, guests, the backup job); not a
+    deploy of its own, so their operations keep their names.
+
+    They read the API while pyinfra plans, so on a host whose Proxmox VE this run installs
+    (plain Debian) there is nothing to read yet. There they run as one operation at execute
+    time instead, after the installation and its reboot: their reads and writes then happen in
+    that operation (pyinfra executes operations called inside it at once), so the guests are
+    created in the same run and the next run converges them, as from the Proxmox ISO. (Not
+    with an API token: the token is made in Proxmox VE, so the API work waits for the next run.)
+    """
+    from tasks.hypervisor.proxmox_ve import installs_proxmox_ve
+
+    if not installs_proxmox_ve():
+        for task in tasks:
+            task()
+        return
+    settings = settings_of(current_host)
+    if settings.proxmox_api_token_name:
+        current_host.noop(
+            f"Proxmox VE API tasks: the API token {settings.proxmox_api_user}!"
+            f"{settings.proxmox_api_token_name} cannot exist before Proxmox VE does; create it"
+            " once this run has installed Proxmox VE, then run again"
+        )
+        return
+
+    def after_installation() -> None:
+        for task in tasks:
+            task()
+
+    python.call(
+        name="Proxmox VE API tasks (storages, guests, backup job), once this run has installed"
+        " Proxmox VE",
+        function=after_installation,
+    )
 
 
 @deploy("Proxmox VE API", data_defaults=DATA.defaults())

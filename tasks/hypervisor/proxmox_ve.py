@@ -148,6 +148,13 @@ class ProxmoxRefused(RuntimeError):
     """The host cannot carry Proxmox VE as the data asks; nothing was changed."""
 
 
+def installs_proxmox_ve() -> bool:
+    """True when this run installs Proxmox VE on the current host (plain Debian with
+    ``proxmox_ve_install``): it is there, rebooted into, only once the run has executed."""
+    packages = host.get_fact(DebPackages) or {}
+    return "pve-manager" not in packages and DATA.read(host).proxmox_ve_install
+
+
 def _say(message: str) -> None:
     logger.info(f"{host.print_prefix}{message}")
 

@@ -272,7 +272,12 @@ def _plan_host(
                         and not _takes_state_and_host(command.function)
                         and command.function not in CONNECTING_FUNCTIONS
                     ):
-                        command.function(*command.args, **command.kwargs)
+                        # As in a run: operations called inside the function execute at once.
+                        state.is_executing = True
+                        try:
+                            command.function(*command.args, **command.kwargs)
+                        finally:
+                            state.is_executing = False
             op_name = " / ".join(sorted(state.op_meta[op_hash].names))
             conditional = bool(data.global_arguments.get("_if"))
             planned.append(PlannedOp(op_name, commands, conditional))

@@ -141,8 +141,11 @@ def test_plain_debian_without_proxmox_ve_yet_waits_for_the_ca_and_the_api(
     pve_double: RunningDouble,
     records: Path,
 ) -> None:
-    fleet["pve"].packages.pop("pve-manager", None)
+    from tests.plan.test_hypervisor_plan import plain_debian_13
+
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
     plan = plan_hypervisor(None)
-    assert not (records / "pve.pem").exists()
+    assert not (records / "pve.pem").exists(), "no CA to read before the installation"
     assert api_requests(pve_double.double) == 0, "no API call before Proxmox VE is installed"
     assert any("proxmox-default-kernel" in " ".join(op.commands) for op in plan.changing("pve"))

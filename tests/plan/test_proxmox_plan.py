@@ -214,3 +214,73 @@ def test_both_checksums_for_one_image_are_refused_as_data_before_any_write(
     assert "host 'pve'" in message and 'key "proxmox_cloud_images' in message
     assert "at most one of sha256 and sha512" in message
     assert writes(pve_double.double) == []
+
+
+def test_plain_debian_creates_the_guests_in_the_run_that_installs_proxmox_ve(
+    plan_of: Any, fleet: dict[str, Any], pve_double: RunningDouble, tmp_path: Path
+) -> None:
+    """Plain Debian: the API work is one operation after the installation, whose reads and
+    writes run then (against the double), so the first run creates the guests."""
+    from pyinfra import context
+
+    from tests.plan.machines import real_fleet
+    from tests.plan.test_hypervisor_plan import plain_debian_13
+
+    plain = plain_debian_13()
+    plain.zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    installed = real_fleet()["pve"]  # what the same machine is once Proxmox VE is installed
+    installed.files["/etc/pve/pve-root-ca.pem"] = pve_double.ca_file.read_text()
+    plain_facts = plain.facts
+
+    def facts() -> Any:
+        table, after = plain_facts(), installed.facts()
+        for name in ("DebPackages", "FileContents"):
+            before_answer, after_answer = table.facts[name], after.facts[name]
+
+            def answer(kw: Any, before: Any = before_answer, now: Any = after_answer) -> Any:
+                chosen = now if context.state.is_executing else before
+                return chosen(kw) if callable(chosen) else chosen
+
+            table.facts[name] = answer
+        return table
+
+    plain.facts = facts  # type: ignore[method-assign]
+    fleet["pve"] = plain
+    records = tmp_path / "proxmox-ca"
+    result = plan_of(
+        "deploys/hypervisor.py",
+        limit=["pve"],
+        run_python=True,
+        override_data={
+            "proxmox_api_ca_file": None,
+            "proxmox_api_ca_record_directory": str(records),
+        },
+    )
+    names = [op.name for op in result.for_host("pve")]
+    stage = names.index(
+        "Proxmox VE API tasks (storages, guests, backup job), once this run has installed"
+        " Proxmox VE"
+    )
+    assert names.index("Proxmox VE | Proxmox VE (proxmox-ve postfix open-iscsi chrony)") < stage
+    assert names.index("Proxmox VE | Reboot into the Proxmox VE kernel") < stage
+    guests = pve_double.double.state.guests
+    assert sorted(guests) == [100, 110, 111], "the guests are created in this first run"
+    assert (records / "pve.pem").is_file(), "the CA is read once Proxmox VE made it"
+    pve_double.assert_all_accepted()
+
+
+def test_plain_debian_with_an_api_token_leaves_the_api_work_to_the_next_run(
+    plan_of: Any, fleet: dict[str, Any], pve_double: RunningDouble
+) -> None:
+    from tests.plan.test_hypervisor_plan import plain_debian_13
+
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    result = plan_of(
+        "deploys/hypervisor.py",
+        limit=["pve"],
+        run_python=True,
+        override_data={"proxmox_api_token_name": "homelab"},
+    )
+    assert not [op for op in result.for_host("pve") if "Proxmox VE API tasks" in op.name]
+    assert pve_double.double.requests == [], "no API call: the token cannot exist yet"

@@ -137,6 +137,30 @@ AFTER_FIREWALL: dict[str, tuple[Task, ...]] = {
 LAST: tuple[Task, ...] = (ssh_login,)
 
 
+# Every task of the table, numbered once (a task in several roles keeps one number).
+TASK_NUMBERS: dict[Task, int] = {}
+for _task in (*BASE, *(t for ts in ROLES.values() for t in ts),
+              *(t for ts in AFTER_FIREWALL.values() for t in ts), *LAST):  # fmt: skip
+    TASK_NUMBERS.setdefault(_task, len(TASK_NUMBERS))
+
+
+def run_tasks(tasks: Iterable[Task]) -> None:
+    """Run ``tasks`` in order, each under its own number in pyinfra's operation identity.
+
+    pyinfra identifies an operation across hosts by the line numbers of its call stack only.
+    Tasks called from one line in a loop would make operations at equal line numbers of two
+    task modules one operation (on hosts that run different tasks there), and their
+    different orders on different hosts a cycle that stops the run. The task's number, added
+    as pyinfra's loop position, keeps them apart; the same task on several hosts stays one.
+    """
+    for task in tasks:
+        host.loop_position.append(TASK_NUMBERS[task])
+        try:
+            task()
+        finally:
+            host.loop_position.pop()
+
+
 def roll_out(*roles: str) -> None:
     """Validate the data, then apply the base and the named roles to the current host.
 
@@ -157,18 +181,15 @@ def roll_out(*roles: str) -> None:
     if not mine:
         host.noop(f"{host.name} has none of the roles {', '.join(roles)}")
         return
-    for task in BASE:
-        task()
+    run_tasks(BASE)
     # The hypervisor's tasks from a line of their own, before the other roles': pyinfra orders
     # operations across hosts by the line numbers they are called from, so this puts every
     # hypervisor operation (storages, the guests' creation) before any guest's role tasks (the
     # snapshot guard of ageis-node's ROCm and Ollama needs its VM to exist).
     if HYPERVISOR in mine:
-        for task in ROLES[HYPERVISOR]:
-            task()
+        run_tasks(ROLES[HYPERVISOR])
     for role in mine:
-        for task in ROLES[role] if role != HYPERVISOR else ():
-            task()
+        run_tasks(ROLES[role] if role != HYPERVISOR else ())
     # Last, so a role's service is set up before its port opens.
     firewall(declared_ports(host.groups))
     # Again from lines of their own, hypervisor first: the after-firewall tasks of all hosts
@@ -176,10 +197,7 @@ def roll_out(*roles: str) -> None:
     # lines they are called from, and the repository's stanza and first backup must come before
     # ageis-node's first restore test, which restores that backup.
     if HYPERVISOR in mine:
-        for task in AFTER_FIREWALL.get(HYPERVISOR, ()):
-            task()
+        run_tasks(AFTER_FIREWALL.get(HYPERVISOR, ()))
     for role in mine:
-        for task in AFTER_FIREWALL.get(role, ()) if role != HYPERVISOR else ():
-            task()
-    for task in LAST:
-        task()
+        run_tasks(AFTER_FIREWALL.get(role, ()) if role != HYPERVISOR else ())
+    run_tasks(LAST)

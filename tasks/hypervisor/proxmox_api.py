@@ -441,7 +441,7 @@ def proxmox_api_stage(tasks: Sequence[Callable[[], None]]) -> None:
     from tasks.hypervisor.proxmox_ve import installs_proxmox_ve
 
     if not installs_proxmox_ve():
-        for task in tasks:
+        for task in current_host.loop(tasks):  # each its own place (see deploys/roles.py)
             task()
         return
     settings = settings_of(current_host)
@@ -454,7 +454,7 @@ def proxmox_api_stage(tasks: Sequence[Callable[[], None]]) -> None:
         return
 
     def after_installation() -> None:
-        for task in tasks:
+        for task in current_host.loop(tasks):
             task()
 
     python.call(

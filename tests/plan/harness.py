@@ -284,6 +284,49 @@ def _plan_host(
     return planned
 
 
+def fleet_order(
+    deploy_file: str,
+    facts: Mapping[str, FactTable],
+    *,
+    home: Path,
+    secrets: Mapping[str, str],
+    inventory_file: str = "inventory.py",
+    override_data: Mapping[str, Any] | None = None,
+) -> list[tuple[str, ...]]:
+    """Plan ``deploy_file`` over every host in one pyinfra state, as the CLI does, and return
+    the operations' names in the order pyinfra would run them (``state.get_op_order``, which
+    fails when the hosts' operation orders form a cycle). Operations are identified the CLI's
+    way, by the line numbers of their call stacks."""
+    import pyinfra
+
+    with _environment(home, secrets), mock.patch.object(pyinfra, "is_cli", True):
+        state, config = State(), Config()
+        with ctx_state.use(state):
+            inventory = make_inventory_from_files(
+                inventory_file, override_data=dict(override_data or {}), cwd=str(REPO)
+            )
+        missing = [h.name for h in inventory if h.name not in facts]
+        if missing:
+            raise MissingFact(f"no fact table for hosts {missing}")
+        state.init(inventory, config)
+        for each in inventory:
+            state.activate_host(each)
+        state.set_stage(StateStage.Prepare)
+
+        def get_fact(fact_host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
+            return facts[fact_host.name].answer(fact_cls, kwargs)
+
+        with (
+            ctx_state.use(state),
+            ctx_inventory.use(inventory),
+            ctx_config.use(config),
+            mock.patch.object(Host, "get_fact", get_fact),
+            mock.patch.object(Host, "connect", _refuse_connection),
+        ):
+            load_deploy_file(state, str(REPO / deploy_file))
+            return [tuple(sorted(state.op_meta[h].names)) for h in state.get_op_order()]
+
+
 def _takes_state_and_host(function: Any) -> bool:
     args = inspect.getfullargspec(function).args
     return "state" in args and "host" in args

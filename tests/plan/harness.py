@@ -242,17 +242,10 @@ def _plan_host(
     state.activated_hosts.update(h for h in inventory if h.name in peers)
     state.set_stage(StateStage.Prepare)
 
-    def get_fact(fact_host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
-        table = facts if fact_host.name == name else peers[fact_host.name]
-        return table.answer(fact_cls, kwargs)
+    def table_of(fact_host: Host) -> FactTable:
+        return facts if fact_host.name == name else peers[fact_host.name]
 
-    with (
-        ctx_state.use(state),
-        ctx_inventory.use(inventory),
-        ctx_config.use(config),
-        mock.patch.object(Host, "get_fact", get_fact),
-        mock.patch.object(Host, "connect", _refuse_connection),
-    ):
+    with _simulated(state, inventory, config, table_of):
         load_deploy_file(state, str(REPO / deploy_file))
         planned = []
         for op_hash in state.get_op_order():
@@ -313,18 +306,28 @@ def fleet_order(
             state.activate_host(each)
         state.set_stage(StateStage.Prepare)
 
-        def get_fact(fact_host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
-            return facts[fact_host.name].answer(fact_cls, kwargs)
-
-        with (
-            ctx_state.use(state),
-            ctx_inventory.use(inventory),
-            ctx_config.use(config),
-            mock.patch.object(Host, "get_fact", get_fact),
-            mock.patch.object(Host, "connect", _refuse_connection),
-        ):
+        with _simulated(state, inventory, config, lambda fact_host: facts[fact_host.name]):
             load_deploy_file(state, str(REPO / deploy_file))
             return [tuple(sorted(state.op_meta[h].names)) for h in state.get_op_order()]
+
+
+@contextmanager
+def _simulated(
+    state: State, inventory: Any, config: Config, table_of: Callable[[Host], FactTable]
+) -> Iterator[None]:
+    """pyinfra's contexts for ``state``; each host's facts from its table, no connection."""
+
+    def get_fact(fact_host: Host, fact_cls: type, *args: Any, **kwargs: Any) -> Any:
+        return table_of(fact_host).answer(fact_cls, kwargs)
+
+    with (
+        ctx_state.use(state),
+        ctx_inventory.use(inventory),
+        ctx_config.use(config),
+        mock.patch.object(Host, "get_fact", get_fact),
+        mock.patch.object(Host, "connect", _refuse_connection),
+    ):
+        yield
 
 
 def _takes_state_and_host(function: Any) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from pyinfra import host as current_host
 from pyinfra import inventory as current_inventory
+from pyinfra import logger
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import python
@@ -446,10 +447,11 @@ def proxmox_api_stage(tasks: Sequence[Callable[[], None]]) -> None:
         return
     settings = settings_of(current_host)
     if settings.proxmox_api_token_name:
-        current_host.noop(
-            f"Proxmox VE API tasks: the API token {settings.proxmox_api_user}!"
-            f"{settings.proxmox_api_token_name} cannot exist before Proxmox VE does; create it"
-            " once this run has installed Proxmox VE, then run again"
+        logger.warning(
+            f"{current_host.name}: Proxmox VE API tasks wait: the API token"
+            f" {settings.proxmox_api_user}!{settings.proxmox_api_token_name} cannot exist"
+            " before Proxmox VE does; create it once this run has installed Proxmox VE, then"
+            " run again"
         )
         return
 

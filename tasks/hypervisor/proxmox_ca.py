@@ -12,10 +12,10 @@ CA to the fingerprint read at the host's console (``openssl x509 -noout -fingerp
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
-import ssl
 from pathlib import Path
 
 logger = logging.getLogger("pyinfra")  # pyinfra's own logger; labctl imports this without pyinfra
@@ -41,7 +41,14 @@ def first_certificate(pem: str) -> str:
 def fingerprint(pem: str) -> str:
     """SHA-256 fingerprint of the first certificate in ``pem``, as ``openssl x509
     -fingerprint -sha256`` prints it (upper-case hex pairs joined by colons)."""
-    der = ssl.PEM_cert_to_DER_cert(first_certificate(pem))
+    block = first_certificate(pem)
+    body = "".join(block.strip().splitlines()[1:-1])
+    try:
+        der = base64.b64decode(body, validate=True)
+    except ValueError:
+        raise ValueError("its certificate block is not base64") from None
+    if len(der) < 64 or der[0] != 0x30:  # a certificate is a DER SEQUENCE
+        raise ValueError("its certificate block is not a DER certificate")
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
@@ -65,18 +72,24 @@ def trust(host_name: str, presented: str, directory: str | Path, pinned: str | N
         raise CATrustError(
             f"host {host_name!r}: the Proxmox API's CA ({HOST_CA}) has SHA-256 fingerprint"
             f" {presented_fingerprint}; key 'proxmox_api_ca_fingerprint' pins {pinned.upper()}."
-            " Nothing was changed."
+            " The API was not called."
         )
     record = record_file(directory, host_name)
     if record.is_file():
-        recorded_fingerprint = fingerprint(record.read_text())
+        try:
+            recorded_fingerprint = fingerprint(record.read_text())
+        except ValueError as error:  # binascii.Error is one
+            raise CATrustError(
+                f"host {host_name!r}: the recorded CA {record} is not a PEM certificate"
+                f" ({error}); check it, delete it and run again to record the host's CA anew"
+            ) from None
         if recorded_fingerprint == presented_fingerprint:
             return record
         if pinned is None:
             raise CATrustError(
                 f"host {host_name!r}: the Proxmox API's CA changed: recorded {recorded_fingerprint}"
-                f" ({record}), the host now has {presented_fingerprint}. Nothing was changed. If"
-                f" the CA was renewed on purpose, delete {record} and run again."
+                f" ({record}), the host now has {presented_fingerprint}. The API was not called."
+                f" If the CA was renewed on purpose, delete {record} and run again."
             )
     record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = record.with_suffix(".pem.partial")

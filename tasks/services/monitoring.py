@@ -27,7 +27,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from pyinfra import host, inventory
+from pyinfra import host, inventory, logger
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, pip, server, systemd
@@ -711,8 +711,8 @@ def _pve_exporter(settings: Any) -> None:
         commands=[f"chmod -R a+rX {PVE_VENV}"],
         _if=any_changed(venv, exporter),
     )
-    verify: bool | str = settings.pve_exporter_verify_tls
-    ca_bundle = _pve_ca_bundle() if verify else None
+    verify, ca_bundle = _pve_verification(settings.pve_exporter_verify_tls)
+    ca: OperationMeta | None = None
     if ca_bundle is not None:
         ca = files.put(
             name="Proxmox exporter: the hypervisors' API CAs (as this controller trusts them)",
@@ -720,8 +720,7 @@ def _pve_exporter(settings: Any) -> None:
             dest=PVE_CA_BUNDLE,
             mode="644",
         )
-        verify = PVE_CA_BUNDLE
-    else:
+    elif verify != PVE_CA_BUNDLE:
         ca = files.file(
             name="Proxmox exporter: no CA file (the system's CAs, or no verification)",
             path=PVE_CA_BUNDLE,
@@ -764,22 +763,50 @@ def _pve_exporter(settings: Any) -> None:
         service="prometheus-pve-exporter",
         running=None,
         restarted=True,
-        _if=any_changed(exporter, token, unit, ca),
+        _if=any_changed(exporter, token, unit, *([ca] if ca else [])),
     )
 
 
-def _pve_ca_bundle() -> str | None:
-    """The CA certificates this controller verifies the hypervisors' APIs with (their recorded
-    or configured CA files), joined; None when every hypervisor relies on the system's CAs."""
-    from tasks.hypervisor.proxmox_api import tls_verification
+def _pve_verification(wanted: bool) -> tuple[bool | str, str | None]:
+    """How the exporter verifies the hypervisors' APIs: (``verify_ssl``, the CA bundle to
+    write or None). The bundle joins the CA files this controller verifies each hypervisor
+    with (recorded or configured); a hypervisor whose CA is not recorded yet leaves the file on
+    the host as it is, until a run over that hypervisor records it."""
+    from tasks.hypervisor.proxmox_api import ProxmoxError, tls_verification
 
-    bundle = []
+    if not wanted:
+        return False, None
+    bundle, system, waiting = [], [], []
     for hypervisor in inventory:
-        if HYPERVISOR in hypervisor.groups:
+        if HYPERVISOR not in hypervisor.groups:
+            continue
+        try:
             verification = tls_verification(hypervisor)
-            if isinstance(verification, str):
-                bundle.append(Path(verification).read_text().strip() + "\n")
-    return "".join(bundle) or None
+        except ProxmoxError:
+            waiting.append(hypervisor.name)
+            continue
+        if isinstance(verification, str):
+            bundle.append(Path(verification).read_text().strip() + "\n")
+        elif verification:
+            system.append(hypervisor.name)
+    if system and (bundle or waiting):
+        raise DataError(
+            host.name,
+            "pve_exporter_verify_tls",
+            True,
+            f"one way of verifying every hypervisor: {', '.join(system)} use the system's CAs,"
+            " the others their own CA, and one exporter config cannot verify both",
+        )
+    if waiting:
+        logger.warning(
+            f"{host.name}: the Proxmox API CA of {', '.join(waiting)} is not recorded on this"
+            " controller yet: the exporter keeps its CA file until a run over"
+            f" {', '.join(waiting)} records it"
+        )
+        return PVE_CA_BUNDLE, None
+    if bundle:
+        return PVE_CA_BUNDLE, "".join(bundle)
+    return bool(system), None
 
 
 def _pve_config(user: str, token_name: str, token_value: str, verify_tls: bool | str) -> str:

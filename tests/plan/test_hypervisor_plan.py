@@ -508,7 +508,7 @@ def test_plain_debian_gets_the_guest_bridge_before_the_reboot_that_brings_it_up(
     assert "iface enp5s0 inet manual\n" in interfaces
     assert (
         "auto vmbr0\niface vmbr0 inet static\n\taddress 192.168.1.10/24\n"
-        "\tgateway 192.168.1.1\n\tbridge-ports enp5s0\n"
+        "\tgateway 192.168.1.1\n\thwaddress a8:a1:59:00:00:10\n\tbridge-ports enp5s0\n"
     ) in interfaces
     assert "allow-hotplug enp5s0" not in interfaces, "the uplink holds no address of its own"
     check = " ".join(result.op("pve", names[bridge]).commands)
@@ -517,6 +517,59 @@ def test_plain_debian_gets_the_guest_bridge_before_the_reboot_that_brings_it_up(
     everything = " ".join(c for op in result.for_host("pve") for c in op.commands)
     assert "ifup -" not in everything and "ifreload" not in everything
     assert "restart networking" not in everything
+
+
+def test_the_bridge_keeps_the_installers_gateway_and_dhcp(plan_of, fleet) -> None:
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    path = "/etc/network/interfaces"
+    fleet["pve"].files[path] = fleet["pve"].files[path].replace("192.168.1.1\n", "192.168.1.254\n")
+    staged = "/etc/homelab/staged/etc_network_interfaces"
+    assert "\tgateway 192.168.1.254\n" in plan_pve(plan_of).upload("pve", staged)
+    fleet["pve"].files[path] = "auto lo\niface lo inet loopback\nallow-hotplug enp5s0\n"
+    fleet["pve"].files[path] += "iface enp5s0 inet dhcp\n"
+    interfaces = plan_pve(plan_of).upload("pve", staged)
+    assert "iface vmbr0 inet dhcp\n\thwaddress a8:a1:59:00:00:10\n" in interfaces
+    assert "\taddress " not in interfaces and "gateway" not in interfaces
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("iface enp5s0 inet static", "iface other0 inet static", "has no stanza for enp5s0"),
+        (
+            "\tdns-search home.arpa",
+            "\tdns-search home.arpa\nauto bond0\niface bond0 inet manual",
+            "also configures bond0",
+        ),
+        ("\tgateway 192.168.1.1", "\tgateway 192.168.1.1\n\tbond-slaves eno1", "cannot be a port"),
+    ],
+    ids=["another tool configures the NIC", "other interfaces", "not a plain port"],
+)
+def test_a_network_the_bridge_cannot_replace_safely_stops_before_anything(
+    plan_of, fleet, old: str, new: str, expected: str
+) -> None:
+    fleet["pve"] = plain_debian_13()
+    path = "/etc/network/interfaces"
+    assert old in fleet["pve"].files[path]
+    fleet["pve"].files[path] = fleet["pve"].files[path].replace(old, new)
+    message = refused(plan_of, BridgeRefused)
+    assert expected in message and "Nothing was changed" in message, message
+
+
+def test_a_host_already_on_a_proxmox_kernel_is_rebooted_for_its_bridge(plan_of, fleet) -> None:
+    fleet["pve"] = plain_debian_13()
+    fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
+    fleet["pve"].kernel = "6.14.11-4-pve"
+    names = [op.name for op in plan_pve(plan_of).for_host("pve")]
+    bridge = names.index(
+        "Guest bridge | Guest bridge vmbr0 over enp5s0 (/etc/network/interfaces)"
+        " (checked, installed)"
+    )
+    reboot = names.index(
+        "Guest bridge | Reboot to bring up vmbr0 (the Proxmox kernel already runs)"
+    )
+    assert bridge < reboot
 
 
 def test_the_guest_bridge_is_left_alone_where_it_exists_or_proxmox_ve_runs(plan_of, fleet) -> None:

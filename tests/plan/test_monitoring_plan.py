@@ -177,3 +177,41 @@ def test_pve_exporter_token_is_a_root_only_file(full: Plan) -> None:
     assert 'user: "monitoring@pve"' in pve and 'token_name: "exporter"' in pve
     assert 'token_value: "plan-test-double"' in pve
     assert "prometheus-pve-exporter==3.10.2" in "\n".join(full.commands("monitoring"))
+
+
+CA_BUNDLE = "/etc/prometheus/pve-api-ca.pem"
+
+
+def test_the_pve_exporter_verifies_against_the_ca_the_controller_trusts(
+    plan_of, pve_double
+) -> None:
+    plan = plan_of("deploys/services.py", limit=["monitoring"])
+    assert plan.upload("monitoring", CA_BUNDLE).strip() == pve_double.ca_file.read_text().strip()
+
+
+def test_a_ca_not_recorded_yet_leaves_the_exporters_file_and_says_so(
+    plan_of, tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        plan = plan_of(
+            "deploys/services.py",
+            limit=["monitoring"],
+            override_data={
+                "proxmox_api_ca_file": None,
+                "proxmox_api_ca_record_directory": str(tmp_path / "none-yet"),
+            },
+        )
+    assert "the Proxmox API CA of pve is not recorded on this controller yet" in caplog.text
+    assert not [n for n in op_names(plan, "monitoring") if "API CAs" in n or "no CA file" in n]
+
+
+def test_no_verification_asked_removes_the_ca_file(plan_of) -> None:
+    plan = plan_of(
+        "deploys/services.py",
+        limit=["monitoring"],
+        override_data={"pve_exporter_verify_tls": False},
+    )
+    names = op_names(plan, "monitoring")
+    assert any("no CA file" in n for n in names) and not any("API CAs" in n for n in names)

@@ -100,7 +100,7 @@ def test_a_changed_ca_stops_the_run_naming_host_and_both_fingerprints(
     message = refusal(raised)
     assert "'pve'" in message
     assert fingerprint(old) in message and fingerprint(new) in message
-    assert "Nothing was changed" in message
+    assert "The API was not called" in message
     assert api_requests(pve_double.double) == sent, "no API request after the CA changed"
     assert fingerprint((records / "pve.pem").read_text()) == fingerprint(old)
 

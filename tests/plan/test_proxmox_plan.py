@@ -270,17 +270,21 @@ def test_plain_debian_creates_the_guests_in_the_run_that_installs_proxmox_ve(
 
 
 def test_plain_debian_with_an_api_token_leaves_the_api_work_to_the_next_run(
-    plan_of: Any, fleet: dict[str, Any], pve_double: RunningDouble
+    plan_of: Any, fleet: dict[str, Any], pve_double: RunningDouble, caplog: Any
 ) -> None:
+    import logging
+
     from tests.plan.test_hypervisor_plan import plain_debian_13
 
     fleet["pve"] = plain_debian_13()
     fleet["pve"].zfs = {"ssd": {"mountpoint": "/ssd", "mounted": True}}
-    result = plan_of(
-        "deploys/hypervisor.py",
-        limit=["pve"],
-        run_python=True,
-        override_data={"proxmox_api_token_name": "homelab"},
-    )
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        result = plan_of(
+            "deploys/hypervisor.py",
+            limit=["pve"],
+            run_python=True,
+            override_data={"proxmox_api_token_name": "homelab"},
+        )
+    assert "Proxmox VE API tasks wait: the API token root@pam!homelab" in caplog.text
     assert not [op for op in result.for_host("pve") if "Proxmox VE API tasks" in op.name]
     assert pve_double.double.requests == [], "no API call: the token cannot exist yet"

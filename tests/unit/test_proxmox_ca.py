@@ -51,3 +51,13 @@ def test_a_pin_overrides_a_stale_record(certificate: Path, tmp_path: Path) -> No
         trust("pve", pem, tmp_path, None)
     trust("pve", pem, tmp_path, fingerprint(pem))
     assert fingerprint(record_file(tmp_path, "pve").read_text()) == fingerprint(pem)
+
+
+def test_a_corrupt_record_is_a_clear_refusal_not_a_traceback(
+    certificate: Path, tmp_path: Path
+) -> None:
+    record_file(tmp_path, "pve").write_text(
+        "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(CATrustError, match=r"the recorded CA .* is not a PEM certificate"):
+        trust("pve", certificate.read_text(), tmp_path, None)

@@ -35,7 +35,6 @@ from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.hardware import NetworkDevices
 from pyinfra.facts.server import KernelVersion
@@ -46,7 +45,7 @@ from tasks.common.datamodel.machine import MACHINE
 from tasks.hypervisor.proxmox_api import guests_of
 from tasks.hypervisor.proxmox_guests import DATA as GUESTS_DATA
 from tasks.hypervisor.proxmox_guests import lan_gateway
-from tasks.hypervisor.proxmox_ve import DATA as PROXMOX_VE_DATA
+from tasks.hypervisor.proxmox_ve import installs_proxmox_ve
 
 INTERFACES = "/etc/network/interfaces"
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
@@ -152,9 +151,7 @@ def uplink_stanza(lines: list[str] | None, uplink: str) -> Stanza:
 
 @deploy("Guest bridge")
 def guest_bridge() -> None:
-    if "pve-manager" in (host.get_fact(DebPackages) or {}):
-        return
-    if not PROXMOX_VE_DATA.read(host).proxmox_ve_install:
+    if not installs_proxmox_ve():
         return
     bridges = _bridges()
     if len(bridges) != 1:

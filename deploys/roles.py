@@ -99,7 +99,8 @@ BASE: tuple[Task, ...] = (
     security_updates,
     hardening,
     resolver_client,
-    node_exporter,
+    # Given the table's port lookup: it probes the host's loopback-only ports on the host.
+    partial(node_exporter, ports_of=declared_ports),
 )
 
 # Role tasks run after the base, in this order.

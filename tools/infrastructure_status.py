@@ -218,8 +218,12 @@ class Report:
         return [h for h in self.hosts if group in h.groups]
 
     def services(self, host: Host) -> tuple[str | None, bool]:
-        """'ollama up, actr-engine down' from the host's probes; degraded when one is down."""
-        probes = self.q(f'probe_success{{instance="{host.name}"}}')
+        """'ollama up, actr-engine down' from the host's probes (the blackbox exporter's and
+        those run on the host for its loopback-only services); degraded when one is down."""
+        probes = self.q(
+            f'probe_success{{instance="{host.name}"}}'
+            f' or homelab_local_probe_success{{instance="{host.name}"}}'
+        )
         if not probes:
             return None, False
         states: dict[str, bool] = {}

@@ -19,9 +19,11 @@ The ``memory_store`` database, its roles and schema come from one SQL template
 (``templates/memory-store-schema.sql.j2``, vector dimension ``memory_embedding_dimensions``),
 applied by ``psql`` as postgres (reading the root-only file on stdin) when its digest (kept as
 the database's comment) or the roles' password verifiers differ. Passwords are secrets; the
-controller computes their SCRAM-SHA-256 verifiers (salt derived from the secret, so the file is
-stable), and only the verifiers travel, inside a root-only file: no password is ever on a
-command line.
+controller computes their SCRAM-SHA-256 verifiers, and only the verifiers travel, inside a
+root-only file: no password is ever on a command line. Each verifier gets a random salt; a
+later run reads the stored verifier's salt and iterations (and a digest of the verifier, never
+its keys), recomputes the verifier from the secret with them, and keeps it when they match: the
+same password changes nothing, a changed one gets a new random salt.
 
 Ordering at boot: the data directory's mount, then ``postgresql@<major>-main``, then
 ``memory-store-integrity.service`` (oneshot: PostgreSQL ready, data checksums on and zero
@@ -32,9 +34,11 @@ each with ``Requires=`` and ``After=`` on it.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -224,8 +228,9 @@ _STATE_MARK = "#homelab-memory-store"
 class MemoryStoreState(FactBase[dict[str, Any] | None]):
     """What the running cluster holds: data checksums, the schema digest, the roles' verifiers.
 
-    ``roles`` is a SHA-256 over ``name:verifier`` lines (not the verifiers themselves); None
-    when PostgreSQL does not answer.
+    ``roles`` maps each client role with a SCRAM verifier to its ``iterations``, ``salt``
+    (base64) and ``digest`` (SHA-256 of the whole verifier): enough to check a password
+    without reading the verifier's keys. None when PostgreSQL does not answer.
     """
 
     def command(self) -> str:
@@ -234,15 +239,19 @@ class MemoryStoreState(FactBase[dict[str, Any] | None]):
             "SELECT 'schema=' || coalesce(shobj_description(oid, 'pg_database'), '')"
             f" FROM pg_database WHERE datname = '{DATABASE}';"
         )
+        scram = "split_part(rolpassword, '$', 2)"
         roles_sql = (
-            "SELECT rolname || ':' || coalesce(rolpassword, '') FROM pg_authid"
-            f" WHERE rolname IN ({', '.join(repr(r) for r in CLIENT_ROLES)}) ORDER BY 1"
+            f"SELECT rolname || ':' || split_part({scram}, ':', 1) || ':'"
+            f" || split_part({scram}, ':', 2) || ':'"
+            " || encode(sha256(convert_to(rolpassword, 'UTF8')), 'hex') FROM pg_authid"
+            f" WHERE rolname IN ({', '.join(repr(r) for r in CLIENT_ROLES)})"
+            " AND rolpassword LIKE 'SCRAM-SHA-256$%' ORDER BY 1"
         )
         return (
             "command -v psql >/dev/null 2>&1 || exit 0; "
             f'runuser -u postgres -- psql -XAtq -c "{sql}" 2>/dev/null || exit 0; '
             f"echo '{_STATE_MARK}'; "
-            f'runuser -u postgres -- psql -XAtq -c "{roles_sql}" 2>/dev/null | sha256sum'
+            f'runuser -u postgres -- psql -XAtq -c "{roles_sql}" 2>/dev/null || true'
         )
 
     def process(self, output: list[str]) -> dict[str, Any] | None:
@@ -252,34 +261,54 @@ class MemoryStoreState(FactBase[dict[str, Any] | None]):
         for line in output[: output.index(_STATE_MARK)]:
             key, _, value = line.partition("=")
             values[key] = value
-        tail = output[output.index(_STATE_MARK) + 1 :]
-        values["roles"] = tail[0].split()[0] if tail else ""
+        roles: dict[str, dict[str, Any]] = {}
+        for line in output[output.index(_STATE_MARK) + 1 :]:
+            parts = line.strip().split(":")
+            if len(parts) == 4 and parts[1].isdigit():
+                role, iterations, salt, digest = parts
+                roles[role] = {"iterations": int(iterations), "salt": salt, "digest": digest}
+        values["roles"] = roles
         return values
 
 
-def scram_verifier(role: str, password: str) -> str:
+def scram_verifier(
+    password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
     """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
 
-    The salt is derived from the password and role, so the same secret gives the same verifier
-    on every run (a stable file, no change on a second run) while revealing nothing of it.
+    ``salt`` None draws a random 16-byte salt, as PostgreSQL does.
     """
     secret = password.encode()
-    salt = hmac.new(secret, f"homelab memory_store salt {role}".encode(), "sha256").digest()[:16]
-    salted = hashlib.pbkdf2_hmac("sha256", secret, salt, SCRAM_ITERATIONS)
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", secret, salt, iterations)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     stored_key = hashlib.sha256(client_key).digest()
     server_key = hmac.new(salted, b"Server Key", "sha256").digest()
     b64 = base64.b64encode
     return (
-        f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt).decode()}"
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
         f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
     )
 
 
-def roles_digest(verifiers: Mapping[str, str]) -> str:
-    """What ``MemoryStoreState`` reports for these verifiers (psql's lines through sha256sum)."""
-    text = "".join(f"{role}:{verifiers[role]}\n" for role in sorted(verifiers))
-    return hashlib.sha256(text.encode()).hexdigest()
+def verifier_digest(verifier: str) -> str:
+    """What ``MemoryStoreState`` reports of a stored verifier (SHA-256, hex)."""
+    return hashlib.sha256(verifier.encode()).hexdigest()
+
+
+def kept_or_new_verifier(password: str, stored: Mapping[str, Any] | None) -> str:
+    """The stored verifier when ``password`` still matches it (recomputed with its salt and
+    iterations), else a new one with a random salt."""
+    if stored:
+        try:
+            salt = base64.b64decode(stored["salt"], validate=True)
+        except (ValueError, binascii.Error):
+            salt = b""
+        if salt:
+            again = scram_verifier(password, salt, int(stored["iterations"]))
+            if hmac.compare_digest(verifier_digest(again), str(stored["digest"])):
+                return again
+    return scram_verifier(password)
 
 
 def postgresql_major(configured: int | None) -> int:
@@ -357,7 +386,8 @@ def hba_clients(extra: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return sorted(set(clients))
 
 
-def verifiers() -> dict[str, str]:
+def verifiers(stored: Mapping[str, Any]) -> dict[str, str]:
+    """Each client role's verifier: the stored one while its password matches, else new."""
     secrets = load_secrets()
     missing = [
         f"memory_store_{role}_password"
@@ -370,7 +400,9 @@ def verifiers() -> dict[str, str]:
             " (see secrets.example.toml)"
         )
     return {
-        role: scram_verifier(role, secrets[f"memory_store_{role}_password"].reveal())
+        role: kept_or_new_verifier(
+            secrets[f"memory_store_{role}_password"].reveal(), stored.get(role)
+        )
         for role in CLIENT_ROLES
     }
 
@@ -439,7 +471,8 @@ def _plan_cluster(settings: Any) -> Cluster:
             f" not in {datadir} (key 'postgresql_pool'); it is left alone: move it by hand"
             " (or set postgresql_pool) and run again"
         )
-    role_verifiers = verifiers()
+    state = host.get_fact(MemoryStoreState) or {}
+    role_verifiers = verifiers(state.get("roles") or {})
     sql = render_schema(settings.memory_embedding_dimensions, role_verifiers)
     lan = str(MACHINE.read(host).lan_address)
     listen = ["127.0.0.1", "::1", lan]
@@ -604,7 +637,10 @@ def _apply_schema(cluster: Cluster) -> None:
     current = (
         state is not None
         and state.get("schema") == schema_comment(cluster.sql)
-        and state.get("roles") == roles_digest(cluster.verifiers)
+        and all(
+            (state["roles"].get(role) or {}).get("digest") == verifier_digest(verifier)
+            for role, verifier in cluster.verifiers.items()
+        )
     )
     server.shell(
         name="Apply the memory store schema and roles (psql -f as postgres)",

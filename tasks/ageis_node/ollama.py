@@ -8,9 +8,11 @@ libraries removed and the archives unpacked into ``/usr`` (``files/install-ollam
 install and every upgrade run inside the snapshot guard.
 
 Its own system user ``ollama`` (in ``render`` and ``video`` for /dev/kfd and /dev/dri), the
-documented unit plus a drop-in with the environment from the data: the bind address (the
-firewall opens 11434 to monitoring only; clients are local), the models directory on the SSD pool,
-keep-alive, parallelism, flash attention and the context length.
+documented unit plus a drop-in with the environment: Ollama listens on 127.0.0.1:11434 only
+(it has no authentication of its own, so only this host's clients, actr-engine and the
+pipeline, reach it; the firewall opens nothing for it and node-exporter's local-probe collector
+checks it on the host), and from the data the models directory on the SSD pool, keep-alive,
+parallelism, flash attention and the context length.
 
 Before any model is pulled, the capacity preflight (``tasks/ageis_node/model_capacity.py``) compares
 each model's size with the GPU's VRAM and the VM's RAM: a model that needs CPU offload is
@@ -63,7 +65,10 @@ API = f"http://127.0.0.1:{PORT}"
 BASE_ARCHIVE = "ollama-linux-amd64.tgz"
 ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tgz"
 
-PORTS = (Port(PORT, "tcp", "ollama", probe="http:/api/version"),)
+# No authentication of its own: on loopback only, for this host's clients (actr-engine, the
+# pipeline); probed on the host.
+PORTS = (Port(PORT, "tcp", "ollama", probe="http:/api/version", loopback=True),)
+BIND = "127.0.0.1"
 
 VERSION = Str(r"[0-9]+\.[0-9]+\.[0-9]+(-rc[0-9]+)?", what='an Ollama version such as "0.12.11"')
 ARCHIVE = Str(
@@ -122,13 +127,6 @@ DATA = Schema(
         MapOf(ARCHIVE, SHA256),
         {BASE_ARCHIVE: "fb140ea4243706d0087b0108418ee5c6f74edcebf5f14e2f289b8e36bd303d0f"},
         "Pinned SHA-256 per archive of ollama_version (others: the published list).",
-        GROUPS,
-    ),
-    Key(
-        "ollama_bind",
-        Str(r"[0-9.]+", what='an IPv4 address such as "0.0.0.0"'),
-        "0.0.0.0",
-        "Address Ollama listens on; the firewall admits monitoring only.",
         GROUPS,
     ),
     Key(
@@ -355,7 +353,7 @@ def ollama() -> None:
         src=template_path("ollama-homelab.conf.j2"),
         dest=DROP_IN,
         mode="644",
-        bind=settings.ollama_bind,
+        bind=BIND,
         port=PORT,
         models_dir=directory,
         keep_alive=settings.ollama_keep_alive,

@@ -198,7 +198,8 @@ def open_ports(declared: Iterable[Port], extra: Iterable[Mapping[str, Any]]) -> 
         for e in extra
     )
     for port in (*declared, *added):
-        chosen.setdefault((port.port, port.proto), port)
+        if not port.loopback:  # listens on loopback only: opened to nobody
+            chosen.setdefault((port.port, port.proto), port)
     return tuple(sorted(chosen.values()))
 
 

@@ -15,9 +15,15 @@ the memory store's backup and restore-test metrics):
   (NVIDIA): temperature, utilisation, VRAM used/total, power, fan (``homelab_gpu_*``).
 - vzdump: on the hypervisor, ``files/homelab-vzdump-metrics`` on a timer reads Proxmox's task
   list (``pvesh``) and reports the last backup job's outcome (``homelab_vzdump_*``).
+- Local probes: where the host's tasks declare a ``loopback`` port (a service without
+  authentication of its own, listening on 127.0.0.1 only: Ollama), ``files/homelab-local-probe``
+  on a timer checks it on the host, as the blackbox exporter checks the others from the
+  monitoring guest (``homelab_local_probe_*``; the same ServiceProbeDown alert).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -56,6 +62,7 @@ SMART_PACKAGES = ["smartmontools", "nvme-cli", "lm-sensors"]
 SMART_TIMERS = ("prometheus-node-exporter-smartmon.timer", "prometheus-node-exporter-nvme.timer")
 GPU_SCRIPT = "/usr/local/sbin/homelab-gpu-metrics"
 VZDUMP_SCRIPT = "/usr/local/sbin/homelab-vzdump-metrics"
+LOCAL_PROBE_SCRIPT = "/usr/local/sbin/homelab-local-probe"
 UNIT_DIR = "/etc/systemd/system"
 
 
@@ -68,6 +75,13 @@ def gpu_vendors(gpus: list[dict]) -> list[str]:
     """Vendors of the GPUs this host drives itself (not those passed through to a guest)."""
     vendors = {gpu["vendor"] for gpu in gpus if not gpu.get("passthrough_to")}
     return sorted(vendors)
+
+
+def local_probe_url(port: Port) -> str:
+    """What the local-probe collector checks for a loopback port with a probe."""
+    if port.probe and port.probe.startswith("http:"):
+        return f"http://127.0.0.1:{port.port}{port.probe.removeprefix('http:')}"
+    return f"tcp://127.0.0.1:{port.port}"
 
 
 def _collector_timer(name: str, command: str, interval: int, description: str) -> None:
@@ -101,7 +115,9 @@ def _collector_timer(name: str, command: str, interval: int, description: str) -
 
 
 @deploy("Node exporter and textfile collectors")
-def node_exporter() -> None:
+def node_exporter(ports_of: Callable[[Iterable[str]], Iterable[Port]] | None = None) -> None:
+    """``ports_of(groups)``: the ports the host's tasks declare (its loopback ones are probed
+    here); given by the role table, so this module need not import it."""
     settings = DATA.read(host)
     machine = MACHINE.read(host)
     container = host.get_fact(ContainerVirt)
@@ -175,4 +191,19 @@ def node_exporter() -> None:
             f"{VZDUMP_SCRIPT} --output {TEXTFILE_DIR}/homelab-vzdump.prom",
             interval,
             "vzdump job metrics",
+        )
+    local = [p for p in (ports_of(host.groups) if ports_of else ()) if p.loopback and p.probe]
+    if local:
+        files.put(
+            name="Install the local probe collector",
+            src=file_path("homelab-local-probe"),
+            dest=LOCAL_PROBE_SCRIPT,
+            mode="755",
+        )
+        checks = " ".join(f"{p.service}={local_probe_url(p)}" for p in local)
+        _collector_timer(
+            "homelab-local-probe",
+            f"{LOCAL_PROBE_SCRIPT} --output {TEXTFILE_DIR}/homelab-local-probe.prom {checks}",
+            interval,
+            f"Local probes ({', '.join(p.service for p in local)})",
         )

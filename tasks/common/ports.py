@@ -38,6 +38,7 @@ class Port:
     ``metrics_path`` is where Prometheus scrapes the service's own metrics, if it has any.
     ``consumers`` name who may connect (see the module's docstring); ``extra_sources`` reads
     more client addresses from the host's data (PostgreSQL's declared extra clients).
+    ``loopback``: the service listens on 127.0.0.1 only; no consumers, probed on the host.
     None of these take part in comparisons: a port is its number, protocol and service.
     """
 
@@ -48,8 +49,14 @@ class Port:
     metrics_path: str | None = field(default=None, compare=False)
     consumers: tuple[str, ...] = field(default=(), compare=False)
     extra_sources: ExtraSources | None = field(default=None, compare=False, repr=False)
+    loopback: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.loopback and (self.consumers or self.extra_sources or self.metrics_path):
+            raise ValueError(
+                f"{self.service} listens on loopback only: it has no consumers, extra sources"
+                " or scraped metrics path"
+            )
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port {self.port} of {self.service} is not in 1-65535")
         if self.proto not in ("tcp", "udp"):
@@ -68,5 +75,5 @@ class Port:
 
     @property
     def monitored(self) -> bool:
-        """Monitoring connects to it: it is probed or scraped."""
-        return self.probe is not None or self.metrics_path is not None
+        """Monitoring connects to it: it is probed or scraped from the monitoring guest."""
+        return not self.loopback and (self.probe is not None or self.metrics_path is not None)

@@ -400,7 +400,7 @@ def monitoring_targets(
                 key = (port.service, port.metrics_path)
                 job = jobs.setdefault(key, ScrapeJob(port.service, port.metrics_path))
                 job.targets.append((f"{inv_host.address}:{port.port}", inv_host.name))
-            if port.probe:
+            if port.probe and not port.loopback:  # a loopback port is probed on its host
                 module, target = probe_for(port, inv_host.address)
                 probes.append(Probe(module, target, inv_host.name, port.service))
     by_name = {h.name: h for h in hosts}

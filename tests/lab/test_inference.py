@@ -82,7 +82,7 @@ def test_ollama_runs_the_verified_release_with_the_datas_environment() -> None:
     assert marker == "0.12.11 ollama-linux-amd64.tgz ollama-linux-amd64-rocm.tgz"
     assert ssh("test -f /usr/lib/ollama/rocm/TEST-DOUBLE").returncode == 0
     env = ssh("systemctl show -p Environment --value ollama.service").stdout
-    assert "OLLAMA_HOST=0.0.0.0:11434" in env
+    assert "OLLAMA_HOST=127.0.0.1:11434" in env
     assert "OLLAMA_MODELS=/srv/ssd/ollama/models" in env
     assert "OLLAMA_FLASH_ATTENTION=1" in env and "OLLAMA_CONTEXT_LENGTH=8192" in env
     assert ssh("systemctl is-active ollama.service").stdout.strip() == "active"

@@ -21,7 +21,7 @@ PVE, NODE, EMBEDDER, MONITOR = (
 # Exactly what each real host opens and to whom, written out by hand from the consumers the
 # tasks declare: (port, proto, service) -> (IPv4 sources, open on the tailnet interface).
 # The admin's devices are the LAN by default; monitoring (.40) reaches what it probes or
-# scrapes; a port a host only serves to itself (and its own monitoring) gets no rule at all.
+# scrapes; a port a host only serves to itself (Ollama, on loopback) gets no rule at all.
 ADMIN_PORT = ({LAN}, True)
 EXPECTED = {
     "pve": {
@@ -38,7 +38,6 @@ EXPECTED = {
         (8100, "tcp", "actr-engine"): ({MONITOR}, False),
         (8432, "tcp", "pgbackrest-server"): ({PVE, MONITOR}, False),
         (9100, "tcp", "node-exporter"): ({MONITOR}, False),
-        (11434, "tcp", "ollama"): ({MONITOR}, False),
         (18789, "tcp", "openclaw-gateway"): ({MONITOR}, True),
         (41641, "udp", "tailscaled"): ({LAN}, False),
     },

@@ -151,7 +151,7 @@ def test_ollama_release_is_pinned_and_verified(node: Plan) -> None:
 def test_ollama_drop_in_carries_the_environment(node: Plan) -> None:
     text = upload(node, "Ollama's environment (drop-in)")
     assert text.splitlines()[4:] == [
-        'Environment="OLLAMA_HOST=0.0.0.0:11434"',
+        'Environment="OLLAMA_HOST=127.0.0.1:11434"',
         'Environment="OLLAMA_MODELS=/srv/ssd/ollama/models"',
         'Environment="OLLAMA_KEEP_ALIVE=30m"',
         'Environment="OLLAMA_NUM_PARALLEL=1"',

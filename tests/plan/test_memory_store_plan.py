@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 from pathlib import Path
 
 import pytest
 
-from tasks.ageis_node.memory_store import roles_digest, scram_verifier
+from tasks.ageis_node.memory_store import (
+    MemoryStoreState,
+    kept_or_new_verifier,
+    scram_verifier,
+    verifier_digest,
+)
 from tests.plan.conftest import PLAN_SECRETS
 from tests.plan.harness import REPO, Plan
 from tests.plan.machines import DEBIAN_13
@@ -95,7 +104,10 @@ def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:
         "upload /etc/openclaw-pipeline/gateway-token\n" + PASSWORD + "\n",
     ]
     sql = result.upload(NODE, "/etc/homelab/memory-store/schema.sql")
-    assert f"PASSWORD '{scram_verifier('actr_engine', PASSWORD)}'" in sql
+    verifier = sql_verifiers(sql)["actr_engine"]
+    assert PASSWORD not in sql
+    assert verifier_checks(verifier, PASSWORD)
+    assert not verifier_checks(verifier, PASSWORD + "x")
     assert "embedding vector(384) NULL" in sql
     apply = result.op(NODE, "Apply the memory store schema")
     assert apply.commands == [
@@ -104,22 +116,101 @@ def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:
     ]
 
 
-def test_scram_verifier_matches_rfc_7677_shape_and_is_stable() -> None:
-    one = scram_verifier("actr_engine", "pencil")
-    assert one == scram_verifier("actr_engine", "pencil")
-    assert one != scram_verifier("vector_indexer", "pencil")
-    method, rest = one.split("$", 1)
-    assert method == "SCRAM-SHA-256"
-    iterations_salt, keys = rest.split("$")
-    assert iterations_salt.startswith("4096:")
-    assert len(keys.split(":")) == 2
+def sql_verifiers(sql: str) -> dict[str, str]:
+    """role -> the verifier the schema SQL sets for it."""
+    return dict(re.findall(r"ALTER ROLE (\w+) .*PASSWORD '([^']+)';", sql))
 
 
-def test_converged_store_changes_nothing_of_the_schema(plan_of, fleet) -> None:
+def verifier_checks(verifier: str, password: str) -> bool:
+    """PostgreSQL's check of a password against a stored verifier, written out again."""
+    method, rest = verifier.split("$", 1)
+    iterations, salt = rest.split("$")[0].split(":")
+    again = scram_verifier(password, base64.b64decode(salt), int(iterations))
+    return method == "SCRAM-SHA-256" and again == verifier
+
+
+def test_scram_verifier_passes_rfc_7677_test_vector() -> None:
+    """RFC 7677 section 3: user "user", password "pencil"; the server's signature over the
+    exchange's AuthMessage, computed from our ServerKey, must be the RFC's."""
+    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+    verifier = scram_verifier("pencil", salt, 4096)
+    assert verifier.startswith("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$")
+    server_key = base64.b64decode(verifier.rsplit(":", 1)[1])
+    nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    auth_message = (
+        f"n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,"
+        f"c=biws,r={nonce}"
+    )
+    signature = hmac.new(server_key, auth_message.encode(), "sha256").digest()
+    assert base64.b64encode(signature).decode() == "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
+def test_each_new_verifier_gets_a_random_salt() -> None:
+    one, two = scram_verifier("pencil"), scram_verifier("pencil")
+    assert one != two
+    assert verifier_checks(one, "pencil") and verifier_checks(two, "pencil")
+
+
+def test_a_stored_verifier_is_kept_while_its_password_matches() -> None:
+    stored_verifier = scram_verifier("pencil")
+    iterations, salt = stored_verifier.split("$")[1].split(":")
+    stored = {
+        "iterations": int(iterations),
+        "salt": salt,
+        "digest": verifier_digest(stored_verifier),
+    }
+    assert kept_or_new_verifier("pencil", stored) == stored_verifier
+    changed = kept_or_new_verifier("crayon", stored)
+    assert verifier_checks(changed, "crayon")
+    assert changed.split("$")[1] != stored_verifier.split("$")[1]  # a new salt
+    assert verifier_checks(kept_or_new_verifier("pencil", {**stored, "salt": "%%"}), "pencil")
+
+
+def test_state_fact_reads_salt_and_digest_not_keys() -> None:
+    fact = MemoryStoreState()
+    command = fact.command()
+    assert "sha256(convert_to(rolpassword" in command
+    assert "split_part(split_part(rolpassword, '$', 2), ':', 2)" in command
+    digest = hashlib.sha256(b"x").hexdigest()
+    state = fact.process(
+        [
+            "checksums=on",
+            "schema=homelab-as-code schema 0123",
+            "#homelab-memory-store",
+            f"actr_engine:4096:W22ZaJ0SNY7soEsUEjb6gQ==:{digest}",
+        ]
+    )
+    assert state == {
+        "checksums": "on",
+        "schema": "homelab-as-code schema 0123",
+        "roles": {
+            "actr_engine": {
+                "iterations": 4096,
+                "salt": "W22ZaJ0SNY7soEsUEjb6gQ==",
+                "digest": digest,
+            }
+        },
+    }
+    assert fact.process(["checksums=on"]) is None
+
+
+def _stored(verifiers: dict[str, str]) -> dict[str, dict]:
+    roles = {}
+    for role, verifier in verifiers.items():
+        iterations, salt = verifier.split("$")[1].split(":")
+        roles[role] = {
+            "iterations": int(iterations),
+            "salt": salt,
+            "digest": verifier_digest(verifier),
+        }
+    return roles
+
+
+def test_converged_store_keeps_its_verifiers_and_schema(plan_of, fleet) -> None:
     from tasks.ageis_node.memory_store import render_schema, schema_comment
 
     verifiers = {
-        r: scram_verifier(r, PLAN_SECRETS[f"memory_store_{r}_password"])
+        r: scram_verifier(PLAN_SECRETS[f"memory_store_{r}_password"])
         for r in ("actr_engine", "vector_indexer")
     }
     sql = render_schema(384, verifiers)
@@ -136,13 +227,33 @@ def test_converged_store_changes_nothing_of_the_schema(plan_of, fleet) -> None:
     machine.memory_store = {
         "checksums": "on",
         "schema": schema_comment(sql),
-        "roles": roles_digest(verifiers),
+        "roles": _stored(verifiers),
     }
     result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
     assert not [op for op in result.for_host(NODE) if "Create cluster" in op.name]
+    # The stored verifiers (random salts) are recomputed, not replaced: the same SQL.
+    assert result.upload(NODE, "/etc/homelab/memory-store/schema.sql") == sql
     # The schema file is uploaded (the simulated host lacks it) and so applied: a converged
     # host with the file in place and matching state runs nothing, checked in the lab.
     assert result.op(NODE, "Apply the memory store schema").conditional
+
+
+def test_a_changed_password_gets_a_new_verifier(plan_of, fleet) -> None:
+    old = {r: scram_verifier("the old password") for r in ("actr_engine", "vector_indexer")}
+    fleet[NODE].pg_clusters = [
+        {
+            "version": 16,
+            "name": "main",
+            "port": 5432,
+            "status": "online",
+            "data_directory": "/srv/ssd/postgresql/16/main",
+        }
+    ]
+    fleet[NODE].memory_store = {"checksums": "on", "schema": "", "roles": _stored(old)}
+    result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
+    new = sql_verifiers(result.upload(NODE, "/etc/homelab/memory-store/schema.sql"))
+    assert verifier_checks(new["actr_engine"], PASSWORD)
+    assert new["actr_engine"] != old["actr_engine"]
 
 
 def test_cluster_elsewhere_is_left_alone_and_stops_the_run(plan_of, fleet) -> None:
@@ -171,7 +282,7 @@ def test_checksums_off_stops_the_run(plan_of, fleet) -> None:
             "data_directory": "/srv/ssd/postgresql/16/main",
         }
     ]
-    machine.memory_store = {"checksums": "off", "schema": "", "roles": ""}
+    machine.memory_store = {"checksums": "off", "schema": "", "roles": {}}
     with pytest.raises(BaseException) as error:
         ageis_plan(plan_of, fleet, "ubuntu-24.04")
     assert "runs without data checksums" in str(cause(error))

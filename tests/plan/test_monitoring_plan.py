@@ -66,6 +66,21 @@ def test_gpu_collectors_follow_the_declared_gpus(full: Plan) -> None:
             full.upload(host, "/etc/systemd/system/homelab-gpu-metrics.service")
 
 
+def test_loopback_only_ollama_is_probed_on_its_host_not_from_monitoring(full: Plan) -> None:
+    unit = full.upload("ageis-node", "/etc/systemd/system/homelab-local-probe.service")
+    assert (
+        "ExecStart=/usr/local/sbin/homelab-local-probe --output"
+        " /var/lib/prometheus/node-exporter/homelab-local-probe.prom"
+        " ollama=http://127.0.0.1:11434/api/version\n"
+    ) in unit
+    assert "systemctl start homelab-local-probe.timer" in "\n".join(full.commands("ageis-node"))
+    config = full.upload("monitoring", PROMETHEUS_YML)
+    assert ":11434" not in config and 'service: "ollama"' not in config
+    for host in ("pve", "embedder", "monitoring", "dns"):
+        with pytest.raises(AssertionError):
+            full.upload(host, "/etc/systemd/system/homelab-local-probe.service")
+
+
 def test_vzdump_collector_on_the_hypervisor_only(full: Plan) -> None:
     assert "pvesh" in full.upload("pve", "/usr/local/sbin/homelab-vzdump-metrics")
     for host in ("ageis-node", "embedder", "monitoring", "dns"):

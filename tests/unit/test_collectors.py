@@ -129,3 +129,74 @@ def test_gpu_collector_without_its_tool_reports_down_and_exits_0(tmp_path) -> No
     text = output.read_text()
     assert 'homelab_gpu_collector_up{vendor="amd"} 0.0' in text
     assert 'homelab_gpu_collector_up{vendor="nvidia"} 0.0' in text
+
+
+def test_local_probe_reports_an_answering_and_a_silent_service(tmp_path: Path) -> None:
+    """homelab-local-probe against a real HTTP server on loopback and a closed port."""
+    import http.server
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    class Version(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            status = 200 if self.path == "/api/version" else 404
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b'{"version": "0.12.11"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Version)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed = unused.getsockname()[1]
+    port = server.server_address[1]
+    output = tmp_path / "homelab-local-probe.prom"
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(FILES / "homelab-local-probe"),
+                "--output",
+                str(output),
+                f"ollama=http://127.0.0.1:{port}/api/version",
+                f"missing=http://127.0.0.1:{port}/nowhere",
+                f"refused=tcp://127.0.0.1:{closed}",
+                f"listening=tcp://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert 'homelab_local_probe_success{probe="http",service="ollama"} 1' in text
+    assert 'homelab_local_probe_success{probe="http",service="missing"} 0' in text
+    assert 'homelab_local_probe_success{probe="tcp",service="refused"} 0' in text
+    assert 'homelab_local_probe_success{probe="tcp",service="listening"} 1' in text
+    assert "homelab_local_probe_last_run_timestamp_seconds " in text
+    assert "missing: http://127.0.0.1" in result.stderr and "ollama" not in result.stderr
+    assert oct(output.stat().st_mode & 0o777) == "0o644"
+
+
+def test_local_probe_refuses_a_service_name_that_would_break_its_labels(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(FILES / "homelab-local-probe"), "--output", str(tmp_path / "x"),
+         'a"b=http://127.0.0.1:1/'],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "expected SERVICE=URL" in result.stderr
+    assert not (tmp_path / "x").exists()

@@ -16,6 +16,15 @@ from tasks.common.ports import LAN as LAN_CONSUMER
 LAN = ipaddress.IPv4Network("192.168.1.0/24")
 
 
+def test_a_loopback_port_is_opened_to_nobody_and_takes_no_consumers() -> None:
+    ollama = Port(11434, "tcp", "ollama", probe="http:/api/version", loopback=True)
+    assert open_ports([ollama, Port(22, "tcp", "ssh")], []) == (Port(22, "tcp", "ssh"),)
+    assert not ollama.monitored, "probed on the host, not from the monitoring guest"
+    assert ollama in declared_ports(["ageis_node"])
+    with pytest.raises(ValueError, match="loopback only"):
+        Port(11434, "tcp", "ollama", consumers=(ADMIN,), loopback=True)
+
+
 def test_ports_are_merged_once_each_and_sorted() -> None:
     declared = [Port(53, "udp", "unbound"), Port(22, "tcp", "ssh"), Port(53, "tcp", "unbound")]
     extra = [

@@ -59,7 +59,7 @@ def database_host(major: int, datadir: str, pool_path: str) -> Archiving:
     conf = _configure(settings, repo, datadir)
     unit = server_unit("postgres", [datadir])
     systemd.daemon_reload(name="systemd reads pgbackrest-server", _if=unit.did_change)
-    run_server(conf, unit, installed)
+    run_server([conf], unit, installed)
     scratch = settings.memory_store_restore_test_path or f"{pool_path}/restore-test"
     _restore_test(settings, major, [datadir, scratch])
     _archiving_metrics(major)

@@ -77,6 +77,8 @@ PGDG_PIN = "/etc/apt/preferences.d/pgdg-pgbackrest.pref"
 # Distributions PGDG's repository serves (os-release ID); Proxmox VE reports debian.
 PGDG_DISTROS = ("debian", "ubuntu")
 SOURCES = ("pgdg", "distribution")
+CIPHERS = ("aes-256-cbc", "none")
+CIPHER_CONF = "/etc/pgbackrest/conf.d/homelab-cipher.conf"
 
 # A systemd OnCalendar= expression (checked loosely here; systemd-analyze calendar is the judge).
 CALENDAR = Str(
@@ -162,6 +164,15 @@ DATA = Schema(
         (HYPERVISOR,),
     ),
     Key(
+        "pgbackrest_repository_cipher",
+        Str(choices=CIPHERS),
+        "aes-256-cbc",
+        "Encryption of the repository (repo1-cipher-type), with the secret"
+        " pgbackrest_repository_cipher_pass. Fixed when the stanza is created: a run whose value"
+        " differs from an existing repository's stops before any change.",
+        (HYPERVISOR,),
+    ),
+    Key(
         "pgbackrest_archive_timeout",
         Int(1, 3600),
         60,
@@ -241,6 +252,15 @@ SECRETS = (
         "seed of pgBackRest's TLS CA and host keys (any long random string; a new one re-keys"
         " both hosts)",
         "seed",
+    ),
+    SecretSpec(
+        "pgbackrest_repository_cipher_pass",
+        (HYPERVISOR,),
+        "passphrase the pgBackRest repository is encrypted with (any long random string;"
+        " fixed when the repository is created: without it the backups cannot be read, so keep"
+        " a copy outside the homelab)",
+        "passphrase",
+        needed=lambda data: data.get("pgbackrest_repository_cipher", "aes-256-cbc") != "none",
     ),
 )
 
@@ -333,7 +353,8 @@ class PgbackrestInfo(FactBase[dict[str, Any] | None]):
     """``pgbackrest info --output=json`` of ``stanza`` as ``user``: status code and backups.
 
     None when pgBackRest is not installed or the command fails; else ``{"status": code,
-    "backups": n}`` (code 0: ok, 1: missing stanza path, ...).
+    "backups": n, "cipher": type}`` (code 0: ok, 1: missing stanza path, ...; type
+    ``"none"`` or ``"aes-256-cbc"``, None when not reported).
     """
 
     def command(self, stanza: str, user: str) -> str:
@@ -355,6 +376,7 @@ class PgbackrestInfo(FactBase[dict[str, Any] | None]):
         return {
             "status": (stanza.get("status") or {}).get("code"),
             "backups": len(stanza.get("backup") or []),
+            "cipher": stanza.get("cipher"),
         }
 
 
@@ -618,7 +640,9 @@ def server_unit(user: str, mounts: list[str]) -> OperationMeta:
     return unit
 
 
-def run_server(conf: OperationMeta, unit: OperationMeta, installed: OperationMeta | None) -> None:
+def run_server(
+    confs: list[OperationMeta], unit: OperationMeta, installed: OperationMeta | None
+) -> None:
     """pgBackRest's TLS server runs, restarted when its settings, unit or package changed."""
     systemd.service(
         name="pgbackrest-server runs", service="pgbackrest-server", running=True, enabled=True
@@ -627,5 +651,5 @@ def run_server(conf: OperationMeta, unit: OperationMeta, installed: OperationMet
         name="pgbackrest-server takes its new settings",
         service="pgbackrest-server",
         restarted=True,
-        _if=lambda: conf.did_change() or unit.did_change() or changed(installed),
+        _if=lambda: any(c.did_change() for c in confs) or unit.did_change() or changed(installed),
     )

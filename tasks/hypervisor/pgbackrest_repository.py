@@ -8,22 +8,35 @@ reachable), the deploy creates the stanza when the repository lacks it, runs ``c
 takes the first full backup when there is none (each gated on the repository's ``info``, so a
 second run does nothing). The shared parts (keys, TLS, install) are in
 ``tasks/common/pgbackrest.py``.
+
+The repository is encrypted (``pgbackrest_repository_cipher``, default ``aes-256-cbc``) with the
+secret ``pgbackrest_repository_cipher_pass``, kept in a root-only drop-in
+(``/etc/pgbackrest/conf.d/homelab-cipher.conf``, group pgbackrest) that ``--diff`` never shows.
+Only the repository host holds the passphrase: pgBackRest keeps a per-stanza key inside the
+encrypted ``archive.info`` and ``backup.info``, which the database host's archive-push, backup
+and restore receive through the TLS server, never the repository's passphrase. Both the type
+and the passphrase are fixed when the stanza is created; a run that would change either on an
+existing repository stops before any change, saying how to keep it or start a new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files, server, systemd
 
 from tasks.ageis_node.memory_store import DATA as STORE
 from tasks.ageis_node.memory_store import DISTRIBUTION_MAJOR_BY_OS, data_directory_of
 from tasks.common.datamodel.machine import AGEIS_NODE, MACHINE
+from tasks.common.datamodel.secrets import Secret, load_secrets
 from tasks.common.pgbackrest import (
     BACKUP_SCRIPT,
+    CIPHER_CONF,
     CONF,
     DATA,
     REPO_USER,
@@ -39,6 +52,7 @@ from tasks.common.pgbackrest import (
     server_unit,
 )
 from tasks.common.ports import Port
+from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
 
 PORTS = (Port(TLS_PORT, "tcp", "pgbackrest-server", probe="tcp", consumers=(AGEIS_NODE,)),)
@@ -70,16 +84,18 @@ def pgbackrest_repository() -> None:
         return
     repo_path = _repository_path(settings)
     database = _served_database()
+    cipher_text = _cipher_settings(settings, repo_path)
     _repository_user()
     installed = prepare_host(REPO_USER, REPO_USER, settings, database[0])
     conf = _configure(settings, repo_path, database)
+    cipher = _cipher_file(cipher_text)
     unit = server_unit(REPO_USER, [repo_path])
     units = [unit, *_backup_units(settings, repo_path)]
     systemd.daemon_reload(
         name="systemd reads the pgBackRest units",
         _if=lambda: any(u.did_change() for u in units),
     )
-    run_server(conf, unit, installed)
+    run_server([conf, cipher], unit, installed)
     for job in JOBS:
         systemd.service(
             name=f"pgbackrest-run@{job}.timer",
@@ -112,6 +128,82 @@ def _served_database() -> tuple[str, str]:
             f" the inventory's ageis_node group has {len(databases)}"
         )
     return databases[0]
+
+
+class RepositoryCipherRefused(RuntimeError):
+    """The data would change the encryption of an existing repository, which pgBackRest
+    cannot do."""
+
+
+def cipher_drop_in(cipher: str, passphrase: str) -> str:
+    """The drop-in that encrypts the repository (pgBackRest reads conf.d after its config)."""
+    return (
+        "# Managed by homelab-as-code (pgbackrest_repository_cipher and the secret"
+        " pgbackrest_repository_cipher_pass).\n"
+        f"[global]\nrepo1-cipher-type={cipher}\nrepo1-cipher-pass={passphrase}\n"
+    )
+
+
+def _cipher_settings(settings: Any, repo_path: str) -> Secret | None:
+    """The drop-in's text (None: no encryption); the run stops, before any change, when it
+    would change the encryption of the existing repository."""
+    cipher = settings.pgbackrest_repository_cipher
+    stanza = settings.pgbackrest_stanza
+    info = host.get_fact(PgbackrestInfo, stanza=stanza, user=REPO_USER)
+    # Status 1 is "missing stanza path": nothing created yet, any cipher can still be chosen.
+    existing = info["cipher"] if info and info["status"] != 1 else None
+    keep = (
+        f"keep the repository as it is with pgbackrest_repository_cipher = {existing!r}, or"
+        f" start a new one: stop archiving on the database host (or accept its WAL piling up"
+        f" in pg_wal), move {repo_path} aside, and run again (the stanza and a first full"
+        " backup are made anew; the old repository stays readable with its old settings)"
+    )
+    if existing is not None and existing != cipher:
+        raise RepositoryCipherRefused(
+            f"host {host.name!r}: key 'pgbackrest_repository_cipher' is {cipher!r}, but the"
+            f" repository in {repo_path} holds stanza {stanza!r} with cipher {existing!r};"
+            f" pgBackRest cannot change the encryption of an existing repository. Expected"
+            f" {existing!r}: {keep}. Nothing was changed"
+        )
+    if cipher == "none":
+        return None
+    secrets = load_secrets()
+    if "pgbackrest_repository_cipher_pass" not in secrets:
+        raise RuntimeError(
+            f"host {host.name!r}: the secrets file lacks pgbackrest_repository_cipher_pass"
+            " (see secrets.example.toml)"
+        )
+    text = Secret(cipher_drop_in(cipher, secrets["pgbackrest_repository_cipher_pass"].reveal()))
+    current = host.get_fact(Sha256File, path=CIPHER_CONF)
+    wanted = hashlib.sha256(text.reveal().encode()).hexdigest()
+    if existing is not None and current is not None and current != wanted:
+        raise RepositoryCipherRefused(
+            f"host {host.name!r}: secret 'pgbackrest_repository_cipher_pass' differs from the"
+            f" passphrase the repository in {repo_path} was created with ({CIPHER_CONF});"
+            " pgBackRest cannot change it on an existing repository. Expected the previous"
+            f" passphrase back in the secrets file, or a new repository: {keep}. Nothing was"
+            " changed"
+        )
+    return text
+
+
+def _cipher_file(text: Secret | None) -> OperationMeta:
+    """The encryption drop-in, readable by the repository's group only (absent: no cipher)."""
+    files.directory(name="pgBackRest conf.d", path=CIPHER_CONF.rsplit("/", 1)[0], mode="755")
+    if text is None:
+        return files.file(
+            name="No repository encryption drop-in (pgbackrest_repository_cipher is none)",
+            path=CIPHER_CONF,
+            present=False,
+        )
+    return secret_file(
+        name="Repository encryption (pgBackRest drop-in, passphrase never shown)",
+        content=text,
+        dest=CIPHER_CONF,
+        user="root",
+        group=REPO_USER,
+        mode="640",
+    )
 
 
 def _repository_user() -> None:

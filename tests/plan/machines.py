@@ -63,7 +63,8 @@ class Machine:
     # PostgresqlClusters (pg_lsclusters) and MemoryStoreState (None: PostgreSQL not answering).
     pg_clusters: list[dict[str, Any]] = field(default_factory=list)
     memory_store: dict[str, Any] | None = None
-    # PgbackrestInfo on the repository host: None (not installed) or {"status", "backups"}.
+    # PgbackrestInfo on the repository host: None (not installed) or {"status", "backups",
+    # "cipher"}.
     pgbackrest_info: dict[str, Any] | None = None
     # Hypervisor hardware (tasks/common/hardware_facts.py): PCI functions by address (PciDevices),
     # boot loader, running kernel command line, /proc/fb, CPU vendor, imported ZFS pools,
@@ -108,6 +109,12 @@ class Machine:
     def _sha1_file(self, kwargs: Mapping[str, Any]) -> str | None:
         path = kwargs["path"]
         return _sha1(self.files[path]) if path in self.files else None
+
+    def _sha256_file(self, kwargs: Mapping[str, Any]) -> str | None:
+        import hashlib
+
+        path = kwargs["path"]
+        return hashlib.sha256(self.files[path].encode()).hexdigest() if path in self.files else None
 
     def _find_in_file(self, kwargs: Mapping[str, Any]) -> list[str] | None:
         import re
@@ -161,6 +168,7 @@ class Machine:
                 "Directory": self._directory,
                 "Link": self._link,
                 "Sha1File": self._sha1_file,
+                "Sha256File": self._sha256_file,
                 "FileContents": lambda kw: (
                     self.files[kw["path"]].splitlines() if kw["path"] in self.files else None
                 ),

@@ -15,6 +15,7 @@ from tasks.common.pgbackrest import (
     host_tls,
     upstream_version,
 )
+from tasks.hypervisor.pgbackrest_repository import cipher_drop_in
 from tests.doubles.apt_policy import AptPolicyDouble, Available, compare_versions
 from tests.plan.conftest import PLAN_SECRETS
 from tests.plan.harness import REPO, Plan, inventory_copy
@@ -71,9 +72,64 @@ def test_repository_on_the_hdd_pool_backs_up_the_ssd_cluster_over_tls(full: Plan
 
 
 def test_a_repository_with_a_backup_needs_no_stanza_step(plan_of, fleet) -> None:
-    fleet["pve"].pgbackrest_info = {"status": 0, "backups": 3}
+    fleet["pve"].pgbackrest_info = {"status": 0, "backups": 3, "cipher": "aes-256-cbc"}
     result = plan_of("deploys/full.py", limit=["pve"])
     assert not [op for op in result.for_host("pve") if "Stanza create" in op.name]
+
+
+CIPHER_CONF = "/etc/pgbackrest/conf.d/homelab-cipher.conf"
+
+
+def test_the_repository_is_encrypted_with_a_passphrase_only_it_holds(full: Plan) -> None:
+    drop_in = settings(full.upload("pve", CIPHER_CONF))
+    assert drop_in["repo1-cipher-type"] == "aes-256-cbc"
+    assert drop_in["repo1-cipher-pass"] == PLAN_SECRETS["pgbackrest_repository_cipher_pass"]
+    upload = full.op("pve", "Repository encryption")
+    assert "chown root:pgbackrest" in " ".join(upload.commands)
+    assert "chmod 640" in " ".join(upload.commands)
+    # The database host never gets the passphrase: the stanza's own keys travel encrypted.
+    for path in (CIPHER_CONF, "/etc/pgbackrest/pgbackrest.conf"):
+        text = "\n".join(full.commands("ageis-node"))
+        assert "repo1-cipher" not in text, path
+
+
+def test_an_unencrypted_repository_is_left_alone_and_stops_the_run(plan_of, fleet) -> None:
+    fleet["pve"].pgbackrest_info = {"status": 0, "backups": 3, "cipher": "none"}
+    with pytest.raises(BaseException) as error:
+        plan_of("deploys/full.py", limit=["pve"])
+    message = str(getattr(error.value, "exception", error.value))
+    assert "key 'pgbackrest_repository_cipher' is 'aes-256-cbc'" in message
+    assert "with cipher 'none'" in message
+    assert "pgbackrest_repository_cipher = 'none'" in message
+    assert "move /mnt/hdd/pgbackrest aside" in message and "Nothing was changed" in message
+
+
+def test_a_changed_passphrase_of_an_existing_repository_stops_the_run(plan_of, fleet) -> None:
+    fleet["pve"].pgbackrest_info = {"status": 0, "backups": 3, "cipher": "aes-256-cbc"}
+    fleet["pve"].files[CIPHER_CONF] = cipher_drop_in("aes-256-cbc", "the passphrase it had")
+    with pytest.raises(BaseException) as error:
+        plan_of("deploys/full.py", limit=["pve"])
+    message = str(getattr(error.value, "exception", error.value))
+    assert "secret 'pgbackrest_repository_cipher_pass' differs" in message
+    assert "the passphrase it had" not in message
+    # The same passphrase: nothing to refuse, and the drop-in is not uploaded again.
+    fleet["pve"].files[CIPHER_CONF] = cipher_drop_in(
+        "aes-256-cbc", PLAN_SECRETS["pgbackrest_repository_cipher_pass"]
+    )
+    fleet["pve"].modes[CIPHER_CONF] = 640
+    result = plan_of("deploys/full.py", limit=["pve"])
+    assert not any(c.startswith(f"upload {CIPHER_CONF}") for c in result.commands("pve")), (
+        "the drop-in is uploaded again"
+    )
+
+
+def test_no_encryption_when_the_data_says_none(plan_of, fleet) -> None:
+    fleet["pve"].files[CIPHER_CONF] = cipher_drop_in("aes-256-cbc", "left from before")
+    result = plan_of(
+        "deploys/full.py", limit=["pve"], override_data={"pgbackrest_repository_cipher": "none"}
+    )
+    assert f"rm -f {CIPHER_CONF}" in result.commands("pve")
+    assert not any(c.startswith(f"upload {CIPHER_CONF}") for c in result.commands("pve"))
 
 
 def test_a_first_install_without_the_database_host_waits_for_it(plan_of) -> None:

@@ -40,6 +40,7 @@ SECRETS_TOML = (
     f'pve_exporter_token_secret = "{THROW_AWAY}"\n'
     f'openclaw_gateway_token = "{THROW_AWAY}"\n'
     f'actr_engine_api_token = "{THROW_AWAY}"\n'
+    f'pgbackrest_repository_cipher_pass = "{THROW_AWAY}"\n'
 )
 PRIVATE_KEY = "{private_key}"  # placeholder for the throw-away private key's path
 

@@ -140,7 +140,7 @@ def test_local_probe_reports_an_answering_and_a_silent_service(tmp_path: Path) -
     import threading
 
     class Version(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             status = 200 if self.path == "/api/version" else 404
             self.send_response(status)
             self.end_headers()
@@ -191,8 +191,13 @@ def test_local_probe_refuses_a_service_name_that_would_break_its_labels(tmp_path
     import sys
 
     result = subprocess.run(
-        [sys.executable, str(FILES / "homelab-local-probe"), "--output", str(tmp_path / "x"),
-         'a"b=http://127.0.0.1:1/'],  # fmt: skip
+        [
+            sys.executable,
+            str(FILES / "homelab-local-probe"),
+            "--output",
+            str(tmp_path / "x"),
+            'a"b=http://127.0.0.1:1/',
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -20,6 +20,7 @@ SECRETS = {
     "pve_exporter_token_secret": Secret("test-double-value"),
     "openclaw_gateway_token": Secret("test-double-value"),
     "actr_engine_api_token": Secret("test-double-value"),
+    "pgbackrest_repository_cipher_pass": Secret("test-double-value"),
 }
 
 
@@ -82,12 +83,13 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("monitoring", "secret pve_exporter_token_secret"),
         ("ageis-node", "secret openclaw_gateway_token"),
         ("ageis-node", "secret actr_engine_api_token"),
+        ("pve", "secret pgbackrest_repository_cipher_pass"),
     }
     text = format_errors(errors, "inventory.py")
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 12
+    assert len(text.splitlines()) == 13
 
 
 def test_address_outside_lan_cidr(baseline) -> None:
@@ -262,6 +264,16 @@ def test_missing_secret_names_the_hosts_that_need_it(baseline) -> None:
     assert "HOMELAB_SECRET_PROXMOX_API_SECRET" in error.expected
     assert "(needed by pve)" in error.expected
     assert "is (missing)" in str(error)
+
+
+def test_the_repository_passphrase_is_needed_only_while_it_is_encrypted(baseline) -> None:
+    without = {k: v for k, v in SECRETS.items() if k != "pgbackrest_repository_cipher_pass"}
+    error = only(
+        problems(baseline, secrets=without), "pve", "secret pgbackrest_repository_cipher_pass"
+    )
+    assert "(needed by pve)" in error.expected
+    baseline.host("pve")["pgbackrest_repository_cipher"] = "none"
+    assert problems(baseline, secrets=without) == []
 
 
 def test_no_secrets_given_skips_the_secret_check(baseline) -> None:

@@ -18,8 +18,10 @@ import os
 import stat
 import string
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SECRETS_FILE_ENV = "HOMELAB_SECRETS_FILE"
 DEFAULT_SECRETS_FILE = "secrets.toml"
@@ -49,7 +51,7 @@ class Secret:
 # Kinds of secret. The first three are ours to choose (any long random string), so they must be
 # strong; an "issued" one (a Tailscale auth key, a Proxmox token secret) comes from a third party
 # in whatever form it uses, so only its shape is checked.
-GENERATED_KINDS = ("password", "seed", "token")
+GENERATED_KINDS = ("password", "seed", "token", "passphrase")
 ISSUED = "issued"
 MIN_SECRET_LENGTH = 16
 MIN_SECRET_BITS = 64
@@ -68,6 +70,8 @@ class SecretSpec:
     groups: tuple[str, ...]
     doc: str
     kind: str = "password"
+    # Whether a host's data needs it at all (None: every host of ``groups`` does).
+    needed: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
 
 
 def estimated_bits(value: str) -> float:

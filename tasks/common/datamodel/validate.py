@@ -501,7 +501,12 @@ def _check_guest_disk(
 def _check_secrets(views: Sequence[HostView], secrets: Mapping[str, Secret]) -> list[DataError]:
     errors = []
     for spec in secret_specs():
-        needing = [view.name for view in views if set(spec.groups) & set(view.groups)]
+        needing = [
+            view.name
+            for view in views
+            if set(spec.groups) & set(view.groups)
+            and (spec.needed is None or spec.needed(view.data))
+        ]
         if needing and spec.name in secrets:
             problem = secret_problem(spec, secrets[spec.name])
             if problem:

@@ -13,7 +13,12 @@ Settings are sized from the host's RAM (``postgresql_memory_percent`` of it, the
 Ollama), passwords are ``scram-sha-256``, PostgreSQL listens on loopback and the host's
 ``lan_address`` (and ``postgresql_tailnet_address``), and ``pg_hba`` admits exactly the
 declared clients: ``actr_engine`` locally and over loopback, ``vector_indexer`` from the
-embedder's ``lan_address`` (plus ``postgresql_extra_clients``).
+embedder's ``lan_address`` (plus ``postgresql_extra_clients``). Clients over the network must
+use TLS (``hostssl``, TLS 1.3): the server's certificate comes from the memory store's own CA,
+derived on the controller from the secret ``pgbackrest_tls_seed`` (its names: the host's
+inventory name, its FQDN, ``lan_address`` and the tailnet address), and the vector indexer
+verifies it (libpq's ``verify-full``) against that CA. Loopback and the Unix socket stay plain:
+their traffic never leaves the host.
 
 The ``memory_store`` database, its roles and schema come from one SQL template
 (``templates/memory-store-schema.sql.j2``, vector dimension ``memory_embedding_dimensions``),
@@ -41,10 +46,12 @@ import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from io import StringIO
 from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import FactBase, deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
@@ -62,6 +69,7 @@ from tasks.common.datamodel.forms import (
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR, MACHINE, POOL_NAME
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
+from tasks.common.pgbackrest import HostTls, host_tls, tls_seed
 from tasks.common.ports import Port
 from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
@@ -82,6 +90,8 @@ BOOTSTRAP_SCRIPT = "/usr/local/sbin/memory-store-bootstrap"
 CONFIG_DIR = "/etc/homelab/memory-store"
 SCHEMA_FILE = f"{CONFIG_DIR}/schema.sql"
 ENV_FILE = f"{CONFIG_DIR}/memory-store.env"
+# Under the cluster's config directory: the server's certificate, key and the clients' CA.
+TLS_SUBDIR = "homelab-tls"
 # node-exporter's textfile collector directory (Debian's prometheus-node-exporter reads it).
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 SCRAM_ITERATIONS = 4096
@@ -146,7 +156,9 @@ DATA = Schema(
         "postgresql_extra_clients",
         ListOf(CLIENT),
         [],
-        'More {"role": ..., "address": ...} pg_hba entries (scram-sha-256, memory_store only).',
+        'More {"role": ..., "address": ...} pg_hba entries (hostssl, scram-sha-256,'
+        " memory_store only); such a client verifies the server against the memory store's CA"
+        " (homelab-tls/ca.crt in the cluster's config directory).",
         (AGEIS_NODE,),
     ),
     Key(
@@ -553,10 +565,62 @@ def _bootstrap(cluster: Cluster, backup: Archiving) -> None:
         )
 
 
+def server_addresses(target: Any, tailnet: Any) -> tuple[str, ...]:
+    """The addresses clients reach ``target``'s PostgreSQL at: its certificate's IP names."""
+    addresses = [str(MACHINE.read(target).lan_address)]
+    if tailnet:
+        addresses.append(str(tailnet))
+    return tuple(addresses)
+
+
+def server_tls(target: Any) -> HostTls:
+    """The memory store's CA, ``target``'s PostgreSQL certificate and key (from the seed)."""
+    return host_tls(
+        tls_seed(),
+        target.name,
+        str(MACHINE.read(target).domain),
+        purpose="postgresql",
+        addresses=server_addresses(target, DATA.read(target).postgresql_tailnet_address),
+    )
+
+
+def _tls_files(conf_dir: str) -> list[OperationMeta]:
+    """The server's certificate, key and CA, readable by postgres only; their operations."""
+    tls = server_tls(host)
+    directory = f"{conf_dir}/{TLS_SUBDIR}"
+    files.directory(
+        name="PostgreSQL TLS directory", path=directory, user="postgres", group="postgres",
+        mode="700",
+    )  # fmt: skip
+    changes = [
+        files.put(
+            name=f"PostgreSQL TLS {name}",
+            src=StringIO(text),
+            dest=f"{directory}/{name}",
+            user="postgres",
+            group="postgres",
+            mode="644",
+        )
+        for name, text in (("ca.crt", tls.ca_cert), ("server.crt", tls.cert))
+    ]
+    changes.append(
+        secret_file(
+            name="PostgreSQL TLS server.key",
+            content=Secret(tls.key),
+            dest=f"{directory}/server.key",
+            user="postgres",
+            group="postgres",
+            mode="600",
+        )
+    )
+    return changes
+
+
 def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> None:
     """PostgreSQL's settings and pg_hba, the units' mount and integrity ordering; the cluster
     runs and takes changed settings (reload, restart only when one needs it)."""
     unit, datadir, conf_dir = cluster.unit, cluster.datadir, cluster.conf_dir
+    tls = _tls_files(conf_dir)
     conf = files.template(
         name="PostgreSQL settings (listen, scram-sha-256, sized from RAM)",
         src=template_path("postgresql-homelab.conf.j2"),
@@ -566,6 +630,7 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
         mode="644",
         listen=cluster.listen,
         port=PORT,
+        tls_dir=f"{conf_dir}/{TLS_SUBDIR}",
         max_connections=settings.postgresql_max_connections,
         archive={"stanza": backup.stanza, "timeout": backup.timeout},
         sizes=sizing(
@@ -575,7 +640,7 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
         ),
     )
     hba = files.template(
-        name="pg_hba: declared clients only, scram-sha-256",
+        name="pg_hba: declared clients only, scram-sha-256, TLS over the network",
         src=template_path("pg_hba.conf.j2"),
         dest=f"{conf_dir}/pg_hba.conf",
         user="postgres",
@@ -615,7 +680,7 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
             ' "SELECT 1 FROM pg_settings WHERE pending_restart LIMIT 1" | grep -q 1;'
             f" then systemctl restart {unit}; fi",
         ],
-        _if=lambda: conf.did_change() or hba.did_change(),
+        _if=lambda: conf.did_change() or hba.did_change() or any(t.did_change() for t in tls),
     )
 
 

@@ -56,7 +56,7 @@ from tasks.common.apt_keys import Fingerprint, verified_keyring
 from tasks.common.changes import changed
 from tasks.common.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
-from tasks.common.datamodel.machine import AGEIS_NODE, HYPERVISOR, MACHINE, POOL_NAME
+from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR, MACHINE, POOL_NAME
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
 from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
@@ -248,9 +248,9 @@ DATA = Schema(
 SECRETS = (
     SecretSpec(
         "pgbackrest_tls_seed",
-        (AGEIS_NODE, HYPERVISOR),
-        "seed of pgBackRest's TLS CA and host keys (any long random string; a new one re-keys"
-        " both hosts)",
+        (AGEIS_NODE, HYPERVISOR, EMBEDDER),
+        "seed of the memory store's TLS: pgBackRest's CA and host keys, PostgreSQL's CA and"
+        " server key (any long random string; a new one re-keys every host that uses them)",
         "seed",
     ),
     SecretSpec(
@@ -291,20 +291,41 @@ def _serial(seed: str, label: str) -> int:
     return int.from_bytes(digest[:16], "big") >> 1  # positive, < 2**127
 
 
-def host_tls(seed: str, name: str, domain: str) -> HostTls:
-    """The CA certificate, ``name``'s certificate (server and client) and its private key."""
+# Each purpose has a CA of its own, derived from the same seed under its own labels: a
+# certificate of one never passes as the other's. (purpose -> label prefix, CA common name)
+PURPOSES = {
+    "pgbackrest": ("", "homelab-as-code pgBackRest CA"),
+    "postgresql": ("postgresql ", "homelab-as-code memory store CA"),
+}
+
+
+def host_tls(
+    seed: str,
+    name: str,
+    domain: str,
+    purpose: str = "pgbackrest",
+    addresses: tuple[str, ...] = (),
+) -> HostTls:
+    """The CA certificate, ``name``'s certificate and its private key, for ``purpose``.
+
+    pgBackRest's certificates serve as server and client; PostgreSQL's as server only, with
+    ``addresses`` (the IPs clients connect to) among its names for libpq's verify-full.
+    """
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    ca_key = _derived_key(seed, "ca")
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "homelab-as-code pgBackRest CA")])
+    prefix, ca_common_name = PURPOSES[purpose]
+    ca_key = _derived_key(seed, f"{prefix}ca")
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_common_name)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
-        .serial_number(_serial(seed, "ca"))
+        .serial_number(_serial(seed, f"{prefix}ca"))
         .not_valid_before(_NOT_BEFORE)
         .not_valid_after(_NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -314,25 +335,22 @@ def host_tls(seed: str, name: str, domain: str) -> HostTls:
         )
         .sign(ca_key, None)
     )
-    key = _derived_key(seed, f"host {name}")
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if purpose == "pgbackrest":
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    names: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName(f"{name}.{domain}")]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    key = _derived_key(seed, f"{prefix}host {name}")
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
-        .serial_number(_serial(seed, f"host {name}"))
+        .serial_number(_serial(seed, f"{prefix}host {name}"))
         .not_valid_before(_NOT_BEFORE)
         .not_valid_after(_NOT_AFTER)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name), x509.DNSName(f"{name}.{domain}")]),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, None)
     )
@@ -344,6 +362,17 @@ def host_tls(seed: str, name: str, domain: str) -> HostTls:
             pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode(),
     )
+
+
+def tls_seed() -> str:
+    """The secret ``pgbackrest_tls_seed`` (the run stops, naming it, when it is missing)."""
+    seed = load_secrets().get("pgbackrest_tls_seed")
+    if seed is None:
+        raise RuntimeError(
+            f"host {host.name!r}: the secrets file lacks pgbackrest_tls_seed"
+            " (see secrets.example.toml)"
+        )
+    return seed.reveal()
 
 
 # --- facts ---------------------------------------------------------------------------------
@@ -427,14 +456,8 @@ def database_host_names() -> list[str]:
 
 def _tls_files(owner: str) -> None:
     """The CA certificate and this host's certificate and key, readable by ``owner`` only."""
-    seed = load_secrets().get("pgbackrest_tls_seed")
-    if seed is None:
-        raise RuntimeError(
-            f"host {host.name!r}: the secrets file lacks pgbackrest_tls_seed"
-            " (see secrets.example.toml)"
-        )
     domain = str(MACHINE.read(host).domain)
-    tls = host_tls(seed.reveal(), host.name, domain)
+    tls = host_tls(tls_seed(), host.name, domain)
     files.directory(
         name="pgBackRest TLS directory", path=TLS_DIR, user=owner, group=owner, mode="700"
     )

@@ -10,7 +10,10 @@ store's HNSW index (schema, ``memory_store.py``) takes each vector as it is writ
 It logs in as ``vector_indexer`` (SELECT on memory_chunk, UPDATE of the three embedding
 columns, LISTEN; nothing else), with the password of secret
 ``memory_store_vector_indexer_password``, handed over as a root-only file that systemd passes
-to the service as a credential (never on a command line). Calls are retried with exponential
+to the service as a credential (never on a command line). It connects over TLS and verifies
+the server (libpq's ``verify-full``) against the memory store's CA, also a credential; the name
+it connects to (``vector_indexer_db_host``) must be one the server's certificate carries.
+Calls are retried with exponential
 backoff, at most ``vector_indexer_max_attempts`` times; past that the process exits and systemd
 restarts it (``Restart=on-failure``, growing delay). Before it starts, it waits (bounded) for
 PostgreSQL on ageis-node. Health and metrics: port 9310.
@@ -18,15 +21,18 @@ PostgreSQL on ageis-node. Health and metrics: port 9310.
 
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from tasks.ageis_node.memory_store import DATA as STORE
+from tasks.ageis_node.memory_store import server_addresses, server_tls
 from tasks.common.datamodel.forms import HOSTNAME, Int, Optional, Str
-from tasks.common.datamodel.keys import Key, Schema
-from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER
+from tasks.common.datamodel.keys import DataError, Key, Schema
+from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE
 from tasks.common.datamodel.secrets import Secret, load_secrets
 from tasks.common.ports import Port
 from tasks.common.secret_files import secret_file
@@ -39,6 +45,7 @@ UNIT = "vector-indexer.service"
 SECRET = "memory_store_vector_indexer_password"
 CONFIG_DIR = "/etc/vector-indexer"
 PASSWORD_FILE = f"{CONFIG_DIR}/db-password"
+CA_FILE = f"{CONFIG_DIR}/memory-store-ca.crt"
 GROUPS = (EMBEDDER,)
 
 PORTS = (Port(PORT, "tcp", "vector-indexer", probe="http:/health", metrics_path="/metrics"),)
@@ -49,7 +56,9 @@ DATA = Schema(
         "vector_indexer_db_host",
         Optional(HOSTNAME),
         None,
-        "Memory store's host (name or address); None: the ageis_node host's lan_address.",
+        "Memory store's host (name or address); None: the ageis_node host's lan_address. One"
+        " of the names its TLS certificate carries: inventory name, FQDN, lan_address,"
+        " postgresql_tailnet_address.",
         GROUPS,
     ),
     Key("vector_indexer_db_port", Int(1, 65535), 5432, "Memory store's port.", GROUPS),
@@ -86,22 +95,42 @@ DATA = Schema(
 )
 
 
-def database_host(settings: Any) -> str:
-    if settings.vector_indexer_db_host:
-        return settings.vector_indexer_db_host
+def memory_store_host() -> Any:
+    """The ageis_node inventory host whose memory store the indexer serves."""
     nodes = inventory.get_group(AGEIS_NODE, [])
     if not nodes:
         raise RuntimeError(
-            f"host {host.name!r}: key 'vector_indexer_db_host' is None and the inventory has no"
-            f" {AGEIS_NODE} host to take the memory store's address from; set it"
+            f"host {host.name!r}: the inventory has no {AGEIS_NODE} host, whose memory store the"
+            " vector indexer serves"
         )
-    return str(nodes[0].data.get("lan_address"))
+    return nodes[0]
+
+
+def database_host(settings: Any, store: Any) -> str:
+    """Where the indexer connects: ``vector_indexer_db_host``, else the store's lan_address;
+    a name the store's certificate lacks stops the run (TLS verify-full would refuse it)."""
+    names = [
+        store.name,
+        f"{store.name}.{MACHINE.read(store).domain}",
+        *server_addresses(store, STORE.read(store).postgresql_tailnet_address),
+    ]
+    chosen = settings.vector_indexer_db_host or str(MACHINE.read(store).lan_address)
+    if chosen not in names:
+        raise DataError(
+            host.name,
+            "vector_indexer_db_host",
+            chosen,
+            f"a name the memory store's TLS certificate carries ({', '.join(names)}): the"
+            " indexer verifies the server's name",
+        )
+    return chosen
 
 
 @deploy("Vector indexer", data_defaults=DATA.defaults())
 def vector_indexer() -> None:
     settings = DATA.read(host)
-    db_host = database_host(settings)
+    store = memory_store_host()
+    db_host = database_host(settings, store)
     secrets = load_secrets()
     if SECRET not in secrets:
         raise RuntimeError(
@@ -118,14 +147,21 @@ def vector_indexer() -> None:
         content=Secret(secrets[SECRET].reveal() + "\n"),
         dest=PASSWORD_FILE,
     )
+    ca = files.put(
+        name="The memory store's CA (the indexer verifies the server against it)",
+        src=StringIO(server_tls(store).ca_cert),
+        dest=CA_FILE,
+        mode="644",
+    )
     service(
         UNIT,
         "vector-indexer.service.j2",
-        restart_on=[password],
+        restart_on=[password, ca],
         wait=False,
         venv=VENV,
         app=APP,
         password_file=PASSWORD_FILE,
+        ca_file=CA_FILE,
         db_host=db_host,
         db_port=settings.vector_indexer_db_port,
         db_name=settings.vector_indexer_db_name,

@@ -172,12 +172,41 @@ def test_indexer_password_is_a_root_only_file_passed_as_a_credential(embedder: P
     assert "chmod 600 /etc/vector-indexer/db-password" in commands
     unit = embedder.upload("embedder", "/etc/systemd/system/vector-indexer.service")
     assert "LoadCredential=db-password:/etc/vector-indexer/db-password" in unit
+    assert "LoadCredential=db-ca:/etc/vector-indexer/memory-store-ca.crt" in unit
     assert "--db-host 192.168.1.20 --db-port 5432 --db-name memory_store" in unit
     assert "--db-user vector_indexer" in unit
     assert "ExecStartPre=" in unit and "wait_tcp 192.168.1.20 5432 120" in unit
     for command in embedder.commands("embedder"):
         if not command.startswith("upload "):
             assert PASSWORD not in command, command
+
+
+def test_indexer_verifies_the_store_against_the_stores_own_ca(plan_of) -> None:
+    full = plan_of("deploys/full.py", limit=["ageis-node", "embedder"])
+    served = full.upload("ageis-node", "/etc/postgresql/16/main/homelab-tls/ca.crt")
+    assert full.upload("embedder", "/etc/vector-indexer/memory-store-ca.crt") == served
+    assert served.startswith("-----BEGIN CERTIFICATE-----") and "PRIVATE KEY" not in served
+
+
+@pytest.mark.parametrize("name", ["ageis-node", "ageis-node.home.arpa", "192.168.1.20"])
+def test_indexer_may_name_the_store_by_any_name_its_certificate_carries(plan_of, name) -> None:
+    result = plan_of(
+        "deploys/embedder.py", limit=["embedder"], override_data={"vector_indexer_db_host": name}
+    )
+    unit = result.upload("embedder", "/etc/systemd/system/vector-indexer.service")
+    assert f"--db-host {name} " in unit
+
+
+def test_indexer_naming_the_store_by_another_name_is_refused(plan_of) -> None:
+    with pytest.raises(BaseException) as caught:
+        plan_of(
+            "deploys/embedder.py",
+            limit=["embedder"],
+            override_data={"vector_indexer_db_host": "db.example"},
+        )
+    text = error_text(caught)
+    assert "key 'vector_indexer_db_host' is 'db.example'" in text
+    assert "(ageis-node, ageis-node.home.arpa, 192.168.1.20)" in text
 
 
 def test_float16_on_a_host_without_gpu_is_refused(plan_of, tmp_path: Path) -> None:

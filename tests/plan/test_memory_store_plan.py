@@ -88,8 +88,38 @@ def test_settings_sized_from_ram_listen_and_hba(plan_of, fleet) -> None:
         ["local", "memory_store", "actr_engine", "scram-sha-256"],
         ["host", "memory_store", "actr_engine", "127.0.0.1/32", "scram-sha-256"],
         ["host", "memory_store", "actr_engine", "::1/128", "scram-sha-256"],
-        ["host", "memory_store", "vector_indexer", "192.168.1.30/32", "scram-sha-256"],
+        ["hostssl", "memory_store", "vector_indexer", "192.168.1.30/32", "scram-sha-256"],
     ]
+
+
+def test_network_clients_get_tls_with_a_certificate_of_the_stores_own_ca(plan_of, fleet) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
+    tls = "/etc/postgresql/16/main/homelab-tls"
+    conf = result.upload(NODE, "/etc/postgresql/16/main/conf.d/homelab.conf")
+    assert "ssl = on" in conf
+    assert f"ssl_cert_file = '{tls}/server.crt'" in conf
+    assert f"ssl_key_file = '{tls}/server.key'" in conf
+    assert "ssl_min_protocol_version = 'TLSv1.3'" in conf
+    key = result.op(NODE, "PostgreSQL TLS server.key").commands
+    assert "chown postgres:postgres /etc/postgresql/16/main/homelab-tls/server.key" in key
+    assert "chmod 600 /etc/postgresql/16/main/homelab-tls/server.key" in key
+    cert = x509.load_pem_x509_certificate(result.upload(NODE, f"{tls}/server.crt").encode())
+    ca = x509.load_pem_x509_certificate(result.upload(NODE, f"{tls}/ca.crt").encode())
+    cert.verify_directly_issued_by(ca)
+    assert "memory store CA" in ca.subject.rfc4514_string()
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["ageis-node", "ageis-node.home.arpa"]
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["192.168.1.20"]
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    # Not pgBackRest's CA: a pgBackRest certificate never passes as the store's server.
+    pgbackrest_ca = result.upload(NODE, "/etc/pgbackrest/tls/ca.crt")
+    assert pgbackrest_ca != result.upload(NODE, f"{tls}/ca.crt")
+    reload = result.op(NODE, "PostgreSQL takes the new settings")
+    assert reload.conditional
 
 
 def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:

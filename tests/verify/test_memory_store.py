@@ -79,14 +79,17 @@ def test_listens_only_on_loopback_and_the_lan(host_in: InventoryHost) -> None:
 
 def test_hba_is_scram_only_and_roles_are_least_privilege(host_in: InventoryHost) -> None:
     rules = sql(
-        host_in, "SELECT type, user_name::text, auth_method FROM pg_hba_file_rules"
+        host_in, "SELECT type, user_name::text, address, auth_method FROM pg_hba_file_rules"
     ).splitlines()
     for rule in rules:
-        kind, users, method = rule.split("|")
+        kind, users, address, method = rule.split("|")
         if users == "{postgres}":
             assert (kind, method) == ("local", "peer"), rule
         else:
             assert method == "scram-sha-256", rule
+        # Beyond the host itself, TLS only.
+        if kind != "local" and address not in ("127.0.0.1", "::1"):
+            assert kind == "hostssl", rule
     assert sql(host_in, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'memory_owner'") == "f"
     verifiers = sql(
         host_in,
@@ -103,6 +106,20 @@ def test_hba_is_scram_only_and_roles_are_least_privilege(host_in: InventoryHost)
         database="memory_store",
     )
     assert privileges == "t|f|t|f"
+
+
+def test_network_clients_use_tls_13(host_in: InventoryHost) -> None:
+    """The server offers TLS 1.3 with the memory store CA's certificate, and every vector
+    indexer connection (the clients over the network) is encrypted."""
+    assert sql(host_in, "SHOW ssl") == "on"
+    assert sql(host_in, "SHOW ssl_min_protocol_version") == "TLSv1.3"
+    sessions = sql(
+        host_in,
+        "SELECT s.ssl, coalesce(s.version, '') FROM pg_stat_ssl s JOIN pg_stat_activity a"
+        " USING (pid) WHERE a.usename = 'vector_indexer'",
+    ).splitlines()
+    assert sessions, "no vector_indexer session: the indexer is not connected"
+    assert set(sessions) == {"t|TLSv1.3"}, sessions
 
 
 def test_wal_archiving_works_now(host_in: InventoryHost) -> None:

@@ -204,6 +204,9 @@ class Indexer:
             autocommit=True,
             connect_timeout=5,
             application_name="vector-indexer",
+            # TLS, the server's certificate checked against the memory store's CA and name.
+            sslmode=self.args.db_sslmode,
+            sslrootcert=self.args.db_ca,
             keepalives=1,
             keepalives_idle=10,
             keepalives_interval=5,
@@ -318,6 +321,16 @@ def read_password(args: argparse.Namespace) -> str:
     return (Path(directory) / "db-password").read_text().strip()
 
 
+def ca_file(args: argparse.Namespace) -> str:
+    """The memory store's CA: --db-ca, else the systemd credential db-ca."""
+    if args.db_ca:
+        return args.db_ca
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory or not (Path(directory) / "db-ca").is_file():
+        raise SystemExit("no --db-ca and no systemd credential db-ca (the memory store's CA)")
+    return str(Path(directory) / "db-ca")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db-host", required=True)
@@ -325,6 +338,10 @@ def main() -> None:
     parser.add_argument("--db-name", default="memory_store")
     parser.add_argument("--db-user", default="vector_indexer")
     parser.add_argument("--password-file", help="default: the systemd credential db-password")
+    parser.add_argument("--db-ca", help="the memory store's CA; default: the credential db-ca")
+    parser.add_argument(
+        "--db-sslmode", default="verify-full", choices=("verify-full", "verify-ca", "require")
+    )
     parser.add_argument("--embed-url", default="http://127.0.0.1:8300")
     parser.add_argument("--model", help="model name to ask the server for (default: its own)")
     parser.add_argument("--embed-timeout", type=float, default=60.0)
@@ -336,6 +353,7 @@ def main() -> None:
     parser.add_argument("--listen", default="0.0.0.0:9310")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    args.db_ca = ca_file(args)
     state = State()
     serve_http(args.listen, state)
     indexer = Indexer(args, read_password(args), state)

@@ -65,6 +65,14 @@ def test_stanza_ok_with_a_recent_backup(host_in: InventoryHost) -> None:
     )
     pool = host_in.data["pools"][host_in.data.get("pgbackrest_repository_pool", "hdd")]["path"]
     assert repo.startswith(pool.rstrip("/") + "/")
+    # Encrypted as the data says; its files on disk carry the cipher's header, not plain text.
+    cipher = host_in.data.get("pgbackrest_repository_cipher", "aes-256-cbc")
+    assert info["cipher"] == cipher
+    if cipher != "none":
+        head = host_in.testinfra.check_output(
+            f"head -c 8 {repo.strip()}/archive/{stanza(host_in)}/archive.info"
+        )
+        assert head == "Salted__", head
 
 
 def test_no_backup_job_failed_last_time(host_in: InventoryHost) -> None:

@@ -279,10 +279,19 @@ _NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 _NOT_AFTER = datetime.datetime(2125, 1, 1, tzinfo=datetime.UTC)
 
 
-def _derived_key(seed: str, label: str) -> Any:
+# The order of NIST P-256's group: a derived ECDSA key is a scalar in [1, order - 1].
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _derived_key(seed: str, label: str, ecdsa: bool = False) -> Any:
+    """An Ed25519 key (or, ``ecdsa``, a P-256 one) derived from the seed under ``label``."""
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     raw = hmac.new(seed.encode(), f"homelab pgbackrest {label}".encode(), "sha256").digest()
+    if ecdsa:
+        scalar = int.from_bytes(raw, "big") % (_P256_ORDER - 1) + 1
+        return ec.derive_private_key(scalar, ec.SECP256R1())
     return Ed25519PrivateKey.from_private_bytes(raw)
 
 
@@ -292,10 +301,14 @@ def _serial(seed: str, label: str) -> int:
 
 
 # Each purpose has a CA of its own, derived from the same seed under its own labels: a
-# certificate of one never passes as the other's. (purpose -> label prefix, CA common name)
+# certificate of one never passes as the other's. (purpose -> label prefix, CA common name,
+# ECDSA). PostgreSQL's are ECDSA P-256 signed with SHA-256: libpq's SCRAM channel binding
+# (tls-server-end-point) hashes the server certificate with its signature's digest, and
+# Ed25519 has none ("could not find digest for NID UNDEF"); the signatures are deterministic
+# (RFC 6979), so the same seed still gives the same files.
 PURPOSES = {
-    "pgbackrest": ("", "homelab-as-code pgBackRest CA"),
-    "postgresql": ("postgresql ", "homelab-as-code memory store CA"),
+    "pgbackrest": ("", "homelab-as-code pgBackRest CA", False),
+    "postgresql": ("postgresql ", "homelab-as-code memory store CA", True),
 }
 
 
@@ -314,11 +327,13 @@ def host_tls(
     import ipaddress
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    prefix, ca_common_name = PURPOSES[purpose]
-    ca_key = _derived_key(seed, f"{prefix}ca")
+    prefix, ca_common_name, ecdsa = PURPOSES[purpose]
+    digest = hashes.SHA256() if ecdsa else None
+    signing = {"ecdsa_deterministic": True} if ecdsa else {}
+    ca_key = _derived_key(seed, f"{prefix}ca", ecdsa)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_common_name)])
     ca = (
         x509.CertificateBuilder()
@@ -333,14 +348,14 @@ def host_tls(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
-        .sign(ca_key, None)
+        .sign(ca_key, digest, **signing)
     )
     usages = [ExtendedKeyUsageOID.SERVER_AUTH]
     if purpose == "pgbackrest":
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     names: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName(f"{name}.{domain}")]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-    key = _derived_key(seed, f"{prefix}host {name}")
+    key = _derived_key(seed, f"{prefix}host {name}", ecdsa)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -352,7 +367,7 @@ def host_tls(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, None)
+        .sign(ca_key, digest, **signing)
     )
     pem = serialization.Encoding.PEM
     return HostTls(

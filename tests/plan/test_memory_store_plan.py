@@ -115,6 +115,13 @@ def test_network_clients_get_tls_with_a_certificate_of_the_stores_own_ca(plan_of
     assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["192.168.1.20"]
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    # ECDSA with SHA-256: libpq's SCRAM channel binding hashes the certificate with its
+    # signature's digest (an Ed25519 one has none and the client gives up).
+    assert cert.signature_hash_algorithm is not None
+    assert cert.signature_hash_algorithm.name == "sha256"
+    # The same seed gives the same files (deterministic ECDSA): a second run changes nothing.
+    again = ageis_plan(plan_of, fleet, "ubuntu-24.04")
+    assert again.upload(NODE, f"{tls}/server.crt") == result.upload(NODE, f"{tls}/server.crt")
     # Not pgBackRest's CA: a pgBackRest certificate never passes as the store's server.
     pgbackrest_ca = result.upload(NODE, "/etc/pgbackrest/tls/ca.crt")
     assert pgbackrest_ca != result.upload(NODE, f"{tls}/ca.crt")

@@ -24,6 +24,7 @@ from tasks.base.admin_user import admin_user
 from tasks.base.apt_sources import apt_sources
 from tasks.base.base_packages import base_packages
 from tasks.base.cloud_init import cloud_init_handover
+from tasks.base.file_integrity import file_integrity
 from tasks.base.firewall import firewall
 from tasks.base.hardening import hardening
 from tasks.base.hostname import hostname
@@ -98,6 +99,7 @@ BASE: tuple[Task, ...] = (
     ssh_server,
     security_updates,
     hardening,
+    file_integrity,
     resolver_client,
     # Given the table's port lookup: it probes the host's loopback-only ports on the host.
     partial(node_exporter, ports_of=declared_ports),

@@ -14,3 +14,7 @@ ollama_version = "0.12.11"
 ollama_models = [{"name": "llama3.1:70b-instruct-q4_K_M", "size": "42G"}]
 ollama_context_length = 8192
 ollama_keep_alive = "30m"
+
+# Data AIDE leaves out besides the pools (PostgreSQL's data and Ollama's models are there):
+# pgBackRest's WAL spool.
+file_integrity_exclude = ["/var/spool/pgbackrest"]

@@ -14,3 +14,7 @@ firewall_guest_bridges = ["vmbr*", "fwbr*"]
 
 # Proxmox's secure migration streams through SSH tunnels between nodes.
 sshd_allow_tcp_forwarding = True
+
+# Data AIDE leaves out besides the pools: Proxmox's "local" storage (ISO images, templates,
+# cloud images, backups there).
+file_integrity_exclude = ["/var/lib/vz"]

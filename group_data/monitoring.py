@@ -33,3 +33,6 @@ pve_exporter_token_name = "exporter"
 # The exporter verifies the API against the CA this controller trusts for each hypervisor
 # (proxmox_api_ca_from_host, proxmox_api_ca_file; group data of hypervisor).
 pve_exporter_verify_tls = True
+
+# Data AIDE leaves out besides the pools: Prometheus' and Alertmanager's databases.
+file_integrity_exclude = ["/var/lib/prometheus"]

@@ -61,9 +61,12 @@ DATA = Schema(
             "sysstat",
             "fail2ban",
             "python3-systemd",
+            "chkrootkit",
         ],
         "Tools an audited host carries: per-session TMPDIR, password quality, restart hints,"
-        " package checksums, activity accounting (sysstat), SSH ban on repeated failures.",
+        " package checksums, activity accounting (sysstat), SSH ban on repeated failures, a"
+        " daily rootkit scan (chkrootkit's timer, Debian's settings: differences to the"
+        " journal and root's mail).",
     ),
 )
 
@@ -98,6 +101,13 @@ def hardening() -> None:
         )
     systemd.service(name="sysstat collects", service="sysstat", running=True, enabled=True)
     systemd.service(name="fail2ban watches sshd", service="fail2ban", running=True, enabled=True)
+    if "chkrootkit" in settings.hardening_packages:
+        systemd.service(
+            name="chkrootkit scans daily",
+            service="chkrootkit.timer",
+            running=True,
+            enabled=True,
+        )
     sysctl = files.put(
         name="Kernel and network sysctls",
         src=file_path("sysctl-homelab-hardening.conf"),

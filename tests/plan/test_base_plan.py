@@ -258,3 +258,25 @@ def test_the_vm_gets_the_qemu_guest_agent_that_its_config_enables(full: Plan) ->
     for name in ("pve", "ageis-node", "embedder", "monitoring", "dns"):
         install = " ".join(full.op(name, "Install base packages").commands)
         assert ("qemu-guest-agent" in install) == (name == "ageis-node"), (name, install)
+
+
+def test_file_integrity_leaves_the_pools_out_and_builds_in_the_background(plan_of) -> None:
+    from tasks.base.file_integrity import aide_pattern, excluded
+
+    result = plan_of("deploys/full.py", limit=["pve", "dns"])
+    conf = result.upload("pve", "/etc/aide/aide.conf.d/99_homelab_data")
+    rules = [line for line in conf.splitlines() if line and not line.startswith("#")]
+    # The pools, and group_data's Proxmox "local" storage.
+    assert rules == [r"!/mnt/hdd(/|$)", r"!/ssd(/|$)", r"!/var/lib/vz(/|$)"], rules
+    # A host without pools gets an empty exclusion list: AIDE's own rules only.
+    dns = result.upload("dns", "/etc/aide/aide.conf.d/99_homelab_data")
+    assert [line for line in dns.splitlines() if line and not line.startswith("#")] == []
+    unit = result.upload("pve", "/etc/systemd/system/homelab-aide-init.service")
+    assert "CPUSchedulingPolicy=idle" in unit and "IOSchedulingClass=idle" in unit
+    assert "ExecStart=/usr/sbin/aideinit --yes --force" in unit
+    build = result.op("pve", "Build AIDE's database in the background")
+    assert build.commands == ["systemctl start --no-block homelab-aide-init.service"]
+    assert "systemctl start dailyaidecheck.timer" in "\n".join(result.commands("pve"))
+    assert "systemctl start chkrootkit.timer" in "\n".join(result.commands("pve"))
+    assert excluded(["/srv/ssd/", "/srv/ssd", "/"], ["/var/lib/x"]) == ["/srv/ssd", "/var/lib/x"]
+    assert aide_pattern("/srv/a.b+c") == r"!/srv/a\.b\+c(/|$)"

@@ -28,6 +28,7 @@ TASK_MODULES = (
     "tasks.base.ssh_login",
     "tasks.base.security_updates",
     "tasks.base.hardening",
+    "tasks.base.file_integrity",
     "tasks.base.journald",
     "tasks.base.firewall",
     "tasks.base.resolver_client",

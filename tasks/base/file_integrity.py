@@ -1,0 +1,92 @@
+"""File integrity monitoring: AIDE's database of the system's files, checked every day.
+
+Debian's ``aide`` with its own rules (``/etc/aide/aide.conf.d``: every file from ``/`` down,
+with the package's exclusions for what changes by itself) and its ``dailyaidecheck.timer``,
+which compares the system with the database and writes the differences to
+``/var/log/aide/`` and the journal. What is data, not system, is left out
+(``templates/aide-homelab.conf.j2``): the host's storage pools (VM disks, the pgBackRest
+repository, the PostgreSQL data directory, Ollama's models, all under a pool path) and
+``file_integrity_exclude``, so the daily check reads the system's few GB, never the pools' TB.
+
+The database is built after the first install and again after a change of the exclusions, by
+``homelab-aide-init.service`` (``aideinit``) started in the background at idle CPU and I/O
+priority: a rollout does not wait minutes for the scan, and the host's services keep the CPU.
+Changes a rollout makes on purpose show in the next daily report; ``aide --update`` (or
+``systemctl start homelab-aide-init``) takes them into the database.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from tasks.common.datamodel.forms import ABSOLUTE_PATH, ListOf
+from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.machine import MACHINE
+from tasks.common.templating import template_path
+
+DATA = Schema(
+    "file_integrity",
+    Key(
+        "file_integrity_exclude",
+        ListOf(ABSOLUTE_PATH, unique=True),
+        [],
+        "More directories AIDE leaves out (data that changes by design); the host's storage"
+        " pools are always left out.",
+    ),
+)
+
+CONF = "/etc/aide/aide.conf.d/99_homelab_data"
+DATABASE = "/var/lib/aide/aide.db"
+INIT_UNIT = "homelab-aide-init.service"
+
+
+def excluded(pool_paths: list[str], extra: list[str]) -> list[str]:
+    """The directories AIDE leaves out, normalised, each once, sorted."""
+    paths = {p.rstrip("/") or "/" for p in (*pool_paths, *extra)}
+    return sorted(p for p in paths if p != "/")
+
+
+def aide_pattern(path: str) -> str:
+    """AIDE's rule that leaves ``path`` and everything below it out (a regex: dots escaped)."""
+    escaped = "".join(f"\\{c}" if c in ".+*?()[]{}|^$\\@" else c for c in path)
+    return f"!{escaped}(/|$)"
+
+
+@deploy("File integrity (AIDE)", data_defaults=DATA.defaults())
+def file_integrity() -> None:
+    settings = DATA.read(host)
+    pools = [pool["path"] for pool in MACHINE.read(host).pools.values()]
+    apt.packages(
+        name="Install AIDE (file integrity database)",
+        packages=["aide", "aide-common"],
+        no_recommends=True,
+    )
+    conf = files.template(
+        name="AIDE leaves the storage pools and declared data out",
+        src=template_path("aide-homelab.conf.j2"),
+        dest=CONF,
+        mode="644",
+        patterns=[aide_pattern(p) for p in excluded(pools, settings.file_integrity_exclude)],
+    )
+    unit = files.template(
+        name=f"{INIT_UNIT}: builds AIDE's database at idle priority",
+        src=template_path("homelab-aide-init.service.j2"),
+        dest=f"/etc/systemd/system/{INIT_UNIT}",
+        mode="644",
+    )
+    systemd.daemon_reload(name="systemd reads the AIDE unit", _if=unit.did_change)
+    systemd.service(
+        name="AIDE's daily check runs",
+        service="dailyaidecheck.timer",
+        running=True,
+        enabled=True,
+    )
+    database = host.get_fact(File, path=DATABASE)
+    server.shell(
+        name="Build AIDE's database in the background (none yet, or new exclusions)",
+        commands=[f"systemctl start --no-block {INIT_UNIT}"],
+        _if=lambda: database is None or conf.did_change(),
+    )

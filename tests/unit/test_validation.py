@@ -282,10 +282,12 @@ def test_no_secrets_given_skips_the_secret_check(baseline) -> None:
 
 def test_no_hypervisor_means_no_secret_needed(baseline) -> None:
     baseline.groups = {"embedder": baseline.groups["embedder"]}
-    # The embedder needs its Tailscale key and the vector indexer's password, and only those.
+    # The embedder needs its Tailscale key, the vector indexer's password and the TLS seed
+    # (the memory store's CA it verifies against), and only those.
     only_these = {
         "tailscale_auth_key": Secret("test-double-value"),
         "memory_store_vector_indexer_password": Secret("test-double-value"),
+        "pgbackrest_tls_seed": Secret("test-double-value"),
     }
     assert problems(baseline, secrets=only_these) == []
 

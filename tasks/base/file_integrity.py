@@ -11,6 +11,8 @@ repository, the PostgreSQL data directory, Ollama's models, all under a pool pat
 The database is built after the first install and again after a change of the exclusions, by
 ``homelab-aide-init.service`` (``aideinit``) started in the background at idle CPU and I/O
 priority: a rollout does not wait minutes for the scan, and the host's services keep the CPU.
+The unit is enabled with ``ConditionPathExists=!`` the database, so a host whose database is
+missing (a scan cut short, a file removed) builds it at the next boot.
 Changes a rollout makes on purpose show in the next daily report; ``aide --update`` (or
 ``systemctl start homelab-aide-init``) takes them into the database.
 """
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from tasks.common.datamodel.forms import ABSOLUTE_PATH, ListOf
 from tasks.common.datamodel.keys import Key, Schema
@@ -76,17 +78,21 @@ def file_integrity() -> None:
         src=template_path("homelab-aide-init.service.j2"),
         dest=f"/etc/systemd/system/{INIT_UNIT}",
         mode="644",
+        database=DATABASE,
     )
     systemd.daemon_reload(name="systemd reads the AIDE unit", _if=unit.did_change)
+    # Enabled: a host whose database is missing (never built, or removed) builds it at boot.
+    systemd.service(name=f"{INIT_UNIT} at boot", service=INIT_UNIT, enabled=True)
     systemd.service(
         name="AIDE's daily check runs",
         service="dailyaidecheck.timer",
         running=True,
         enabled=True,
     )
-    database = host.get_fact(File, path=DATABASE)
+    # Not gated on the database file: it appears only when the background scan ends, and a
+    # run meanwhile must not count as a change. New exclusions make a new database.
     server.shell(
-        name="Build AIDE's database in the background (none yet, or new exclusions)",
-        commands=[f"systemctl start --no-block {INIT_UNIT}"],
-        _if=lambda: database is None or conf.did_change(),
+        name="Build AIDE's database in the background (first install, or new exclusions)",
+        commands=[f"rm -f {DATABASE}", f"systemctl start --no-block {INIT_UNIT}"],
+        _if=any_changed(conf, unit),
     )

@@ -277,7 +277,7 @@ def main() -> None:
         "--texts-per-request",
         type=int,
         default=1,
-        help="1: the issue's figure; more: batching clients",
+        help="1: one text per request (the baseline figure); more: batching clients",
     )
     parser.add_argument("--seconds", type=float, default=1.0, help="per slice and sweep point")
     parser.add_argument("--latency-requests", type=int, default=60)

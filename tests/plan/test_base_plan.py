@@ -274,8 +274,14 @@ def test_file_integrity_leaves_the_pools_out_and_builds_in_the_background(plan_o
     unit = result.upload("pve", "/etc/systemd/system/homelab-aide-init.service")
     assert "CPUSchedulingPolicy=idle" in unit and "IOSchedulingClass=idle" in unit
     assert "ExecStart=/usr/sbin/aideinit --yes --force" in unit
+    assert "ConditionPathExists=!/var/lib/aide/aide.db" in unit  # at boot while it is missing
+    assert "systemctl enable homelab-aide-init.service" in "\n".join(result.commands("pve"))
     build = result.op("pve", "Build AIDE's database in the background")
-    assert build.commands == ["systemctl start --no-block homelab-aide-init.service"]
+    assert build.commands == [
+        "rm -f /var/lib/aide/aide.db",
+        "systemctl start --no-block homelab-aide-init.service",
+    ]
+    assert build.conditional  # only when the exclusions or the unit changed
     assert "systemctl start dailyaidecheck.timer" in "\n".join(result.commands("pve"))
     assert "systemctl start chkrootkit.timer" in "\n".join(result.commands("pve"))
     assert excluded(["/srv/ssd/", "/srv/ssd", "/"], ["/var/lib/x"]) == ["/srv/ssd", "/var/lib/x"]

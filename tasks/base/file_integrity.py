@@ -81,8 +81,14 @@ def file_integrity() -> None:
         database=DATABASE,
     )
     systemd.daemon_reload(name="systemd reads the AIDE unit", _if=unit.did_change)
-    # Enabled: a host whose database is missing (never built, or removed) builds it at boot.
-    systemd.service(name=f"{INIT_UNIT} at boot", service=INIT_UNIT, enabled=True)
+    # Enabled (the link `systemctl enable` makes): a host whose database is missing builds it
+    # at boot. Not systemd.service(enabled=True): its fact lists loaded units only, and this
+    # oneshot is unloaded once it has run, so every run would enable it again.
+    files.link(
+        name=f"{INIT_UNIT} at boot",
+        path=f"/etc/systemd/system/multi-user.target.wants/{INIT_UNIT}",
+        target=f"/etc/systemd/system/{INIT_UNIT}",
+    )
     systemd.service(
         name="AIDE's daily check runs",
         service="dailyaidecheck.timer",

@@ -1,7 +1,8 @@
 """File integrity monitoring: AIDE's database of the system's files, checked every day.
 
 Debian's ``aide`` with its own rules (``/etc/aide/aide.conf.d``: every file from ``/`` down,
-with the package's exclusions for what changes by itself) and its ``dailyaidecheck.timer``,
+with the package's exclusions for what changes by itself), checksums SHA-256 and SHA-512
+instead of every hash AIDE knows, and Debian's ``dailyaidecheck.timer``,
 which compares the system with the database and writes the differences to
 ``/var/log/aide/`` and the journal. What is data, not system, is left out
 (``templates/aide-homelab.conf.j2``): the host's storage pools (VM disks, the pgBackRest
@@ -40,7 +41,9 @@ DATA = Schema(
     ),
 )
 
+MAIN_CONF = "/etc/aide/aide.conf"
 CONF = "/etc/aide/aide.conf.d/99_homelab_data"
+CHECKSUMS = "sha256+sha512"
 DATABASE = "/var/lib/aide/aide.db"
 INIT_UNIT = "homelab-aide-init.service"
 
@@ -73,6 +76,14 @@ def file_integrity() -> None:
         mode="644",
         patterns=[aide_pattern(p) for p in excluded(pools, settings.file_integrity_exclude)],
     )
+    # Debian's "H" is every hash AIDE knows (MD5, SHA-1, RIPEMD, Tiger, ... each per file);
+    # two strong ones detect the same changes at a fraction of the scan's CPU.
+    checksums = files.line(
+        name="AIDE checksums: SHA-256 and SHA-512",
+        path=MAIN_CONF,
+        line=r"^Checksums\s*=.*$",
+        replace=f"Checksums = {CHECKSUMS}",
+    )
     unit = files.template(
         name=f"{INIT_UNIT}: builds AIDE's database at idle priority",
         src=template_path("homelab-aide-init.service.j2"),
@@ -100,5 +111,5 @@ def file_integrity() -> None:
     server.shell(
         name="Build AIDE's database in the background (first install, or new exclusions)",
         commands=[f"rm -f {DATABASE}", f"systemctl start --no-block {INIT_UNIT}"],
-        _if=any_changed(conf, unit),
+        _if=any_changed(conf, checksums, unit),
     )

@@ -60,9 +60,7 @@ TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 PACKAGES = ["prometheus-node-exporter", "prometheus-node-exporter-collectors"]
 SMART_PACKAGES = ["smartmontools", "nvme-cli", "lm-sensors"]
 SMART_TIMERS = ("prometheus-node-exporter-smartmon.timer", "prometheus-node-exporter-nvme.timer")
-GPU_SCRIPT = "/usr/local/sbin/homelab-gpu-metrics"
-VZDUMP_SCRIPT = "/usr/local/sbin/homelab-vzdump-metrics"
-LOCAL_PROBE_SCRIPT = "/usr/local/sbin/homelab-local-probe"
+SCRIPT_DIR = "/usr/local/sbin"
 UNIT_DIR = "/etc/systemd/system"
 
 
@@ -84,15 +82,22 @@ def local_probe_url(port: Port) -> str:
     return f"tcp://127.0.0.1:{port.port}"
 
 
-def _collector_timer(name: str, command: str, interval: int, description: str) -> None:
-    """A oneshot service and its timer for a textfile collector, the timer running."""
+def _collector(name: str, arguments: str, interval: int, description: str) -> None:
+    """The host-side script ``files/<name>`` in /usr/local/sbin, run with ``arguments`` by a
+    oneshot service on a timer, the timer running."""
+    files.put(
+        name=f"{description}: install {name}",
+        src=file_path(name),
+        dest=f"{SCRIPT_DIR}/{name}",
+        mode="755",
+    )
     service = files.template(
         name=f"{description}: service",
         src=template_path("homelab-textfile-collector.service.j2"),
         dest=f"{UNIT_DIR}/{name}.service",
         mode="644",
         description=description,
-        command=command,
+        command=f"{SCRIPT_DIR}/{name} {arguments}",
         unit=name,
     )
     timer = files.template(
@@ -167,43 +172,25 @@ def node_exporter(ports_of: Callable[[Iterable[str]], Iterable[Port]] | None = N
     interval = settings.textfile_metrics_interval_seconds
     vendors = gpu_vendors(machine.gpus)
     if vendors:
-        files.put(
-            name="Install the GPU metrics collector",
-            src=file_path("homelab-gpu-metrics"),
-            dest=GPU_SCRIPT,
-            mode="755",
-        )
-        _collector_timer(
+        _collector(
             "homelab-gpu-metrics",
-            f"{GPU_SCRIPT} --vendor {','.join(vendors)} --output {TEXTFILE_DIR}/homelab-gpu.prom",
+            f"--vendor {','.join(vendors)} --output {TEXTFILE_DIR}/homelab-gpu.prom",
             interval,
             f"GPU metrics ({', '.join(vendors)})",
         )
     if HYPERVISOR in host.groups:
-        files.put(
-            name="Install the vzdump metrics collector",
-            src=file_path("homelab-vzdump-metrics"),
-            dest=VZDUMP_SCRIPT,
-            mode="755",
-        )
-        _collector_timer(
+        _collector(
             "homelab-vzdump-metrics",
-            f"{VZDUMP_SCRIPT} --output {TEXTFILE_DIR}/homelab-vzdump.prom",
+            f"--output {TEXTFILE_DIR}/homelab-vzdump.prom",
             interval,
             "vzdump job metrics",
         )
     local = [p for p in (ports_of(host.groups) if ports_of else ()) if p.loopback and p.probe]
     if local:
-        files.put(
-            name="Install the local probe collector",
-            src=file_path("homelab-local-probe"),
-            dest=LOCAL_PROBE_SCRIPT,
-            mode="755",
-        )
         checks = " ".join(f"{p.service}={local_probe_url(p)}" for p in local)
-        _collector_timer(
+        _collector(
             "homelab-local-probe",
-            f"{LOCAL_PROBE_SCRIPT} --output {TEXTFILE_DIR}/homelab-local-probe.prom {checks}",
+            f"--output {TEXTFILE_DIR}/homelab-local-probe.prom {checks}",
             interval,
             f"Local probes ({', '.join(p.service for p in local)})",
         )

@@ -124,7 +124,9 @@ DATA = Schema(
         "prometheus_retention_size",
         Optional(Size()),
         None,
-        "Most disk Prometheus's samples may use; None: only the time limit.",
+        "Most disk Prometheus's samples may use; None: 60 % of the guest's disk_size on a"
+        " guest of the data (the rest is the system's, the write-ahead log's and compaction's),"
+        " else only the time limit.",
         G,
     ),
     Key("prometheus_scrape_interval", DURATION, "30s", "How often every target is scraped.", G),
@@ -372,6 +374,19 @@ class InventoryHost:
     groups: tuple[str, ...]
 
 
+# Share of a guest's disk Prometheus's samples may fill when the data sets no size.
+RETENTION_DISK_SHARE = 0.6
+
+
+def retention_size(configured: int | None, guest: Mapping[str, Any] | None) -> int | None:
+    """Prometheus's size limit in bytes: the data's, else a share of the guest's disk."""
+    if configured is not None:
+        return configured
+    if guest and guest.get("disk_size"):
+        return int(guest["disk_size"] * RETENTION_DISK_SHARE)
+    return None
+
+
 def probe_for(port: Port | Mapping[str, Any], address: str) -> tuple[str, str]:
     """(blackbox module, target) for a port's probe kind."""
     kind = port["probe"] if isinstance(port, Mapping) else port.probe
@@ -584,7 +599,7 @@ def _prometheus(
         dest="/etc/default/prometheus",
         mode="644",
         retention_time=settings.prometheus_retention_time,
-        retention_size=settings.prometheus_retention_size,
+        retention_size=retention_size(settings.prometheus_retention_size, MACHINE.read(host).guest),
     )
     rules = checked_template(
         name="Prometheus: alert rules",

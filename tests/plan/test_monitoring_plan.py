@@ -81,6 +81,23 @@ def test_loopback_only_ollama_is_probed_on_its_host_not_from_monitoring(full: Pl
             full.upload(host, "/etc/systemd/system/homelab-local-probe.service")
 
 
+def test_prometheus_size_is_capped_by_the_guests_disk(full: Plan, plan_of) -> None:
+    defaults = full.upload("monitoring", "/etc/default/prometheus")
+    # The monitoring guest's 32G disk: 60 % of it for samples, beside the 400 days.
+    size = int(32 * 1024**3 * 0.6)
+    assert (
+        f'ARGS="--storage.tsdb.retention.time=400d --storage.tsdb.retention.size={size}B'
+    ) in defaults
+    chosen = plan_of(
+        "deploys/services.py",
+        limit=["monitoring"],
+        override_data={"prometheus_retention_size": "10G"},
+    )
+    assert f"--storage.tsdb.retention.size={10 * 1024**3}B" in chosen.upload(
+        "monitoring", "/etc/default/prometheus"
+    )
+
+
 def test_vzdump_collector_on_the_hypervisor_only(full: Plan) -> None:
     assert "pvesh" in full.upload("pve", "/usr/local/sbin/homelab-vzdump-metrics")
     for host in ("ageis-node", "embedder", "monitoring", "dns"):

@@ -91,6 +91,18 @@ def test_vzdump_reports_the_newest_finished_task() -> None:
     assert 'homelab_vzdump_collector_up{node="pve"} 0' in vzdump.render("pve", None, up=False)
 
 
+def test_vzdump_job_with_warnings_backed_up_and_says_how_many_warnings() -> None:
+    vzdump = load("homelab-vzdump-metrics")
+    task = {"type": "vzdump", "status": "WARNINGS: 2", "starttime": 100, "endtime": 200}
+    text = vzdump.render("pve", task, up=True)
+    assert 'homelab_vzdump_last_ok{node="pve"} 1' in text
+    assert 'homelab_vzdump_last_warnings{node="pve"} 2' in text
+    assert vzdump.outcome("OK") == (1, 0)
+    assert vzdump.outcome("job errors") == (0, 0)
+    assert vzdump.outcome("WARNINGS: many") == (0, 0)  # not Proxmox's form: a failure
+    assert vzdump.outcome(None) == (0, 0)
+
+
 def test_vzdump_collector_writes_nothing_where_there_is_no_proxmox(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -473,6 +473,18 @@ class Report:
                 "no exposed ports (input policy drop, declared ports to their consumers only"
                 f" on {len(known)} hosts{unknown_part})",
             )
+        # Short outages no alert's for: reaches: links that lost their carrier and failed
+        # probe samples within the rules' window (recorded by Prometheus).
+        for key, expr, part in (
+            ("link flaps", "homelab:link_carrier_losses:window > 0", "device"),
+            ("probe failures", "homelab:probe_failures:window > 0", "service"),
+        ):
+            found = self.q(expr)
+            listed = sorted(
+                f"{labels.get('instance', '?')}:{labels.get(part, '?')} x{v:.0f}"
+                for labels, v in found
+            )
+            s.add(key, ", ".join(listed) or ("none recently" if self.prometheus_ok else None))
         down = [labels.get("instance") for labels, v in self.q('up{job="node-exporter"}') if v == 0]
         if down:
             s.add("hosts down", ", ".join(sorted(down)), degraded=True)

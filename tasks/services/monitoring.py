@@ -165,6 +165,45 @@ DATA = Schema(
         G,
     ),
     Key(
+        "alert_temp_baseline_rise_celsius",
+        DECIMAL,
+        "2",
+        "A temperature whose recent mean (alert_temp_baseline_recent) is this much above its"
+        " own longer mean (alert_temp_baseline_window) alerts, however far below the absolute"
+        " thresholds: a slow warming (dust, a drying paste, a failing fan) is the earliest sign.",
+        G,
+    ),
+    Key(
+        "alert_temp_baseline_recent",
+        DURATION,
+        "7d",
+        "The recent mean of the baseline comparison.",
+        G,
+    ),
+    Key(
+        "alert_temp_baseline_window",
+        DURATION,
+        "28d",
+        "The baseline: the longer mean the recent one is compared with (needs at least three"
+        " quarters of it as history).",
+        G,
+    ),
+    Key(
+        "alert_link_flaps",
+        Int(1, 1000),
+        1,
+        "A network link that lost its carrier this many times within alert_link_flap_window"
+        " alerts (a 30 s unplug counts once).",
+        G,
+    ),
+    Key(
+        "alert_link_flap_window",
+        DURATION,
+        "1h",
+        "The window link flaps and failed probes are counted over.",
+        G,
+    ),
+    Key(
         "alert_fan_drop_percent",
         Int(5, 95),
         30,
@@ -374,6 +413,10 @@ class InventoryHost:
     groups: tuple[str, ...]
 
 
+# Interfaces that follow guests, firewalls and peers rather than a cable (a regex of device
+# names): no flap or speed alerts.
+VIRTUAL_LINKS = "lo|tap.*|veth.*|fwbr.*|fwln.*|fwpr.*|tailscale.*|docker.*|virbr.*"
+
 # Share of a guest's disk Prometheus's samples may fill when the data sets no size.
 RETENTION_DISK_SHARE = 0.6
 
@@ -462,6 +505,15 @@ def rule_variables(settings: Mapping[str, Any]) -> dict[str, Any]:
         "trend_window": settings["alert_trend_window"],
         "sustained_for": settings["alert_sustained_for"],
         "fan_keep": round(1 - settings["alert_fan_drop_percent"] / 100, 2),
+        "baseline_rise": settings["alert_temp_baseline_rise_celsius"],
+        "baseline_recent": settings["alert_temp_baseline_recent"],
+        "baseline_window": settings["alert_temp_baseline_window"],
+        "baseline_history_seconds": _duration_seconds(settings["alert_temp_baseline_window"])
+        * 3
+        // 4,
+        "link_flaps": settings["alert_link_flaps"],
+        "flap_window": settings["alert_link_flap_window"],
+        "virtual_links": VIRTUAL_LINKS,
         "nvme_used": round(settings["alert_nvme_used_percent"] / 100, 2),
         "ssd_wear_left": settings["alert_ssd_wear_left_percent"],
         "nvme_spare_margin": round(settings["alert_nvme_spare_margin_percent"] / 100, 2),

@@ -191,6 +191,8 @@ def test_a_healthy_lab_prints_every_section_and_exits_zero() -> None:
     assert "   backups: nightly to hdd (last: 6h ago, 247GB)" in text
     assert "   tailscale: 3 nodes connected (Running)" in text
     assert "   dns: local resolver active" in text
+    assert "   link flaps: none recently" in text
+    assert "   probe failures: none recently" in text
     assert "!!" not in text
     assert exit_status(built.sections, built.prometheus_ok) == 0
 
@@ -251,6 +253,26 @@ def test_a_host_down_is_marked() -> None:
     text = render_text(report(answers).sections)
     assert "!! status: OFFLINE" in text
     assert "!! hosts down: embedder" in text
+
+
+def test_recent_link_flaps_and_probe_failures_are_shown() -> None:
+    answers = [
+        (
+            r"^homelab:link_carrier_losses:window > 0",
+            [({"instance": "embedder", "device": "enp3s0"}, 1)],
+        ),
+        (
+            r"^homelab:probe_failures:window > 0",
+            [
+                ({"instance": "embedder", "service": "embedding-server"}, 2),
+                ({"instance": "dns", "service": "unbound"}, 1),
+            ],
+        ),
+        *HEALTHY,
+    ]
+    text = render_text(report(answers).sections)
+    assert "   link flaps: embedder:enp3s0 x1" in text
+    assert "   probe failures: dns:unbound x1, embedder:embedding-server x2" in text
 
 
 def test_an_open_firewall_is_marked() -> None:

@@ -224,6 +224,48 @@ def test_filling_a_standin_disk_fires_the_fill_prediction(standin_disk: str) -> 
     )
 
 
+LINK_DOWN_SECONDS = 20
+
+
+def test_a_short_link_outage_is_recorded_and_shown() -> None:
+    """dns's cable pulled for 20 s (the host side of its veth down): Prometheus records one
+    carrier loss on its link and the failed probe samples, NetworkLinkFlapping fires, and the
+    status report lists both, though the outage is too short for a HostDown."""
+    veth = labctl.veth_name(FILL_HOST)
+    subprocess.run(["ip", "link", "set", veth, "down"], check=True)
+    try:
+        time.sleep(LINK_DOWN_SECONDS)
+    finally:
+        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+    back = time.monotonic()
+    losses = wait_for(
+        "the carrier loss of dns's link in Prometheus",
+        lambda: query('homelab:link_carrier_losses:window{instance="dns"} >= 1'),
+        timeout=90,
+    )
+    assert {r["metric"]["device"] for r in losses} == {"host0"}, losses
+    wait_for(
+        "NetworkLinkFlapping for dns in Alertmanager",
+        lambda: firing("NetworkLinkFlapping", instance="dns"),
+        timeout=60,
+    )
+    failures = query('homelab:probe_failures:window{instance="dns"} > 0')
+    assert failures, "no failed probe sample of dns recorded during the outage"
+    wait_for(
+        "every probe of dns succeeding again",
+        lambda: all(float(r["value"][1]) == 1 for r in query('probe_success{instance="dns"}')),
+        timeout=90,
+    )
+    status = run_status()
+    assert "   link flaps: dns:host0 x" in status.stdout, status.stdout
+    assert "probe failures: " in status.stdout and "dns:" in status.stdout, status.stdout
+    MEASURED["link outage"] = (
+        f"dns's link down {LINK_DOWN_SECONDS} s: the carrier loss recorded"
+        f" {time.monotonic() - back:.0f} s after it came back; failed probe samples:"
+        f" {', '.join(r['metric']['service'] + ' ' + r['value'][1] for r in failures)}"
+    )
+
+
 def run_status(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tools.infrastructure_status", "--inventory",

@@ -32,6 +32,7 @@ from tasks.base.journald import journald
 from tasks.base.node_exporter import node_exporter
 from tasks.base.resolver_client import resolver_client
 from tasks.base.security_updates import security_updates
+from tasks.base.sensors import sensors
 from tasks.base.ssh_login import ssh_login
 from tasks.base.ssh_server import ssh_server
 from tasks.base.tailscale import tailscale
@@ -103,6 +104,7 @@ BASE: tuple[Task, ...] = (
     resolver_client,
     # Given the table's port lookup: it probes the host's loopback-only ports on the host.
     partial(node_exporter, ports_of=declared_ports),
+    sensors,
 )
 
 # Role tasks run after the base, in this order.

@@ -66,6 +66,8 @@ class Machine:
     # PgbackrestInfo on the repository host: None (not installed) or {"status", "backups",
     # "cipher"}.
     pgbackrest_info: dict[str, Any] | None = None
+    # SensorChipDrivers: what sensors-detect finds (None: lm-sensors not installed yet).
+    sensor_drivers: list[str] | None = None
     # Hypervisor hardware (tasks/common/hardware_facts.py): PCI functions by address (PciDevices),
     # boot loader, running kernel command line, /proc/fb, CPU vendor, imported ZFS pools,
     # mounts, disks' signatures by device and units' `systemctl is-enabled` states.
@@ -205,6 +207,7 @@ class Machine:
                 "PostgresqlClusters": self.pg_clusters,
                 "MemoryStoreState": self.memory_store,
                 "PgbackrestInfo": self.pgbackrest_info,
+                "SensorChipDrivers": self.sensor_drivers,
                 "PciDeviceIds": self.pci_ids,
                 "OllamaModels": self.ollama_models,
                 "AptPolicy": lambda kw: {

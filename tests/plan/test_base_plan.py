@@ -291,3 +291,24 @@ def test_file_integrity_leaves_the_pools_out_and_builds_in_the_background(plan_o
     assert "systemctl start chkrootkit.timer" in "\n".join(result.commands("pve"))
     assert excluded(["/srv/ssd/", "/srv/ssd", "/"], ["/var/lib/x"]) == ["/srv/ssd", "/var/lib/x"]
     assert aide_pattern("/srv/a.b+c") == r"!/srv/a\.b\+c(/|$)"
+
+
+def test_sensor_chip_drivers_load_where_the_hardware_is_the_hosts_own(plan_of, fleet) -> None:
+    fleet["pve"].sensor_drivers = ["coretemp", "nct6775"]
+    result = plan_of("deploys/full.py", limit=["pve", "ageis-node", "dns"])
+    conf = result.upload("pve", "/etc/modules-load.d/homelab-sensors.conf")
+    assert [line for line in conf.splitlines() if line and not line.startswith("#")] == [
+        "coretemp",
+        "nct6775",
+    ]
+    load = result.op("pve", "Load the sensor chip drivers now")
+    assert load.commands == ["modprobe coretemp", "modprobe nct6775"] and load.conditional
+    # A VM and a container read no hardware sensors of their own.
+    for name in ("ageis-node", "dns"):
+        with pytest.raises(AssertionError):
+            result.upload(name, "/etc/modules-load.d/homelab-sensors.conf")
+    chosen = plan_of(
+        "deploys/hypervisor.py", limit=["pve"], override_data={"sensor_modules": ["it87"]}
+    )
+    conf = chosen.upload("pve", "/etc/modules-load.d/homelab-sensors.conf")
+    assert [line for line in conf.splitlines() if line and not line.startswith("#")] == ["it87"]

@@ -17,13 +17,14 @@ from tests.plan.harness import Plan
 # Raised for AIDE and chkrootkit on every host (about 28 asked, 13 distinct), PostgreSQL's TLS
 # files and the local probe on ageis-node, the CA file on the embedder, the repository's
 # encryption on pve.
-FACT_BUDGET = {"pve": 526, "ageis-node": 781, "embedder": 456, "monitoring": 407, "dns": 315}
+# Then the sensor chip drivers on the hosts with hardware of their own (pve, embedder: +10).
+FACT_BUDGET = {"pve": 536, "ageis-node": 782, "embedder": 466, "monitoring": 408, "dns": 316}
 # The different facts (fact and arguments) among them: with the fact cache, what a no-change run
 # really asks, each a line of the host's one batched command (tasks/common/fact_cache.py).
 DISTINCT_FACT_BUDGET = {
-    "pve": 215,
+    "pve": 218,
     "ageis-node": 299,
-    "embedder": 191,
+    "embedder": 195,
     "monitoring": 158,
     "dns": 128,
 }

@@ -217,3 +217,47 @@ def test_local_probe_refuses_a_service_name_that_would_break_its_labels(tmp_path
     )
     assert result.returncode == 2 and "expected SERVICE=URL" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+# Recorded shape of `sensors-detect --auto` (lm-sensors 3.6) on a Supermicro X10 board with a
+# Xeon E5 v4 and a Nuvoton NCT6776 Super I/O: its summary and the "cut here" list.
+SENSORS_DETECT = """\
+Now follows a summary of the probes I have just done.
+
+Driver `coretemp':
+  * Chip `Intel digital thermal sensor' (confidence: 9)
+
+Driver `nct6775':
+  * ISA bus, address 0x290
+    Chip `Nuvoton NCT6776D/F Super IO Sensors' (confidence: 9)
+
+Driver `jc42':
+  * Bus `SMBus I801 adapter at 0580'
+    Busdriver `i2c_i801', I2C address 0x18
+    Chip `JEDEC JC42.4 compliant temperature sensor' (confidence: 8)
+
+To load everything that is needed, add this to /etc/modules:
+#----cut here----
+# Chip drivers
+coretemp
+nct6775
+jc42
+#----cut here----
+If you have some drivers built into your kernel, the list above will
+contain too many modules. Skip the appropriate ones!
+
+Do you want to add these lines automatically to /etc/modules? (yes/NO)
+Unloading i2c-dev... OK
+"""
+
+
+def test_sensors_detect_output_gives_the_chip_drivers() -> None:
+    from tasks.base.sensors import drivers_from
+
+    assert drivers_from(SENSORS_DETECT.splitlines()) == ["coretemp", "nct6775", "jc42"]
+    # A machine where it finds nothing prints no list: no drivers, not an error.
+    assert drivers_from(["Sorry, no sensors were detected."]) == []
+    # Later runs read the deploy's own file (its header is a comment).
+    recorded = ["#homelab-recorded", "# Managed by homelab-as-code", "coretemp", "nct6775"]
+    assert drivers_from(recorded) == ["coretemp", "nct6775"]
+    assert drivers_from([]) is None  # lm-sensors not installed yet

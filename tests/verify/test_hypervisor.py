@@ -169,3 +169,16 @@ def test_the_guest_bridge_holds_the_host_address(host_in: InventoryHost) -> None
     assert host_in.data["lan_address"] in held, f"{host_in.name}: vmbr0 holds {held}"
     ports = host_in.testinfra.check_output("ls /sys/class/net/vmbr0/brif").split()
     assert ports, f"{host_in.name}: vmbr0 has no port (the uplink is not in the bridge)"
+
+
+@pytest.mark.hardware
+def test_sensor_chip_drivers_are_loaded_and_report(host_in: InventoryHost) -> None:
+    """The drivers the deploy recorded are loaded, and the kernel lists a temperature sensor
+    (the fan alerts need the board's chip driven)."""
+    conf = host_in.testinfra.file("/etc/modules-load.d/homelab-sensors.conf").content_string
+    modules = [line for line in conf.splitlines() if line and not line.startswith("#")]
+    loaded = host_in.testinfra.check_output("cut -d' ' -f1 /proc/modules").split()
+    missing = [m for m in modules if m.replace("-", "_") not in loaded]
+    assert not missing, f"{host_in.name}: sensor drivers not loaded: {missing}"
+    temps = host_in.testinfra.run("ls /sys/class/hwmon/*/temp*_input")
+    assert temps.rc == 0 and temps.stdout.strip(), f"{host_in.name}: no hwmon temperature"

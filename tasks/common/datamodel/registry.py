@@ -36,6 +36,7 @@ TASK_MODULES = (
     "tasks.base.tailscale",
     "tasks.hypervisor.proxmox_api",
     "tasks.base.node_exporter",
+    "tasks.base.sensors",
     "tasks.services.monitoring",
     "tasks.embedder.nvidia_driver",
     "tasks.embedder.embedder_runtime",

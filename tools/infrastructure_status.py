@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -263,9 +264,7 @@ class Report:
         version = self.q(f'pve_version_info{{instance="{hv.name}"}}')
         s.add("host", f"Proxmox VE {version[0][0].get('release') or version[0][0].get('version')}"
               if version else None)  # fmt: skip
-        cpu = hv.data.get("cpu") or {}
-        threads = f"/{cpu['threads']}T" if cpu.get("threads") else ""
-        s.add("cpu", f"{cpu.get('model')} ({cpu.get('cores')}C{threads})" if cpu else None)
+        s.add("cpu", self.cpu_text(hv))
         total = self.one(f'node_memory_MemTotal_bytes{{instance="{hv.name}"}}')
         avail = self.one(f'node_memory_MemAvailable_bytes{{instance="{hv.name}"}}')
         ram = (
@@ -273,15 +272,10 @@ class Report:
         )
         s.add("ram", ram)
         gpus = hv.data.get("gpus") or []
-        s.add(
-            "gpu",
-            "; ".join(
-                f"{g['model']} {g['vram']}"
-                + (f" (passed through to {g['passthrough_to']})" if g.get("passthrough_to") else "")
-                for g in gpus
-            )
-            or "none",
+        texts, unbound = (
+            zip(*(self.gpu_text(hv, g) for g in gpus), strict=True) if gpus else ((), ())
         )
+        s.add("gpu", "; ".join(texts) or "none", degraded=any(unbound))
         s.add("storage", self.pools_text(hv))
         cpu_t = self.temperature(f'max(homelab:cpu_temp_celsius:max{{instance="{hv.name}"}})')
         gpu_hosts = "|".join(g["passthrough_to"] for g in gpus if g.get("passthrough_to"))
@@ -299,6 +293,43 @@ class Report:
         s.add("network", lan + tail)
         self._up_line(s, hv)
         return s
+
+    def cpu_text(self, host: Host) -> str | None:
+        """The CPU as the machine reports it (lscpu), else the inventory's, marked so."""
+        found = _json_or_none(self.shell.run(host.name, "lscpu -J"))
+        fields = {
+            str(f.get("field", "")).rstrip(":"): str(f.get("data", ""))
+            for f in (found or {}).get("lscpu", [])
+        }
+        if fields.get("Model name"):
+            cores = fields.get("Core(s) per socket", "").strip()
+            sockets = fields.get("Socket(s)", "1").strip() or "1"
+            threads = fields.get("CPU(s)", "").strip()
+            total = int(cores) * int(sockets) if cores.isdigit() and sockets.isdigit() else None
+            count = f" ({total}C/{threads}T)" if total and threads else ""
+            return f"{' '.join(fields['Model name'].split())}{count}"
+        cpu = host.data.get("cpu") or {}
+        if not cpu:
+            return None
+        threads = f"/{cpu['threads']}T" if cpu.get("threads") else ""
+        return f"{cpu.get('model')} ({cpu.get('cores')}C{threads}; inventory, not read)"
+
+    def gpu_text(self, host: Host, gpu: dict) -> tuple[str, bool]:
+        """A GPU's line and whether a passed-through one is NOT bound to vfio-pci (from
+        lspci's "Kernel driver in use" for its display function's vendor:device id)."""
+        text = f"{gpu['model']} {gpu['vram']}"
+        target = gpu.get("passthrough_to")
+        if not target:
+            return text, False
+        display = next((f for f in gpu.get("functions") or [] if f.get("kind") == "display"), None)
+        command = f"lspci -nk -d {shlex.quote(display['id'])}" if display else None
+        out = self.shell.run(host.name, command) if command else None
+        drivers = re.findall(r"Kernel driver in use:\s*(\S+)", out or "")
+        if not drivers:
+            return f"{text} (for {target}; binding unknown)", False
+        if set(drivers) == {"vfio-pci"}:
+            return f"{text} (passed through to {target}, vfio-pci)", False
+        return f"{text} (NOT passed through: driver {', '.join(sorted(set(drivers)))})", True
 
     def pools_text(self, host: Host) -> str | None:
         parts = []
@@ -396,12 +427,12 @@ class Report:
             worst = max(v for _, v in since)
             size_part = f", {size_text(int(size))}" if size else ""
             s.add(
-                "backups",
-                f"nightly to hdd (last: {age(worst)}{size_part})",
+                "memory store backups",
+                f"pgBackRest, nightly to hdd (last: {age(worst)}{size_part})",
                 degraded=worst > 26 * 3600,
             )
         else:
-            s.add("backups", None)
+            s.add("memory store backups", None)
         restore_ok = self.q("homelab_restore_test_last_run_success")
         restore_at = self.one("max(homelab_restore_test_last_run_timestamp_seconds)")
         now = self.one("time()")
@@ -414,9 +445,15 @@ class Report:
         vz = self.q("homelab_vzdump_last_ok")
         if vz:
             ok = all(v == 1 for _, v in vz)
-            s.add("vzdump", "last job OK" if ok else "last job FAILED", degraded=not ok)
+            warnings = self.one("max(homelab_vzdump_last_warnings)") or 0
+            ended = self.one("max(homelab_vzdump_last_end_timestamp_seconds)")
+            outcome = "OK" if ok else "FAILED"
+            if ok and warnings:
+                outcome = f"OK with {warnings:.0f} warnings"
+            when = f", {age(now - ended)}" if ended and now else ""
+            s.add("guest backups", f"vzdump, last job {outcome}{when}", degraded=not ok)
         else:
-            s.add("vzdump", None)
+            s.add("guest backups", None)
         return s
 
     def pool_health(self, hv: Host, disks: list[dict]) -> tuple[str, bool]:

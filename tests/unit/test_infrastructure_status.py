@@ -80,6 +80,10 @@ HOSTS = [
                     "model": "AMD Radeon AI PRO R9700",
                     "vram": "32G",
                     "passthrough_to": "ageis-node",
+                    "functions": [
+                        {"id": "1002:7551", "address": "0000:03:00.0", "kind": "display"},
+                        {"id": "1002:ab40", "address": "0000:03:00.1", "kind": "audio"},
+                    ],
                 }
             ],
             "disks": [
@@ -139,11 +143,33 @@ HEALTHY = [
     (r"homelab_restore_test_last_run_timestamp_seconds", [({}, 1_000_000)]),
     (r"^time\(\)$", [({}, 1_000_000 + 86400)]),
     (r"^homelab_vzdump_last_ok", [({"instance": "pve"}, 1)]),
+    (r"^max\(homelab_vzdump_last_end_timestamp_seconds", [({}, 1_000_000 + 86400 - 20 * 3600)]),
 ]
 TAILSCALE = json.dumps(
     {"BackendState": "Running", "Peer": {"a": {"Online": True}, "b": {"Online": True}}}
 )
+# Recorded: `lscpu -J` (util-linux 2.41) on the Xeon E5-2690 v4, cut to the fields read.
+LSCPU = json.dumps(
+    {
+        "lscpu": [
+            {"field": "Architecture:", "data": "x86_64"},
+            {"field": "CPU(s):", "data": "28"},
+            {"field": "Model name:", "data": "Intel(R) Xeon(R) CPU E5-2690 v4 @ 2.60GHz"},
+            {"field": "Thread(s) per core:", "data": "2"},
+            {"field": "Core(s) per socket:", "data": "14"},
+            {"field": "Socket(s):", "data": "1"},
+        ]
+    }
+)
+# Recorded: `lspci -nk -d 1002:7551` with the card bound to vfio-pci, and with amdgpu.
+LSPCI_VFIO = (
+    "03:00.0 0300: 1002:7551 (rev c0)\n\tSubsystem: 1002:0487\n"
+    "\tKernel driver in use: vfio-pci\n\tKernel modules: amdgpu\n"
+)
+LSPCI_AMDGPU = LSPCI_VFIO.replace("in use: vfio-pci", "in use: amdgpu")
 SHELL = {
+    ("pve", "lscpu -J"): LSCPU,
+    ("pve", "lspci -nk -d 1002:7551"): LSPCI_VFIO,
     ("ageis-node", "cat /opt/rocm"): "7.1.3-87\n",
     ("ageis-node", "curl -fsS --max-time 3 http://127.0.0.1:11434/api/ps"): (
         '{"models": [{"name": "llama3.1:70b-instruct-q4_K_M"}]}'
@@ -179,8 +205,8 @@ def test_a_healthy_lab_prints_every_section_and_exits_zero() -> None:
         "network",
     ]
     assert "   host: Proxmox VE 9.0" in text
-    assert "   cpu: Intel Xeon E5-2690 v4 (14C/28T)" in text
-    assert "   gpu: AMD Radeon AI PRO R9700 32G (passed through to ageis-node)" in text
+    assert "   cpu: Intel(R) Xeon(R) CPU E5-2690 v4 @ 2.60GHz (14C/28T)" in text
+    assert "   gpu: AMD Radeon AI PRO R9700 32G (passed through to ageis-node, vfio-pci)" in text
     assert "   thermals: cpu 62C / gpu 71C" in text
     assert "   network: 1Gbps LAN + Tailscale mesh" in text
     assert "   rocm: 7.1.3" in text
@@ -188,7 +214,8 @@ def test_a_healthy_lab_prints_every_section_and_exits_zero() -> None:
     assert "   model: llama3.1:70b-instruct-q4_K_M (loaded)" in text
     assert "   status: ONLINE (latency: 0.3ms)" in text
     assert "   ssd pool: healthy (SMART ok, 14% wear)" in text
-    assert "   backups: nightly to hdd (last: 6h ago, 247GB)" in text
+    assert "   memory store backups: pgBackRest, nightly to hdd (last: 6h ago, 247GB)" in text
+    assert "   guest backups: vzdump, last job OK, 20h ago" in text
     assert "   tailscale: 3 nodes connected (Running)" in text
     assert "   dns: local resolver active" in text
     assert "   link flaps: none recently" in text
@@ -220,7 +247,7 @@ def test_old_backup_failed_restore_and_smart_are_degraded() -> None:
         *HEALTHY,
     ]
     text = render_text(report(answers).sections)
-    assert "!! backups: nightly to hdd (last: 30h ago, 247GB)" in text
+    assert "!! memory store backups: pgBackRest, nightly to hdd (last: 30h ago, 247GB)" in text
     assert "!! restore test: FAILED (24h ago)" in text
     assert "!! smart: FAILING: pve:/dev/sdb" in text
 
@@ -236,7 +263,10 @@ def test_unmeasurable_figures_print_unknown_without_degrading() -> None:
     assert f"   thermals: cpu {UNKNOWN} / gpu {UNKNOWN}" in text
     assert f"   rocm: {UNKNOWN}" in text
     assert f"   vram: {UNKNOWN}" in text
-    assert f"   backups: {UNKNOWN}" in text
+    assert f"   memory store backups: {UNKNOWN}" in text
+    assert f"   guest backups: {UNKNOWN}" in text
+    # Without the machine's own answer the CPU line says it is the inventory's.
+    assert "   cpu: Intel Xeon E5-2690 v4 (14C/28T; inventory, not read)" in text
     assert f"   firewall: {UNKNOWN}" in text
     assert exit_status(built.sections, built.prometheus_ok) == 0
 
@@ -273,6 +303,16 @@ def test_recent_link_flaps_and_probe_failures_are_shown() -> None:
     text = render_text(report(answers).sections)
     assert "   link flaps: embedder:enp3s0 x1" in text
     assert "   probe failures: dns:unbound x1, embedder:embedding-server x2" in text
+
+
+def test_a_gpu_not_bound_to_vfio_and_a_vzdump_with_warnings() -> None:
+    shell = {**SHELL, ("pve", "lspci -nk -d 1002:7551"): LSPCI_AMDGPU}
+    answers = [(r"^max\(homelab_vzdump_last_warnings", [({}, 2)]), *HEALTHY]
+    built = report(answers, shell=shell)
+    text = render_text(built.sections)
+    assert "!! gpu: AMD Radeon AI PRO R9700 32G (NOT passed through: driver amdgpu)" in text
+    assert "   guest backups: vzdump, last job OK with 2 warnings, 20h ago" in text
+    assert exit_status(built.sections, built.prometheus_ok) == 1
 
 
 def test_an_open_firewall_is_marked() -> None:

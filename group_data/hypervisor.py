@@ -18,3 +18,7 @@ sshd_allow_tcp_forwarding = True
 # Data AIDE leaves out besides the pools: Proxmox's "local" storage (ISO images, templates,
 # cloud images, backups there).
 file_integrity_exclude = ["/var/lib/vz"]
+
+# The hypervisor keeps USB disks usable (an offsite copy of the backups, a restore from one):
+# every other host blocks usb-storage.
+disabled_kernel_modules = ["dccp", "sctp", "rds", "tipc", "firewire-core"]

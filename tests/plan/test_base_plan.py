@@ -312,3 +312,11 @@ def test_sensor_chip_drivers_load_where_the_hardware_is_the_hosts_own(plan_of, f
     )
     conf = chosen.upload("pve", "/etc/modules-load.d/homelab-sensors.conf")
     assert [line for line in conf.splitlines() if line and not line.startswith("#")] == ["it87"]
+
+
+def test_usb_disks_work_on_the_hypervisor_only(plan_of) -> None:
+    result = plan_of("deploys/full.py", limit=["pve", "dns"])
+    pve = result.upload("pve", "/etc/modprobe.d/homelab-disabled.conf")
+    dns = result.upload("dns", "/etc/modprobe.d/homelab-disabled.conf")
+    assert "usb-storage" not in pve and "install dccp /bin/false" in pve
+    assert "install usb-storage /bin/false" in dns

@@ -451,7 +451,19 @@ class Report:
             if ok and warnings:
                 outcome = f"OK with {warnings:.0f} warnings"
             when = f", {age(now - ended)}" if ended and now else ""
-            s.add("guest backups", f"vzdump, last job {outcome}{when}", degraded=not ok)
+            # Each guest's newest backup on the job's storage: the stalest one, and their size.
+            stalest = self.one("min(homelab_vzdump_guest_newest_timestamp_seconds)")
+            total = self.one("sum(homelab_vzdump_guest_newest_bytes)")
+            guests = ""
+            if stalest is not None and now:
+                size_part = f", {size_text(int(total))}" if total else ""
+                guests = f"; stalest guest: {age(now - stalest) if stalest else 'never'}{size_part}"
+            stale = stalest is not None and bool(now) and now - stalest > 26 * 3600
+            s.add(
+                "guest backups",
+                f"vzdump, last job {outcome}{when}{guests}",
+                degraded=not ok or stale,
+            )
         else:
             s.add("guest backups", None)
         return s

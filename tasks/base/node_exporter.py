@@ -14,7 +14,8 @@ the memory store's backup and restore-test metrics):
   script ``files/homelab-gpu-metrics`` on a timer, reading ``amd-smi`` (AMD) or ``nvidia-smi``
   (NVIDIA): temperature, utilisation, VRAM used/total, power, fan (``homelab_gpu_*``).
 - vzdump: on the hypervisor, ``files/homelab-vzdump-metrics`` on a timer reads Proxmox's task
-  list (``pvesh``) and reports the last backup job's outcome (``homelab_vzdump_*``).
+  list (``pvesh``) and reports the last backup job's outcome, and each guest's newest backup on
+  the job's storage (``homelab_vzdump_*``).
 - Local probes: where the host's tasks declare a ``loopback`` port (a service without
   authentication of its own, listening on 127.0.0.1 only: Ollama), ``files/homelab-local-probe``
   on a timer checks it on the host, as the blackbox exporter checks the others from the
@@ -36,6 +37,7 @@ from tasks.common.datamodel.machine import HYPERVISOR, MACHINE
 from tasks.common.facts import ContainerVirt
 from tasks.common.ports import Port
 from tasks.common.templating import file_path, template_path
+from tasks.hypervisor.proxmox_backup import DATA as BACKUP
 
 DATA = Schema(
     "node_exporter",
@@ -179,9 +181,14 @@ def node_exporter(ports_of: Callable[[Iterable[str]], Iterable[Port]] | None = N
             f"GPU metrics ({', '.join(vendors)})",
         )
     if HYPERVISOR in host.groups:
+        backup = BACKUP.read(host)
+        # Each guest's newest backup on the job's storage, while the job is on.
+        storage = (
+            f" --storage {backup.proxmox_backup_storage}" if backup.proxmox_backup_enabled else ""
+        )
         _collector(
             "homelab-vzdump-metrics",
-            f"--output {TEXTFILE_DIR}/homelab-vzdump.prom",
+            f"--output {TEXTFILE_DIR}/homelab-vzdump.prom{storage}",
             interval,
             "vzdump job metrics",
         )

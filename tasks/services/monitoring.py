@@ -189,6 +189,14 @@ DATA = Schema(
         G,
     ),
     Key(
+        "alert_guest_backup_max_age_hours",
+        Int(1, 24 * 90),
+        26,
+        "A guest whose newest vzdump backup is older than this (or that has none) alerts; the"
+        " job runs nightly.",
+        G,
+    ),
+    Key(
         "alert_link_flaps",
         Int(1, 1000),
         1,
@@ -512,6 +520,8 @@ def rule_variables(settings: Mapping[str, Any]) -> dict[str, Any]:
         * 3
         // 4,
         "link_flaps": settings["alert_link_flaps"],
+        "guest_backup_max_age": settings["alert_guest_backup_max_age_hours"] * 3600,
+        "guest_backup_max_age_hours": settings["alert_guest_backup_max_age_hours"],
         "flap_window": settings["alert_link_flap_window"],
         "virtual_links": VIRTUAL_LINKS,
         "nvme_used": round(settings["alert_nvme_used_percent"] / 100, 2),

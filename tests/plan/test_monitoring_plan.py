@@ -100,6 +100,8 @@ def test_prometheus_size_is_capped_by_the_guests_disk(full: Plan, plan_of) -> No
 
 def test_vzdump_collector_on_the_hypervisor_only(full: Plan) -> None:
     assert "pvesh" in full.upload("pve", "/usr/local/sbin/homelab-vzdump-metrics")
+    unit = full.upload("pve", "/etc/systemd/system/homelab-vzdump-metrics.service")
+    assert "--output /var/lib/prometheus/node-exporter/homelab-vzdump.prom --storage hdd" in unit
     for host in ("ageis-node", "embedder", "monitoring", "dns"):
         with pytest.raises(AssertionError):
             full.upload(host, "/usr/local/sbin/homelab-vzdump-metrics")

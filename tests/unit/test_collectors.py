@@ -103,6 +103,44 @@ def test_vzdump_job_with_warnings_backed_up_and_says_how_many_warnings() -> None
     assert vzdump.outcome(None) == (0, 0)
 
 
+def test_vzdump_reports_each_guests_newest_backup_and_a_guest_without_any() -> None:
+    vzdump = load("homelab-vzdump-metrics")
+    # Recorded shapes: pvesh get /cluster/resources --type vm, and
+    # pvesh get /nodes/pve/storage/hdd/content --content backup (both --output-format json).
+    resources = [
+        {"id": "qemu/100", "vmid": 100, "name": "ageis-node", "node": "pve", "type": "qemu",
+         "template": 0},
+        {"id": "lxc/150", "vmid": 150, "name": "monitoring", "node": "pve", "type": "lxc",
+         "template": 0},
+        {"id": "lxc/151", "vmid": 151, "name": "dns", "node": "pve", "type": "lxc", "template": 0},
+        {"id": "qemu/9000", "vmid": 9000, "name": "tpl", "node": "pve", "type": "qemu",
+         "template": 1},
+        {"id": "qemu/200", "vmid": 200, "name": "elsewhere", "node": "pve2", "type": "qemu"},
+    ]  # fmt: skip
+    contents = [
+        {"volid": "hdd:backup/vzdump-qemu-100-2026_12_01-02_30_01.vma.zst", "vmid": 100,
+         "ctime": 1764556201, "size": 21474836480, "content": "backup", "format": "vma.zst"},
+        {"volid": "hdd:backup/vzdump-qemu-100-2026_12_02-02_30_02.vma.zst", "vmid": 100,
+         "ctime": 1764642602, "size": 21500000000, "content": "backup", "format": "vma.zst"},
+        {"volid": "hdd:backup/vzdump-lxc-150-2026_12_02-02_41_10.tar.zst", "vmid": 150,
+         "ctime": 1764643270, "size": 734003200, "content": "backup", "format": "tar.zst"},
+    ]  # fmt: skip
+    guests = vzdump.guest_backups(resources, contents, "pve")
+    assert guests == [
+        ("100", "ageis-node", 1764642602, 21500000000),
+        ("150", "monitoring", 1764643270, 734003200),
+        ("151", "dns", 0, 0),
+    ]
+    text = vzdump.render_guests("pve", guests)
+    assert (
+        'homelab_vzdump_guest_newest_timestamp_seconds{node="pve",vmid="151",name="dns"} 0' in text
+    )
+    assert (
+        'homelab_vzdump_guest_newest_bytes{node="pve",vmid="100",name="ageis-node"} 21500000000'
+        in text
+    )
+
+
 def test_vzdump_collector_writes_nothing_where_there_is_no_proxmox(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -144,6 +144,8 @@ HEALTHY = [
     (r"^time\(\)$", [({}, 1_000_000 + 86400)]),
     (r"^homelab_vzdump_last_ok", [({"instance": "pve"}, 1)]),
     (r"^max\(homelab_vzdump_last_end_timestamp_seconds", [({}, 1_000_000 + 86400 - 20 * 3600)]),
+    (r"^min\(homelab_vzdump_guest_newest_timestamp", [({}, 1_000_000 + 86400 - 21 * 3600)]),
+    (r"^sum\(homelab_vzdump_guest_newest_bytes", [({}, 22 * 1024**3)]),
 ]
 TAILSCALE = json.dumps(
     {"BackendState": "Running", "Peer": {"a": {"Online": True}, "b": {"Online": True}}}
@@ -215,7 +217,7 @@ def test_a_healthy_lab_prints_every_section_and_exits_zero() -> None:
     assert "   status: ONLINE (latency: 0.3ms)" in text
     assert "   ssd pool: healthy (SMART ok, 14% wear)" in text
     assert "   memory store backups: pgBackRest, nightly to hdd (last: 6h ago, 247GB)" in text
-    assert "   guest backups: vzdump, last job OK, 20h ago" in text
+    assert "   guest backups: vzdump, last job OK, 20h ago; stalest guest: 21h ago, 22GB" in text
     assert "   tailscale: 3 nodes connected (Running)" in text
     assert "   dns: local resolver active" in text
     assert "   link flaps: none recently" in text
@@ -311,8 +313,14 @@ def test_a_gpu_not_bound_to_vfio_and_a_vzdump_with_warnings() -> None:
     built = report(answers, shell=shell)
     text = render_text(built.sections)
     assert "!! gpu: AMD Radeon AI PRO R9700 32G (NOT passed through: driver amdgpu)" in text
-    assert "   guest backups: vzdump, last job OK with 2 warnings, 20h ago" in text
+    assert "   guest backups: vzdump, last job OK with 2 warnings, 20h ago; stalest" in text
     assert exit_status(built.sections, built.prometheus_ok) == 1
+
+
+def test_a_guest_never_backed_up_is_degraded() -> None:
+    answers = [(r"^min\(homelab_vzdump_guest_newest_timestamp", [({}, 0)]), *HEALTHY]
+    text = render_text(report(answers).sections)
+    assert "!! guest backups: vzdump, last job OK, 20h ago; stalest guest: never" in text
 
 
 def test_an_open_firewall_is_marked() -> None:

@@ -1,7 +1,7 @@
 """File integrity monitoring: AIDE's database of the system's files, checked every day.
 
 Debian's ``aide`` with its own rules (``/etc/aide/aide.conf.d``: every file from ``/`` down,
-with the package's exclusions for what changes by itself), checksums SHA-256 and SHA-512
+with the package's exclusions for what changes by itself), SHA-512 checksums
 instead of every hash AIDE knows, and Debian's ``dailyaidecheck.timer``,
 which compares the system with the database and writes the differences to
 ``/var/log/aide/`` and the journal. What is data, not system, is left out
@@ -9,9 +9,11 @@ which compares the system with the database and writes the differences to
 repository, the PostgreSQL data directory, Ollama's models, all under a pool path) and
 ``file_integrity_exclude``, so the daily check reads the system's few GB, never the pools' TB.
 
-The database is built after the first install and again after a change of the exclusions, by
+The database is built after the first install and again after a change of its settings, by
 ``homelab-aide-init.service`` (``aideinit``) started in the background at idle CPU and I/O
-priority: a rollout does not wait minutes for the scan, and the host's services keep the CPU.
+priority at the very end of the run (``file_integrity_baseline``), so it records the files as
+the run left them: a rollout does not wait minutes for the scan, the host's services keep the
+CPU, and the first daily check does not report the rollout's own changes.
 The unit is enabled with ``ConditionPathExists=!`` the database, so a host whose database is
 missing (a scan cut short, a file removed) builds it at the next boot.
 Changes a rollout makes on purpose show in the next daily report; ``aide --update`` (or
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -43,7 +46,7 @@ DATA = Schema(
 
 MAIN_CONF = "/etc/aide/aide.conf"
 CONF = "/etc/aide/aide.conf.d/99_homelab_data"
-CHECKSUMS = "sha256+sha512"
+CHECKSUMS = "sha512"
 DATABASE = "/var/lib/aide/aide.db"
 INIT_UNIT = "homelab-aide-init.service"
 
@@ -77,9 +80,9 @@ def file_integrity() -> None:
         patterns=[aide_pattern(p) for p in excluded(pools, settings.file_integrity_exclude)],
     )
     # Debian's "H" is every hash AIDE knows (MD5, SHA-1, RIPEMD, Tiger, ... each per file);
-    # two strong ones detect the same changes at a fraction of the scan's CPU.
+    # one strong hash detects the same changes at a fraction of the scan's CPU.
     checksums = files.line(
-        name="AIDE checksums: SHA-256 and SHA-512",
+        name="AIDE checksums: SHA-512",
         path=MAIN_CONF,
         line=r"^Checksums\s*=.*$",
         replace=f"Checksums = {CHECKSUMS}",
@@ -106,10 +109,25 @@ def file_integrity() -> None:
         running=True,
         enabled=True,
     )
-    # Not gated on the database file: it appears only when the background scan ends, and a
-    # run meanwhile must not count as a change. New exclusions make a new database.
+    _SETTINGS_CHANGES[host.name] = [conf, checksums, unit]
+
+
+# This run's operations on AIDE's settings, per host: the baseline is built after them.
+_SETTINGS_CHANGES: dict[str, list[OperationMeta]] = {}
+
+
+@deploy("File integrity baseline")
+def file_integrity_baseline() -> None:
+    """Last in a run: the database of the files as the run left them (a first install, or new
+    settings), so the first daily check does not report the run's own later changes.
+
+    Not gated on the database file: it appears only when the background scan ends, and a run
+    meanwhile must not count as a change."""
+    changes = _SETTINGS_CHANGES.get(host.name)
+    if not changes:
+        return
     server.shell(
-        name="Build AIDE's database in the background (first install, or new exclusions)",
+        name="Build AIDE's database in the background (first install, or new settings)",
         commands=[f"rm -f {DATABASE}", f"systemctl start --no-block {INIT_UNIT}"],
-        _if=any_changed(conf, checksums, unit),
+        _if=any_changed(*changes),
     )

@@ -24,7 +24,7 @@ from tasks.base.admin_user import admin_user
 from tasks.base.apt_sources import apt_sources
 from tasks.base.base_packages import base_packages
 from tasks.base.cloud_init import cloud_init_handover
-from tasks.base.file_integrity import file_integrity, file_integrity_baseline
+from tasks.base.file_integrity import file_integrity
 from tasks.base.firewall import firewall
 from tasks.base.hardening import hardening
 from tasks.base.hostname import hostname
@@ -138,9 +138,8 @@ AFTER_FIREWALL: dict[str, tuple[Task, ...]] = {
 }
 
 # Last on every host: root login goes off only once everything else (reboots included, which
-# reconnect as the run's login) is done and the admin login is proven. Then AIDE's baseline
-# starts in the background: the files as the run left them.
-LAST: tuple[Task, ...] = (ssh_login, file_integrity_baseline)
+# reconnect as the run's login) is done and the admin login is proven.
+LAST: tuple[Task, ...] = (ssh_login,)
 
 
 # Every task of the table, numbered once (a task in several roles keeps one number).

@@ -9,32 +9,35 @@ which compares the system with the database and writes the differences to
 repository, the PostgreSQL data directory, Ollama's models, all under a pool path) and
 ``file_integrity_exclude``, so the daily check reads the system's few GB, never the pools' TB.
 
-The database is built after the first install and again after a change of its settings, by
-``homelab-aide-init.service`` (``aideinit``) started in the background at idle CPU and I/O
-priority at the very end of the run (``file_integrity_baseline``), so it records the files as
-the run left them: a rollout does not wait minutes for the scan, the host's services keep the
-CPU, and the first daily check does not report the rollout's own changes.
-The unit is enabled with ``ConditionPathExists=!`` the database, so a host whose database is
-missing (a scan cut short, a file removed) builds it at the next boot.
-Changes a rollout makes on purpose show in the next daily report; ``aide --update`` (or
-``systemctl start homelab-aide-init``) takes them into the database.
+The database (the baseline) is built by ``homelab-aide-init.service`` (``aideinit``, at idle
+CPU and I/O priority) from a nightly timer (``file_integrity_baseline_time``, before Debian's
+daily check at 01:50) whenever there is none: after the first install, and after a run that
+changed AIDE's settings (it removes the old one). A rollout never waits for the scan and never
+shares the machine with it; ``systemctl start homelab-aide-init`` builds it at once. Changes a
+rollout makes on purpose show in the next daily report; ``aide --update`` takes them in.
 """
 
 from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks.common.datamodel.forms import ABSOLUTE_PATH, ListOf
+from tasks.common.datamodel.forms import ABSOLUTE_PATH, ListOf, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import MACHINE
 from tasks.common.templating import template_path
 
 DATA = Schema(
     "file_integrity",
+    Key(
+        "file_integrity_baseline_time",
+        Str(r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "*-*-* 00:30:00"'),
+        "*-*-* 00:30:00",
+        "When AIDE's database is built if there is none (a quiet hour before Debian's daily"
+        " check at 01:50).",
+    ),
     Key(
         "file_integrity_exclude",
         ListOf(ABSOLUTE_PATH, unique=True),
@@ -49,6 +52,7 @@ CONF = "/etc/aide/aide.conf.d/99_homelab_data"
 CHECKSUMS = "sha512"
 DATABASE = "/var/lib/aide/aide.db"
 INIT_UNIT = "homelab-aide-init.service"
+INIT_TIMER = "homelab-aide-init.timer"
 
 
 def excluded(pool_paths: list[str], extra: list[str]) -> list[str]:
@@ -94,40 +98,26 @@ def file_integrity() -> None:
         mode="644",
         database=DATABASE,
     )
-    systemd.daemon_reload(name="systemd reads the AIDE unit", _if=unit.did_change)
-    # Enabled (the link `systemctl enable` makes): a host whose database is missing builds it
-    # at boot. Not systemd.service(enabled=True): its fact lists loaded units only, and this
-    # oneshot is unloaded once it has run, so every run would enable it again.
-    files.link(
-        name=f"{INIT_UNIT} at boot",
-        path=f"/etc/systemd/system/multi-user.target.wants/{INIT_UNIT}",
-        target=f"/etc/systemd/system/{INIT_UNIT}",
+    timer = files.template(
+        name=f"{INIT_TIMER}: nightly, while there is no database",
+        src=template_path("systemd-timer.j2"),
+        dest=f"/etc/systemd/system/{INIT_TIMER}",
+        mode="644",
+        description="Build AIDE's database when there is none",
+        schedule=settings.file_integrity_baseline_time,
+        delay="10min",
     )
-    systemd.service(
-        name="AIDE's daily check runs",
-        service="dailyaidecheck.timer",
-        running=True,
-        enabled=True,
-    )
-    _SETTINGS_CHANGES[host.name] = [conf, checksums, unit]
-
-
-# This run's operations on AIDE's settings, per host: the baseline is built after them.
-_SETTINGS_CHANGES: dict[str, list[OperationMeta]] = {}
-
-
-@deploy("File integrity baseline")
-def file_integrity_baseline() -> None:
-    """Last in a run: the database of the files as the run left them (a first install, or new
-    settings), so the first daily check does not report the run's own later changes.
-
-    Not gated on the database file: it appears only when the background scan ends, and a run
-    meanwhile must not count as a change."""
-    changes = _SETTINGS_CHANGES.get(host.name)
-    if not changes:
-        return
+    systemd.daemon_reload(name="systemd reads the AIDE units", _if=any_changed(unit, timer))
+    for timer_unit, what in ((INIT_TIMER, "baseline"), ("dailyaidecheck.timer", "daily check")):
+        systemd.service(
+            name=f"AIDE's {what} timer runs",
+            service=timer_unit,
+            running=True,
+            enabled=True,
+        )
+    # New settings make a new baseline, the next night.
     server.shell(
-        name="Build AIDE's database in the background (first install, or new settings)",
-        commands=[f"rm -f {DATABASE}", f"systemctl start --no-block {INIT_UNIT}"],
-        _if=any_changed(*changes),
+        name="New AIDE settings: the old database goes (the next baseline is built tonight)",
+        commands=[f"rm -f {DATABASE}"],
+        _if=any_changed(conf, checksums),
     )

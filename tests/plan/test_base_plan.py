@@ -274,20 +274,20 @@ def test_file_integrity_leaves_the_pools_out_and_builds_in_the_background(plan_o
     unit = result.upload("pve", "/etc/systemd/system/homelab-aide-init.service")
     assert "CPUSchedulingPolicy=idle" in unit and "IOSchedulingClass=idle" in unit
     assert "ExecStart=/usr/sbin/aideinit --yes --force" in unit
-    assert "ConditionPathExists=!/var/lib/aide/aide.db" in unit  # at boot while it is missing
-    wants = "/etc/systemd/system/multi-user.target.wants/homelab-aide-init.service"
-    assert f"ln -s /etc/systemd/system/homelab-aide-init.service {wants}" in "\n".join(
-        result.commands("pve")
-    )
-    build = result.op("pve", "Build AIDE's database in the background")
-    assert build.commands == [
-        "rm -f /var/lib/aide/aide.db",
-        "systemctl start --no-block homelab-aide-init.service",
-    ]
-    assert build.conditional  # only when the exclusions, checksums or the unit changed
+    assert "ConditionPathExists=!/var/lib/aide/aide.db" in unit  # only while there is none
+    timer = result.upload("pve", "/etc/systemd/system/homelab-aide-init.timer")
+    assert "OnCalendar=*-*-* 00:30:00" in timer  # a quiet hour, before the daily check
+    commands = "\n".join(result.commands("pve"))
+    assert "systemctl start homelab-aide-init.timer" in commands
+    assert "systemctl start dailyaidecheck.timer" in commands
+    # The run never scans: it only drops a database the new settings made stale.
+    outside_units = [c for c in result.commands("pve") if not c.startswith("upload ")]
+    assert not [c for c in outside_units if "aideinit" in c or "aide --init" in c]
+    assert "systemctl start homelab-aide-init.service" not in commands
+    drop = result.op("pve", "New AIDE settings: the old database goes")
+    assert drop.commands == ["rm -f /var/lib/aide/aide.db"] and drop.conditional
     checksums = result.op("pve", "AIDE checksums").commands
     assert any("Checksums = sha512" in c for c in checksums), checksums
-    assert "systemctl start dailyaidecheck.timer" in "\n".join(result.commands("pve"))
     assert "systemctl start chkrootkit.timer" in "\n".join(result.commands("pve"))
     assert excluded(["/srv/ssd/", "/srv/ssd", "/"], ["/var/lib/x"]) == ["/srv/ssd", "/var/lib/x"]
     assert aide_pattern("/srv/a.b+c") == r"!/srv/a\.b\+c(/|$)"

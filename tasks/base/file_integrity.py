@@ -24,7 +24,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks.common.datamodel.forms import ABSOLUTE_PATH, ListOf, Str
+from tasks.common.datamodel.forms import ABSOLUTE_PATH, CALENDAR, ListOf
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import MACHINE
 from tasks.common.templating import template_path
@@ -33,7 +33,7 @@ DATA = Schema(
     "file_integrity",
     Key(
         "file_integrity_baseline_time",
-        Str(r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "*-*-* 00:30:00"'),
+        CALENDAR,
         "*-*-* 00:30:00",
         "When AIDE's database is built if there is none (a quiet hour before Debian's daily"
         " check at 01:50).",

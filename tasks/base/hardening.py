@@ -17,12 +17,10 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks.common.datamodel.forms import ListOf, Str
+from tasks.common.datamodel.forms import KERNEL_MODULE, ListOf, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.facts import ContainerVirt
 from tasks.common.templating import file_path, template_path
-
-MODULE = Str(r"[a-z0-9_-]+", what='a kernel module name such as "dccp"')
 
 DATA = Schema(
     "hardening",
@@ -43,7 +41,7 @@ DATA = Schema(
     ),
     Key(
         "disabled_kernel_modules",
-        ListOf(MODULE, unique=True),
+        ListOf(KERNEL_MODULE, unique=True),
         ["dccp", "sctp", "rds", "tipc", "firewire-core", "usb-storage"],
         "Kernel modules that may never load (unused protocols and buses; drop usb-storage"
         " from the list on a host that needs USB disks).",

@@ -13,30 +13,26 @@ detecting them (and an empty list turns this off).
 
 from __future__ import annotations
 
-import re
-
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import apt, files, server
 
 from tasks.base.node_exporter import owns_physical_disks
-from tasks.common.datamodel.forms import ListOf, Optional, Str
+from tasks.common.datamodel.forms import KERNEL_MODULE, FormError, ListOf, Optional
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import MACHINE
 from tasks.common.facts import ContainerVirt
 from tasks.common.templating import template_path
 
-MODULE = Str(r"[a-z0-9_-]+", what='a kernel module name such as "nct6775"')
 CONF = "/etc/modules-load.d/homelab-sensors.conf"
 _RECORDED = "#homelab-recorded"
 _CUT = "#----cut here----"
-MODULE_NAME = re.compile(r"[a-z0-9_-]+")
 
 DATA = Schema(
     "sensors",
     Key(
         "sensor_modules",
-        Optional(ListOf(MODULE, unique=True)),
+        Optional(ListOf(KERNEL_MODULE, unique=True)),
         None,
         "Sensor chip drivers to load at boot (hosts with hardware of their own); None: those"
         " lm-sensors' sensors-detect finds, once; [] loads none.",
@@ -59,6 +55,14 @@ class SensorChipDrivers(FactBase[list[str] | None]):
         return drivers_from(output)
 
 
+def _is_module(name: str) -> bool:
+    try:
+        KERNEL_MODULE.check(name)
+    except FormError:
+        return False
+    return True
+
+
 def drivers_from(output: list[str]) -> list[str] | None:
     """The driver names from the recorded modules file, or from between sensors-detect's two
     "cut here" lines (its "Chip drivers" list for /etc/modules); None if neither is there."""
@@ -70,9 +74,7 @@ def drivers_from(output: list[str]) -> list[str] | None:
         body = lines[start + 1 : lines.index(_CUT, start + 1)]
     else:
         return None if not lines else []
-    return [
-        line for line in body if line and not line.startswith("#") and MODULE_NAME.fullmatch(line)
-    ]
+    return [line for line in body if line and not line.startswith("#") and _is_module(line)]
 
 
 @deploy("Hardware sensors", data_defaults=DATA.defaults())

@@ -54,7 +54,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from tasks.common.apt_keys import Fingerprint, verified_keyring
 from tasks.common.changes import changed
-from tasks.common.datamodel.forms import ABSOLUTE_PATH, HOSTNAME, Int, Optional, Str
+from tasks.common.datamodel.forms import ABSOLUTE_PATH, CALENDAR, HOSTNAME, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, HYPERVISOR, MACHINE, POOL_NAME
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
@@ -79,11 +79,6 @@ PGDG_DISTROS = ("debian", "ubuntu")
 SOURCES = ("pgdg", "distribution")
 CIPHERS = ("aes-256-cbc", "none")
 CIPHER_CONF = "/etc/pgbackrest/conf.d/homelab-cipher.conf"
-
-# A systemd OnCalendar= expression (checked loosely here; systemd-analyze calendar is the judge).
-CALENDAR = Str(
-    r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "Sun *-*-* 01:30:00"'
-)
 
 # pgBackRest's own version (upstream, without the packaging revision): 2.50, 2.55.1, 2.59.2.
 UPSTREAM_VERSION = Str(

@@ -376,3 +376,11 @@ def plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [plain(v) for v in value]
     return value
+
+
+# A systemd OnCalendar= expression (checked loosely here; systemd-analyze calendar is the judge).
+CALENDAR = Str(
+    r"[A-Za-z0-9*:.,/~ -]+", what='a systemd calendar expression such as "Sun *-*-* 01:30:00"'
+)
+# A kernel module's name, as modprobe and modules-load.d take it.
+KERNEL_MODULE = Str(r"[a-z0-9_-]+", what='a kernel module name such as "nct6775"')

@@ -190,7 +190,7 @@ test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (
 	@trap '$(LABCTL) down >/dev/null 2>&1 || true' EXIT; \
 	$(MAKE) --no-print-directory lab-bare; \
 	$(PYTEST) -q -s tests/lab/test_rollout.py; \
-	$(PYTEST) -q -rs -s tests/lab --ignore=tests/lab/test_rollout.py \
+	$(PYTEST) -q -rs -s --durations=15 tests/lab --ignore=tests/lab/test_rollout.py \
 	  --ignore=tests/lab/test_bring_up.py; \
 	$(PYTEST) -q -s tests/lab/test_rollout.py; \
 	$(LABCTL) down

@@ -55,6 +55,7 @@ from tasks.embedder.tts import tts
 from tasks.embedder.vector_indexer import vector_indexer
 from tasks.hypervisor.gpu_passthrough import gpu_passthrough
 from tasks.hypervisor.guest_bridge import guest_bridge
+from tasks.hypervisor.guest_restore_test import guest_restore_test
 from tasks.hypervisor.pgbackrest_repository import pgbackrest_repository, pgbackrest_stanza
 from tasks.hypervisor.proxmox_api import proxmox_api_check, proxmox_api_stage
 from tasks.hypervisor.proxmox_backup import proxmox_backup_job
@@ -121,6 +122,7 @@ ROLES: dict[str, tuple[Task, ...]] = {
             (proxmox_api_check, proxmox_storages, proxmox_guests, proxmox_backup_job),
         ),
         pgbackrest_repository,
+        guest_restore_test,
     ),
     AGEIS_NODE: (tailscale, memory_store, rocm, ollama, actr_engine, openclaw_pipeline),
     EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),

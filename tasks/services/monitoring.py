@@ -189,6 +189,14 @@ DATA = Schema(
         G,
     ),
     Key(
+        "alert_guest_restore_test_max_age_days",
+        Int(1, 90),
+        8,
+        "An LXC guest whose backup restore test has not passed for this long alerts (and so"
+        " does a restore test that has not run); it runs weekly.",
+        G,
+    ),
+    Key(
         "alert_guest_backup_max_age_hours",
         Int(1, 24 * 90),
         26,
@@ -522,6 +530,8 @@ def rule_variables(settings: Mapping[str, Any]) -> dict[str, Any]:
         "link_flaps": settings["alert_link_flaps"],
         "guest_backup_max_age": settings["alert_guest_backup_max_age_hours"] * 3600,
         "guest_backup_max_age_hours": settings["alert_guest_backup_max_age_hours"],
+        "guest_restore_max_age": settings["alert_guest_restore_test_max_age_days"] * 86400,
+        "guest_restore_max_age_days": settings["alert_guest_restore_test_max_age_days"],
         "flap_window": settings["alert_link_flap_window"],
         "virtual_links": VIRTUAL_LINKS,
         "nvme_used": round(settings["alert_nvme_used_percent"] / 100, 2),

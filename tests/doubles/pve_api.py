@@ -708,6 +708,8 @@ class PveApiDouble:
                 "unprivileged",
                 "skiplock",
                 "background_delay",
+                "restore",
+                "unique",
             ):
                 if key == "unprivileged":
                     config[key] = value
@@ -765,6 +767,8 @@ class PveApiDouble:
                 template = str(params["ostemplate"])
                 if template not in self.state.volumes:
                     raise ApiError(500, f"volume '{template}' does not exist")
+                if str(params.get("restore", "0")) == "1":
+                    config = self._restored_config(template, params)
                 if "rootfs" not in params:
                     params["rootfs"] = f"{params.get('storage', 'local')}:4"
             self._apply_config(vmid, kind, config, dict(params))
@@ -778,6 +782,81 @@ class PveApiDouble:
             return [f"created {kind} {vmid}"]
 
         return self.task("qmcreate" if kind == "qemu" else "vzcreate", str(vmid), who, work)
+
+    def _restored_config(self, volid: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The config a restore starts from: the one the backup holds, its volumes left out
+        (the restore allocates them anew on ``storage``); ``unique`` gives its NICs new MACs."""
+        volume = self.state.volumes[volid]
+        if volume.get("content") != "backup":
+            raise ApiError(500, f"volume '{volid}' is not a backup archive")
+        config = {
+            k: v
+            for k, v in dict(volume.get("config") or {}).items()
+            # Bind mounts (a host path) stay, as pct restore keeps them; volumes are new.
+            if not LXC_DISK_KEY.match(k) or str(v).startswith("/")
+        }
+        if str(params.get("unique", "0")) == "1":
+            for key in [k for k in config if NET_KEY.match(k)]:
+                fields = [f for f in str(config[key]).split(",") if not f.startswith("hwaddr=")]
+                config[key] = ",".join([*fields, f"hwaddr={_random_mac()}"])
+        return config
+
+    def _destroy_guest(self, vmid: str, kind: str, params: dict[str, Any], who: str) -> str:
+        guest = self._guest(vmid, kind)
+        if guest["status"] == "running":
+            what = "VM" if kind == "qemu" else "CT"
+            raise ApiError(500, f"{what} {vmid} is running - destroy failed")
+
+        def work() -> list[str]:
+            del self.state.guests[int(vmid)]
+            for volid in [
+                v for v, volume in self.state.volumes.items()
+                if str(volume.get("vmid")) == str(vmid) and volume.get("content") != "backup"
+            ]:  # fmt: skip
+                del self.state.volumes[volid]
+            for job in self.state.backup_jobs.values():
+                if str(params.get("purge", "0")) == "1" and "vmid" in job:
+                    job["vmid"] = ",".join(v for v in _split_list(job["vmid"]) if v != str(vmid))
+            return [f"destroyed {kind} {vmid}"]
+
+        return self.task("qmdestroy" if kind == "qemu" else "vzdestroy", str(vmid), who, work)
+
+    def post_nodes_node_vzdump(self, pp: dict, params: dict, who: str) -> str:
+        """A backup of each guest named in ``vmid`` (or ``all``): an archive volume on
+        ``storage`` that remembers the guest's config, as vzdump's archive holds it."""
+        storage = str(params.get("storage", "local"))
+        self._need_storage(storage, "backup")
+        if str(params.get("all", "0")) == "1":
+            vmids = sorted(self.state.guests)
+        else:
+            vmids = [int(v) for v in _split_list(params.get("vmid", ""))]
+        for vmid in vmids:
+            self._guest(vmid, self.state.guests.get(vmid, {}).get("kind", "lxc"))
+
+        def work() -> list[str]:
+            lines = []
+            for vmid in vmids:
+                guest = self.state.guests[vmid]
+                now = time.time()
+                while any(v.get("ctime") == int(now) and v.get("vmid") == vmid
+                          for v in self.state.volumes.values()):  # fmt: skip
+                    now += 1
+                stamp = time.strftime("%Y_%m_%d-%H_%M_%S", time.gmtime(now))
+                kind = "lxc" if guest["kind"] == "lxc" else "qemu"
+                suffix = "tar.zst" if kind == "lxc" else "vma.zst"
+                volid = f"{storage}:backup/vzdump-{kind}-{vmid}-{stamp}.{suffix}"
+                self.state.volumes[volid] = {
+                    "content": "backup",
+                    "format": suffix,
+                    "size": 200 * 1024**2,
+                    "vmid": vmid,
+                    "ctime": int(now),
+                    "config": dict(guest["config"]),
+                }
+                lines.append(f"INFO: creating vzdump archive '{volid}'")
+            return lines
+
+        return self.task("vzdump", ",".join(map(str, vmids)) or "all", who, work)
 
     def _get_config(self, guest: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         if "snapshot" in params:
@@ -972,6 +1051,9 @@ class PveApiDouble:
 
     def post_nodes_node_lxc(self, pp: dict, params: dict, who: str) -> str:
         return self._create_guest("lxc", params, who)
+
+    def delete_nodes_node_lxc_vmid(self, pp: dict, params: dict, who: str) -> str:
+        return self._destroy_guest(pp["vmid"], "lxc", params, who)
 
     def get_nodes_node_lxc_vmid_config(self, pp: dict, params: dict, who: str) -> dict:
         return self._get_config(self._guest(pp["vmid"], "lxc"), params)

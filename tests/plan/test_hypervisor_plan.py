@@ -711,3 +711,47 @@ def test_creating_a_pool_on_a_disk_that_holds_anything_is_refused(
     assert "key 'pools['ssd'].create' is true" in message and "nothing was changed" in message
     assert SSD_DISKS[1] in message and named in message
     assert SSD_DISKS[0] not in message  # the blank ones are not blamed
+
+
+RESTORE_UNIT = "/etc/systemd/system/homelab-guest-restore-test.service"
+RESTORE_TIMER = "/etc/systemd/system/homelab-guest-restore-test.timer"
+
+
+def test_the_guests_restore_test_runs_weekly_on_the_backup_storage(plan_of) -> None:
+    result = plan_pve(plan_of)
+    assert "pct" in result.upload("pve", "/usr/local/sbin/homelab-guest-restore-test")
+    unit = result.upload("pve", RESTORE_UNIT)
+    assert (
+        "ExecStart=/usr/local/sbin/homelab-guest-restore-test"
+        " --output /var/lib/prometheus/node-exporter/homelab-guest-restore.prom"
+        " --backup-storage hdd --target-storage ssd --scratch-vmid 9999"
+    ) in unit
+    assert "RequiresMountsFor=/mnt/hdd" in unit
+    assert "OnCalendar=Sun *-*-* 05:00:00" in result.upload("pve", RESTORE_TIMER)
+    commands = "\n".join(result.commands("pve"))
+    assert "systemctl enable homelab-guest-restore-test.timer" in commands
+
+
+def test_the_restore_test_is_off_with_the_backup_job(plan_of) -> None:
+    result = plan_pve(plan_of, override_data={"proxmox_backup_enabled": False})
+    commands = "\n".join(result.commands("pve"))
+    assert "systemctl enable homelab-guest-restore-test.timer" not in commands
+    assert result.upload_or_none("pve", RESTORE_UNIT) is not None
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"guest_restore_test_vmid": 110}, "an ID no guest uses (monitoring has it)"),
+        ({"guest_restore_test_storage": "hdd"}, "a pool of this host with rootdir content (ssd)"),
+        ({"guest_restore_test_storage": "nvme"}, "a pool of this host with rootdir content (ssd)"),
+    ],
+)
+def test_a_scratch_id_or_storage_the_restore_test_cannot_use_stops_the_plan(
+    plan_of, data: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(Exception) as caught:  # pyinfra wraps what a deploy raises
+        plan_pve(plan_of, override_data=data)
+    message = str(getattr(caught.value, "exception", caught.value))
+    [(key, value)] = data.items()
+    assert f"host 'pve': key {key!r} is {value!r}; expected {expected}" == message

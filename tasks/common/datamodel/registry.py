@@ -49,6 +49,7 @@ TASK_MODULES = (
     "tasks.hypervisor.proxmox_storage",
     "tasks.hypervisor.proxmox_guests",
     "tasks.hypervisor.proxmox_backup",
+    "tasks.hypervisor.guest_restore_test",
     "tasks.hypervisor.proxmox_ve",
     "tasks.hypervisor.gpu_passthrough",
     "tasks.ageis_node.rocm",

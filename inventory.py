@@ -36,6 +36,8 @@ hypervisor = [
             },
             "memory": "128G",
             "gpus": [{**R9700, "passthrough_to": "ageis-node"}],
+            # The UPS's USB cable is plugged in here (drop the key where there is no UPS).
+            "ups": {"driver": "usbhid-ups", "port": "auto", "description": "rack UPS"},
             "disks": [
                 {
                     "device": "/dev/disk/by-id/ata-TEAM_T253X2001T_EXAMPLE1",
@@ -130,6 +132,7 @@ embedder = [
         {
             "ssh_hostname": "embedder.home.arpa",
             "lan_address": "192.168.1.30",
+            "ups_primary": "pve",  # on pve's UPS: shuts down first on low battery
             "gpus": [
                 {
                     "name": "gtx1650super",

@@ -37,6 +37,7 @@ from tasks.base.ssh_login import ssh_login
 from tasks.base.ssh_server import ssh_server
 from tasks.base.tailscale import tailscale
 from tasks.base.time_sync import time_sync
+from tasks.base.ups import ups
 from tasks.common import fact_cache
 from tasks.common.datamodel.machine import (
     AGEIS_NODE,
@@ -103,6 +104,7 @@ BASE: tuple[Task, ...] = (
     hardening,
     file_integrity,
     resolver_client,
+    ups,  # before node_exporter: its UPS collector reads upsc
     # Given the table's port lookup: it probes the host's loopback-only ports on the host.
     partial(node_exporter, ports_of=declared_ports),
     sensors,

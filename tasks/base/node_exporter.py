@@ -31,6 +31,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
+from tasks.base.ups import DATA as UPS
 from tasks.common.datamodel.forms import Bool, Int, Optional
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE
@@ -191,6 +192,13 @@ def node_exporter(ports_of: Callable[[Iterable[str]], Iterable[Port]] | None = N
             f"--output {TEXTFILE_DIR}/homelab-vzdump.prom{storage}",
             interval,
             "vzdump job metrics",
+        )
+    if UPS.read(host).ups is not None:
+        _collector(
+            "homelab-ups-metrics",
+            f"--ups ups@localhost --output {TEXTFILE_DIR}/homelab-ups.prom",
+            interval,
+            "UPS metrics (NUT)",
         )
     local = [p for p in (ports_of(host.groups) if ports_of else ()) if p.loopback and p.probe]
     if local:

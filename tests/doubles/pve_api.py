@@ -322,6 +322,21 @@ class PveApiDouble:
         }
         return upid
 
+    def get_nodes_node_tasks(self, pp: dict, params: dict, who: str) -> list:
+        """The node's finished tasks, newest first (``typefilter``, ``limit``), as the task
+        list shows them: ``status`` is the exit status."""
+        kind = params.get("typefilter")
+        found = [t for t in self.state.tasks.values() if not kind or t["type"] == kind]
+        found.sort(key=lambda t: (t["starttime"], t["pid"]), reverse=True)
+        return [
+            {
+                **{k: t[k] for k in ("upid", "type", "id", "user", "node", "starttime", "pid")},
+                "endtime": t["starttime"],
+                "status": t["exitstatus"],
+            }
+            for t in found[: int(params.get("limit", 50))]
+        ]
+
     def get_nodes_node_tasks_upid_status(self, pp: dict, params: dict, who: str) -> dict:
         task = self._task(pp["upid"])
         task["polls"] += 1
@@ -857,6 +872,53 @@ class PveApiDouble:
             return lines
 
         return self.task("vzdump", ",".join(map(str, vmids)) or "all", who, work)
+
+    def _start_order(self) -> list[int]:
+        """The guests in Proxmox's start order: by ``startup`` ``order=`` (none: last), then
+        by ID; stopall goes the reverse way."""
+
+        def order(vmid: int) -> tuple[float, int]:
+            startup = str(self.state.guests[vmid]["config"].get("startup", ""))
+            found = re.search(r"(?:^|,)order=(\d+)", startup)
+            return (int(found[1]) if found else float("inf"), vmid)
+
+        return sorted(self.state.guests, key=order)
+
+    def post_nodes_node_stopall(self, pp: dict, params: dict, who: str) -> str:
+        """Every running guest stopped, one after the other, in the reverse start order; each
+        stop is a task of its own (``vzshutdown``/``qmshutdown``), in the order it ran."""
+        wanted = set(int(v) for v in _split_list(params.get("vms", ""))) or None
+
+        def work() -> list[str]:
+            lines = []
+            for vmid in reversed(self._start_order()):
+                guest = self.state.guests[vmid]
+                if guest["status"] != "running" or (wanted and vmid not in wanted):
+                    continue
+                kind = "qm" if guest["kind"] == "qemu" else "vz"
+                self._set_status(str(vmid), guest["kind"], "stopped", who, f"{kind}shutdown")
+                lines.append(f"Stopping {'VM' if kind == 'qm' else 'CT'} {vmid}")
+            return lines
+
+        return self.task("stopall", "", who, work)
+
+    def post_nodes_node_startall(self, pp: dict, params: dict, who: str) -> str:
+        """The guests with ``onboot`` (all with ``force``) started in the start order."""
+        force = str(params.get("force", "0")) == "1"
+
+        def work() -> list[str]:
+            lines = []
+            for vmid in self._start_order():
+                guest = self.state.guests[vmid]
+                onboot = str(guest["config"].get("onboot", "0")) == "1"
+                if guest["status"] == "running" or not (onboot or force):
+                    continue
+                kind = "qm" if guest["kind"] == "qemu" else "vz"
+                self._set_status(str(vmid), guest["kind"], "running", who, f"{kind}start")
+                lines.append(f"Starting {'VM' if kind == 'qm' else 'CT'} {vmid}")
+            return lines
+
+        return self.task("startall", "", who, work)
 
     def _get_config(self, guest: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         if "snapshot" in params:

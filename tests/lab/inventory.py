@@ -20,6 +20,7 @@ from tasks.base.tailscale import NODE_GROUPS as _TAILSCALE_GROUPS
 from tasks.common.datamodel.preflight import check_inventory_file
 from tasks.common.logins import log_in_as_recorded
 from tests.lab import hosts as lab
+from tests.lab import lab_ups
 from tests.lab.inference_standin import ollama_data, pipeline_data, rocm_data
 from tests.lab.lab_secrets import ensure_lab_secrets
 from tests.lab.labctl import host_nameservers
@@ -176,6 +177,11 @@ def _host_data(lab_host: lab.LabHost) -> dict:
         # The real GPU's data, so the VFIO files are written for real; a container has no PCI
         # devices or IOMMU of its own, so the hardware steps are skipped (and say so).
         data["gpus"] = [{**_LAB_R9700, "passthrough_to": "ageis-node"}]
+        # The UPS on its cable: NUT's dummy-ups driver reads its state from a file the lab
+        # writes (tests/lab/lab_ups.py), so a drill can cut the mains and drain the battery.
+        data["ups"] = {"driver": "dummy-ups", "port": lab_ups.PORT, "description": "lab UPS"}
+    if "embedder" in lab_host.groups:
+        data["ups_primary"] = "pve"  # on pve's UPS, as the real embedder
     if lab_host.name == "ageis-node":
         data["guest"]["passthrough_gpu"] = _LAB_R9700["name"]
     if set(_TAILSCALE_GROUPS) & set(lab_host.groups):

@@ -63,6 +63,7 @@ from tasks.hypervisor import proxmox_ca
 from tests.lab import (
     hosts,
     inference_standin,
+    lab_ups,
     proxmox_prep,
     pve_api_double,
     standin_repo,
@@ -1464,6 +1465,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for host in selected:
             if "hypervisor" in host.groups:  # Proxmox VE cannot run here: its API double does
                 start_pve_api_double(host)
+                lab_ups.seed(host)  # the UPS on its cable: NUT's dummy-ups reads this file
     say(f"lab up: {', '.join(h.name for h in selected)}")
     return 0
 

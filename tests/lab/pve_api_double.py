@@ -89,6 +89,16 @@ def install(host: LabHost) -> None:
     _write(root, f"{CONF_DIR}/pve.key", key.read_text(), 0o600)
     _write(root, f"{CONF_DIR}/password", secret + "\n", 0o600)
     _write(root, f"{CONF_DIR}/tokens", f"{TOKEN}={secret}\n", 0o600)
+    # Proxmox's CLI as test doubles that call this double (tests/doubles/bin), where a node
+    # has them: the host-side scripts (UPS shutdown, vzdump metrics) reach it through them.
+    for name, dest in (("pvesh", "usr/bin/pvesh"), ("pct", "usr/sbin/pct")):
+        _write(root, dest, (DOUBLES / "bin" / name).read_text(), 0o755)
+    _write(
+        root,
+        f"{CONF_DIR}/pvesh.conf",
+        f"url=https://{host.address}:{PORT}\ntoken={TOKEN}={secret}\nca=/{CONF_DIR}/pve.pem\n",
+        0o600,
+    )
     conf = f"/{CONF_DIR}"
     _write(
         root,

@@ -28,6 +28,7 @@ EXPECTED = {
         (22, "tcp", "ssh"): ADMIN_PORT,
         (3128, "tcp", "spiceproxy"): ADMIN_PORT,
         (8006, "tcp", "proxmox-web"): ADMIN_PORT,
+        (3493, "tcp", "nut"): ({EMBEDDER}, False),
         (8432, "tcp", "pgbackrest-server"): ({NODE, MONITOR}, False),
         (9100, "tcp", "node-exporter"): ({MONITOR}, False),
         (41641, "udp", "tailscaled"): ({LAN}, False),

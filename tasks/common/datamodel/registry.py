@@ -30,6 +30,7 @@ TASK_MODULES = (
     "tasks.base.hardening",
     "tasks.base.file_integrity",
     "tasks.base.journald",
+    "tasks.base.ups",
     "tasks.base.firewall",
     "tasks.base.resolver_client",
     "tasks.services.dns_resolver",

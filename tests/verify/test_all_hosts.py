@@ -85,3 +85,23 @@ def test_journal_is_persistent_and_capped(host_in: InventoryHost) -> None:
     assert host_in.testinfra.file(f"/var/log/journal/{machine_id}").is_directory
     config = host_in.testinfra.run("systemd-analyze cat-config systemd/journald.conf").stdout
     assert "Storage=persistent" in config and "SystemMaxUse=" in config
+
+
+def test_the_ups_answers_and_its_followers_watch_it(
+    host_in: InventoryHost, inventory_hosts
+) -> None:
+    """A host with ``ups``: NUT reads the UPS and upsmon runs as its primary; a host with
+    ``ups_primary``: upsmon follows that host's UPS over the LAN. Others: no NUT server."""
+    if host_in.data.get("ups"):
+        upsc = host_in.testinfra.run("upsc ups@localhost ups.status")
+        assert upsc.rc == 0, f"{host_in.name}: upsc gets no answer: {upsc.stderr}"
+        assert upsc.stdout.split(), f"{host_in.name}: the UPS reports no status"
+        for unit in ("nut-server", "nut-monitor"):
+            assert host_in.testinfra.service(unit).is_running, f"{host_in.name}: {unit} is down"
+    elif host_in.data.get("ups_primary"):
+        primary = next(h for h in inventory_hosts if h.name == host_in.data["ups_primary"])
+        upsc = host_in.testinfra.run(f"upsc ups@{primary.data['lan_address']} ups.status")
+        assert upsc.rc == 0, f"{host_in.name}: cannot read {primary.name}'s UPS: {upsc.stderr}"
+        assert host_in.testinfra.service("nut-monitor").is_running
+    else:
+        assert not host_in.testinfra.package("nut-server").is_installed

@@ -217,6 +217,7 @@ def openings(
     group_addresses: Mapping[str, Iterable[str]],
     own_address: str,
     data: Any = None,
+    peers: Mapping[str, Any] | None = None,
 ) -> tuple[Opening, ...]:
     """Who may reach each of ``ports``: resolve its consumers (and monitoring, for a probed or
     scraped port) into source networks. ``group_addresses`` maps each inventory group, and
@@ -246,6 +247,10 @@ def openings(
                 ]
         if port.extra_sources is not None:
             networks += [ipaddress.ip_network(cidr) for cidr in port.extra_sources(data)]
+        if port.peer_sources is not None:
+            networks += [
+                ipaddress.ip_network(cidr) for cidr in port.peer_sources(data, peers or {})
+            ]
         collapsed4 = ipaddress.collapse_addresses(n for n in networks if n.version == 4)
         collapsed6 = ipaddress.collapse_addresses(n for n in networks if n.version == 6)
         result.append(
@@ -316,6 +321,7 @@ def firewall(declared: Iterable[Port] = ()) -> None:
         group_addresses=inventory_addresses(),
         own_address=str(machine.lan_address),
         data=host.data,
+        peers={other.name: other.data for other in inventory},
     )
 
     # The SSH session's own address is known on the host only (the controller may be NATed).

@@ -23,6 +23,7 @@ Metrics: ``files/homelab-ups-metrics`` reads ``upsc`` for the textfile collector
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyinfra import host, inventory
@@ -108,20 +109,25 @@ SECRETS = (
 )
 
 
-def secondaries_of(name: str) -> list[tuple[str, str]]:
-    """(name, LAN address) of every inventory host whose ``ups_primary`` is ``name``."""
-    found = []
-    for other in inventory:
-        if other.data.get("ups_primary") == name:
-            found.append((other.name, str(other.data.get("lan_address"))))
-    return sorted(found)
+def secondaries_of(name: str, peers: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, LAN address) of every host in ``peers`` (name -> data) whose ``ups_primary`` is
+    ``name``."""
+    return sorted(
+        (other, str(data.get("lan_address")))
+        for other, data in peers.items()
+        if data.get("ups_primary") == name
+    )
 
 
-def _secondary_sources(data: Any) -> list[str]:
-    return [f"{address}/32" for _, address in secondaries_of(host.name)] if data.get("ups") else []
+def _secondary_sources(data: Any, peers: Mapping[str, Any]) -> list[str]:
+    """The machines on this host's UPS (their ``ups_primary`` is the host with this data)."""
+    if not data.get("ups"):
+        return []
+    names = [n for n, d in peers.items() if d.get("lan_address") == data.get("lan_address")]
+    return [f"{a}/32" for name in names for _, a in secondaries_of(name, peers)]
 
 
-PORTS = (Port(NUT_PORT, "tcp", "nut", extra_sources=_secondary_sources),)
+PORTS = (Port(NUT_PORT, "tcp", "nut", peer_sources=_secondary_sources),)
 
 
 def nut_quoted(value: str) -> str:
@@ -188,7 +194,7 @@ def _common_files(mode: str, monitor: str, shutdown: str, hostsync: int) -> list
 def _primary(settings: Any) -> None:
     spec = settings.ups
     machine = MACHINE.read(host)
-    secondaries = secondaries_of(host.name)
+    secondaries = secondaries_of(host.name, {other.name: other.data for other in inventory})
     _packages(["nut-server", "nut-client"])
     files.put(
         name="Install homelab-ups-shutdown (guests in reverse start order, then the host)",

@@ -14,7 +14,7 @@ open to the monitoring group too, which probes and scrapes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +27,9 @@ ALL_HOSTS = "all"
 CONSUMER_KINDS = (ADMIN, TAILNET, LAN, ALL_HOSTS, *ROLE_GROUPS)
 # A function of a host's data giving more source addresses (CIDRs) for one port.
 ExtraSources = Callable[[Any], Iterable[str]]
+# The same from the host's data and every inventory host's data, by name: for clients that
+# declare in their own data that they use this host (the machines on its UPS).
+PeerSources = Callable[[Any, Mapping[str, Any]], Iterable[str]]
 
 
 @dataclass(frozen=True, order=True)
@@ -37,7 +40,9 @@ class Port:
     ``"http:/path"`` (GET answers 2xx), ``"ssh"``, ``"dns"``; ``None`` leaves it unprobed.
     ``metrics_path`` is where Prometheus scrapes the service's own metrics, if it has any.
     ``consumers`` name who may connect (see the module's docstring); ``extra_sources`` reads
-    more client addresses from the host's data (PostgreSQL's declared extra clients).
+    more client addresses from the host's data (PostgreSQL's declared extra clients);
+    ``peer_sources`` from its data and every inventory host's (NUT: the machines whose
+    ``ups_primary`` is this host).
     ``loopback``: the service listens on 127.0.0.1 only; no consumers, probed on the host.
     None of these take part in comparisons: a port is its number, protocol and service.
     """
@@ -49,10 +54,13 @@ class Port:
     metrics_path: str | None = field(default=None, compare=False)
     consumers: tuple[str, ...] = field(default=(), compare=False)
     extra_sources: ExtraSources | None = field(default=None, compare=False, repr=False)
+    peer_sources: PeerSources | None = field(default=None, compare=False, repr=False)
     loopback: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.loopback and (self.consumers or self.extra_sources or self.metrics_path):
+        if self.loopback and (
+            self.consumers or self.extra_sources or self.peer_sources or self.metrics_path
+        ):
             raise ValueError(
                 f"{self.service} listens on loopback only: it has no consumers, extra sources"
                 " or scraped metrics path"

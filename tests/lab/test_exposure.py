@@ -229,6 +229,7 @@ def admitted_tcp_ports(source: str) -> dict[str, set[int]]:
                 group_addresses=groups,
                 own_address=str(machine.lan_address),
                 data=h.data,
+                peers={other.name: other.data for other in inventory},
             )
             admitted[h.name] = {
                 o.port.port for o in opened if o.port.proto == "tcp" and o.admits(client)

@@ -105,6 +105,7 @@ def expected_openings(
         group_addresses=addresses,
         own_address=str(host_in.data["lan_address"]),
         data=host_in.data,
+        peers={h.name: h.data for h in everyone},
     )
     return {(o.port.port, o.port.proto): o for o in opened}
 

@@ -124,7 +124,7 @@ def test_low_battery_shuts_the_embedder_then_the_guests_then_pve(mains_back: Non
     lab_ups.write(PVE, lab_ups.ONLINE)
     labctl_run("start", PVE.name)
     labctl_run("start", EMBEDDER.name)
-    secondary = journal_time(EMBEDDER, "SYSLOG_IDENTIFIER=upsmon", r"power-fail shutdown")
+    secondary = journal_time(EMBEDDER, "-u nut-monitor", r"power-fail shutdown")
     primary = journal_time(PVE, "-t homelab-ups-shutdown", r"stopping the guests")
     powering_off = journal_time(PVE, "-t homelab-ups-shutdown", r"powering off")
     assert secondary <= primary <= powering_off, (secondary, primary, powering_off)

@@ -251,7 +251,9 @@ def _primary(settings: Any) -> None:
         _if=driver.did_change,
     )
     for service, changed in (
-        ("nut-driver.target", any_changed(driver)),
+        # The driver's own unit, not nut-driver.target: a target's state is "active", which
+        # pyinfra's systemd facts do not count as running (it would start it every run).
+        (f"nut-driver@{UPS_NAME}.service", any_changed(driver)),
         ("nut-server.service", any_changed(driver, upsd, users, *common)),
         ("nut-monitor.service", any_changed(users, *common)),
     ):

@@ -191,10 +191,19 @@ bench-rollout: venv ## Benchmark: no-change rollouts (full, per role, one templa
 
 # --- Everything ---------------------------------------------------------------------------
 .PHONY: test
-test: venv ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)
-	$(MAKE) --no-print-directory test-fast
+# The unit and plan tests (no lab) run beside the first install from bare machines, which waits
+# mostly on the hosts' package installs; their output follows the install's, and either failing
+# fails the run.
+FAST_LOG := build/test-fast.log
+test: venv promtools ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)
 	@trap '$(LABCTL) down >/dev/null 2>&1 || true' EXIT; \
-	$(MAKE) --no-print-directory lab-bare; \
+	mkdir -p build; \
+	$(MAKE) --no-print-directory test-fast > $(FAST_LOG) 2>&1 & fast=$$!; \
+	bare=0; $(MAKE) --no-print-directory lab-bare || bare=$$?; \
+	fast_rc=0; wait $$fast || fast_rc=$$?; \
+	echo "--> lint, unit and plan tests (run beside the first install):"; cat $(FAST_LOG); \
+	test $$fast_rc -eq 0 || { echo "lint, unit or plan tests failed"; exit 1; }; \
+	test $$bare -eq 0 || { echo "the first install from bare machines failed"; exit 1; }; \
 	$(PYTEST) -q -s tests/lab/test_rollout.py; \
 	$(PYTEST) -q -rs -s --durations=15 tests/lab --ignore=tests/lab/test_rollout.py \
 	  --ignore=tests/lab/test_bring_up.py; \

@@ -28,6 +28,7 @@ from tasks.base.file_integrity import file_integrity
 from tasks.base.firewall import firewall
 from tasks.base.hardening import hardening
 from tasks.base.hostname import hostname
+from tasks.base.ipmi_exporter import ipmi_exporter
 from tasks.base.journald import journald
 from tasks.base.node_exporter import node_exporter
 from tasks.base.resolver_client import resolver_client
@@ -108,6 +109,7 @@ BASE: tuple[Task, ...] = (
     # Given the table's port lookup: it probes the host's loopback-only ports on the host.
     partial(node_exporter, ports_of=declared_ports),
     sensors,
+    ipmi_exporter,
 )
 
 # Role tasks run after the base, in this order.

@@ -48,7 +48,7 @@ from tasks.common.datamodel.forms import (
 from tasks.common.datamodel.keys import Key, Schema, check_key
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE, MONITORING, ROLE_GROUPS
 from tasks.common.facts import NftTableMatches, SshSession
-from tasks.common.ports import ADMIN, ALL_HOSTS, CONSUMER_KINDS, LAN, TAILNET, Port
+from tasks.common.ports import ADMIN, ALL_HOSTS, CONSUMER_KINDS, LAN, TAILNET, Port, present
 from tasks.common.templating import file_path
 
 TABLE = "inet homelab"
@@ -206,7 +206,7 @@ def open_ports(declared: Iterable[Port], extra: Iterable[Mapping[str, Any]]) -> 
 def ports_of(host_name: str, declared: Iterable[Port], data: Mapping[str, Any]) -> tuple[Port, ...]:
     """What the firewall opens on a host whose tasks declare ``declared``, given its data."""
     extra = check_key(host_name, DATA.keys["firewall_extra_ports"], data)
-    return open_ports(declared, extra)
+    return open_ports(present(declared, data), extra)
 
 
 def openings(
@@ -315,7 +315,8 @@ def firewall(declared: Iterable[Port] = ()) -> None:
     settings = DATA.read(host)
     machine = MACHINE.read(host)
     opened = openings(
-        ports_of(host.name, declared, settings),
+        # The host's data, not only this task's: a port may exist only where it says (when).
+        ports_of(host.name, declared, host.data),
         lan_cidr=machine.lan_cidr,
         admin_sources=settings.firewall_admin_sources,
         group_addresses=inventory_addresses(),

@@ -36,7 +36,7 @@ from tasks.common.datamodel.forms import Bool, Int, Optional
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE
 from tasks.common.facts import ContainerVirt
-from tasks.common.ports import Port
+from tasks.common.ports import Port, present
 from tasks.common.templating import file_path, template_path
 from tasks.hypervisor.proxmox_backup import DATA as BACKUP
 
@@ -200,7 +200,8 @@ def node_exporter(ports_of: Callable[[Iterable[str]], Iterable[Port]] | None = N
             interval,
             "UPS metrics (NUT)",
         )
-    local = [p for p in (ports_of(host.groups) if ports_of else ()) if p.loopback and p.probe]
+    declared = present(ports_of(host.groups), host.data) if ports_of else ()
+    local = [p for p in declared if p.loopback and p.probe]
     if local:
         checks = " ".join(f"{p.service}={local_probe_url(p)}" for p in local)
         _collector(

@@ -30,6 +30,8 @@ ExtraSources = Callable[[Any], Iterable[str]]
 # The same from the host's data and every inventory host's data, by name: for clients that
 # declare in their own data that they use this host (the machines on its UPS).
 PeerSources = Callable[[Any, Mapping[str, Any]], Iterable[str]]
+# Whether a port exists on a host, from the host's data.
+Presence = Callable[[Mapping[str, Any]], bool]
 
 
 @dataclass(frozen=True, order=True)
@@ -44,6 +46,8 @@ class Port:
     ``peer_sources`` from its data and every inventory host's (NUT: the machines whose
     ``ups_primary`` is this host).
     ``loopback``: the service listens on 127.0.0.1 only; no consumers, probed on the host.
+    ``when``: the port exists only on a host whose data makes it true (the IPMI exporter where
+    the data declares a BMC); :func:`present` filters by it.
     None of these take part in comparisons: a port is its number, protocol and service.
     """
 
@@ -55,6 +59,7 @@ class Port:
     consumers: tuple[str, ...] = field(default=(), compare=False)
     extra_sources: ExtraSources | None = field(default=None, compare=False, repr=False)
     peer_sources: PeerSources | None = field(default=None, compare=False, repr=False)
+    when: Presence | None = field(default=None, compare=False, repr=False)
     loopback: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,3 +90,8 @@ class Port:
     def monitored(self) -> bool:
         """Monitoring connects to it: it is probed or scraped from the monitoring guest."""
         return not self.loopback and (self.probe is not None or self.metrics_path is not None)
+
+
+def present(ports: Iterable[Port], data: Mapping[str, Any]) -> tuple[Port, ...]:
+    """The ``ports`` that exist on a host with ``data`` (those whose ``when`` holds)."""
+    return tuple(p for p in ports if p.when is None or p.when(data))

@@ -48,7 +48,7 @@ from tasks.common.datamodel.forms import (
 from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR, MACHINE, MONITORING
 from tasks.common.datamodel.secrets import ISSUED, Secret, SecretSpec, load_secrets
-from tasks.common.ports import ADMIN, TAILNET, Port
+from tasks.common.ports import ADMIN, TAILNET, Port, present
 from tasks.common.secret_files import secret_file
 from tasks.common.templating import template_path
 
@@ -427,6 +427,8 @@ class InventoryHost:
     name: str
     address: str
     groups: tuple[str, ...]
+    # Its data, for the ports that exist only where the data says (Port.when).
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 # Interfaces that follow guests, firewalls and peers rather than a cable (a regex of device
@@ -469,7 +471,7 @@ def monitoring_targets(
     jobs: dict[tuple[str, str], ScrapeJob] = {}
     probes: list[Probe] = []
     for inv_host in hosts:
-        for port in ports_of(inv_host.groups):
+        for port in present(ports_of(inv_host.groups), inv_host.data):
             if port.metrics_path:
                 key = (port.service, port.metrics_path)
                 job = jobs.setdefault(key, ScrapeJob(port.service, port.metrics_path))
@@ -500,7 +502,9 @@ def monitoring_targets(
 
 def inventory_hosts() -> list[InventoryHost]:
     return [
-        InventoryHost(other.name, str(MACHINE.read(other).lan_address), tuple(other.groups))
+        InventoryHost(
+            other.name, str(MACHINE.read(other).lan_address), tuple(other.groups), other.data
+        )
         for other in inventory
     ]
 

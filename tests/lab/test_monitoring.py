@@ -87,10 +87,17 @@ def expected_targets() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     inventory and the tasks' declared ports: what Prometheus must have, computed independently
     of its config."""
     from deploys.roles import declared_ports
+    from tasks.common.ports import present
+    from tests.lab import inventory as lab_inventory
 
+    data = {
+        name: host_data
+        for group in ("hypervisor", "ageis_node", "embedder", "service_guests")
+        for name, host_data in getattr(lab_inventory, group)
+    }
     scrapes, probes = set(), set()
     for lab_host in hosts.HOSTS:
-        for port in declared_ports(lab_host.groups):
+        for port in present(declared_ports(lab_host.groups), data[lab_host.name]):
             if port.metrics_path:
                 scrapes.add((port.service, lab_host.name))
             if port.probe:

@@ -105,3 +105,16 @@ def test_the_ups_answers_and_its_followers_watch_it(
         assert host_in.testinfra.service("nut-monitor").is_running
     else:
         assert not host_in.testinfra.package("nut-server").is_installed
+
+
+def test_the_bmc_is_read_where_the_data_declares_one(host_in: InventoryHost) -> None:
+    """A host with ``bmc``: the IPMI exporter runs and reads the BMC (every collector up).
+    Others: no exporter."""
+    if not host_in.data.get("bmc"):
+        assert not host_in.testinfra.package("prometheus-ipmi-exporter").is_installed
+        return
+    assert host_in.testinfra.service("prometheus-ipmi-exporter").is_running
+    address = host_in.data["lan_address"]
+    metrics = host_in.testinfra.run(f"curl -fsS http://{address}:9290/metrics").stdout
+    up = [line for line in metrics.splitlines() if line.startswith("ipmi_up{")]
+    assert up and all(line.endswith(" 1") for line in up), f"{host_in.name}: {up}"

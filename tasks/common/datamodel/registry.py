@@ -31,6 +31,7 @@ TASK_MODULES = (
     "tasks.base.file_integrity",
     "tasks.base.journald",
     "tasks.base.ups",
+    "tasks.base.ipmi_exporter",
     "tasks.base.firewall",
     "tasks.base.resolver_client",
     "tasks.services.dns_resolver",

@@ -135,13 +135,16 @@ def nut_quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _password(name: str) -> str:
+def _passwords(*names: str) -> dict[str, str]:
+    """The named secrets, read from the secrets file once."""
     secrets = load_secrets()
-    if name not in secrets:
+    missing = [name for name in names if name not in secrets]
+    if missing:
         raise RuntimeError(
-            f"host {host.name!r}: the secrets file lacks {name} (see secrets.example.toml)"
+            f"host {host.name!r}: the secrets file lacks {', '.join(missing)}"
+            " (see secrets.example.toml)"
         )
-    return secrets[name].reveal()
+    return {name: secrets[name].reveal() for name in names}
 
 
 @deploy("UPS (NUT)", data_defaults=DATA.defaults())
@@ -195,6 +198,7 @@ def _primary(settings: Any) -> None:
     spec = settings.ups
     machine = MACHINE.read(host)
     secondaries = secondaries_of(host.name, {other.name: other.data for other in inventory})
+    passwords = _passwords("ups_primary_password", "ups_secondary_password")
     _packages(["nut-server", "nut-client"])
     files.put(
         name="Install homelab-ups-shutdown (guests in reverse start order, then the host)",
@@ -226,10 +230,10 @@ def _primary(settings: Any) -> None:
         content=Secret(
             "# Managed by homelab-as-code (tasks/base/ups.py): local changes are overwritten.\n"
             "[primary]\n"
-            f"\tpassword = {nut_quoted(_password('ups_primary_password'))}\n"
+            f"\tpassword = {nut_quoted(passwords['ups_primary_password'])}\n"
             "\tupsmon primary\n"
             "[secondary]\n"
-            f"\tpassword = {nut_quoted(_password('ups_secondary_password'))}\n"
+            f"\tpassword = {nut_quoted(passwords['ups_secondary_password'])}\n"
             "\tupsmon secondary\n"
         ),
         dest="/etc/nut/upsd.users",
@@ -238,7 +242,7 @@ def _primary(settings: Any) -> None:
     )
     common = _common_files(
         "netserver",
-        f"{UPS_NAME}@localhost 1 primary {nut_quoted(_password('ups_primary_password'))} primary",
+        f"{UPS_NAME}@localhost 1 primary {nut_quoted(passwords['ups_primary_password'])} primary",
         SHUTDOWN_SCRIPT,
         settings.ups_hostsync_seconds,
     )
@@ -284,7 +288,8 @@ def _secondary(settings: Any) -> None:
     common = _common_files(
         "netclient",
         f"{UPS_NAME}@{address}:{NUT_PORT} 1 secondary"
-        f" {nut_quoted(_password('ups_secondary_password'))} secondary",
+        f" {nut_quoted(_passwords('ups_secondary_password')['ups_secondary_password'])}"
+        " secondary",
         "/sbin/shutdown -h +0",
         settings.ups_hostsync_seconds,
     )

@@ -93,7 +93,7 @@ def guest_restore_test() -> None:
     backup_pool = machine.pools.get(backup.proxmox_backup_storage) or {}
     on = settings.guest_restore_test_enabled and backup.proxmox_backup_enabled
 
-    script = files.put(
+    files.put(
         name="Install homelab-guest-restore-test",
         src=file_path("homelab-guest-restore-test"),
         dest=SCRIPT,
@@ -120,7 +120,7 @@ def guest_restore_test() -> None:
         delay="30min",
     )
     systemd.daemon_reload(
-        name="systemd reads the restore test's units", _if=any_changed(script, service, timer)
+        name="systemd reads the restore test's units", _if=any_changed(service, timer)
     )
     systemd.service(
         name=f"The restore test's timer {'runs' if on else 'is off'}",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -44,13 +43,17 @@ def upsc(host: hosts.LabHost, target: str) -> dict[str, str]:
     return found
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, explain: Callable[[], str] = str
+) -> Any:
+    """``predicate``'s first true value; past ``timeout``, fail with ``explain()`` appended."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not within {timeout:.0f}s: {what}\n{explain()}")
         time.sleep(1)
 
 
@@ -78,17 +81,15 @@ def still_up_report(hosts_: tuple[hosts.LabHost, ...]) -> str:
     from inside the container (its SSH may be gone mid-shutdown)."""
     parts = []
     for host in hosts_:
-        nspawn = labctl.nspawn_pid(host)
-        init = labctl.container_init(nspawn) if nspawn else None
-        if init is None:
+        try:
+            out = labctl.nsenter(
+                host, "sh", "-c",
+                "systemctl is-system-running; systemctl list-jobs --no-pager | head -20;"
+                " for m in -unut-monitor -thomelab-ups-shutdown _PID=1; do"
+                " journalctl -b -n 30 -o short-monotonic --no-pager $m; done",
+            )  # fmt: skip
+        except labctl.LabError:  # went down meanwhile
             continue
-        out = subprocess.run(
-            ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "--", "sh", "-c",
-             "systemctl is-system-running; systemctl list-jobs --no-pager | head -20;"
-             " for m in -unut-monitor -thomelab-ups-shutdown _PID=1; do"
-             " journalctl -b -n 30 -o short-monotonic --no-pager $m; done"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
         parts.append(f"--- {host.name} still up:\n{out.stdout}{out.stderr}")
     return "\n".join(parts)
 
@@ -129,12 +130,12 @@ def test_low_battery_shuts_the_embedder_then_the_guests_then_pve(mains_back: Non
     started = time.monotonic()
     # Low battery to power-off takes about 20 s here: HOSTSYNC, stopall, two clean shutdowns.
     # The limit leaves room for a slow machine's unit stops, not for a missed shutdown.
-    deadline = started + 300
-    while labctl.nspawn_pid(PVE) or labctl.nspawn_pid(EMBEDDER):
-        if time.monotonic() > deadline:
-            pytest.fail("not within 300 s of low battery: pve and the embedder powered off\n"
-                        + still_up_report((PVE, EMBEDDER)))  # fmt: skip
-        time.sleep(1)
+    wait_for(
+        lambda: labctl.nspawn_pid(PVE) is None and labctl.nspawn_pid(EMBEDDER) is None,
+        300,
+        "pve and the embedder powered off after low battery",
+        explain=lambda: still_up_report((PVE, EMBEDDER)),
+    )
     print(f"\nlow battery to both hosts off: {time.monotonic() - started:.0f}s")
 
     after = json.loads(STATE.read_text())

@@ -121,6 +121,8 @@ ageis_node = [
                 "os": "ubuntu-24.04",
                 "passthrough_gpu": "r9700",
                 "start_order": 2,
+                # Archives, datasets, checkpoints and media on the HDD pool (virtiofs).
+                "share_pool": "hdd",
             },
         },
     ),

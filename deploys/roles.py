@@ -20,6 +20,7 @@ from tasks.ageis_node.ollama import ollama
 from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
 from tasks.ageis_node.pgbackrest_database import memory_store_first_restore_test
 from tasks.ageis_node.rocm import rocm
+from tasks.ageis_node.storage_tier import storage_tier
 from tasks.base.admin_user import admin_user
 from tasks.base.apt_sources import apt_sources
 from tasks.base.base_packages import base_packages
@@ -58,6 +59,7 @@ from tasks.embedder.vector_indexer import vector_indexer
 from tasks.hypervisor.gpu_passthrough import gpu_passthrough
 from tasks.hypervisor.guest_bridge import guest_bridge
 from tasks.hypervisor.guest_restore_test import guest_restore_test
+from tasks.hypervisor.guest_shares import guest_shares
 from tasks.hypervisor.pgbackrest_repository import pgbackrest_repository, pgbackrest_stanza
 from tasks.hypervisor.proxmox_api import proxmox_api_check, proxmox_api_stage
 from tasks.hypervisor.proxmox_backup import proxmox_backup_job
@@ -118,6 +120,7 @@ ROLES: dict[str, tuple[Task, ...]] = {
         guest_bridge,  # before proxmox_ve, whose reboot brings it up
         proxmox_ve,
         storage_pools,
+        guest_shares,  # before the guests: a VM with a share does not start without it
         gpu_passthrough,
         tailscale,
         # At plan time, or after the installation on a host this run makes Proxmox VE.
@@ -128,7 +131,15 @@ ROLES: dict[str, tuple[Task, ...]] = {
         pgbackrest_repository,
         guest_restore_test,
     ),
-    AGEIS_NODE: (tailscale, memory_store, rocm, ollama, actr_engine, openclaw_pipeline),
+    AGEIS_NODE: (
+        tailscale,
+        memory_store,
+        rocm,
+        ollama,
+        storage_tier,
+        actr_engine,
+        openclaw_pipeline,
+    ),
     EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),

@@ -44,7 +44,7 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra.operations import python
 
 from tasks.common.datamodel.forms import Bool, Str
-from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.hypervisor.proxmox_api import Proxmox, ProxmoxError, connect, hypervisor_named
 
 DATA = Schema(
@@ -202,6 +202,14 @@ def snapshot_guard(reason: str, guarded: Callable[[], Any]) -> None:
         guarded()
         return
     settings = DATA.read(host)
+    if settings.snapshot_guard_vmstate and spec.get("share_pool"):
+        raise DataError(
+            host.name,
+            "snapshot_guard_vmstate",
+            True,
+            "false for a VM with a virtiofs share (guest.share_pool): QEMU cannot save the"
+            " RAM of a VM with a VirtIO-FS device, so every guarded snapshot would fail",
+        )
     guard = Guard(
         host_name=host.name,
         reason=reason,

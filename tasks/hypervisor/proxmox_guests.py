@@ -10,7 +10,9 @@ host``, cores, memory, ballooning off, the system disk on the guest's storage im
 cloud image and grown to ``disk_size``, a virtio NIC on the bridge, the GPU as ``hostpci0`` with
 ``pcie=1`` (all its functions: as root@pam the host's PCI address, with an API token through a
 PCI resource mapping named after the GPU), the QEMU guest agent, start at boot with its start
-order. The guest OS comes from the cloud image by cloud-init: user ``admin_user`` of the guest,
+order, and with ``share_pool`` a virtiofs share (``virtiofs0``) of the directory mapping
+``<guest>-<pool>`` (``tasks/common/shares.py``; the directory is ``guest_shares``'s).
+The guest OS comes from the cloud image by cloud-init: user ``admin_user`` of the guest,
 its ``admin_ssh_public_key_files``, its ``lan_address`` on the LAN, no package upgrade on first
 boot (``ciupgrade=0``: it would race the rollout's apt). Every guest's resolver at creation is the
 gateway (or ``proxmox_guest_nameserver``), never the dns guest, which does not exist yet on a
@@ -36,6 +38,7 @@ from tasks.base.admin_user import DATA as ADMIN
 from tasks.common.datamodel.forms import Field, IPv4Address, MapOf, Optional, Predicate, Str, Struct
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import HYPERVISOR
+from tasks.common.shares import share_host_path, share_id
 from tasks.hypervisor.proxmox_api import (
     Proxmox,
     ProxmoxError,
@@ -226,6 +229,44 @@ def _ensure_mapping(api: Proxmox, mapping: dict[str, Any]) -> None:
     )
 
 
+def _share(api: Proxmox, name: str, spec: dict[str, Any]) -> str | None:
+    """``virtiofs0`` for the guest's shared pool, after its directory mapping is in place
+    (Proxmox refuses a ``virtiofs`` key that names no mapping)."""
+    pool_name = spec.get("share_pool")
+    if not pool_name:
+        return None
+    pool = (host.data.get("pools") or {})[pool_name]
+    mapping_id = share_id(name, pool_name)
+    wanted = f"node={api.node},path={share_host_path(pool['path'], name)}"
+    current = get_or_none(api, f"cluster/mapping/dir/{mapping_id}")
+    if current is None:
+        api_change(
+            f"Directory mapping {mapping_id}",
+            [f"create {wanted}"],
+            lambda: api.call(
+                "POST",
+                "cluster/mapping/dir",
+                "directory mapping",
+                id=mapping_id,
+                map=[wanted],
+                description=f"{pool_name} pool share of {name} (homelab)",
+            ),
+        )
+    else:
+        have = current.get("map") or []
+        have = have if isinstance(have, list) else [have]
+        api_change(
+            f"Directory mapping {mapping_id}",
+            [] if wanted in have else [f"map={wanted}"],
+            lambda: api.call(
+                "PUT", f"cluster/mapping/dir/{mapping_id}", "directory mapping", map=[wanted]
+            ),
+        )
+    # cache=auto: metadata cached briefly; the host's tier-down and the guest see each
+    # other's changes within a second.
+    return f"{mapping_id},cache=auto"
+
+
 def _normal(key: str, value: Any) -> str:
     text = str(value)
     if key == "agent" and text in ("1", "enabled=1"):
@@ -276,6 +317,9 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
     }
     if hostpci:
         wanted["hostpci0"] = hostpci
+    share = _share(api, name, spec)
+    if share:
+        wanted["virtiofs0"] = share
     net = f"virtio,bridge={spec['bridge']}"
 
     def encoded(values: dict[str, Any]) -> dict[str, Any]:
@@ -353,6 +397,11 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
     if not _net_matches(str(current.get("net0", "")), "virtio", spec["bridge"]):
         changed["net0"] = net
     shown = [f"{k}={'(keys)' if k == 'sshkeys' else v}" for k, v in sorted(changed.items())]
+    if "virtiofs0" in changed and str(current.get("virtiofs0", "")) == "":
+        logger.warning(
+            f"{host.name}: VM {vmid} ({name}) gets its share ({changed['virtiofs0']}) at its"
+            f" next start: Proxmox adds a virtiofs device only then (qm reboot {vmid})"
+        )
     api_change(
         f"VM {vmid} ({name}) config",
         shown,

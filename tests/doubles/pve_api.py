@@ -14,7 +14,8 @@ in tests and in the lab, where Proxmox itself cannot run. What it does like the 
 - state for one node: storages, qemu VMs and LXC containers with their config (disks
   allocated from ``STORAGE:SIZE``, ``import-from`` and ``STORAGE:cloudinit``, NICs given a MAC,
   ``delete=``, ``digest``), run state, snapshots (with rollback), backup jobs
-  (``/cluster/backup``), PCI resource mappings (``/cluster/mapping/pci``), storage volumes
+  (``/cluster/backup``), PCI and directory resource mappings (``/cluster/mapping/pci``,
+  ``/cluster/mapping/dir``: a ``virtiofs`` key must name one), storage volumes
   (``download-url``, ``aplinfo`` templates);
 - writes that are tasks on the real API answer a UPID; ``/nodes/{node}/tasks/{upid}/status``
   reports it running, then stopped with ``exitstatus`` ``OK`` (or the error injected with
@@ -56,6 +57,7 @@ DISK_KEY = re.compile(r"^(scsi|virtio|sata|ide)\d+$|^efidisk0$|^tpmstate0$")
 LXC_DISK_KEY = re.compile(r"^rootfs$|^mp\d+$")
 NET_KEY = re.compile(r"^net\d+$")
 HOSTPCI_KEY = re.compile(r"^hostpci\d+$")
+VIRTIOFS_KEY = re.compile(r"^virtiofs\d+$")
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$")
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # What a downloaded cloud image or template counts as, in bytes (the double fetches nothing).
@@ -122,6 +124,7 @@ class PveState:
         self.guests: dict[int, dict[str, Any]] = {}  # vmid -> {kind, config, status, snapshots}
         self.backup_jobs: dict[str, dict[str, Any]] = {}
         self.pci_mappings: dict[str, dict[str, Any]] = {}
+        self.dir_mappings: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
         self.counter = 0
 
@@ -748,6 +751,12 @@ class PveApiDouble:
                     rest = str(value).split(",")[1:]
                     value = ",".join([f"{model}={mac}", *rest])
                 del fields
+            if VIRTIOFS_KEY.match(key) and kind == "qemu":
+                dirid = parse_property_string({"dirid": {"default_key": 1}}, str(value)).get(
+                    "dirid", ""
+                )
+                if dirid not in self.state.dir_mappings:
+                    raise ApiError(500, f"{key}: directory mapping '{dirid}' does not exist")
             if NET_KEY.match(key) and kind == "lxc" and "hwaddr=" not in str(value):
                 mac = _random_mac()
                 value = f"{value},hwaddr={mac}"
@@ -980,6 +989,12 @@ class PveApiDouble:
             raise ApiError(500, f"snapshot name '{name}' already used")
 
         def work() -> list[str]:
+            vmstate = str(params.get("vmstate", "0")) == "1"
+            if vmstate and guest["status"] == "running":
+                shares = [k for k in guest["config"] if VIRTIOFS_KEY.match(k)]
+                if shares:
+                    # QEMU's vhost-user-fs device blocks migration, and so saving the RAM.
+                    raise ApiError(500, f"{shares[0]}: VirtIO-FS device blocks saving the VM state")
             guest["snapshots"][name] = {
                 "config": copy.deepcopy(guest["config"]),
                 "snaptime": int(time.time()),
@@ -1203,6 +1218,34 @@ class PveApiDouble:
 
     def put_cluster_mapping_pci_id(self, pp: dict, params: dict, who: str) -> None:
         mapping = self.state.pci_mappings.get(pp["id"])
+        if mapping is None:
+            raise ApiError(500, f"mapping '{pp['id']}' does not exist")
+        params.pop("digest", None)
+        for key in _split_list(params.pop("delete", "")):
+            mapping.pop(key, None)
+        if "map" in params:
+            params["map"] = _as_list(params["map"])
+        mapping.update(params)
+
+    def get_cluster_mapping_dir(self, pp: dict, params: dict, who: str) -> list:
+        return [dict(m) for m in self.state.dir_mappings.values()]
+
+    def post_cluster_mapping_dir(self, pp: dict, params: dict, who: str) -> None:
+        if params["id"] in self.state.dir_mappings:
+            raise ApiError(500, f"mapping '{params['id']}' already exists")
+        self.state.dir_mappings[params["id"]] = {
+            **params,
+            "type": "dir",
+            "map": _as_list(params["map"]),
+        }
+
+    def get_cluster_mapping_dir_id(self, pp: dict, params: dict, who: str) -> dict:
+        if pp["id"] not in self.state.dir_mappings:
+            raise ApiError(500, f"mapping '{pp['id']}' does not exist")
+        return dict(self.state.dir_mappings[pp["id"]])
+
+    def put_cluster_mapping_dir_id(self, pp: dict, params: dict, who: str) -> None:
+        mapping = self.state.dir_mappings.get(pp["id"])
         if mapping is None:
             raise ApiError(500, f"mapping '{pp['id']}' does not exist")
         params.pop("digest", None)

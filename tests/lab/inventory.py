@@ -47,6 +47,8 @@ _GUESTS = {
         "disk_size": "256G",
         "os": "debian-13",
         "start_order": 2,
+        # The HDD share: labctl binds pve's shared directory where virtiofs would mount it.
+        "share_pool": "hdd",
     },
     "monitoring": {
         "kind": "lxc",

@@ -27,6 +27,7 @@ API_OPS = (
     "Cloud image",
     "LXC template",
     "PCI resource mapping",
+    "Directory mapping",
 )
 
 
@@ -147,6 +148,71 @@ def test_api_token_passes_the_gpu_through_a_pci_mapping(
     assert mapping["map"] == ["node=pve,path=0000:03:00,id=1002:7551"]
     assert {who for *_, who in double.requests} == {"root@pam!homelab"}
     pve_double.assert_all_accepted()
+
+
+def test_the_vm_gets_its_own_directory_of_the_hdd_pool_through_virtiofs(
+    hypervisor: Any, pve_double: RunningDouble
+) -> None:
+    """The share is a directory mapping of ``<hdd>/shares/ageis-node`` only (never the pool's
+    root, which holds the backups), made before the VM names it; the node gets virtiofsd."""
+    double = pve_double.double
+    plan = hypervisor(run_python=True)
+    host_ops = [op.name for op in plan.changing("pve")]
+    for expected in (
+        "Guest shares (virtiofs) | virtiofsd for the VMs' shares",
+        "Guest shares (virtiofs) | Share of ageis-node: /mnt/hdd/shares/ageis-node",
+        "Guest shares (virtiofs) | Share of ageis-node: /mnt/hdd/shares/ageis-node/archive/models",
+    ):
+        assert expected in host_ops, host_ops
+    mapping = double.state.dir_mappings["ageis-node-hdd"]
+    assert mapping["map"] == ["node=pve,path=/mnt/hdd/shares/ageis-node"]
+    assert double.state.guests[100]["config"]["virtiofs0"] == "ageis-node-hdd,cache=auto"
+    order = [path for _, path, _ in writes(double, "POST")]
+    assert order.index("/cluster/mapping/dir") < order.index("/nodes/pve/qemu")
+    assert "virtiofs0" not in double.state.guests[110]["config"], "containers get no share"
+    pve_double.assert_all_accepted()
+
+
+def test_a_vm_that_exists_gets_its_share_at_its_next_start(
+    hypervisor: Any, pve_double: RunningDouble, tmp_path: Path, caplog: Any
+) -> None:
+    double = pve_double.double
+    text = (REPO / "inventory.py").read_text()
+    without = text.replace('                "share_pool": "hdd",\n', "")
+    assert without != text
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(without)
+    hypervisor(run_python=True, inventory_file=str(inventory))
+    assert "virtiofs0" not in double.state.guests[100]["config"]
+    plan = hypervisor(run_python=True)
+    names = [op.name for op in api_changes(plan)]
+    assert names == [
+        "Proxmox guests | Directory mapping ageis-node-hdd: create"
+        " node=pve,path=/mnt/hdd/shares/ageis-node",
+        "Proxmox guests | VM 100 (ageis-node) config: virtiofs0=ageis-node-hdd,cache=auto",
+    ], names
+    assert "gets its share (ageis-node-hdd,cache=auto) at its next start" in caplog.text
+    assert "qm reboot 100" in caplog.text
+    assert api_changes(hypervisor(run_python=True)) == []
+
+
+def test_a_share_on_a_container_or_an_unknown_pool_is_refused_before_any_write(
+    hypervisor: Any, pve_double: RunningDouble, tmp_path: Path
+) -> None:
+    text = (REPO / "inventory.py").read_text()
+    for old, new, key, expected in (
+        ('"share_pool": "hdd"', '"share_pool": "tank"', "guest.share_pool", "a pool of pve"),
+        ('"kind": "lxc",', '"kind": "lxc",\n                "share_pool": "hdd",', "guest.kind",
+         "qemu for a virtiofs share_pool"),
+    ):  # fmt: skip
+        changed = text.replace(old, new, 1)
+        assert changed != text
+        inventory = tmp_path / f"inventory_{key.replace('.', '_')}.py"
+        inventory.write_text(changed)
+        with pytest.raises(InvalidData) as caught:
+            hypervisor(inventory_file=str(inventory))
+        assert key in caught.value.message and expected in caught.value.message
+    assert writes(pve_double.double) == []
 
 
 def test_a_failed_task_fails_the_run_with_its_log(

@@ -167,6 +167,11 @@ POOL = Struct(
             default=[],
             doc="Proxmox content types (hypervisor)",
         ),
+        "tier": Field(
+            Optional(Str(choices=("ssd", "hdd"))),
+            required=False,
+            doc="storage tier (fill alert); None: from its disks' kind (ssd/nvme or hdd)",
+        ),
     },
     what="a pool description",
 )
@@ -186,6 +191,12 @@ GUEST = Struct(
             Optional(GPU_NAME), required=False, doc="name of a hypervisor GPU passed to this VM"
         ),
         "start_order": Field(Int(1, 1000), required=False, default=10, doc="boot order"),
+        "share_pool": Field(
+            Optional(POOL_NAME),
+            required=False,
+            doc="hypervisor pool whose directory shares/<guest> the VM mounts at /srv/<pool>"
+            " through virtiofs (VMs, Proxmox VE 8.4 or later)",
+        ),
     },
     what="a guest description",
 )

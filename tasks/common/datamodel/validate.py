@@ -427,6 +427,7 @@ def _check_guest(
         )
     else:
         errors.extend(_check_guest_disk(view, guest, parent))
+    errors.extend(_check_share_pool(view, guest, parent))
     wanted = guest["passthrough_gpu"]
     if wanted is not None:
         parent_gpus = {gpu["name"]: gpu for gpu in parent.values.get("gpus") or []}
@@ -478,6 +479,28 @@ def _check_guest(
             )
         )
     return errors
+
+
+def _check_share_pool(
+    view: HostView, guest: Mapping[str, Any], parent: HostView
+) -> list[DataError]:
+    """``share_pool``: only a VM mounts one (virtiofs), and only a pool of its hypervisor."""
+    share = guest.get("share_pool")
+    if share is None:
+        return []
+    if guest["kind"] != "qemu":
+        return [DataError(view.name, "guest.kind", guest["kind"], "qemu for a virtiofs share_pool")]
+    pools = parent.values.get("pools") or {}
+    if share not in pools:
+        return [
+            DataError(
+                view.name,
+                "guest.share_pool",
+                share,
+                f"a pool of {parent.name} ({', '.join(pools) or 'none declared'})",
+            )
+        ]
+    return []
 
 
 def _check_guest_disk(

@@ -215,6 +215,19 @@ test: venv promtools ## All layers: lint, unit, plan, lab rollout + idempotence 
 status: venv ## Infrastructure status report from live data: make status INV=inventory.py [ARGS=--json]
 	$(PY) -m tools.infrastructure_status --inventory $(INV) $(ARGS)
 
+.PHONY: models-archive models-load models-list
+MODEL ?=
+export MODEL
+# MODEL reaches pyinfra through the environment, quoted by the shell: never spliced into the line.
+models-archive: venv ## Move an Ollama model from ageis-node's SSD to the HDD archive: MODEL=qwen3:32b [INV=...]
+	$(PYINFRA) -y -v $(INV) deploys/models.py --data models_action=archive --data model="$$MODEL"
+
+models-load: venv ## Copy an archived Ollama model back to the SSD: MODEL=qwen3:32b [INV=...]
+	$(PYINFRA) -y -v $(INV) deploys/models.py --data models_action=load --data model="$$MODEL"
+
+models-list: venv ## Ollama models on ageis-node's SSD and in the HDD archive [INV=...]
+	$(PYINFRA) -y -v $(INV) deploys/models.py --data models_action=list
+
 .PHONY: verify
 verify: venv ## The verify suite against real hosts: make verify INV=inventory.py
 	$(PYTEST) -q tests/verify --inventory $(INV)

@@ -28,7 +28,7 @@ from tasks.ageis_node.ollama import DATA as OLLAMA
 from tasks.ageis_node.ollama import PORT as OLLAMA_PORT
 from tasks.ageis_node.ollama import models_dir
 from tasks.base.node_exporter import SCRIPT_DIR, TEXTFILE_DIR, UNIT_DIR
-from tasks.common.datamodel.forms import CALENDAR, Int
+from tasks.common.datamodel.forms import CALENDAR, Int, Optional, Str
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE, MACHINE
 from tasks.common.shares import (
@@ -39,6 +39,13 @@ from tasks.common.shares import (
 )
 from tasks.common.templating import file_path, template_path
 from tasks.hypervisor.proxmox_api import hypervisor_named
+
+MODEL_ACTIONS = ("archive", "load", "list")
+# Ollama's model names: [registry/][namespace/]model[:tag] (homelab-storage-tier checks the same).
+MODEL_NAME = (
+    r"(?:[a-z0-9.-]+\.[a-z]{2,}(?::\d+)?/)?(?:[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*"
+    r"(?::[A-Za-z0-9][A-Za-z0-9._-]{0,127})?"
+)
 
 DATA = Schema(
     "storage_tier",
@@ -55,6 +62,23 @@ DATA = Schema(
         CALENDAR,
         "*-*-* 04:30:00",
         "When the tier-down runs.",
+        (AGEIS_NODE,),
+    ),
+    # Given on the command line by `make models-*` (deploys/models.py), not kept in group_data.
+    Key(
+        "models_action",
+        Optional(Str(choices=MODEL_ACTIONS)),
+        None,
+        "deploys/models.py only: archive (SSD to HDD), load (HDD to SSD) or list.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "model",
+        Optional(
+            Str(MODEL_NAME, what='an Ollama model name as `ollama list` shows it, "qwen3:32b"')
+        ),
+        None,
+        "deploys/models.py only: the model to archive or load.",
         (AGEIS_NODE,),
     ),
 )

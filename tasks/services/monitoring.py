@@ -20,6 +20,7 @@ with an optional secret from the secrets file) are data.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -245,6 +246,14 @@ DATA = Schema(
         Int(0, 50),
         10,
         "NVMe available spare within this many points of its threshold: alert.",
+        G,
+    ),
+    Key(
+        "alert_ssd_fill_percent",
+        Int(50, 99),
+        85,
+        "A file system of the SSD tier (the hypervisor's SSD pools, the roots of the guests on"
+        " them) fuller than this: alert, before models or data fill it.",
         G,
     ),
     Key(
@@ -509,14 +518,59 @@ def inventory_hosts() -> list[InventoryHost]:
     ]
 
 
+def pool_tier(pool: Mapping[str, Any], name: str, disks: Iterable[Mapping[str, Any]]) -> str | None:
+    """A pool's tier: its ``tier``, else its disks' kind (ssd and nvme: ssd), else None."""
+    if pool.get("tier"):
+        return str(pool["tier"])
+    kinds = {disk.get("kind") for disk in disks if disk.get("pool") == name}
+    if kinds and kinds <= {"ssd", "nvme"}:
+        return "ssd"
+    return "hdd" if kinds == {"hdd"} else None
+
+
+def ssd_filesystems(hosts: Iterable[InventoryHost]) -> list[tuple[str, str]]:
+    """(instance, mount point) of the file systems on the SSD tier: each hypervisor's SSD pools,
+    and the root of every guest whose disk lives on one (ageis-node's models, for one)."""
+    found: list[tuple[str, str]] = []
+    ssd_pools: dict[tuple[str, str], bool] = {}
+    for other in hosts:
+        pools = other.data.get("pools") or {}
+        disks = other.data.get("disks") or []
+        if HYPERVISOR not in other.groups:
+            continue
+        for name, pool in sorted(pools.items()):
+            if pool_tier(pool, name, disks) == "ssd":
+                ssd_pools[(other.name, name)] = True
+                found.append((other.name, str(pool["path"])))
+    for other in hosts:
+        guest = other.data.get("guest") or {}
+        if ssd_pools.get((guest.get("hypervisor"), guest.get("storage"))):
+            found.append((other.name, "/"))
+    return sorted(found)
+
+
+def ssd_selector(filesystems: Iterable[tuple[str, str]]) -> str:
+    """A PromQL selector of those file systems' sizes (none: a selector that matches none)."""
+    parts = [
+        f"node_filesystem_size_bytes{{instance={json.dumps(i)},mountpoint={json.dumps(m)}}}"
+        for i, m in filesystems
+    ]
+    return " or ".join(parts) or 'node_filesystem_size_bytes{mountpoint=""}'
+
+
 def _duration_seconds(text: str) -> int:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
     return int(sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", text)))
 
 
-def rule_variables(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What templates/prometheus-homelab.rules.yml.j2 needs, from the data (or its defaults)."""
+def rule_variables(
+    settings: Mapping[str, Any], ssd: Iterable[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """What templates/prometheus-homelab.rules.yml.j2 needs, from the data (or its defaults)
+    and the SSD tier's file systems (``ssd_filesystems``)."""
     return {
+        "ssd_selector": ssd_selector(ssd),
+        "ssd_fill_percent": settings["alert_ssd_fill_percent"],
         "down_for": settings["alert_down_for"],
         "cpu_temp": settings["alert_cpu_temp_celsius"],
         "gpu_temp": settings["alert_gpu_temp_celsius"],
@@ -683,7 +737,7 @@ def _prometheus(
         dest=RULES,
         mode="644",
         check="promtool check rules {}",
-        **rule_variables(settings),
+        **rule_variables(settings, ssd_filesystems(inventory_hosts())),
     )
     config = checked_template(
         name="Prometheus: scrape config from the inventory",

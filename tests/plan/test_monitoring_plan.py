@@ -98,6 +98,18 @@ def test_prometheus_size_is_capped_by_the_guests_disk(full: Plan, plan_of) -> No
     )
 
 
+def test_the_ssd_fill_alert_watches_the_ssd_pool_and_the_guests_on_it(full: Plan) -> None:
+    """From the inventory: pve's ZFS pool of SSDs and NVMe (not the HDD pool) and the root of
+    every guest whose disk is on it."""
+    rules = full.upload("monitoring", RULES)
+    selector = rules.split("and on (instance, mountpoint) (", 1)[1].split(")\n", 1)[0]
+    wanted = [("ageis-node", "/"), ("dns", "/"), ("monitoring", "/"), ("pve", "/ssd")]
+    assert selector == " or ".join(
+        f'node_filesystem_size_bytes{{instance="{i}",mountpoint="{m}"}}' for i, m in wanted
+    )
+    assert "> 85\n" in rules.split("alert: SsdPoolNearlyFull", 1)[1]
+
+
 def test_vzdump_collector_on_the_hypervisor_only(full: Plan) -> None:
     assert "pvesh" in full.upload("pve", "/usr/local/sbin/homelab-vzdump-metrics")
     unit = full.upload("pve", "/etc/systemd/system/homelab-vzdump-metrics.service")

@@ -20,7 +20,9 @@ TESTS = Path(__file__).parent / "promtool"
 
 @pytest.fixture(scope="module")
 def rules() -> str:
-    return render_rules(rule_variables(DATA.defaults()))
+    # The SSD tier of the real inventory's shape: pve's SSD pool, the guests' roots on it.
+    ssd = [("ageis-node", "/"), ("monitoring", "/"), ("pve", "/ssd")]
+    return render_rules(rule_variables(DATA.defaults(), ssd))
 
 
 def alert_names(rules: str) -> list[str]:

@@ -20,7 +20,8 @@ class LabHost:
     inventory groups it belongs to; ``pools`` maps a pool name (``ssd``/``hdd``) to the path
     inside the container where the stand-in pool directory is bind-mounted. ``first_login`` is
     the user a new root lets in, as the real host's installer would: root, or on the VM the
-    admin user that cloud-init creates from Proxmox's ``ciuser``.
+    admin user that cloud-init creates from Proxmox's ``ciuser``. ``share_pool``: the
+    hypervisor pool whose share a ready-made VM mounts (virtiofs on the real VM, a bind here).
     """
 
     name: str
@@ -28,6 +29,9 @@ class LabHost:
     groups: tuple[str, ...]
     pools: dict[str, str] = field(default_factory=dict)
     first_login: str = "root"
+    # The hypervisor pool a ready-made VM shares (its inventory's guest.share_pool): a guest the
+    # API double made gets its shares from its config there instead.
+    share_pool: str | None = None
 
     @property
     def root_dir(self) -> Path:
@@ -60,7 +64,9 @@ ADMIN_USER = "ops"
 
 HOSTS: tuple[LabHost, ...] = (
     LabHost("pve", f"{NET_PREFIX}.10", ("hypervisor",), {"ssd": "/srv/ssd", "hdd": "/srv/hdd"}),
-    LabHost("ageis-node", f"{NET_PREFIX}.20", ("ageis_node",), {"ssd": "/srv/ssd"}, ADMIN_USER),
+    LabHost(
+        "ageis-node", f"{NET_PREFIX}.20", ("ageis_node",), {"ssd": "/srv/ssd"}, ADMIN_USER, "hdd"
+    ),
     LabHost("embedder", f"{NET_PREFIX}.30", ("embedder",), {"ssd": "/srv/ssd"}),
     LabHost("monitoring", f"{NET_PREFIX}.40", ("service_guests", "monitoring")),
     LabHost("dns", f"{NET_PREFIX}.50", ("service_guests", "dns")),

@@ -1262,7 +1262,44 @@ def nspawn_command(host: LabHost) -> list[str]:
     ]
     for pool, inside in host.pools.items():
         command.append(f"--bind={host.pool_dir(pool)}:{inside}")
+    command.extend(share_binds(host))
     return command
+
+
+def share_binds(host: LabHost) -> list[str]:
+    """A VM's virtiofs shares, as bind mounts where its mount unit mounts them (``/srv/<pool>``):
+    a container has no virtiofs device, so this stands in for Proxmox's virtiofsd. A guest the
+    API double made gets what its config names (``virtiofsN`` and the directory mapping; a
+    missing directory stops its start, as virtiofsd stops the VM's); a ready-made VM its
+    inventory's ``share_pool``, its directory made here."""
+    hypervisor = next(h for h in hosts.HOSTS if "hypervisor" in h.groups)
+    made_by_double = proxmox_guest_marker(host).is_file()
+    if made_by_double:
+        shares = proxmox_prep.directory_shares(hypervisor.root_dir, host.name)
+    elif host.share_pool:
+        inside = hypervisor.pools[host.share_pool]
+        shares = [(f"{host.name}-{host.share_pool}", f"{inside}/shares/{host.name}")]
+    else:
+        return []
+    binds = []
+    for dirid, path in shares:
+        pool = next(
+            (p for p, inside in hypervisor.pools.items() if path.startswith(f"{inside}/")), None
+        )
+        if pool is None:
+            raise LabError(
+                f"{host.name}: share {dirid} names {path} on {hypervisor.name}, outside its pools"
+            )
+        source = hypervisor.pool_dir(pool) / os.path.relpath(path, hypervisor.pools[pool])
+        if not made_by_double:
+            source.mkdir(parents=True, exist_ok=True)
+        elif not source.is_dir():
+            raise LabError(
+                f"{host.name}: its share {dirid} is {path} on {hypervisor.name}, which does not"
+                " exist: Proxmox's virtiofsd would not start, nor would the VM"
+            )
+        binds.append(f"--bind={source}:/srv/{pool}")
+    return binds
 
 
 def supervise(host: LabHost) -> int:

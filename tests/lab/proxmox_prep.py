@@ -84,6 +84,31 @@ def guests(hypervisor_root: Path) -> list[Guest]:
     return sorted(found, key=lambda g: (g.startup[0], g.vmid))
 
 
+def directory_shares(hypervisor_root: Path, name: str) -> list[tuple[str, str]]:
+    """(mapping ID, directory on the hypervisor) of each ``virtiofsN`` of VM ``name``'s config,
+    from the double's directory mappings (the entry for the double's node)."""
+    path = hypervisor_root / STATE_FILE
+    if not path.is_file():
+        return []
+    state = json.loads(path.read_text())
+    config = next(
+        (g["config"] for g in state.get("guests", {}).values()
+         if g["kind"] == "qemu" and g["config"].get("name") == name),
+        {},
+    )  # fmt: skip
+    shares = []
+    for key, value in sorted(config.items()):
+        if not key.startswith("virtiofs"):
+            continue
+        dirid = _properties(str(value)).get("dirid") or str(value).split(",")[0]
+        mapping = state.get("dir_mappings", {}).get(dirid, {})
+        for entry in mapping.get("map", []):
+            fields = _properties(entry)
+            if fields.get("node") == state["node"]:
+                shares.append((dirid, fields["path"]))
+    return shares
+
+
 def _address(ip: str) -> tuple[str, str]:
     """``10.0.0.2/24`` -> (address, netmask)."""
     interface = ipaddress.ip_interface(ip)

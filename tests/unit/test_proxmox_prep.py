@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.lab.proxmox_prep import Guest, container_files, guests, nocloud_seed
+from tests.lab.proxmox_prep import Guest, container_files, directory_shares, guests, nocloud_seed
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample admin@controller"
 VM_CONFIG = {
@@ -92,3 +92,25 @@ def test_guests_come_in_startup_order_with_root_keys_from_their_volume(tmp_path:
         (100, "ageis-node", True, (2, 0)),
     ]
     assert found[0].root_authorized_keys == KEY
+
+
+SHARE = "ageis-node-hdd,cache=auto"
+
+
+def test_a_vms_share_is_its_directory_mappings_path_on_this_node(tmp_path: Path) -> None:
+    state_file = tmp_path / "var/lib/homelab-pve-api-double/state.json"
+    state_file.parent.mkdir(parents=True)
+    mapping = {"map": ["node=other,path=/elsewhere", "node=pve,path=/srv/hdd/shares/ageis-node"]}
+    state_file.write_text(json.dumps({
+        "node": "pve",
+        "guests": {
+            "100": {"kind": "qemu", "config": {**VM_CONFIG, "virtiofs0": SHARE}},
+            "101": {"kind": "qemu", "config": {"name": "plain"}},
+        },
+        "dir_mappings": {"ageis-node-hdd": mapping},
+    }))  # fmt: skip
+    assert directory_shares(tmp_path, "ageis-node") == [
+        ("ageis-node-hdd", "/srv/hdd/shares/ageis-node")
+    ]
+    assert directory_shares(tmp_path, "plain") == []
+    assert directory_shares(tmp_path / "nothing", "ageis-node") == []

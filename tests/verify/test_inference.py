@@ -100,3 +100,25 @@ def test_the_guest_agent_answers_on_its_virtio_port(host_in: InventoryHost) -> N
     port = "/dev/virtio-ports/org.qemu.guest_agent.0"
     assert host_in.testinfra.file(port).exists, f"{host_in.name}: no {port}: agent=1 not set?"
     assert host_in.testinfra.service("qemu-guest-agent").is_running
+
+
+def test_the_hdd_share_is_mounted_with_its_tiers(host_in: InventoryHost) -> None:
+    pool = (host_in.data.get("guest") or {}).get("share_pool")
+    if not pool:
+        pytest.skip(f"{host_in.name} has no guest.share_pool")
+    mount_point = f"/srv/{pool}"
+    assert host_in.testinfra.mount_point(mount_point).exists, f"{mount_point} is not mounted"
+    for sub in ("archive/models", "datasets", "checkpoints", "media"):
+        assert host_in.testinfra.file(f"{mount_point}/{sub}").is_directory, sub
+    assert host_in.testinfra.service("homelab-tier-down.timer").is_enabled
+
+
+@pytest.mark.hardware
+def test_the_hdd_share_is_virtiofs_from_the_hypervisor(host_in: InventoryHost) -> None:
+    pool = (host_in.data.get("guest") or {}).get("share_pool")
+    virt = host_in.testinfra.run("systemd-detect-virt --container").stdout.strip()
+    if not pool or virt not in ("", "none"):
+        pytest.skip(f"{host_in.name}: no share_pool, or a container ({virt}, the lab: a bind)")
+    mount = host_in.testinfra.mount_point(f"/srv/{pool}")
+    assert mount.filesystem == "virtiofs", mount.filesystem
+    assert mount.device == f"{host_in.name}-{pool}", mount.device

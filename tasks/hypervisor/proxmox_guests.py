@@ -267,6 +267,14 @@ def _share(api: Proxmox, name: str, spec: dict[str, Any]) -> str | None:
     return f"{mapping_id},cache=auto"
 
 
+def _encoded(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values as the API takes them: ``sshkeys`` URL-encoded."""
+    out = dict(values)
+    if "sshkeys" in out:
+        out["sshkeys"] = quote(out["sshkeys"], safe="")
+    return out
+
+
 def _normal(key: str, value: Any) -> str:
     text = str(value)
     if key == "agent" and text in ("1", "enabled=1"):
@@ -322,12 +330,6 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
         wanted["virtiofs0"] = share
     net = f"virtio,bridge={spec['bridge']}"
 
-    def encoded(values: dict[str, Any]) -> dict[str, Any]:
-        out = dict(values)
-        if "sshkeys" in out:
-            out["sshkeys"] = quote(out["sshkeys"], safe="")
-        return out
-
     current = get_or_none(api, f"{path}/config")
     if current is None:
         images = settings.proxmox_cloud_images
@@ -376,7 +378,7 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
                 ide2=f"{storage}:cloudinit",
                 net0=net,
                 serial0="socket",
-                **encoded(wanted),
+                **_encoded(wanted),
             )
             api.call(
                 "PUT",
@@ -389,6 +391,20 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
 
         api_change(f"VM {vmid} ({name})", [f"create ({spec['cores']} cores)"], create)
         return
+    _update_qemu(api, path, name, spec, current, wanted, net)
+
+
+def _update_qemu(
+    api: Proxmox,
+    path: str,
+    name: str,
+    spec: dict[str, Any],
+    current: dict[str, Any],
+    wanted: dict[str, Any],
+    net: str,
+) -> None:
+    """Set again only the keys of an existing VM that drifted from the data."""
+    vmid = spec["vmid"]
     changed = {
         key: value
         for key, value in wanted.items()
@@ -405,7 +421,7 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
     api_change(
         f"VM {vmid} ({name}) config",
         shown,
-        lambda: api.call("POST", f"{path}/config", f"VM {vmid} config", **encoded(changed)),
+        lambda: api.call("POST", f"{path}/config", f"VM {vmid} config", **_encoded(changed)),
     )
 
 

@@ -20,12 +20,14 @@ from tests.plan.harness import Plan
 # Then the sensor chip drivers on the hosts with hardware of their own (pve, embedder: +10).
 # Then the UPS (NUT on pve with its metrics timer, the embedder as its secondary) and the
 # guests' weekly restore test on pve.
-FACT_BUDGET = {"pve": 630, "ageis-node": 787, "embedder": 486, "monitoring": 413, "dns": 321}
+# Then the storage tiers: the VM's share (virtiofsd, its directories) on pve, its mount unit,
+# work areas, tier script and timer on ageis-node (+14 and +47; +6 and +20 different).
+FACT_BUDGET = {"pve": 650, "ageis-node": 840, "embedder": 486, "monitoring": 413, "dns": 321}
 # The different facts (fact and arguments) among them: with the fact cache, what a no-change run
 # really asks, each a line of the host's one batched command (tasks/common/fact_cache.py).
 DISTINCT_FACT_BUDGET = {
-    "pve": 254,
-    "ageis-node": 301,
+    "pve": 264,
+    "ageis-node": 325,
     "embedder": 203,
     "monitoring": 160,
     "dns": 130,

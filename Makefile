@@ -220,13 +220,13 @@ MODEL ?=
 export MODEL
 # MODEL reaches pyinfra through the environment, quoted by the shell: never spliced into the line.
 models-archive: venv ## Move an Ollama model from ageis-node's SSD to the HDD archive: MODEL=qwen3:32b [INV=...]
-	$(PYINFRA) -y -v $(INV) deploys/models.py --data models_action=archive --data model="$$MODEL"
+	$(PYINFRA) -y -vvv $(INV) deploys/models.py --data models_action=archive --data model="$$MODEL"
 
 models-load: venv ## Copy an archived Ollama model back to the SSD: MODEL=qwen3:32b [INV=...]
-	$(PYINFRA) -y -v $(INV) deploys/models.py --data models_action=load --data model="$$MODEL"
+	$(PYINFRA) -y -vvv $(INV) deploys/models.py --data models_action=load --data model="$$MODEL"
 
 models-list: venv ## Ollama models on ageis-node's SSD and in the HDD archive [INV=...]
-	$(PYINFRA) -y -v $(INV) deploys/models.py --data models_action=list
+	$(PYINFRA) -y -vvv $(INV) deploys/models.py --data models_action=list
 
 .PHONY: verify
 verify: venv ## The verify suite against real hosts: make verify INV=inventory.py

@@ -34,7 +34,7 @@ def models(action: str, model: str | None = None) -> str:
     """`make models-<action> MODEL=...` against the lab inventory."""
     data = ["--data", f"models_action={action}", *(["--data", f"model={model}"] if model else [])]
     result = subprocess.run(
-        [str(PYINFRA), "-y", "-v", "tests/lab/inventory.py", "deploys/models.py", *data],
+        [str(PYINFRA), "-y", "-vvv", "tests/lab/inventory.py", "deploys/models.py", *data],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

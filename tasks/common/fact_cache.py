@@ -7,12 +7,14 @@ a directory's state for every file in it), so a no-change rollout of ageis-node 
 2 x 700 fact commands where some 270 different answers exist.
 
 This cache keeps each answer (per host, fact, arguments and connection arguments such as
-``_sudo``) and hands out copies, until anything runs: every command an operation executes on
-any host (a shell command, an upload, a download, an rsync) clears the cache before and after
-it runs, and no answer is cached or reused while a Python callback (``python.call``) runs, since
-a callback may change a host in ways no command shows (an API call). So an answer is reused only
-while nothing has run anywhere since it was read: exactly the window in which asking again
-returns the same state, unless something outside the rollout changes the host meanwhile.
+``_sudo``) and hands out copies, until something runs that may change it: a shell command or an
+rsync on any host clears every host's answers before and after it runs (it may reach other
+hosts: a service they use, a repository on another host); a file copied to or from a host
+clears that host's answers only (it changes one file there); and no answer is cached or reused
+while a Python callback (``python.call``) runs, since a callback may change a host in ways no
+command shows (an API call). So an answer is reused only while nothing that could change it
+has run since it was read: the window in which asking again returns the same state, unless
+something outside the rollout changes the host meanwhile.
 
 **Asked in one command.** Each run writes down, per host, which facts it asked (a journal on
 the controller, ``HOMELAB_FACT_JOURNAL`` or ``~/.cache/homelab-as-code/facts``: fact class,
@@ -22,6 +24,12 @@ answers it can take as they are: a fact whose command exits 0 and whose output i
 ``process`` reads, exactly as pyinfra would. Anything else (a fact that failed, a missing
 command, arguments that do not survive the journal unchanged) is left to pyinfra to ask as
 usual. A fact the deploy no longer asks costs one command in the script, nothing more.
+
+**Asked again in one command after a change.** When something ran on a host and the deploy
+then asks a fact of that host's journal that the cache no longer has, every journal fact the
+cache lacks is asked in one command again (the rest of the run most likely asks them too), at
+most ``REFETCH_LIMIT`` times per host and run: a run that changes one file pays one more batch
+per host, not one command per fact; a run that changes much falls back to asking one by one.
 
 ``HOMELAB_FACT_CACHE=0`` in the environment turns it off (the benchmark's baseline). It wraps
 two pyinfra internals, ``pyinfra.api.host.get_fact`` and the ``execute`` of pyinfra's command
@@ -63,6 +71,16 @@ _caches: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]] = weakref.We
 _callbacks_running = 0
 # Counts clears: an answer read while a clear happened may predate what ran, so it is not kept.
 _generation = 0
+_host_generations: dict[str, int] = {}
+# After something ran on a host, its journal's facts not in the cache are asked again in one
+# command when the next one is missed, this many times per host and run at most (a run that
+# changes a lot asks one by one after that).
+REFETCH_LIMIT = 4
+# Per State: each host's journal (key -> spec, as read), and how many refetches it has had.
+_journal_specs: weakref.WeakKeyDictionary[Any, dict[str, dict[tuple[str, ...], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_refetches: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 _installed = False
 # Per State: where its journal goes, and what each host asked (key -> how to ask it again).
 _journals: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
@@ -97,12 +115,24 @@ def supported() -> str | None:
     return None
 
 
-def clear() -> None:
-    """Forget every answer of every run (something ran on a host)."""
+def clear(host_name: str | None = None) -> None:
+    """Forget every answer of every run (a command ran that may reach other hosts), or with
+    ``host_name`` the answers of that host only (a file was uploaded to it)."""
     global _generation
-    _generation += 1
+    if host_name is None:
+        _generation += 1
+        for cache in list(_caches.values()):
+            cache.clear()
+        return
+    _host_generations[host_name] = _host_generations.get(host_name, 0) + 1
     for cache in list(_caches.values()):
-        cache.clear()
+        for key in [key for key in cache if key[0] == host_name]:
+            del cache[key]
+
+
+def _generation_of(host_name: str) -> tuple[int, int]:
+    """Changes whenever an answer of ``host_name`` read before may be out of date."""
+    return _generation, _host_generations.get(host_name, 0)
 
 
 def _key(state: Any, host: Any, cls: type, args: Any, kwargs: Any) -> tuple[str, ...]:
@@ -288,19 +318,16 @@ def _chunks(entries: list[Any]) -> Iterable[list[Any]]:
         yield chunk
 
 
-def _prefetch_host(
-    state: Any, host: Any, cache: dict[tuple[str, ...], Any], directory: Path
-) -> int:
-    """Ask one host the facts of its journal in one command per connection; cache the answers
-    pyinfra would have taken. Returns how many were cached."""
+def _journal_entries(
+    state: Any, host: Any, directory: Path
+) -> dict[tuple[str, ...], tuple[Any, dict[str, Any], str]]:
+    """The host's journal as the batch asks it: key -> (fact, spec, command), in its order."""
     path = _journal_file(directory, host)
     try:
         specs = [entry["spec"] for entry in read_journal(path)]
     except (KeyError, TypeError):
-        return 0
-    from pyinfra.api.facts import _MISSING_COMMAND_MARKER
-
-    groups: dict[str, list[tuple[tuple[str, ...], Any, dict[str, Any], str]]] = {}
+        return {}
+    entries: dict[tuple[str, ...], tuple[Any, dict[str, Any], str]] = {}
     for spec in specs:
         try:
             cls = _fact_class(spec["fact"])
@@ -317,26 +344,42 @@ def _prefetch_host(
             or _spec(state, host, cls, [], {**spec["args"], **spec["connection"]}) != spec
         ):
             continue
+        entries[key] = (fact, spec, command)
+    return entries
+
+
+def _ask_entries(
+    state: Any,
+    host: Any,
+    cache: dict[tuple[str, ...], Any],
+    entries: dict[tuple[str, ...], tuple[Any, dict[str, Any], str]],
+) -> int:
+    """Ask ``entries`` on ``host`` in one command per connection (and size); cache the answers
+    pyinfra would have taken. Returns how many were cached."""
+    from pyinfra.api.facts import _MISSING_COMMAND_MARKER
+
+    groups: dict[str, list[tuple[tuple[str, ...], Any, dict[str, Any], str]]] = {}
+    for key, (fact, spec, command) in entries.items():
         groups.setdefault(json.dumps(spec["connection"], sort_keys=True), []).append(
             (key, fact, spec, command)
         )
     cached = 0
-    for connection, entries in (
+    for connection, chunk in (
         (connection, chunk)
         for connection, all_entries in groups.items()
         for chunk in _chunks(all_entries)
     ):
-        generation = _generation
+        generation = _generation_of(host.name)
         token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
         status, output = host.run_shell_command(
-            batch_script((command for _, _, _, command in entries), token),
+            batch_script((command for _, _, _, command in chunk), token),
             print_input=state.print_fact_input,
             **json.loads(connection),
         )
-        if not status or generation != _generation:
+        if not status or generation != _generation_of(host.name):
             continue
         for index, (exit_status, lines) in split_batch(output.stdout_lines, token).items():
-            key, fact, spec, _ = entries[index]
+            key, fact, spec, _ = chunk[index]
             if exit_status != 0 or lines == [_MISSING_COMMAND_MARKER]:
                 continue
             try:
@@ -346,6 +389,36 @@ def _prefetch_host(
                 continue
             cached += 1
     return cached
+
+
+def _prefetch_host(
+    state: Any, host: Any, cache: dict[tuple[str, ...], Any], directory: Path
+) -> int:
+    """Ask one host the facts of its journal in one command per connection; cache the answers
+    pyinfra would have taken. Returns how many were cached."""
+    entries = _journal_entries(state, host, directory)
+    _journal_specs.setdefault(state, {})[host.name] = entries
+    return _ask_entries(state, host, cache, entries)
+
+
+def _refetch(state: Any, host: Any, cache: dict[tuple[str, ...], Any], key: Any) -> bool:
+    """``key`` is missed after something ran on the host: when the journal has it, ask every
+    journal fact the cache lacks in one command (the rest of the run will most likely ask
+    them too). True when ``key`` is now cached."""
+    entries = (_journal_specs.get(state) or {}).get(host.name) or {}
+    if key not in entries:
+        return False
+    counts = _refetches.setdefault(state, {})
+    if counts.get(host.name, 0) >= REFETCH_LIMIT:
+        return False
+    counts[host.name] = counts.get(host.name, 0) + 1
+    missing = {k: v for k, v in entries.items() if k not in cache}
+    try:
+        _ask_entries(state, host, cache, missing)
+    except Exception as error:  # the run goes on asking as usual
+        logger.warning(f"{host.name}: facts not asked again in one command: {error}")
+        return False
+    return key in cache
 
 
 def prefetch(state: Any, hosts: Iterable[Any], directory: Path) -> dict[str, int]:
@@ -419,12 +492,14 @@ def _wrap_get_fact(original: Callable[..., Any]) -> Callable[..., Any]:
             done.wait()  # its batch answers this fact, most likely
         key = _key(state, host, cls, args, kwargs)
         _record(state, host, cls, key, args, kwargs)
+        if key not in cache and not _in_prefetch() and _refetch(state, host, cache, key):
+            return copy.deepcopy(cache[key])
         if key not in cache:
-            generation = _generation
+            generation = _generation_of(host.name)
             answer = ask()
             # A command that ran while this fact was being read (another host's greenlet)
             # cleared the cache; the answer may predate it, so it is not kept.
-            if _callbacks_running == 0 and _generation == generation:
+            if _callbacks_running == 0 and _generation_of(host.name) == generation:
                 # An answer that cannot be copied is asked each time.
                 with contextlib.suppress(Exception):
                     cache[key] = copy.deepcopy(answer)
@@ -434,19 +509,26 @@ def _wrap_get_fact(original: Callable[..., Any]) -> Callable[..., Any]:
     return get_fact
 
 
-def _wrap_execute(original: Callable[..., Any], callback: bool) -> Callable[..., Any]:
+def _wrap_execute(
+    original: Callable[..., Any], callback: bool, own_host_only: bool = False
+) -> Callable[..., Any]:
+    """``own_host_only``: the command touches only the host it runs on (a file copied to or
+    from it), so only that host's answers go. A shell command or a callback may reach other
+    hosts (a service they talk to, an API), so it clears every answer."""
+
     @functools.wraps(original)
-    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def execute(self: Any, state: Any, host: Any, *args: Any, **kwargs: Any) -> Any:
         global _callbacks_running
-        clear()
+        scope = host.name if own_host_only else None
+        clear(scope)
         if callback:
             _callbacks_running += 1
         try:
-            return original(self, *args, **kwargs)
+            return original(self, state, host, *args, **kwargs)
         finally:
             if callback:
                 _callbacks_running -= 1
-            clear()
+            clear(scope)
 
     return execute
 
@@ -459,7 +541,8 @@ def _install() -> None:
     host_module.get_fact = _wrap_get_fact(host_module.get_fact)  # type: ignore[attr-defined]
     for name in ("StringCommand", "FileUploadCommand", "FileDownloadCommand", "RsyncCommand"):
         cls = getattr(command, name)
-        cls.execute = _wrap_execute(cls.execute, callback=False)
+        own = name in ("FileUploadCommand", "FileDownloadCommand")
+        cls.execute = _wrap_execute(cls.execute, callback=False, own_host_only=own)
     command.FunctionCommand.execute = _wrap_execute(  # type: ignore[method-assign]
         command.FunctionCommand.execute, callback=True
     )

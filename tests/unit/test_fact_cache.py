@@ -276,3 +276,51 @@ def test_a_run_of_another_role_keeps_the_journal_until_its_facts_age_out(
     assert run(("c",), now=2000.0) == ["a", "b", "c"], "another role's run keeps a and b"
     later = 2000.0 + fact_cache.JOURNAL_KEEP_S
     assert run(("c",), now=later) == ["c"], "a and b were last asked too long ago"
+
+
+def test_a_file_copied_to_a_host_clears_that_hosts_answers_only(local, tmp_path: Path) -> None:
+    """An upload changes one file on its host; a shell command may reach other hosts (a
+    service they use), so it clears everyone's answers."""
+    from io import BytesIO
+
+    from pyinfra.api.command import FileUploadCommand
+
+    state, host = local
+    fact_cache.enable(state)
+    cache = fact_cache._caches[state]
+    other = ("other-host", "some.Fact", "[]", "[]")
+    cache[other] = {"answer": 1}
+    host.get_fact(CountedFact)
+    FileUploadCommand(BytesIO(b"x"), str(tmp_path / "uploaded")).execute(state, host, {})
+    assert other in cache, "another host's answer stays"
+    assert host.get_fact(CountedFact)["run"] == 2, "this host's is asked again"
+    StringCommand("true").execute(state, host, {})
+    assert other not in cache
+
+
+def test_after_a_change_the_journals_missing_facts_come_in_one_command(counted: Path) -> None:
+    journal = counted / "journal"
+    state, host = new_run()
+    with ctx_state.use(state), ctx_host.use(host):
+        _run_once((state, host), journal, {"tag": "a"}, {"tag": "b"}, {"tag": "c"})
+    assert runs() == 3
+
+    state, host = new_run()
+    with ctx_state.use(state), ctx_host.use(host):
+        fact_cache.enable(state, journal)
+        assert runs() == 6, "the three in the first batch"
+        for _ in range(fact_cache.REFETCH_LIMIT):
+            StringCommand("true").execute(state, host, {})  # something changed
+            before = runs()
+            host.get_fact(CountedFact, tag="b")
+            assert runs() == before + 3, "the missed fact brought the journal's others along"
+            host.get_fact(CountedFact, tag="a")
+            host.get_fact(CountedFact, tag="c")
+            assert runs() == before + 3, "...so they are not asked again"
+        StringCommand("true").execute(state, host, {})
+        before = runs()
+        host.get_fact(CountedFact, tag="a")
+        host.get_fact(CountedFact, tag="c")
+        assert runs() == before + 2, "past the limit, one command per fact as pyinfra asks"
+        host.get_fact(CountedFact, tag="z")
+        assert runs() == before + 3, "a fact not in the journal is asked alone"

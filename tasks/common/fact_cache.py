@@ -81,6 +81,11 @@ _journal_specs: weakref.WeakKeyDictionary[Any, dict[str, dict[tuple[str, ...], A
     weakref.WeakKeyDictionary()
 )
 _refetches: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+# Per State and host: the keys a batch has answered (a fact whose command fails is not batched
+# again: pyinfra asks it and reports why).
+_answerable: weakref.WeakKeyDictionary[Any, dict[str, set[tuple[str, ...]]]] = (
+    weakref.WeakKeyDictionary()
+)
 _installed = False
 # Per State: where its journal goes, and what each host asked (key -> how to ask it again).
 _journals: weakref.WeakKeyDictionary[Any, Path] = weakref.WeakKeyDictionary()
@@ -364,6 +369,7 @@ def _ask_entries(
             (key, fact, spec, command)
         )
     cached = 0
+    answerable = _answerable.setdefault(state, {}).setdefault(host.name, set())
     for connection, chunk in (
         (connection, chunk)
         for connection, all_entries in groups.items()
@@ -387,6 +393,7 @@ def _ask_entries(
                 cache[key] = copy.deepcopy(answer)
             except Exception:  # pyinfra asks it again and reports it
                 continue
+            answerable.add(key)
             cached += 1
     return cached
 
@@ -405,14 +412,15 @@ def _refetch(state: Any, host: Any, cache: dict[tuple[str, ...], Any], key: Any)
     """``key`` is missed after something ran on the host: when the journal has it, ask every
     journal fact the cache lacks in one command (the rest of the run will most likely ask
     them too). True when ``key`` is now cached."""
-    entries = (_journal_specs.get(state) or {}).get(host.name) or {}
-    if key not in entries:
+    answerable = (_answerable.get(state) or {}).get(host.name) or set()
+    if key not in answerable:  # never answered by a batch (not in the journal, or it fails)
         return False
+    entries = (_journal_specs.get(state) or {}).get(host.name) or {}
     counts = _refetches.setdefault(state, {})
     if counts.get(host.name, 0) >= REFETCH_LIMIT:
         return False
     counts[host.name] = counts.get(host.name, 0) + 1
-    missing = {k: v for k, v in entries.items() if k not in cache}
+    missing = {k: v for k, v in entries.items() if k in answerable and k not in cache}
     try:
         _ask_entries(state, host, cache, missing)
     except Exception as error:  # the run goes on asking as usual

@@ -324,3 +324,33 @@ def test_after_a_change_the_journals_missing_facts_come_in_one_command(counted: 
         assert runs() == before + 2, "past the limit, one command per fact as pyinfra asks"
         host.get_fact(CountedFact, tag="z")
         assert runs() == before + 3, "a fact not in the journal is asked alone"
+
+
+class FailingFact(FactBase[str]):
+    """Test fact: records each run, then fails (exit 1), as a fact of a missing thing may."""
+
+    def command(self) -> str:
+        return f"echo f >> {LOG}; exit 1"
+
+    def process(self, output: list[str]) -> str:
+        return "never"
+
+
+def test_a_fact_the_batch_cannot_answer_never_sets_off_another_batch(counted: Path) -> None:
+    journal = counted / "journal"
+    state, host = new_run()
+    with ctx_state.use(state), ctx_host.use(host):
+        fact_cache.enable(state, journal)
+        host.get_fact(CountedFact, tag="a")
+        with pytest.raises(Exception):  # noqa: B017 - pyinfra's error for a failing fact
+            host.get_fact(FailingFact)
+        fact_cache.write_journals()
+    state, host = new_run()
+    with ctx_state.use(state), ctx_host.use(host):
+        fact_cache.enable(state, journal)
+        before = runs()
+        for _ in range(3):
+            with pytest.raises(Exception):  # noqa: B017
+                host.get_fact(FailingFact)
+        assert runs() == before + 3, "asked alone each time, no batch of the others"
+        assert host.get_fact(CountedFact, tag="a")["run"] <= before, "still the batch's answer"

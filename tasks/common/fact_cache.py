@@ -28,8 +28,9 @@ usual. A fact the deploy no longer asks costs one command in the script, nothing
 **Asked again in one command after a change.** When something ran on a host and the deploy
 then asks a fact of that host's journal that the cache no longer has, every journal fact the
 cache lacks is asked in one command again (the rest of the run most likely asks them too), at
-most ``REFETCH_LIMIT`` times per host and run: a run that changes one file pays one more batch
-per host, not one command per fact; a run that changes much falls back to asking one by one.
+most ``REFETCH_LIMIT`` times per host and run (``HOMELAB_FACT_REFETCH`` sets another count, 0
+none): a run that changes one file pays one more batch per host, not one command per fact; a
+run that changes much falls back to asking one by one.
 
 ``HOMELAB_FACT_CACHE=0`` in the environment turns it off (the benchmark's baseline). It wraps
 two pyinfra internals, ``pyinfra.api.host.get_fact`` and the ``execute`` of pyinfra's command
@@ -58,6 +59,8 @@ from pyinfra import logger
 
 ENV_SWITCH = "HOMELAB_FACT_CACHE"
 ENV_JOURNAL = "HOMELAB_FACT_JOURNAL"
+# How many batches after a change per host and run (0: none; the benchmark's baseline).
+ENV_REFETCH = "HOMELAB_FACT_REFETCH"
 # Connection arguments that hold a password: a fact asked with one is not journaled.
 SECRET_CONNECTION_ARGUMENTS = ("_sudo_password", "_su_password")
 DEFAULT_JOURNAL = "~/.cache/homelab-as-code/facts"
@@ -417,7 +420,8 @@ def _refetch(state: Any, host: Any, cache: dict[tuple[str, ...], Any], key: Any)
         return False
     entries = (_journal_specs.get(state) or {}).get(host.name) or {}
     counts = _refetches.setdefault(state, {})
-    if counts.get(host.name, 0) >= REFETCH_LIMIT:
+    limit = int(os.environ.get(ENV_REFETCH) or REFETCH_LIMIT)
+    if counts.get(host.name, 0) >= limit:
         return False
     counts[host.name] = counts.get(host.name, 0) + 1
     missing = {k: v for k, v in entries.items() if k in answerable and k not in cache}

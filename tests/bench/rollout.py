@@ -10,7 +10,9 @@ Run on a rolled-out lab (``make lab``) as ``make bench-rollout`` or
 - each per-role deploy (``deploys/<role>.py``), which must change nothing;
 - ``one-template``: the full rollout with one template's data changed (``--data
   journald_max_use=...``, a line in journald's drop-in on every host), then again without
-  (back to the lab's value): both change exactly that file on every host;
+  (back to the lab's value): both change exactly that file on every host; the same two with
+  ``HOMELAB_FACT_REFETCH=0``, facts asked one by one after the change (the baseline of the
+  fact cache's batch after a change);
 - ``floor``: one SSH command per host that reads the state the no-change run checked (the SHA-1
   of every path the run asked a fact about, every package's version, every unit's state).
 
@@ -45,6 +47,7 @@ INVENTORY = "tests/lab/inventory.py"
 ROLE_DEPLOYS = ("hypervisor", "ageis_node", "embedder", "services")
 FULL = "deploys/full.py"
 FACT_CACHE_SWITCH = "HOMELAB_FACT_CACHE"
+REFETCH_SWITCH = "HOMELAB_FACT_REFETCH"
 TEMPLATE_KEY = "journald_max_use"
 TEMPLATE_VALUE = "317M"
 
@@ -72,7 +75,7 @@ class Run:
     read: dict[str, list[int]] = field(default_factory=dict)
 
 
-def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True) -> Run:
+def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True, refetch: bool = True) -> Run:
     """Run pyinfra, timing each output line as it arrives."""
     run = Run(label)
     argv = [str(PYINFRA), "-y", "-vvv", *extra, INVENTORY, deploy]
@@ -82,7 +85,7 @@ def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True) -> Run:
     process = subprocess.Popen(
         argv,
         cwd=REPO,
-        env=environment(cache),
+        env=environment(cache, refetch),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -119,9 +122,14 @@ def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True) -> Run:
     return run
 
 
-def environment(cache: bool) -> dict[str, str]:
-    """This process's environment, with the fact cache on or off (tasks/common/fact_cache.py)."""
-    return {**os.environ, FACT_CACHE_SWITCH: "1" if cache else "0"}
+def environment(cache: bool, refetch: bool = True) -> dict[str, str]:
+    """This process's environment, with the fact cache on or off (tasks/common/fact_cache.py),
+    and its batch after a change on or off."""
+    return {
+        **os.environ,
+        FACT_CACHE_SWITCH: "1" if cache else "0",
+        REFETCH_SWITCH: os.environ.get(REFETCH_SWITCH, "") if refetch else "0",
+    }
 
 
 def plain(label: str, deploy: str, cache: bool = True) -> Run:
@@ -214,6 +222,19 @@ def main(argv: list[str] | None = None) -> int:
             pyinfra("one-template", "deploys/full.py", "--data", f"{TEMPLATE_KEY}={TEMPLATE_VALUE}")
         )
         kinds["one-template back"].append(pyinfra("one-template back", "deploys/full.py"))
+        # The baseline of the batch after a change: the same edit, facts asked one by one after it.
+        kinds["one-template, no batch after a change"].append(
+            pyinfra(
+                "one-template, no batch after a change",
+                "deploys/full.py",
+                "--data",
+                f"{TEMPLATE_KEY}={TEMPLATE_VALUE}",
+                refetch=False,
+            )
+        )
+        kinds["one-template back, no batch after a change"].append(
+            pyinfra("one-template back, no batch after a change", "deploys/full.py", refetch=False)
+        )
         # The paths every fact asked about, from the run that prints each fact it asks.
         kinds["floor"].append(floor(uncached.paths))
     result = {
@@ -233,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result["full_over_floor"] = ratio("full plain", "floor")
     result["no_cache_over_cache"] = ratio("full plain, no fact cache", "full plain")
+    result["one_template_no_batch_over_batch"] = ratio(
+        "one-template, no batch after a change", "one-template"
+    )
     for kind in ("full", "full, no fact cache", *ROLE_DEPLOYS):
         changed = runs[kind]["changed_per_host"]
         if changed:

@@ -40,7 +40,7 @@ from tasks.base.ssh_server import ssh_server
 from tasks.base.tailscale import tailscale
 from tasks.base.time_sync import time_sync
 from tasks.base.ups import ups
-from tasks.common import fact_cache
+from tasks.common import fact_cache, pyinfra_speedups
 from tasks.common.datamodel.machine import (
     AGEIS_NODE,
     DNS,
@@ -198,6 +198,7 @@ def roll_out(*roles: str) -> None:
     # The run's own State, not pyinfra's context proxy: the cache is keyed by it.
     state = host.state
     working = [h for h in state.inventory if any(r in h.groups for r in roles)]
+    pyinfra_speedups.install()
     fact_cache.enable(state, fact_cache.journal_directory(), working)
     mine = [role for role in roles if role in host.groups]
     if not mine:

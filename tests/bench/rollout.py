@@ -5,6 +5,8 @@ Run on a rolled-out lab (``make lab``) as ``make bench-rollout`` or
 
 - ``full``: ``pyinfra -y -vvv tests/lab/inventory.py deploys/full.py``, which must change nothing;
 - ``full plain``: the same without ``-vvv``, as an operator runs it (the cost of the printing);
+- ``full plain, no pyinfra speedups``: the same with ``HOMELAB_PYINFRA_SPEEDUPS=0``, pyinfra's
+  own per-operation functions (the baseline of ``tasks/common/pyinfra_speedups.py``);
 - ``full, no fact cache`` and ``full plain, no fact cache``: the same two with
   ``HOMELAB_FACT_CACHE=0``, pyinfra asking every fact each time (the fact cache's baseline);
 - each per-role deploy (``deploys/<role>.py``), which must change nothing;
@@ -48,6 +50,7 @@ ROLE_DEPLOYS = ("hypervisor", "ageis_node", "embedder", "services")
 FULL = "deploys/full.py"
 FACT_CACHE_SWITCH = "HOMELAB_FACT_CACHE"
 REFETCH_SWITCH = "HOMELAB_FACT_REFETCH"
+SPEEDUPS_SWITCH = "HOMELAB_PYINFRA_SPEEDUPS"
 TEMPLATE_KEY = "journald_max_use"
 TEMPLATE_VALUE = "317M"
 
@@ -132,14 +135,14 @@ def environment(cache: bool, refetch: bool = True) -> dict[str, str]:
     }
 
 
-def plain(label: str, deploy: str, cache: bool = True) -> Run:
+def plain(label: str, deploy: str, cache: bool = True, speedups: bool = True) -> Run:
     """The operator's own command, timed from outside only."""
     run = Run(label)
     started = time.monotonic()
     result = subprocess.run(
         [str(PYINFRA), "-y", INVENTORY, deploy],
         cwd=REPO,
-        env=environment(cache),
+        env={**environment(cache), **({} if speedups else {SPEEDUPS_SWITCH: "0"})},
         capture_output=True,
         text=True,
     )
@@ -210,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         full = pyinfra("full", "deploys/full.py")
         kinds["full"].append(full)
         kinds["full plain"].append(plain("full plain", "deploys/full.py"))
+        # The baseline of tasks/common/pyinfra_speedups.py: pyinfra's own functions.
+        kinds["full plain, no pyinfra speedups"].append(
+            plain("full plain, no pyinfra speedups", FULL, speedups=False)
+        )
         # The baseline: pyinfra asking every fact each time.
         uncached = pyinfra("full, no fact cache", FULL, cache=False)
         kinds["full, no fact cache"].append(uncached)
@@ -254,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result["full_over_floor"] = ratio("full plain", "floor")
     result["no_cache_over_cache"] = ratio("full plain, no fact cache", "full plain")
+    result["no_speedups_over_speedups"] = ratio("full plain, no pyinfra speedups", "full plain")
     result["one_template_no_batch_over_batch"] = ratio(
         "one-template, no batch after a change", "one-template"
     )

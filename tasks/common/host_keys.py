@@ -186,9 +186,12 @@ def trust_problems(hosts: Iterable[Any], failed: set[Any]) -> list[str]:
 
 def require_trusted_host_keys() -> None:
     """From a deploy file: once per run, stop every host when any host's key is not trusted."""
-    from pyinfra import context
+    from pyinfra.context import ctx_state
 
-    state = context.state
+    # The run's own State: pyinfra's context proxy compares and hashes as whichever State is
+    # current, and lives for ever, so a WeakSet holding it would take a later run whose State
+    # reuses a freed one's address for a run already checked.
+    state = ctx_state.get()
     if state in _checked_states:
         return
     _checked_states.add(state)

@@ -84,9 +84,12 @@ def check_inventory_file(inventory_file: str) -> Any:
 
 def require_valid_data() -> None:
     """From a deploy file: validate all hosts once per pyinfra run (state)."""
-    from pyinfra import context
+    from pyinfra.context import ctx_state
 
-    state = context.state
+    # The run's own State: pyinfra's context proxy compares and hashes as whichever State is
+    # current, and lives for ever, so a WeakSet holding it would take a later run whose State
+    # reuses a freed one's address for a run already checked.
+    state = ctx_state.get()
     if state in _checked_states:
         return
     views = views_of(state.inventory)

@@ -13,7 +13,9 @@ The database (the baseline) is built by ``homelab-aide-init.service`` (``aideini
 CPU and I/O priority) from a nightly timer (``file_integrity_baseline_time``, before Debian's
 daily check at 01:50) whenever there is none: after the first install, and after a run that
 changed AIDE's settings (it removes the old one). A rollout never waits for the scan and never
-shares the machine with it; ``systemctl start homelab-aide-init`` builds it at once. Changes a
+shares the machine with it; ``systemctl start homelab-aide-init`` builds it at once. Until
+there is one, Debian's daily check is skipped (a unit condition), not failed: a fresh host
+is not left ``degraded`` by a check that has nothing to compare with. Changes a
 rollout makes on purpose show in the next daily report; ``aide --update`` takes them in.
 """
 
@@ -53,6 +55,7 @@ CHECKSUMS = "sha512"
 DATABASE = "/var/lib/aide/aide.db"
 INIT_UNIT = "homelab-aide-init.service"
 INIT_TIMER = "homelab-aide-init.timer"
+CHECK_DROP_IN = "/etc/systemd/system/dailyaidecheck.service.d/homelab.conf"
 
 
 def excluded(pool_paths: list[str], extra: list[str]) -> list[str]:
@@ -107,7 +110,14 @@ def file_integrity() -> None:
         schedule=settings.file_integrity_baseline_time,
         delay="10min",
     )
-    systemd.daemon_reload(name="systemd reads the AIDE units", _if=any_changed(unit, timer))
+    check = files.template(
+        name="dailyaidecheck.service: skipped, not failed, while there is no database",
+        src=template_path("dailyaidecheck-homelab.conf.j2"),
+        dest=CHECK_DROP_IN,
+        mode="644",
+        database=DATABASE,
+    )
+    systemd.daemon_reload(name="systemd reads the AIDE units", _if=any_changed(unit, timer, check))
     for timer_unit, what in ((INIT_TIMER, "baseline"), ("dailyaidecheck.timer", "daily check")):
         systemd.service(
             name=f"AIDE's {what} timer runs",

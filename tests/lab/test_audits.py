@@ -76,3 +76,25 @@ def test_lynis_hardening_index() -> None:
             print(f"    {finding}")
     low = {name: index for name, (index, _) in results.items() if index < LYNIS_FLOOR}
     assert not low, f"Lynis index below {LYNIS_FLOOR}: {low}"
+
+
+def test_the_daily_integrity_check_before_the_first_baseline_leaves_the_host_healthy() -> None:
+    """A fresh host has no AIDE database until the night's baseline; Debian's daily check
+    (its timer is persistent, so it runs soon after the first boot) must be skipped, not
+    failed: a failed unit turns the host "degraded" and the monitoring red for nothing."""
+    host = "dns"
+    database = "/var/lib/aide/aide.db"
+    aside = f"{database}.lab-test"
+    moved = on(host, f"if [ -e {database} ]; then mv {database} {aside}; fi")
+    assert moved.returncode == 0, moved.stderr
+    try:
+        run = on(host, "systemctl start dailyaidecheck.service", timeout=120)
+        assert run.returncode == 0, run.stderr
+        state = on(
+            host,
+            "systemctl show -p ConditionResult -p Result -p ActiveState dailyaidecheck.service",
+        )
+        shown = dict(line.split("=", 1) for line in state.stdout.split())
+        assert shown == {"ConditionResult": "no", "Result": "success", "ActiveState": "inactive"}
+    finally:
+        on(host, f"if [ -e {aside} ]; then mv {aside} {database}; fi")

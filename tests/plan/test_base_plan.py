@@ -277,6 +277,10 @@ def test_file_integrity_leaves_the_pools_out_and_builds_in_the_background(plan_o
     assert "ConditionPathExists=!/var/lib/aide/aide.db" in unit  # only while there is none
     timer = result.upload("pve", "/etc/systemd/system/homelab-aide-init.timer")
     assert "OnCalendar=*-*-* 00:30:00" in timer  # a quiet hour, before the daily check
+    # Debian's daily check exits 1 without a database: skipped until there is one.
+    check = result.upload("pve", "/etc/systemd/system/dailyaidecheck.service.d/homelab.conf")
+    settings = [line for line in check.splitlines() if line and not line.startswith("#")]
+    assert settings == ["[Unit]", "ConditionPathExists=/var/lib/aide/aide.db"], settings
     commands = "\n".join(result.commands("pve"))
     assert "systemctl start homelab-aide-init.timer" in commands
     assert "systemctl start dailyaidecheck.timer" in commands

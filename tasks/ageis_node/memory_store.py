@@ -204,6 +204,8 @@ PORTS = (
 class HostMemory(FactBase[int | None]):
     """The host's RAM in bytes (``MemTotal`` of /proc/meminfo); None when unreadable."""
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return "awk '/^MemTotal:/ {print $2}' /proc/meminfo"
 
@@ -213,6 +215,8 @@ class HostMemory(FactBase[int | None]):
 
 class PostgresqlClusters(FactBase[list[dict[str, Any]]]):
     """The clusters ``pg_lsclusters`` lists: version, name, port, status, data directory."""
+
+    reads_other_hosts = False
 
     def command(self) -> str:
         return "command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h || true"
@@ -244,6 +248,8 @@ class MemoryStoreState(FactBase[dict[str, Any] | None]):
     (base64) and ``digest`` (SHA-256 of the whole verifier): enough to check a password
     without reading the verifier's keys. None when PostgreSQL does not answer.
     """
+
+    reads_other_hosts = False
 
     def command(self) -> str:
         sql = (

@@ -188,6 +188,8 @@ DATA = Schema(
 class OllamaModels(FactBase[list[str] | None]):
     """Names of the models the local Ollama has (``/api/tags``); None when it does not answer."""
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return f"curl -fsS --max-time 5 {API}/api/tags 2>/dev/null || true"
 

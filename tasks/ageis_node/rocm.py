@@ -151,6 +151,8 @@ DATA = Schema(
 class PciDeviceIds(FactBase[list[str]]):
     """``vendor:device`` of every PCI function the host sees (lower-case hex, as lspci -n)."""
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return (
             'for d in /sys/bus/pci/devices/*; do test -r "$d/vendor" || continue; '

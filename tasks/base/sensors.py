@@ -44,6 +44,8 @@ class SensorChipDrivers(FactBase[list[str] | None]):
     """The sensor chip drivers of this machine: those recorded in the deploy's modules file,
     else those ``sensors-detect --auto`` lists; None without lm-sensors."""
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return (
             "command -v sensors-detect >/dev/null 2>&1 || exit 0; "

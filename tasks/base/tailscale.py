@@ -191,6 +191,9 @@ class TailscaleState(FactBase[dict[str, Any] | None]):
     ``prefs`` is ``tailscale debug prefs`` (Hostname, RunSSH, CorpDNS, RouteAll, AdvertiseTags).
     """
 
+    # Its answer depends on another host (the tailnet: other nodes and the coordination server).
+    reads_other_hosts = True
+
     def command(self) -> str:
         return (
             "command -v tailscale >/dev/null 2>&1 || exit 0; "

@@ -48,6 +48,8 @@ class KeyringFingerprints(FactBase[list[str] | None]):
     (re)installed, which checks it.
     """
 
+    reads_other_hosts = False
+
     def command(self, path: str) -> str:
         quoted = shlex.quote(path)
         return (

@@ -7,14 +7,16 @@ a directory's state for every file in it), so a no-change rollout of ageis-node 
 2 x 700 fact commands where some 270 different answers exist.
 
 This cache keeps each answer (per host, fact, arguments and connection arguments such as
-``_sudo``) and hands out copies, until something runs that may change it: a shell command or an
-rsync on any host clears every host's answers before and after it runs (it may reach other
-hosts: a service they use, a repository on another host); a file copied to or from a host
-clears that host's answers only (it changes one file there); and no answer is cached or reused
-while a Python callback (``python.call``) runs, since a callback may change a host in ways no
-command shows (an API call). So an answer is reused only while nothing that could change it
-has run since it was read: the window in which asking again returns the same state, unless
-something outside the rollout changes the host meanwhile.
+``_sudo``) and hands out copies, until something runs that may change it: a shell command, an
+rsync or a file copied to or from a host clears that host's answers before and after it runs
+(facts read their own host's files, packages and units); a shell command or an rsync also
+clears, on every host, the answers of facts that read another host's state (a fact class with
+``reads_other_hosts = True``: pgBackRest's repository on pve, the tailnet); and no answer is
+cached or reused while a Python callback (``python.call``) runs, since a callback may change
+any host in ways no command shows (an API call), and every answer goes when one has run. So
+an answer is reused only while nothing that could change it has run since it was read: the
+window in which asking again returns the same state, unless something outside the rollout
+changes the host meanwhile.
 
 **Asked in one command.** Each run writes down, per host, which facts it asked (a journal on
 the controller, ``HOMELAB_FACT_JOURNAL`` or ``~/.cache/homelab-as-code/facts``: fact class,
@@ -73,8 +75,12 @@ STREAMS = 4
 _caches: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]] = weakref.WeakKeyDictionary()
 _callbacks_running = 0
 # Counts clears: an answer read while a clear happened may predate what ran, so it is not kept.
+# Every answer (a callback ran), one host's answers, the answers of facts reading other hosts.
 _generation = 0
 _host_generations: dict[str, int] = {}
+_remote_generation = 0
+# The fact classes (as keys name them) that read another host's state: see reads_other_hosts.
+_remote_facts: set[str] = set()
 # After something ran on a host, its journal's facts not in the cache are asked again in one
 # command when the next one is missed, this many times per host and run at most (a run that
 # changes a lot asks one by one after that).
@@ -123,24 +129,39 @@ def supported() -> str | None:
     return None
 
 
-def clear(host_name: str | None = None) -> None:
-    """Forget every answer of every run (a command ran that may reach other hosts), or with
-    ``host_name`` the answers of that host only (a file was uploaded to it)."""
-    global _generation
+def clear(host_name: str | None = None, other_hosts_too: bool = True) -> None:
+    """Forget every answer of every run (a callback ran: it may change any host), or with
+    ``host_name`` the answers of that host (something ran there) and, ``other_hosts_too``,
+    every host's answers of facts that read other hosts (a command there may change what they
+    read: a file copied to a host changes that host only)."""
+    global _generation, _remote_generation
     if host_name is None:
         _generation += 1
         for cache in list(_caches.values()):
             cache.clear()
         return
     _host_generations[host_name] = _host_generations.get(host_name, 0) + 1
+    if other_hosts_too:
+        _remote_generation += 1
     for cache in list(_caches.values()):
-        for key in [key for key in cache if key[0] == host_name]:
+        for key in [
+            key
+            for key in cache
+            if key[0] == host_name or (other_hosts_too and key[1] in _remote_facts)
+        ]:
             del cache[key]
 
 
-def _generation_of(host_name: str) -> tuple[int, int]:
-    """Changes whenever an answer of ``host_name`` read before may be out of date."""
-    return _generation, _host_generations.get(host_name, 0)
+def reads_other_hosts(cls: type) -> bool:
+    """Whether a fact's answer depends on another host (``reads_other_hosts = True`` on its
+    class): a command on any host may change it."""
+    return bool(getattr(cls, "reads_other_hosts", False))
+
+
+def _generation_of(host_name: str, remote: bool = False) -> tuple[int, int, int]:
+    """Changes whenever an answer of ``host_name`` read before may be out of date (with
+    ``remote``, an answer of a fact that reads other hosts)."""
+    return _generation, _host_generations.get(host_name, 0), _remote_generation if remote else 0
 
 
 def _key(state: Any, host: Any, cls: type, args: Any, kwargs: Any) -> tuple[str, ...]:
@@ -151,9 +172,12 @@ def _key(state: Any, host: Any, cls: type, args: Any, kwargs: Any) -> tuple[str,
     connection = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
     # getcallargs names the fact instance too ("self"), a new object at every ask.
     arguments = {k: v for k, v in fact_kwargs.items() if k != "self"}
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if reads_other_hosts(cls):
+        _remote_facts.add(name)
     return (
         host.name,
-        f"{cls.__module__}.{cls.__qualname__}",
+        name,
         repr(sorted(arguments.items())),
         repr(sorted(connection.items())),
     )
@@ -378,19 +402,22 @@ def _ask_entries(
         for connection, all_entries in groups.items()
         for chunk in _chunks(all_entries)
     ):
-        generation = _generation_of(host.name)
+        generation = _generation_of(host.name, remote=True)
         token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
         status, output = host.run_shell_command(
             batch_script((command for _, _, _, command in chunk), token),
             print_input=state.print_fact_input,
             **json.loads(connection),
         )
-        if not status or generation != _generation_of(host.name):
+        now = _generation_of(host.name, remote=True)
+        if not status or generation[:2] != now[:2]:
             continue
         for index, (exit_status, lines) in split_batch(output.stdout_lines, token).items():
             key, fact, spec, _ = chunk[index]
             if exit_status != 0 or lines == [_MISSING_COMMAND_MARKER]:
                 continue
+            if generation != now and reads_other_hosts(type(fact)):
+                continue  # something ran elsewhere while it was read
             try:
                 answer = fact.process(lines) if lines else fact.default()
                 cache[key] = copy.deepcopy(answer)
@@ -507,11 +534,12 @@ def _wrap_get_fact(original: Callable[..., Any]) -> Callable[..., Any]:
         if key not in cache and not _in_prefetch() and _refetch(state, host, cache, key):
             return copy.deepcopy(cache[key])
         if key not in cache:
-            generation = _generation_of(host.name)
+            remote = reads_other_hosts(cls)
+            generation = _generation_of(host.name, remote)
             answer = ask()
             # A command that ran while this fact was being read (another host's greenlet)
             # cleared the cache; the answer may predate it, so it is not kept.
-            if _callbacks_running == 0 and _generation_of(host.name) == generation:
+            if _callbacks_running == 0 and _generation_of(host.name, remote) == generation:
                 # An answer that cannot be copied is asked each time.
                 with contextlib.suppress(Exception):
                     cache[key] = copy.deepcopy(answer)
@@ -522,17 +550,25 @@ def _wrap_get_fact(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_execute(
-    original: Callable[..., Any], callback: bool, own_host_only: bool = False
+    original: Callable[..., Any], callback: bool, reaches_other_hosts: bool = True
 ) -> Callable[..., Any]:
-    """``own_host_only``: the command touches only the host it runs on (a file copied to or
-    from it), so only that host's answers go. A shell command or a callback may reach other
-    hosts (a service they talk to, an API), so it clears every answer."""
+    """A command clears its own host's answers before and after it runs, and when it
+    ``reaches_other_hosts`` (a shell command or rsync: a service other hosts use, the
+    pgBackRest repository) every host's answers of facts that read other hosts; a file copied
+    to or from a host changes that host only. A callback clears every answer (an API call can
+    change any host)."""
 
     @functools.wraps(original)
     def execute(self: Any, state: Any, host: Any, *args: Any, **kwargs: Any) -> Any:
         global _callbacks_running
-        scope = host.name if own_host_only else None
-        clear(scope)
+
+        def forget() -> None:
+            if callback:
+                clear()
+            else:
+                clear(host.name, other_hosts_too=reaches_other_hosts)
+
+        forget()
         if callback:
             _callbacks_running += 1
         try:
@@ -540,7 +576,7 @@ def _wrap_execute(
         finally:
             if callback:
                 _callbacks_running -= 1
-            clear(scope)
+            forget()
 
     return execute
 
@@ -553,8 +589,8 @@ def _install() -> None:
     host_module.get_fact = _wrap_get_fact(host_module.get_fact)  # type: ignore[attr-defined]
     for name in ("StringCommand", "FileUploadCommand", "FileDownloadCommand", "RsyncCommand"):
         cls = getattr(command, name)
-        own = name in ("FileUploadCommand", "FileDownloadCommand")
-        cls.execute = _wrap_execute(cls.execute, callback=False, own_host_only=own)
+        one_host = name in ("FileUploadCommand", "FileDownloadCommand")
+        cls.execute = _wrap_execute(cls.execute, callback=False, reaches_other_hosts=not one_host)
     command.FunctionCommand.execute = _wrap_execute(  # type: ignore[method-assign]
         command.FunctionCommand.execute, callback=True
     )

@@ -12,6 +12,8 @@ class ContainerVirt(FactBase[str]):
     there, such as chronyd, which cannot set the clock without CAP_SYS_TIME.
     """
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return "systemd-detect-virt --container || true"
 
@@ -25,6 +27,8 @@ class OpenSSHVersion(FactBase[tuple[int, int]]):
     sshd refuses algorithm names it does not know, so the hardened lists depend on it: Proxmox
     VE 8 (Debian 12) runs 9.2, Ubuntu 24.04 9.6, Debian 13 10.0.
     """
+
+    reads_other_hosts = False
 
     def command(self) -> str:
         return "ssh -V 2>&1 || true"
@@ -44,6 +48,8 @@ class SshSession(FactBase[dict[str, str | int] | None]):
     sudo resets the environment.
     """
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return 'echo "${SSH_CONNECTION:-}"'
 
@@ -62,6 +68,8 @@ class NftTableMatches(FactBase[bool]):
     was changed by hand, or nothing was recorded yet.
     """
 
+    reads_other_hosts = False
+
     def command(self, table: str, recorded: str) -> str:
         return (
             f"if nft -s list table {table} > /dev/null 2>&1 && "
@@ -77,6 +85,8 @@ class UnattendedUpgradesPending(FactBase["list[str] | None"]):
 
     None when unattended-upgrades is not installed yet.
     """
+
+    reads_other_hosts = False
 
     def command(self) -> str:
         return (
@@ -96,6 +106,8 @@ class CloudInitState(FactBase[str]):
     """Whether cloud-init still runs at boot: ``absent`` (not installed: installer-made hosts,
     LXC guests), ``active`` (it runs at every boot: a cloud-image VM before its first rollout)
     or ``disabled`` (``/etc/cloud/cloud-init.disabled`` exists: the host was handed over)."""
+
+    reads_other_hosts = False
 
     def command(self) -> str:
         return (

@@ -48,6 +48,8 @@ def _hex(value: str, digits: int) -> str:
 class PciDevices(FactBase[dict[str, PciDevice]]):
     """Every PCI function of the host by address, with its IOMMU group and bound driver."""
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return PCI_COMMAND
 
@@ -93,6 +95,8 @@ class BootLoader(FactBase[BootLoaderInfo]):
     ``update-grub`` is there. A container has no boot loader of its own.
     """
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return (
             "if systemd-detect-virt --container >/dev/null 2>&1; then echo container; exit 0; fi; "
@@ -118,6 +122,8 @@ class BootLoader(FactBase[BootLoaderInfo]):
 class KernelCmdline(FactBase[list[str]]):
     """The running kernel's command line (``/proc/cmdline``), word by word."""
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return "cat /proc/cmdline"
 
@@ -128,6 +134,8 @@ class KernelCmdline(FactBase[list[str]]):
 class Framebuffers(FactBase[list[str]]):
     """The console framebuffers (``/proc/fb``): ``["0 EFI VGA"]``, ``["0 amdgpudrmfb"]``."""
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return "cat /proc/fb 2>/dev/null || true"
 
@@ -137,6 +145,8 @@ class Framebuffers(FactBase[list[str]]):
 
 class CpuVendor(FactBase[str]):
     """``intel``, ``amd`` or ``unknown``, from ``/proc/cpuinfo``'s vendor_id."""
+
+    reads_other_hosts = False
 
     def command(self) -> str:
         return "grep -m1 '^vendor_id' /proc/cpuinfo || true"
@@ -161,6 +171,8 @@ class ZfsPoolRoots(FactBase["dict[str, ZfsDataset] | None"]):
     None when the zfs tools are not installed. (pyinfra's own ``ZfsPools`` fact lists pool
     properties, not mounts: hence a name of its own.)
     """
+
+    reads_other_hosts = False
 
     def command(self) -> str:
         return (
@@ -190,6 +202,8 @@ class DiskSignatures(FactBase[DiskState]):
     """Whether a whole disk is blank: every signature ``wipefs`` and ``blkid`` find, and its
     partitions (``lsblk``). Reads only (``wipefs --no-act``, ``blkid -p``)."""
 
+    reads_other_hosts = False
+
     def command(self, device: str) -> str:
         quoted = shlex.quote(device)
         return (
@@ -217,6 +231,8 @@ class DiskSignatures(FactBase[DiskState]):
 class UnitStates(FactBase[dict[str, str]]):
     """``systemctl is-enabled`` of each unit: "enabled", "disabled", "masked", "static", ...;
     "not-found" when systemd does not know the unit."""
+
+    reads_other_hosts = False
 
     def command(self, units: tuple[str, ...]) -> str:
         return "; ".join(

@@ -396,6 +396,9 @@ class PgbackrestInfo(FactBase[dict[str, Any] | None]):
     ``"none"`` or ``"aes-256-cbc"``, None when not reported).
     """
 
+    # Its answer depends on another host (its repository is on pve (pgBackRest's TLS server)).
+    reads_other_hosts = True
+
     def command(self, stanza: str, user: str) -> str:
         return (
             "command -v pgbackrest >/dev/null 2>&1 && id -u "
@@ -421,6 +424,8 @@ class PgbackrestInfo(FactBase[dict[str, Any] | None]):
 
 class AptPolicy(FactBase[dict[str, str | None]]):
     """``apt-cache policy PACKAGE``: its installed and candidate versions (None: none)."""
+
+    reads_other_hosts = False
 
     def command(self, package: str) -> str:
         return f"LC_ALL=C apt-cache policy {package} 2>/dev/null || true"

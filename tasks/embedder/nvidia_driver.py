@@ -64,6 +64,8 @@ class NvidiaState(FactBase[dict[str, Any]]):
     ``nvidia-smi`` lists (empty when it is missing or fails).
     """
 
+    reads_other_hosts = False
+
     def command(self) -> str:
         return (
             "echo module=$(sed -n 's/.*Kernel Module *\\([0-9][0-9.]*\\).*/\\1/p'"

@@ -99,7 +99,7 @@ def test_a_caller_that_changes_its_answer_does_not_change_the_next_one(local) ->
     assert host.get_fact(CountedFact) == {"run": 1, "items": [1, 2]}
 
 
-def test_any_command_an_operation_runs_clears_every_answer(local) -> None:
+def test_any_command_an_operation_runs_clears_its_hosts_answers(local) -> None:
     state, host = local
     fact_cache.enable(state)
     host.get_fact(CountedFact)
@@ -278,9 +278,18 @@ def test_a_run_of_another_role_keeps_the_journal_until_its_facts_age_out(
     assert run(("c",), now=later) == ["c"], "a and b were last asked too long ago"
 
 
-def test_a_file_copied_to_a_host_clears_that_hosts_answers_only(local, tmp_path: Path) -> None:
-    """An upload changes one file on its host; a shell command may reach other hosts (a
-    service they use), so it clears everyone's answers."""
+class OtherHostsFact(CountedFact):
+    """Test fact: counts its runs like CountedFact, declared as reading another host."""
+
+    reads_other_hosts = True
+
+
+def test_a_command_clears_its_own_hosts_answers_and_what_reads_other_hosts(
+    local, tmp_path: Path
+) -> None:
+    """A command changes the host it runs on: another host's answer stays, unless its fact
+    reads other hosts (then a shell command anywhere may change it; a file copied to a host
+    changes that host only). A callback may change any host: every answer goes."""
     from io import BytesIO
 
     from pyinfra.api.command import FileUploadCommand
@@ -288,14 +297,43 @@ def test_a_file_copied_to_a_host_clears_that_hosts_answers_only(local, tmp_path:
     state, host = local
     fact_cache.enable(state)
     cache = fact_cache._caches[state]
-    other = ("other-host", "some.Fact", "[]", "[]")
-    cache[other] = {"answer": 1}
+    other_local = ("other-host", "some.Fact", "[]", "[]")
+    host.get_fact(OtherHostsFact)  # makes its class known as one that reads other hosts
+    name = f"{OtherHostsFact.__module__}.{OtherHostsFact.__qualname__}"
+    other_remote = ("other-host", name, "[]", "[]")
+    cache[other_local] = cache[other_remote] = {"answer": 1}
     host.get_fact(CountedFact)
     FileUploadCommand(BytesIO(b"x"), str(tmp_path / "uploaded")).execute(state, host, {})
-    assert other in cache, "another host's answer stays"
-    assert host.get_fact(CountedFact)["run"] == 2, "this host's is asked again"
+    assert other_local in cache and other_remote in cache, "another host's answers stay"
+    assert host.get_fact(CountedFact)["run"] == 3, "this host's is asked again"
     StringCommand("true").execute(state, host, {})
-    assert other not in cache
+    assert other_local in cache, "a fact of another host's own state stays"
+    assert other_remote not in cache, "a fact reading other hosts goes"
+    FunctionCommand(lambda: None, (), {}).execute(state, host, {})
+    assert other_local not in cache, "a callback clears every answer"
+
+
+def test_every_fact_of_the_project_says_whether_it_reads_other_hosts() -> None:
+    """The cache keeps another host's answers across a command unless the fact says it reads
+    other hosts: each fact class the project defines has to say it, one way or the other."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import tasks
+
+    undeclared, remote = [], set()
+    for module_info in pkgutil.walk_packages(tasks.__path__, "tasks."):
+        module = importlib.import_module(module_info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or not issubclass(cls, FactBase):
+                continue
+            if "reads_other_hosts" not in cls.__dict__:
+                undeclared.append(f"{module.__name__}.{name}")
+            elif cls.reads_other_hosts:
+                remote.add(name)
+    assert not undeclared, f"say reads_other_hosts = True or False on: {undeclared}"
+    assert remote == {"PgbackrestInfo", "TailscaleState"}, remote
 
 
 def test_after_a_change_the_journals_missing_facts_come_in_one_command(counted: Path) -> None:

@@ -332,24 +332,6 @@ def _fact_command(state: Any, host: Any, fact: Any, spec: dict[str, Any]) -> str
     )
 
 
-# A command line is one argument of the remote shell (or of sudo's): Linux takes at most 128 KiB
-# per argument, and quoting grows the script; each batch stays well below.
-BATCH_CHARACTERS = 40_000
-
-
-def _chunks(entries: list[Any]) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    size = 0
-    for entry in entries:
-        if chunk and size + len(entry[3]) > BATCH_CHARACTERS:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(entry)
-        size += len(entry[3]) + 200
-    if chunk:
-        yield chunk
-
-
 def _journal_entries(
     state: Any, host: Any, directory: Path
 ) -> dict[tuple[str, ...], tuple[Any, dict[str, Any], str]]:
@@ -386,8 +368,10 @@ def _ask_entries(
     cache: dict[tuple[str, ...], Any],
     entries: dict[tuple[str, ...], tuple[Any, dict[str, Any], str]],
 ) -> int:
-    """Ask ``entries`` on ``host`` in one command per connection (and size); cache the answers
-    pyinfra would have taken. Returns how many were cached."""
+    """Ask ``entries`` on ``host`` in one command per connection; cache the answers pyinfra
+    would have taken. Returns how many were cached. The script goes to the shell's standard
+    input, not onto its command line: one command however many facts (a command-line
+    argument stops at 128 KiB), and ``-vvv`` shows ``sh -s``, not hundreds of lines."""
     from pyinfra.api.facts import _MISSING_COMMAND_MARKER
 
     groups: dict[str, list[tuple[tuple[str, ...], Any, dict[str, Any], str]]] = {}
@@ -397,17 +381,15 @@ def _ask_entries(
         )
     cached = 0
     answerable = _answerable.setdefault(state, {}).setdefault(host.name, set())
-    for connection, chunk in (
-        (connection, chunk)
-        for connection, all_entries in groups.items()
-        for chunk in _chunks(all_entries)
-    ):
+    for connection, chunk in groups.items():
         generation = _generation_of(host.name, remote=True)
         token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
-        status, output = host.run_shell_command(
-            batch_script((command for _, _, _, command in chunk), token),
-            print_input=state.print_fact_input,
+        arguments = {
             **json.loads(connection),
+            "_stdin": batch_script((command for _, _, _, command in chunk), token),
+        }
+        status, output = host.run_shell_command(
+            "sh -s", print_input=state.print_fact_input, **arguments
         )
         now = _generation_of(host.name, remote=True)
         if not status or generation[:2] != now[:2]:

@@ -245,7 +245,9 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 def write_journals(now: float | None = None) -> None:
     """Write each run's journal: per host, how to ask each fact it asked (no answers). Facts
     this run did not ask (a deploy of another role) stay for ``JOURNAL_KEEP_S`` after they were
-    last asked, so one role's run does not empty another's batch."""
+    last asked, so one role's run does not empty another's batch; but not those asked through a
+    way of connecting this run did not use on the host (the first install logs in as root,
+    every later run as the admin user with sudo: the root login's facts are never asked again)."""
     now = time.time() if now is None else now
     for state, directory in list(_journals.items()):
         del _journals[state]  # each run's journal is written once
@@ -258,9 +260,16 @@ def write_journals(now: float | None = None) -> None:
                 json.dumps(spec, sort_keys=True): {"spec": spec, "asked": now}
                 for spec in asked.values()
             }
+            connections = {
+                json.dumps(spec["connection"], sort_keys=True) for spec in asked.values()
+            }
             for old in read_journal(path):
                 key = json.dumps(old["spec"], sort_keys=True)
-                if key not in entries and now - float(old.get("asked", 0)) < JOURNAL_KEEP_S:
+                if (
+                    key not in entries
+                    and now - float(old.get("asked", 0)) < JOURNAL_KEEP_S
+                    and json.dumps(old["spec"].get("connection"), sort_keys=True) in connections
+                ):
                     entries[key] = old
             temporary = path.with_suffix(".tmp")
             temporary.write_text(json.dumps(list(entries.values())))

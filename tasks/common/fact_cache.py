@@ -51,6 +51,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -371,51 +372,140 @@ def _journal_entries(
     return entries
 
 
+# systemd's unit facts, each one ``systemctl show`` per unit, are asked for all units in one
+# (a host's batch holds some 50 of them; systemctl's start dominates each).
+UNIT_FACTS = ("pyinfra.facts.systemd.SystemdStatus", "pyinfra.facts.systemd.SystemdEnabled")
+UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+")
+
+Entry = tuple[tuple[str, ...], Any, dict[str, Any], str]
+
+
+def _units_of(fact: Any, spec: dict[str, Any]) -> list[str] | None:
+    """The units a system-manager unit fact asks about, when it can join the combined
+    ``systemctl show`` (no user manager, no container, plain names: no pattern)."""
+    cls = type(fact)
+    if f"{cls.__module__}.{cls.__qualname__}" not in UNIT_FACTS:
+        return None
+    args = spec["args"]
+    if args.get("user_mode") or args.get("machine") or args.get("user_name"):
+        return None
+    units = args.get("services")
+    units = [units] if isinstance(units, str) else units
+    if not isinstance(units, list) or not units:
+        return None
+    plain = all(isinstance(unit, str) and UNIT_NAME.fullmatch(unit) for unit in units)
+    return units if plain else None
+
+
+def units_command(units: list[str]) -> str:
+    """One ``systemctl show`` answering every unit fact of ``units``: a block per unit, in
+    order, each with the properties every one of those facts reads."""
+    from pyinfra.api.facts import _MISSING_COMMAND_MARKER
+
+    quoted = " ".join(shlex.quote(unit) for unit in units)
+    return (
+        "if command -v systemctl >/dev/null 2>&1; then systemctl show --all --property Id"
+        f" --property SubState --property UnitFileState {quoted};"
+        f" else echo '{_MISSING_COMMAND_MARKER}'; fi"
+    )
+
+
+def unit_blocks(lines: list[str], units: list[str]) -> dict[str, list[str]] | None:
+    """``systemctl show``'s output split per unit (blocks between empty lines, in the order
+    asked); None when the blocks do not match the units one to one."""
+    blocks: list[list[str]] = [[]]
+    for line in lines:
+        if line.strip():
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    blocks = [block for block in blocks if block]
+    if len(blocks) != len(units):
+        return None
+    return dict(zip(units, blocks, strict=True))
+
+
 def _ask_entries(
     state: Any,
     host: Any,
     cache: dict[tuple[str, ...], Any],
     entries: dict[tuple[str, ...], tuple[Any, dict[str, Any], str]],
 ) -> int:
-    """Ask ``entries`` on ``host`` in one command per connection; cache the answers pyinfra
-    would have taken. Returns how many were cached. The script goes to the shell's standard
-    input, not onto its command line: one command however many facts (a command-line
-    argument stops at 128 KiB), and ``-vvv`` shows ``sh -s``, not hundreds of lines."""
-    from pyinfra.api.facts import _MISSING_COMMAND_MARKER
+    """Ask ``entries`` on ``host`` in one command per connection (the connections side by
+    side); cache the answers pyinfra would have taken. Returns how many were cached. The
+    script goes to the shell's standard input, not onto its command line: one command however
+    many facts (a command-line argument stops at 128 KiB), and ``-vvv`` shows ``sh -s``."""
+    import gevent
 
-    groups: dict[str, list[tuple[tuple[str, ...], Any, dict[str, Any], str]]] = {}
+    groups: dict[str, list[Entry]] = {}
     for key, (fact, spec, command) in entries.items():
         groups.setdefault(json.dumps(spec["connection"], sort_keys=True), []).append(
             (key, fact, spec, command)
         )
-    cached = 0
+    if len(groups) <= 1:
+        return sum(_ask_group(state, host, cache, c, chunk) for c, chunk in groups.items())
+    from pyinfra.context import ctx_host, ctx_state
+
+    def ask_group(connection: str, chunk: list[Entry]) -> int:
+        with ctx_state.use(state), ctx_host.use(host):  # a new greenlet has no context
+            return _ask_group(state, host, cache, connection, chunk)
+
+    asks = [gevent.spawn(ask_group, connection, chunk) for connection, chunk in groups.items()]
+    gevent.joinall(asks, raise_error=True)
+    return sum(ask.value or 0 for ask in asks)
+
+
+def _ask_group(
+    state: Any,
+    host: Any,
+    cache: dict[tuple[str, ...], Any],
+    connection: str,
+    chunk: list[Entry],
+) -> int:
+    """One command on ``host`` answering ``chunk``, facts asked with the same ``connection``
+    arguments; the answers are cached. Returns how many."""
+    from pyinfra.api.facts import _MISSING_COMMAND_MARKER
+
     answerable = _answerable.setdefault(state, {}).setdefault(host.name, set())
-    for connection, chunk in groups.items():
-        generation = _generation_of(host.name, remote=True)
-        token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
-        arguments = {
-            **json.loads(connection),
-            "_stdin": batch_script((command for _, _, _, command in chunk), token),
-        }
-        status, output = host.run_shell_command(
-            "sh -s", print_input=state.print_fact_input, **arguments
-        )
-        now = _generation_of(host.name, remote=True)
-        if not status or generation[:2] != now[:2]:
+    plain = [entry for entry in chunk if _units_of(entry[1], entry[2]) is None]
+    unit_entries = [(entry, _units_of(entry[1], entry[2]) or []) for entry in chunk]
+    unit_entries = [(entry, units) for entry, units in unit_entries if units]
+    units = list(dict.fromkeys(unit for _, names in unit_entries for unit in names))
+    commands = [command for _, _, _, command in plain]
+    if units:
+        commands.append(units_command(units))
+    generation = _generation_of(host.name, remote=True)
+    token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
+    arguments = {**json.loads(connection), "_stdin": batch_script(commands, token)}
+    status, output = host.run_shell_command(
+        "sh -s", print_input=state.print_fact_input, **arguments
+    )
+    now = _generation_of(host.name, remote=True)
+    if not status or generation[:2] != now[:2]:
+        return 0
+    answered: list[tuple[Entry, list[str]]] = []
+    for index, (exit_status, lines) in split_batch(output.stdout_lines, token).items():
+        if exit_status != 0 or lines == [_MISSING_COMMAND_MARKER]:
             continue
-        for index, (exit_status, lines) in split_batch(output.stdout_lines, token).items():
-            key, fact, spec, _ = chunk[index]
-            if exit_status != 0 or lines == [_MISSING_COMMAND_MARKER]:
-                continue
-            if generation != now and reads_other_hosts(type(fact)):
-                continue  # something ran elsewhere while it was read
-            try:
-                answer = fact.process(lines) if lines else fact.default()
-                cache[key] = copy.deepcopy(answer)
-            except Exception:  # pyinfra asks it again and reports it
-                continue
-            answerable.add(key)
-            cached += 1
+        if index < len(plain):
+            answered.append((plain[index], lines))
+            continue
+        blocks = unit_blocks(lines, units)
+        for entry, names in unit_entries if blocks is not None else []:
+            # As systemctl prints several units: a block each, an empty line between.
+            joined = [line for name in names for line in ("", *blocks[name])][1:]
+            answered.append((entry, joined))
+    cached = 0
+    for (key, fact, _, _), lines in answered:
+        if generation != now and reads_other_hosts(type(fact)):
+            continue  # something ran elsewhere while it was read
+        try:
+            answer = fact.process(lines) if lines else fact.default()
+            cache[key] = copy.deepcopy(answer)
+        except Exception:  # pyinfra asks it again and reports it
+            continue
+        answerable.add(key)
+        cached += 1
     return cached
 
 

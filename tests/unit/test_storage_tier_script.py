@@ -150,3 +150,36 @@ def test_tier_down_moves_old_entries_keeps_new_ones_and_never_overwrites(
     assert abs(moved.stat().st_mtime - long_ago) < 1, "the moved data keeps its age"
     assert recent.is_dir() and clash.is_file()
     assert (tmp_path / "hdd" / "media" / "film.mkv").read_bytes() == b"older copy"
+
+
+NAMES = [
+    "qwen3:32b",
+    "nomic-embed-text",
+    "library/llama3.1:8b-instruct-q4_K_M",
+    "registry.ollama.ai/library/qwen3:32b",
+    "example.org:5000/team/model:v1",
+    "hf.co/org/model:Q4_K_M",
+    "Qwen3:32b",
+    "../../etc:x",
+    "a b",
+    "qwen3:32b;rm",
+    "qwen3:",
+    ":latest",
+    "a/b/c/d",
+    "-model",
+    "model:" + "t" * 129,
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_data_check_and_the_host_script_agree_on_model_names(
+    tier: ModuleType, name: str
+) -> None:
+    """The data key ``model`` and the host script (which runs without the project) each write
+    Ollama's name pattern down: a name one takes and the other refuses would pass the run's
+    check and fail on the host, or the other way round."""
+    import re
+
+    from tasks.ageis_node.storage_tier import MODEL_NAME
+
+    assert bool(re.fullmatch(MODEL_NAME, name)) == bool(tier.NAME.fullmatch(name)), name

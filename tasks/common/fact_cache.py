@@ -55,7 +55,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -63,6 +62,8 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra import logger
+
+from tasks.common import fact_combiners
 
 ENV_SWITCH = "HOMELAB_FACT_CACHE"
 ENV_JOURNAL = "HOMELAB_FACT_JOURNAL"
@@ -376,57 +377,7 @@ def _journal_entries(
     return entries
 
 
-# systemd's unit facts, each one ``systemctl show`` per unit, are asked for all units in one
-# (a host's batch holds some 50 of them; systemctl's start dominates each).
-UNIT_FACTS = ("pyinfra.facts.systemd.SystemdStatus", "pyinfra.facts.systemd.SystemdEnabled")
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+")
-
 Entry = tuple[tuple[str, ...], Any, dict[str, Any], str]
-
-
-def _units_of(fact: Any, spec: dict[str, Any]) -> list[str] | None:
-    """The units a system-manager unit fact asks about, when it can join the combined
-    ``systemctl show`` (no user manager, no container, plain names: no pattern)."""
-    cls = type(fact)
-    if f"{cls.__module__}.{cls.__qualname__}" not in UNIT_FACTS:
-        return None
-    args = spec["args"]
-    if args.get("user_mode") or args.get("machine") or args.get("user_name"):
-        return None
-    units = args.get("services")
-    units = [units] if isinstance(units, str) else units
-    if not isinstance(units, list) or not units:
-        return None
-    plain = all(isinstance(unit, str) and UNIT_NAME.fullmatch(unit) for unit in units)
-    return units if plain else None
-
-
-def units_command(units: list[str]) -> str:
-    """One ``systemctl show`` answering every unit fact of ``units``: a block per unit, in
-    order, each with the properties every one of those facts reads."""
-    from pyinfra.api.facts import _MISSING_COMMAND_MARKER
-
-    quoted = " ".join(shlex.quote(unit) for unit in units)
-    return (
-        "if command -v systemctl >/dev/null 2>&1; then systemctl show --all --property Id"
-        f" --property SubState --property UnitFileState {quoted};"
-        f" else echo '{_MISSING_COMMAND_MARKER}'; fi"
-    )
-
-
-def unit_blocks(lines: list[str], units: list[str]) -> dict[str, list[str]] | None:
-    """``systemctl show``'s output split per unit (blocks between empty lines, in the order
-    asked); None when the blocks do not match the units one to one."""
-    blocks: list[list[str]] = [[]]
-    for line in lines:
-        if line.strip():
-            blocks[-1].append(line)
-        elif blocks[-1]:
-            blocks.append([])
-    blocks = [block for block in blocks if block]
-    if len(blocks) != len(units):
-        return None
-    return dict(zip(units, blocks, strict=True))
 
 
 def _ask_entries(
@@ -471,13 +422,21 @@ def _ask_group(
     from pyinfra.api.facts import _MISSING_COMMAND_MARKER
 
     answerable = _answerable.setdefault(state, {}).setdefault(host.name, set())
-    plain = [entry for entry in chunk if _units_of(entry[1], entry[2]) is None]
-    unit_entries = [(entry, _units_of(entry[1], entry[2]) or []) for entry in chunk]
-    unit_entries = [(entry, units) for entry, units in unit_entries if units]
-    units = list(dict.fromkeys(unit for _, names in unit_entries for unit in names))
+    plain: list[Entry] = []
+    # Per combiner: its facts with the items each asks about, and all those items, once each.
+    grouped: dict[str, list[tuple[Entry, list[str]]]] = {}
+    for entry in chunk:
+        found = fact_combiners.combined(entry[1], entry[2])
+        if found is None:
+            plain.append(entry)
+        else:
+            grouped.setdefault(found[0], []).append((entry, found[1]))
+    items = {
+        name: list(dict.fromkeys(item for _, asked in members for item in asked))
+        for name, members in grouped.items()
+    }
     commands = [command for _, _, _, command in plain]
-    if units:
-        commands.append(units_command(units))
+    commands += [fact_combiners.COMBINERS[name].command(items[name]) for name in grouped]
     generation = _generation_of(host.name, remote=True)
     token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
     arguments = {**json.loads(connection), "_stdin": batch_script(commands, token)}
@@ -494,11 +453,11 @@ def _ask_group(
         if index < len(plain):
             answered.append((plain[index], lines))
             continue
-        blocks = unit_blocks(lines, units)
-        for entry, names in unit_entries if blocks is not None else []:
-            # As systemctl prints several units: a block each, an empty line between.
-            joined = [line for name in names for line in ("", *blocks[name])][1:]
-            answered.append((entry, joined))
+        name = list(grouped)[index - len(plain)]
+        combiner = fact_combiners.COMBINERS[name]
+        parts = combiner.split(lines, items[name])
+        for entry, asked in grouped[name] if parts is not None else []:
+            answered.append((entry, combiner.join([parts[item] for item in asked])))
     cached = 0
     for (key, fact, _, _), lines in answered:
         if generation != now and reads_other_hosts(type(fact)):

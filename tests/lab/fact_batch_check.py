@@ -1,10 +1,10 @@
 """A pyinfra deploy file for the lab test of the fact batch (tests/lab/test_fact_batch.py).
 
 On each host it asks the facts of the host's journal twice: once the way the fact cache asks
-them (one batch, systemd's unit facts in one ``systemctl show``) and once as pyinfra asks each
-alone, then writes the differences to ``$HOMELAB_FACT_CHECK_OUT/<host>.json``. It changes
-nothing on the hosts. Which facts are compared one by one: every unit fact on every host, and
-every fact on the hosts named in ``HOMELAB_FACT_CHECK_ALL`` (comma-separated).
+them (one batch, the facts of a kind combined: tasks/common/fact_combiners.py) and once as
+pyinfra asks each alone, then writes the differences to ``$HOMELAB_FACT_CHECK_OUT/<host>.json``.
+It changes nothing on the hosts. Which facts are compared one by one: every combined fact on
+every host, and every fact on the hosts named in ``HOMELAB_FACT_CHECK_ALL`` (comma-separated).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyinfra.context import ctx_host, ctx_state
 
-from tasks.common import fact_cache
+from tasks.common import fact_cache, fact_combiners
 
 # The run's own objects, not pyinfra's context proxies: the batch hands them to greenlets.
 host, state = ctx_host.get(), ctx_state.get()
@@ -28,11 +28,11 @@ batched: dict[tuple[str, ...], object] = {}
 fact_cache._ask_entries(state, host, batched, entries)
 compared, skipped, differences, unanswered = 0, 0, [], []
 for key, (fact, spec, _) in entries.items():
-    is_unit = fact_cache._units_of(fact, spec) is not None
+    is_combined = fact_combiners.combined(fact, spec) is not None
     if spec["fact"] in CHANGES_BY_ITSELF:
         skipped += 1
         continue
-    if not (is_unit or every_fact):
+    if not (is_combined or every_fact):
         continue
     alone = host.get_fact(type(fact), **spec["args"], **spec["connection"])
     compared += 1
@@ -47,13 +47,13 @@ for key, (fact, spec, _) in entries.items():
                 "alone": repr(alone),
             }
         )
-units = sum(1 for fact, spec, _ in entries.values() if fact_cache._units_of(fact, spec))
+combined = sum(1 for fact, spec, _ in entries.values() if fact_combiners.combined(fact, spec))
 (out / f"{host.name}.json").write_text(
     json.dumps(
         {
             "journal": len(entries),
             "batched": len(batched),
-            "unit_facts": units,
+            "combined": combined,
             "compared": compared,
             "changes_by_itself": skipped,
             "differences": differences,

@@ -395,20 +395,3 @@ def test_a_fact_the_batch_cannot_answer_never_sets_off_another_batch(counted: Pa
                 host.get_fact(FailingFact)
         assert runs() == before + 3, "asked alone each time, no batch of the others"
         assert host.get_fact(CountedFact, tag="a")["run"] <= before, "still the batch's answer"
-
-
-def test_systemctl_shows_blocks_are_handed_to_their_units_or_to_none() -> None:
-    """The combined ``systemctl show`` of the batch: a block per unit asked, in order; when
-    the count is off, no unit fact takes an answer from it (pyinfra asks them alone)."""
-    lines = ["Id=a.service", "SubState=running", "", "Id=b.timer", "SubState=waiting", ""]
-    assert fact_cache.unit_blocks(lines, ["a.service", "b.timer"]) == {
-        "a.service": ["Id=a.service", "SubState=running"],
-        "b.timer": ["Id=b.timer", "SubState=waiting"],
-    }
-    assert fact_cache.unit_blocks(lines, ["a.service"]) is None
-    assert fact_cache.unit_blocks(lines[:2], ["a.service", "b.timer"]) is None
-    command = fact_cache.units_command(["a.service", "b.timer"])
-    assert "systemctl show --all --property Id --property SubState --property UnitFileState" in (
-        command
-    )
-    assert command.index("a.service") < command.index("b.timer")

@@ -440,9 +440,16 @@ def _ask_group(
     generation = _generation_of(host.name, remote=True)
     token = secrets.token_hex(8)  # no fact prints it: it marks where each output ends
     arguments = {**json.loads(connection), "_stdin": batch_script(commands, token)}
+    started = time.monotonic()
     status, output = host.run_shell_command(
         "sh -s", print_input=state.print_fact_input, **arguments
     )
+    # As pyinfra reports each fact it loads (with -v; tests/bench/rollout.py reads it).
+    message = (
+        f"{host.print_prefix}Loaded {len(chunk)} facts in one command"
+        f" ({time.monotonic() - started:.2f}s)"
+    )
+    (logger.info if state.print_fact_info else logger.debug)(message)
     now = _generation_of(host.name, remote=True)
     if not status or generation[:2] != now[:2]:
         return 0

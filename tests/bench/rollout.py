@@ -37,6 +37,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +59,12 @@ TEMPLATE_VALUE = "317M"
 _COMMAND = re.compile(r"^\[(?P<host>[^\]]+)\]\s+>>> ")
 _FACT = re.compile(r"^\s+\[(?P<host>[^\]]+)\]\s+Loaded fact (?P<fact>\S+)(?: \((?P<args>.*)\))?$")
 _OPERATION = re.compile(r"^--> Starting operation: (?P<name>.*?)\s*$")
+# The fact cache's batch: all of a host's facts in one command (tasks/common/fact_cache.py).
+_BATCH = re.compile(
+    r"^\s+\[(?P<host>[^\]]+)\]\s+Loaded (?P<count>\d+) facts in one command"
+    r" \((?P<seconds>[0-9.]+)s\)$"
+)
+BATCH_ROW = "fact batches (all of a host's facts in one command; the slowest host's)"
 _CHANGED = re.compile(r"^\s+\[(?P<host>[^\]]+)\]\s+Success$")
 
 
@@ -76,6 +83,9 @@ class Run:
     paths: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     # The floor's reading per host: files hashed, packages listed, units listed.
     read: dict[str, list[int]] = field(default_factory=dict)
+    # Each host's fact batches, in order, in seconds: the first before the first operation,
+    # then one after each change that cleared the host's answers.
+    batches: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
 def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True, refetch: bool = True) -> Run:
@@ -107,6 +117,9 @@ def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True, refetch: b
         elif m := _COMMAND.match(line):
             run.commands[m["host"]] += 1
             asked[m["host"]] = now
+        elif m := _BATCH.match(line):
+            run.batches[m["host"]].append(float(m["seconds"]))
+            asked[m["host"]] = now
         elif m := _FACT.match(line):
             host = m["host"]
             run.facts[host] += 1
@@ -120,6 +133,10 @@ def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True, refetch: b
     if operation is not None:
         run.operation_seconds[operation] += end - operation_started
     run.seconds = end - started
+    # The hosts run their batches side by side: each round costs its slowest host's.
+    rounds = zip_longest(*run.batches.values(), fillvalue=0.0)
+    if run.batches:
+        run.fact_seconds[BATCH_ROW] = sum(max(seconds) for seconds in rounds)
     if code != 0:
         raise SystemExit(f"{label}: pyinfra exited {code}:\n" + "\n".join(tail))
     return run

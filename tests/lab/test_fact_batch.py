@@ -5,7 +5,9 @@ it with the fact's own ``process``, except the facts of a kind asked together (f
 and checksums, units' states: tasks/common/fact_combiners.py), whose output is cut per fact:
 that is where its answers could drift from pyinfra's. The deploy file
 tests/lab/fact_batch_check.py asks every combined fact of every host's journal both ways, and
-every fact of the DNS host's journal, and lists the differences.
+every fact of the DNS host's journal, and lists the differences. A file that changes by
+itself between two asks (a directory a collector writes into) is asked again, both ways, until
+it holds still; a difference that stays is the batch's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def test_the_batch_answers_every_fact_as_pyinfra_asks_it_alone(tmp_path: Path) -
         )
         assert not report["differences"], (name, report["differences"])
         assert not report["unanswered"], (name, report["unanswered"])
+        # A live file may change between asks; one that never held still for three tries
+        # in a row is reported, and there may only be a few.
+        assert len(report["never_held_still"]) <= 2, (name, report["never_held_still"])
     # The comparison had something to compare: most of a host's facts are combined.
     assert all(r["combined"] >= r["journal"] / 2 for r in reports.values()), reports
     dns = reports["dns"]

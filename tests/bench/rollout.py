@@ -37,7 +37,6 @@ import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from itertools import zip_longest
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +63,7 @@ _BATCH = re.compile(
     r"^\s+\[(?P<host>[^\]]+)\]\s+Loaded (?P<count>\d+) facts in one command"
     r" \((?P<seconds>[0-9.]+)s\)$"
 )
-BATCH_ROW = "fact batches (all of a host's facts in one command; the slowest host's)"
+BATCH_ROW = "fact batches (all of a host's facts in one command; wall time while any ran)"
 _CHANGED = re.compile(r"^\s+\[(?P<host>[^\]]+)\]\s+Success$")
 
 
@@ -83,9 +82,9 @@ class Run:
     paths: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     # The floor's reading per host: files hashed, packages listed, units listed.
     read: dict[str, list[int]] = field(default_factory=dict)
-    # Each host's fact batches, in order, in seconds: the first before the first operation,
-    # then one after each change that cleared the host's answers.
-    batches: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # The fact batches' spans (start, end) on this run's clock, every host's: the first
+    # before the first operation, then one after each change that cleared a host's answers.
+    batches: list[tuple[float, float]] = field(default_factory=list)
 
 
 def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True, refetch: bool = True) -> Run:
@@ -118,7 +117,7 @@ def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True, refetch: b
             run.commands[m["host"]] += 1
             asked[m["host"]] = now
         elif m := _BATCH.match(line):
-            run.batches[m["host"]].append(float(m["seconds"]))
+            run.batches.append((now - float(m["seconds"]), now))
             asked[m["host"]] = now
         elif m := _FACT.match(line):
             host = m["host"]
@@ -133,13 +132,22 @@ def pyinfra(label: str, deploy: str, *extra: str, cache: bool = True, refetch: b
     if operation is not None:
         run.operation_seconds[operation] += end - operation_started
     run.seconds = end - started
-    # The hosts run their batches side by side: each round costs its slowest host's.
-    rounds = zip_longest(*run.batches.values(), fillvalue=0.0)
     if run.batches:
-        run.fact_seconds[BATCH_ROW] = sum(max(seconds) for seconds in rounds)
+        # The hosts run their batches side by side: the run waits for the union of the spans.
+        run.fact_seconds[BATCH_ROW] = covered(run.batches)
     if code != 0:
         raise SystemExit(f"{label}: pyinfra exited {code}:\n" + "\n".join(tail))
     return run
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """How long at least one of ``spans`` ran (overlaps counted once)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def environment(cache: bool, refetch: bool = True) -> dict[str, str]:

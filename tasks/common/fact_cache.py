@@ -26,10 +26,10 @@ answers it can take as they are: a fact whose command exits 0 and whose output i
 ``process`` reads, exactly as pyinfra would. Anything else (a fact that failed, a missing
 command, arguments that do not survive the journal unchanged) is left to pyinfra to ask as
 usual. A fact the deploy no longer asks costs one command in the script, nothing more. The
-script goes to the shell's standard input; systemd's unit facts (some 50 per host, one
-``systemctl show`` each) are asked in one ``systemctl show`` for all their units, each fact
-reading its units' blocks with its own ``process`` (tests/lab/test_fact_batch.py compares the
-answers with pyinfra's own on the lab's hosts).
+script goes to the shell's standard input; the facts of one kind (files' states and checksums,
+units' states: most of a host's facts) are asked in one command per kind, each fact reading
+its own lines of the output with its own ``process`` (tasks/common/fact_combiners.py;
+tests/lab/test_fact_batch.py compares the answers with pyinfra's own on the lab's hosts).
 
 **Asked again in one command after a change.** When something ran on a host and the deploy
 then asks a fact of that host's journal that the cache no longer has, every journal fact the

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pyinfra.facts.files import LINUX_STAT_COMMAND
+
 # systemd unit names as the batch takes them: no patterns, nothing to quote.
 UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+")
-# pyinfra's own stat format (pyinfra.facts.files.LINUX_STAT_COMMAND), so each line is the one
-# the fact's own command prints.
-STAT_FORMAT = "user=%U group=%G mode=%A atime=%X mtime=%Y ctime=%Z size=%s %N"
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,10 @@ COMBINERS: dict[str, Combiner] = {
         ),
         items=_path,
         command=lambda paths: flagged_command(
-            paths, 'test -e "$p" || test -L "$p"', f"stat -c {shlex.quote(STAT_FORMAT)}"
+            # pyinfra's own stat command: each line is the one the fact's own command prints.
+            paths,
+            'test -e "$p" || test -L "$p"',
+            LINUX_STAT_COMMAND,
         ),
         split=flagged_lines,
     ),

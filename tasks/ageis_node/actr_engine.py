@@ -10,11 +10,19 @@ the controller, a pip requirement such as "my-engine==1.2", or a git URL with it
 The engine lives in a venv (``/opt/actr-engine/venv``, with the distribution's psycopg from
 the system site-packages), installed again only when the source changed. Its unit requires
 ``memory-store-integrity.service`` (a failed integrity check keeps it down), comes after
-Ollama, waits (bounded) for the embedding server on the embedder when one is configured, and
-restarts on failure with a growing delay. The database password (secret
-``memory_store_actr_engine_password``) and the API token its clients must send to store and
-retrieve (secret ``actr_engine_api_token``) reach it as systemd credentials, never in its
-environment or on a command line; a new token is rolled out by changing the secret.
+Ollama, waits (bounded) for the embedding server when it has one, and
+restarts on failure with a growing delay.
+
+Text is embedded by default: memories stored and cues given as text go to the inventory's
+embedder (``actr_engine_embedder_url`` names another server, ``actr_engine_text_cues`` turns it
+off). The embedder is not a hard dependency: the engine starts when the server's wait runs out,
+a memory stored while the server is down is kept without its embedding (the embedder's vector
+indexer embeds it when it is back), and only a text cue is refused (502) meanwhile.
+
+The database password (secret ``memory_store_actr_engine_password``) and the API token its
+clients must send to store and retrieve (secret ``actr_engine_api_token``) reach it as systemd
+credentials, never in its environment or on a command line; a new token is rolled out by
+changing the secret.
 """
 
 from __future__ import annotations
@@ -25,19 +33,30 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
 
 from tasks.ageis_node.ollama import WAIT
-from tasks.common.datamodel.forms import Field, Int, ListOf, MapOf, Optional, Predicate, Str, Struct
+from tasks.common.datamodel.forms import (
+    Bool,
+    Field,
+    Int,
+    ListOf,
+    MapOf,
+    Optional,
+    Predicate,
+    Str,
+    Struct,
+)
 from tasks.common.datamodel.keys import Key, Schema
-from tasks.common.datamodel.machine import AGEIS_NODE
+from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
 from tasks.common.ports import Port
 from tasks.common.secret_files import secret_file
 from tasks.common.templating import REPO_ROOT, file_path, template_path
+from tasks.embedder.embedding_server import PORT as EMBEDDING_PORT
 
 GROUPS = (AGEIS_NODE,)
 PORT = 8100
@@ -142,15 +161,25 @@ DATA = Schema(
         "actr_engine_embedder_url",
         Optional(EMBEDDER_URL),
         None,
-        "Embedding server (OpenAI-style /v1/embeddings) for cues given as text; None: callers"
-        " give embeddings.",
+        "Embedding server (OpenAI-style /v1/embeddings) for memories and cues given as text;"
+        " None: the inventory's embedder (its lan_address, port 8300) when actr_engine_text_cues"
+        " is on and the inventory has one.",
+        GROUPS,
+    ),
+    Key(
+        "actr_engine_text_cues",
+        Bool(),
+        True,
+        "Embed text (memories stored and cues) through an embedding server; False: callers give"
+        " embeddings and a text cue is refused.",
         GROUPS,
     ),
     Key(
         "actr_engine_embedder_wait",
         Int(1, 3600),
         120,
-        "Seconds the engine's start waits for the embedding server's /health.",
+        "Seconds the engine's start waits for the embedding server's /health; it starts anyway"
+        " after that (memories are stored, text cues wait for the server).",
         GROUPS,
     ),
 )
@@ -207,6 +236,21 @@ def health_url(embedder_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/health"
 
 
+def embedder_url(settings: Any) -> str | None:
+    """The embedding server for text: ``actr_engine_embedder_url``, else the inventory's first
+    embedder on its LAN address (an address, not a name: the engine starts at boot before the
+    DNS guest may answer); None when text cues are off or the inventory has no embedder."""
+    if not settings.actr_engine_text_cues:
+        return None
+    if settings.actr_engine_embedder_url:
+        return settings.actr_engine_embedder_url
+    embedders = inventory.get_group(EMBEDDER, [])
+    if not embedders:
+        return None
+    address = MACHINE.read(embedders[0]).lan_address
+    return f"http://{address}:{EMBEDDING_PORT}/v1/embeddings"
+
+
 def environment(settings: Any) -> dict[str, str]:
     env = {
         "ACTR_LISTEN": f"{settings.actr_engine_bind}:{PORT}",
@@ -215,7 +259,7 @@ def environment(settings: Any) -> dict[str, str]:
         "ACTR_MISMATCH_PENALTY": settings.actr_engine_mismatch_penalty,
         "ACTR_THRESHOLD": settings.actr_engine_threshold or "",
         "ACTR_CANDIDATES": str(settings.actr_engine_candidates),
-        "ACTR_EMBEDDER_URL": settings.actr_engine_embedder_url or "",
+        "ACTR_EMBEDDER_URL": embedder_url(settings) or "",
     }
     env.update(settings.actr_engine_environment)
     return env
@@ -290,7 +334,7 @@ def actr_engine() -> None:
         content=Secret(secrets[TOKEN_SECRET].reveal() + "\n"),
         dest=TOKEN_FILE,
     )
-    embedder = settings.actr_engine_embedder_url
+    embedder = embedder_url(settings)
     unit = files.template(
         name="actr-engine's systemd unit",
         src=template_path("actr-engine.service.j2"),

@@ -127,8 +127,48 @@ def test_actr_engine_stores_and_retrieves_by_activation() -> None:
         f'"SELECT count(*) FROM memory_access WHERE chunk_id = {ids["apple"]}"'
     ).stdout.strip()
     assert accesses == "3"  # stored, retrieved, retrieved
-    status, error = call("/retrieve", {"cue": "apples"})
-    assert status == 400 and "embedding" in error["error"]  # no embedder in the lab
+    ssh(
+        "sudo -u postgres psql -q memory_store -c "
+        f"\"DELETE FROM memory_chunk WHERE metadata->>'test' = '{tag}'\""
+    )
+
+
+def test_text_memories_and_cues_are_embedded_by_the_labs_embedder() -> None:
+    """Wired by default: no embeddings given, the inventory's embedder makes them, and a text
+    cue finds the memory that means the same (the model's similarity, not recency)."""
+    tag = f"lab-text-{time.time_ns()}"
+    texts = {
+        "pie": f"Bake the apple pie at 180 degrees for forty minutes. {tag}",
+        "rocket": f"The rocket engine burns liquid oxygen and kerosene. {tag}",
+        "pear": f"Prune the pear tree in late winter before the buds open. {tag}",
+    }
+    ids = {}
+    for name, text in texts.items():
+        status, answer = call("/chunks", {"content": text, "metadata": {"test": tag}})
+        assert status == 201, answer
+        ids[name] = answer["id"]
+    rows = ssh(
+        "sudo -u postgres psql -tA memory_store -c "
+        f'"SELECT embedding_model, vector_dims(embedding) FROM memory_chunk'
+        f" WHERE metadata->>'test' = '{tag}'\""
+    ).stdout.split()
+    # Embedded as they were stored, by the embedder's model (not left to the indexer).
+    assert len(rows) == 3 and all(r.endswith(f"|{DIMS}") for r in rows), rows
+    assert all("MiniLM" in r for r in rows), rows
+    cues = {
+        "pie": "How long does an apple pie bake?",
+        "rocket": "What fuel does the rocket burn?",
+        "pear": "When should I prune a pear tree?",
+    }
+    for name, cue in cues.items():
+        status, answer = call("/retrieve", {"cue": cue, "limit": 20})
+        assert status == 200, answer
+        ours = {c["id"]: c["similarity"] for c in answer["chunks"] if tag in c["content"]}
+        # Other memories of the store may sit near the cue too; of these three, the one
+        # that means the same is the closest, clearly.
+        assert ids[name] in ours, (cue, answer)
+        assert ours[ids[name]] > 0.4, (cue, ours)
+        assert all(ours[ids[name]] > s + 0.2 for i, s in ours.items() if i != ids[name]), ours
     ssh(
         "sudo -u postgres psql -q memory_store -c "
         f"\"DELETE FROM memory_chunk WHERE metadata->>'test' = '{tag}'\""

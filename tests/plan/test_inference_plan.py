@@ -212,7 +212,7 @@ def test_actr_engine_unit_requires_the_integrity_check_and_waits_for_the_embedde
     assert "Requires=memory-store-integrity.service" in unit
     assert "After=memory-store-integrity.service ollama.service network-online.target" in unit
     assert (
-        "ExecStartPre=/usr/local/sbin/wait-for-http http://embedder.home.arpa:8300/health 120"
+        "ExecStartPre=-/usr/local/sbin/wait-for-http http://embedder.home.arpa:8300/health 120"
         in unit
     )
     assert "ExecStart=/opt/actr-engine/venv/bin/actr-engine" in unit
@@ -221,6 +221,25 @@ def test_actr_engine_unit_requires_the_integrity_check_and_waits_for_the_embedde
     env = upload(node, "actr-engine's environment (drop-in)")
     assert f'Environment="ACTR_EMBEDDER_URL={url}"' in env
     assert 'Environment="ACTR_DECAY=0.5"' in env and "password" not in env.lower()
+
+
+def test_actr_engine_embeds_text_with_the_inventorys_embedder_by_default(plan_of) -> None:
+    node = plan_of("deploys/ageis_node.py", limit=[HOST])
+    env = upload(node, "actr-engine's environment (drop-in)")
+    # The embedder of inventory.py by its LAN address: no DNS needed at boot.
+    assert 'Environment="ACTR_EMBEDDER_URL=http://192.168.1.30:8300/v1/embeddings"' in env
+    unit = upload(node, "actr-engine's systemd unit")
+    # Bounded and not fatal ("-"): the engine starts without the embedder, keeping memories.
+    assert "ExecStartPre=-/usr/local/sbin/wait-for-http http://192.168.1.30:8300/health 120" in unit
+
+
+def test_actr_engine_text_cues_can_be_turned_off(plan_of) -> None:
+    node = plan_of(
+        "deploys/ageis_node.py", limit=[HOST], override_data={"actr_engine_text_cues": False}
+    )
+    env = upload(node, "actr-engine's environment (drop-in)")
+    assert 'Environment="ACTR_EMBEDDER_URL="' in env
+    assert "wait-for-http" not in upload(node, "actr-engine's systemd unit")
 
 
 def test_a_users_own_engine_replaces_the_reference(plan_of) -> None:

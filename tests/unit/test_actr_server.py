@@ -182,3 +182,89 @@ def test_the_token_comes_from_the_systemd_credential(tmp_path: Path) -> None:
     config = Config.from_environment({"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert config.api_token == TOKEN and config.max_body == 1024 * 1024
     assert Config.from_environment({}).api_token is None
+
+
+class ConnectionDouble:
+    """Records the statements ``Engine.store`` sends; answers every INSERT with id 7."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, tuple]] = []
+
+    def transaction(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def execute(self, sql: str, params: tuple = ()) -> Any:
+        self.statements.append((sql, params))
+        return types.SimpleNamespace(fetchone=lambda: (7,))
+
+
+@pytest.fixture
+def embedding_server_double() -> Iterator[tuple[str, list[dict]]]:
+    """An OpenAI-style /v1/embeddings that answers [0.6, 0.8] from model "double-minilm"."""
+    from http.server import BaseHTTPRequestHandler
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps({"model": "double-minilm", "data": [{"embedding": [0.6, 0.8]}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/embeddings", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _engine_with(embedder_url: str | None, **changes: Any) -> tuple[Engine, ConnectionDouble]:
+    engine = Engine(_config(embedder_url=embedder_url, embedder_model="", **changes))
+    conn = ConnectionDouble()
+    engine.local.conn = conn
+    return engine, conn
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_text_is_embedded_by_the_server_and_its_model_recorded(embedding_server_double) -> None:
+    url, received = embedding_server_double
+    engine, conn = _engine_with(url)
+    assert engine.store({"content": "apple pie"}) == 7
+    insert = conn.statements[0][1]
+    assert insert[2] == "[0.6,0.8]" and insert[3] == "double-minilm"
+    # No model named by the engine: the server embeds with its own (a renamed model still works).
+    assert received == [{"input": "apple pie"}]
+
+
+def test_a_memory_is_kept_when_the_embedding_server_is_down() -> None:
+    engine, conn = _engine_with(f"http://127.0.0.1:{_closed_port()}/v1/embeddings")
+    assert engine.store({"content": "kept anyway"}) == 7
+    insert = conn.statements[0][1]
+    assert insert[0] == "kept anyway"
+    assert insert[2] is None and insert[3] is None  # left to the vector indexer
+    assert "actr_engine_embeddings_deferred_total 1" in engine.metrics.text()
+
+
+def test_a_text_cue_fails_loudly_when_the_embedding_server_is_down() -> None:
+    engine, _ = _engine_with(f"http://127.0.0.1:{_closed_port()}/v1/embeddings")
+    with pytest.raises(OSError):
+        engine.retrieve({"cue": "apples"})

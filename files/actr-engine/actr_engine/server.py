@@ -12,7 +12,9 @@ open (monitoring reads them); the engine does not start without a token.
 - ``GET /metrics``: Prometheus text (requests, errors, retrieval latency histogram).
 - ``POST /chunks`` ``{"content": str, "metadata"?: {}, "embedding"?: [float]}``: stores a
   chunk (its creation is its first access); without an embedding it is fetched from the
-  embedding server when one is configured, else left to the vector indexer. 201 ``{"id"}``.
+  embedding server when one is configured, else left to the vector indexer; so is one whose
+  server does not answer (the memory is kept, ``actr_engine_embeddings_deferred_total``
+  counts it). 201 ``{"id"}``.
 - ``POST /retrieve`` ``{"cue"?: str, "embedding"?: [float], "limit"?: int, "threshold"?: float}``:
   the ``ACTR_CANDIDATES`` nearest chunks by cosine distance (pgvector's HNSW index), ranked
   by ACT-R activation (``activation.py``); the chunks returned are recorded as accessed
@@ -23,7 +25,8 @@ Configuration, from the environment (the systemd unit's drop-in):
 the password), the password from the systemd credential ``db-password`` (or
 ``ACTR_DATABASE_PASSWORD_FILE``), ``ACTR_DECAY`` (0.5), ``ACTR_MISMATCH_PENALTY`` (1.0),
 ``ACTR_THRESHOLD`` (empty: none), ``ACTR_CANDIDATES`` (20), ``ACTR_EMBEDDER_URL`` (empty: the
-caller gives embeddings), ``ACTR_EMBEDDER_MODEL``, ``ACTR_MAX_BODY``, ``ACTR_CLIENT_TIMEOUT``.
+caller gives embeddings), ``ACTR_EMBEDDER_MODEL`` (empty: the server's own), ``ACTR_MAX_BODY``,
+``ACTR_CLIENT_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class Config:
             threshold=float(threshold) if threshold else None,
             candidates=int(env.get("ACTR_CANDIDATES", "20")),
             embedder_url=env.get("ACTR_EMBEDDER_URL", "").strip() or None,
-            embedder_model=env.get("ACTR_EMBEDDER_MODEL", "all-MiniLM-L6-v2"),
+            embedder_model=env.get("ACTR_EMBEDDER_MODEL", "").strip(),
             api_token=token or None,
             max_body=int(env.get("ACTR_MAX_BODY", str(1024 * 1024))),
             client_timeout=float(env.get("ACTR_CLIENT_TIMEOUT", "10")),
@@ -157,6 +160,11 @@ class Metrics:
         self.buckets = [0] * len(BUCKETS)
         self.count = 0
         self.total = 0.0
+        self.deferred = 0
+
+    def embedding_deferred(self) -> None:
+        with self.lock:
+            self.deferred += 1
 
     def request(self, path: str, status: int) -> None:
         with self.lock:
@@ -189,6 +197,12 @@ class Metrics:
             lines.append(f'actr_engine_retrieval_seconds_bucket{{le="+Inf"}} {self.count}')
             lines.append(f"actr_engine_retrieval_seconds_sum {self.total}")
             lines.append(f"actr_engine_retrieval_seconds_count {self.count}")
+            lines += [
+                "# HELP actr_engine_embeddings_deferred_total Memories stored without their"
+                " embedding because the embedding server did not answer (the indexer embeds them).",
+                "# TYPE actr_engine_embeddings_deferred_total counter",
+                f"actr_engine_embeddings_deferred_total {self.deferred}",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -248,15 +262,21 @@ class Engine:
                 conn.close()
             return False
 
-    def embed(self, text: str) -> list[float]:
+    def embed(self, text: str) -> tuple[list[float], str]:
+        """The text's embedding and the model that made it (the server's answer names it)."""
         if not self.config.embedder_url:
             raise BadRequest("no embedding given and no embedding server configured")
-        body = json.dumps({"input": text, "model": self.config.embedder_model}).encode()
+        request_body: dict[str, Any] = {"input": text}
+        if self.config.embedder_model:  # else the server's own model
+            request_body["model"] = self.config.embedder_model
+        body = json.dumps(request_body).encode()
         request = urllib.request.Request(
             self.config.embedder_url, body, {"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)["data"][0]["embedding"]
+            answer = json.load(response)
+        model = answer.get("model") or self.config.embedder_model or "embedding-server"
+        return answer["data"][0]["embedding"], model
 
     def store(self, payload: dict[str, Any]) -> int:
         content = payload.get("content")
@@ -268,7 +288,13 @@ class Engine:
         embedding = payload.get("embedding")
         model = payload.get("embedding_model") or ("caller" if embedding else None)
         if embedding is None and self.config.embedder_url:
-            embedding, model = self.embed(content), self.config.embedder_model
+            try:
+                embedding, model = self.embed(content)
+            except OSError as error:
+                # The memory matters more than its embedding now: keep it; the vector indexer
+                # embeds it (WHERE embedding IS NULL) once the server answers again.
+                log.warning("embedding server: %s; memory stored, the indexer embeds it", error)
+                self.metrics.embedding_deferred()
         vector = vector_text(embedding) if embedding is not None else None
         conn = self.connection()
         with conn.transaction():
@@ -288,7 +314,7 @@ class Engine:
             cue = payload.get("cue")
             if not isinstance(cue, str) or not cue:
                 raise BadRequest("give a cue (text) or its embedding")
-            embedding = self.embed(cue)
+            embedding, _ = self.embed(cue)
         limit = payload.get("limit", 1)
         if not isinstance(limit, int) or not 1 <= limit <= self.config.candidates:
             raise BadRequest(f"limit must be a whole number from 1 to {self.config.candidates}")

@@ -304,6 +304,8 @@ def _serial(seed: str, label: str) -> int:
 PURPOSES = {
     "pgbackrest": ("", "homelab-as-code pgBackRest CA", False),
     "postgresql": ("postgresql ", "homelab-as-code memory store CA", True),
+    # The WAL receivers' spool (tasks/common/wal_stream.py): server and client, like pgBackRest's.
+    "wal-spool": ("wal-spool ", "homelab-as-code WAL spool CA", True),
 }
 
 
@@ -346,7 +348,7 @@ def host_tls(
         .sign(ca_key, digest, **signing)
     )
     usages = [ExtendedKeyUsageOID.SERVER_AUTH]
-    if purpose == "pgbackrest":
+    if purpose in ("pgbackrest", "wal-spool"):
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     names: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName(f"{name}.{domain}")]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]

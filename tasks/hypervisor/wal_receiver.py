@@ -138,9 +138,10 @@ def wal_receiver() -> None:
         home=f"/var/lib/{USER}",
         shell="/usr/sbin/nologin",
     )
-    files.directory(
-        name="Received WAL directory", path=directory, user=USER, group=USER, mode="700"
-    )
+    for path, mode in ((directory.rsplit("/", 1)[0], "750"), (directory, "700")):
+        files.directory(
+            name=f"Received WAL directory {path}", path=path, user=USER, group=USER, mode=mode
+        )
     files.directory(name="WAL receiver configuration", path=CONFIG_DIR, mode="755")
     receiver_inputs = _receiver_files(store)
     spool_inputs = _spool_files()
@@ -182,7 +183,7 @@ def _receiver_files(store: Any) -> list[OperationMeta]:
         ),
         secret_file(
             name="The replication login (libpq passfile, root-only, a systemd credential)",
-            content=Secret(f"{address}:{PORT}:replication:{ROLE}:{password}\n"),
+            content=Secret(f"{address}:{PORT}:*:{ROLE}:{password}\n"),
             dest=f"{CONFIG_DIR}/pgpass",
         ),
         files.put(

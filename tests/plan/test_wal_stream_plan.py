@@ -45,7 +45,7 @@ def test_each_receiver_streams_synchronously_with_its_own_slot(
     )
     assert "Restart=always" in unit and f"RequiresMountsFor={directory}" in unit
     assert "LoadCredential=pgpass:/etc/homelab/wal-receiver/pgpass" in unit
-    assert "PGPASSFILE=%d/pgpass" in unit
+    assert "PrivateTmp=yes" in unit  # the runner's private copy of the passfile
     # The release's own client is new enough for ageis-node's PostgreSQL 16 (Debian 13: 17).
     packages = full.op(receiver, f"PostgreSQL {client} client").commands
     assert any(f"postgresql-client-{client}" in c for c in packages), packages
@@ -55,7 +55,7 @@ def test_each_receiver_streams_synchronously_with_its_own_slot(
     assert "rm " not in runner and "-delete" not in runner
     passfile = full.upload(receiver, "/etc/homelab/wal-receiver/pgpass")
     password = PLAN_SECRETS["memory_store_wal_receiver_password"]
-    assert passfile == f"192.168.1.20:5432:replication:wal_receiver:{password}\n"
+    assert passfile == f"192.168.1.20:5432:*:wal_receiver:{password}\n"
     # The receiver verifies the server against the memory store's CA, the one the store serves.
     ca = full.upload(NODE, "/etc/postgresql/16/main/homelab-tls/ca.crt")
     assert full.upload(receiver, "/etc/homelab/wal-receiver/postgresql-ca.crt") == ca

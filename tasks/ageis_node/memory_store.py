@@ -103,8 +103,9 @@ BOOTSTRAP_SCRIPT = "/usr/local/sbin/memory-store-bootstrap"
 CONFIG_DIR = "/etc/homelab/memory-store"
 SCHEMA_FILE = f"{CONFIG_DIR}/schema.sql"
 ENV_FILE = f"{CONFIG_DIR}/memory-store.env"
-# The restore's client certificate for the WAL receivers' spools (postgres reads it).
-SPOOL_TLS_DIR = f"{CONFIG_DIR}/wal-spool"
+# What the restore's WAL fetch reads as postgres (CONFIG_DIR is root's): its settings and the
+# client certificate for the WAL receivers' spools.
+WAL_FETCH_DIR = "/etc/homelab/memory-store-wal-fetch"
 # Under the cluster's config directory: the server's certificate, key and the clients' CA.
 TLS_SUBDIR = "homelab-tls"
 # node-exporter's textfile collector directory (Debian's prometheus-node-exporter reads it).
@@ -642,7 +643,7 @@ def _bootstrap(cluster: Cluster, backup: Archiving) -> None:
         dest=WAL_FETCH_SCRIPT,
         mode="755",
     )
-    _spool_client_tls()
+    _wal_fetch_files(backup.stanza)
     files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
     if not cluster.exists:
         server.shell(
@@ -651,26 +652,33 @@ def _bootstrap(cluster: Cluster, backup: Archiving) -> None:
         )
 
 
-def _spool_client_tls() -> None:
-    """The restore's client certificate for the WAL receivers' spools, postgres' only."""
+def _wal_fetch_files(stanza: str) -> None:
+    """The restore's WAL fetch: its settings and client certificate, postgres' only."""
     tls = spool_tls(host)
     files.directory(
-        name="WAL spool client TLS directory", path=SPOOL_TLS_DIR, user="postgres",
+        name="WAL fetch directory (settings, client TLS)", path=WAL_FETCH_DIR, user="postgres",
         group="postgres", mode="700",
     )  # fmt: skip
-    for name, text in (("ca.crt", tls.ca_cert), ("client.crt", tls.cert)):
+    receivers_words = " ".join(f"{n}={a}" for n, a in wal_receivers())
+    settings = (
+        "# Managed by homelab-as-code (memory_store.py): local changes are overwritten.\n"
+        "# Read by memory-store-wal-fetch, the restore's restore_command.\n"
+        f"PGBACKREST_STANZA={stanza}\nWAL_RECEIVERS='{receivers_words}'\n"
+        f"WAL_SPOOL_PORT={SPOOL_PORT}\n"
+    )
+    for name, text in (("fetch.env", settings), ("ca.crt", tls.ca_cert), ("client.crt", tls.cert)):
         files.put(
-            name=f"WAL spool client TLS {name}",
+            name=f"WAL fetch {name}",
             src=StringIO(text),
-            dest=f"{SPOOL_TLS_DIR}/{name}",
+            dest=f"{WAL_FETCH_DIR}/{name}",
             user="postgres",
             group="postgres",
             mode="644",
         )
     secret_file(
-        name="WAL spool client TLS client.key",
+        name="WAL fetch client.key",
         content=Secret(tls.key),
-        dest=f"{SPOOL_TLS_DIR}/client.key",
+        dest=f"{WAL_FETCH_DIR}/client.key",
         user="postgres",
         group="postgres",
         mode="600",

@@ -70,7 +70,7 @@ def test_the_spool_is_served_to_the_store_only(full: Plan) -> None:
     # The store's client certificate and the receiver's CA come from the same WAL spool CA,
     # not the memory store's or pgBackRest's.
     ca = full.upload("pve", "/etc/homelab/wal-receiver/spool-ca.crt")
-    assert full.upload(NODE, "/etc/homelab/memory-store/wal-spool/ca.crt") == ca
+    assert full.upload(NODE, "/etc/homelab/memory-store-wal-fetch/ca.crt") == ca
     assert ca != full.upload(NODE, "/etc/postgresql/16/main/homelab-tls/ca.crt")
     assert ca != full.upload(NODE, "/etc/pgbackrest/tls/ca.crt")
 
@@ -78,7 +78,10 @@ def test_the_spool_is_served_to_the_store_only(full: Plan) -> None:
 def test_the_store_restores_through_the_receivers(full: Plan) -> None:
     env = full.upload(NODE, "/etc/homelab/memory-store/memory-store.env")
     assert "WAL_RECEIVERS='walrcv_embedder=192.168.1.30 walrcv_pve=192.168.1.10'" in env
-    assert "WAL_SPOOL_PORT=8433" in env
+    # The fetch runs as postgres: its own settings, out of the root-only directory.
+    fetch_env = full.upload(NODE, "/etc/homelab/memory-store-wal-fetch/fetch.env")
+    assert "WAL_RECEIVERS='walrcv_embedder=192.168.1.30 walrcv_pve=192.168.1.10'" in fetch_env
+    assert "PGBACKREST_STANZA=memory" in fetch_env and "WAL_SPOOL_PORT=8433" in fetch_env
     fetch = full.upload(NODE, "/usr/local/sbin/memory-store-wal-fetch")
     assert "archive-get" in fetch and ".partial" in fetch
     bootstrap = full.upload(NODE, "/usr/local/sbin/memory-store-bootstrap")

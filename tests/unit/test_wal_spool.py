@@ -116,14 +116,14 @@ def fetch(
     os.replace(tls_dir / "ageis-node.key", tls_dir / "client.key")
     ports = ports or {name: r.port for name, r in receivers.items()}
     words = " ".join(f"walrcv_{name}=127.0.0.1:{port}" for name, port in ports.items())
-    env_file = tmp_path / "memory-store.env"
+    env_file = tls_dir / "fetch.env"
     env_file.write_text(f"PGBACKREST_STANZA=memory\nWAL_RECEIVERS='{words}'\n{extra}")
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     dest.parent.mkdir(exist_ok=True)
     result = subprocess.run(
         ["python3", str(FETCH), name, str(dest)],
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-             "MEMORY_STORE_ENV": str(env_file), "WAL_SPOOL_TLS_DIR": str(tls_dir)},
+             "WAL_FETCH_DIR": str(tls_dir)},
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     return result.returncode, result.stderr, dest
@@ -177,6 +177,14 @@ def test_a_receiver_that_does_not_answer_stops_the_recovery(
         tmp_path, receivers, SEGMENT, ports=ports, extra="WAL_FETCH_WITHOUT_RECEIVERS=1\n"
     )
     assert code == 1
+
+
+def test_a_failure_of_its_own_stops_the_recovery(
+    tmp_path: Path, receivers: dict[str, Receiver]
+) -> None:
+    # A settings line it cannot read (a word without "="): its own error, not "not found".
+    code, messages, _ = fetch(tmp_path, receivers, SEGMENT, extra="WAL_RECEIVERS='broken'\n")
+    assert code == 127 and "the recovery stops" in messages
 
 
 def test_an_archive_error_stops_the_recovery(

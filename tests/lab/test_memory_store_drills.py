@@ -428,6 +428,7 @@ def test_receiver_outages_never_lose_or_unreplicate_a_commit(store: None) -> Non
             acked_with_one = writer.acked_since(away)
         finally:
             ssh(REPO_HOST, f"systemctl start {RECEIVER_UNIT}")
+            one_away = time.time() - away
         wait_streaming("walrcv_pve")
         for receiver in RECEIVERS.values():
             ssh(receiver, f"systemctl stop {RECEIVER_UNIT}")
@@ -447,7 +448,7 @@ def test_receiver_outages_never_lose_or_unreplicate_a_commit(store: None) -> Non
     missing = lost(writer.log)
     record(
         "receiver-outage",
-        one_away_s=round(time.time() - away, 1),
+        one_away_s=round(one_away, 1),
         alert_fired_after_s=round(alert_after, 1),
         acked_with_one_receiver=acked_with_one,
         acked_with_none=acked_with_none,

@@ -67,6 +67,7 @@ from tasks.hypervisor.proxmox_guests import proxmox_guests
 from tasks.hypervisor.proxmox_storage import proxmox_storages
 from tasks.hypervisor.proxmox_ve import proxmox_ve
 from tasks.hypervisor.storage_pools import storage_pools
+from tasks.hypervisor.wal_receiver import wal_receiver
 from tasks.services.dns_resolver import dns_resolver
 from tasks.services.monitoring import monitoring
 
@@ -129,6 +130,7 @@ ROLES: dict[str, tuple[Task, ...]] = {
             (proxmox_api_check, proxmox_storages, proxmox_guests, proxmox_backup_job),
         ),
         pgbackrest_repository,
+        wal_receiver,  # retries until the memory store answers (a first install)
         guest_restore_test,
     ),
     AGEIS_NODE: (
@@ -140,7 +142,7 @@ ROLES: dict[str, tuple[Task, ...]] = {
         actr_engine,
         openclaw_pipeline,
     ),
-    EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, tts),
+    EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, wal_receiver, tts),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
     # Monitoring is given the table's port lookup, so its module need not import this one.

@@ -44,6 +44,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from io import StringIO
@@ -73,6 +74,15 @@ from tasks.common.pgbackrest import HostTls, host_tls, tls_seed
 from tasks.common.ports import Port
 from tasks.common.secret_files import secret_file
 from tasks.common.templating import file_path, template_path
+from tasks.common.wal_stream import PASSWORD_SECRET as WAL_PASSWORD_SECRET
+from tasks.common.wal_stream import ROLE as WAL_ROLE
+from tasks.common.wal_stream import (
+    SPOOL_PORT,
+    application_name,
+    receivers,
+    spool_tls,
+    standby_names,
+)
 
 # The distribution's PostgreSQL major, by (os-release ID, VERSION_ID).
 DISTRIBUTION_MAJOR = {("ubuntu", "24.04"): 16, ("debian", "13"): 17, ("debian", "12"): 15}
@@ -82,14 +92,20 @@ DISTRIBUTION_MAJOR_BY_OS = {"ubuntu-24.04": 16, "debian-13": 17, "debian-12": 15
 DATABASE = "memory_store"
 OWNER = "memory_owner"
 CLIENT_ROLES = ("actr_engine", "vector_indexer")
+# Login roles with REPLICATION and no database access: the WAL receivers'.
+REPLICATION_ROLES = (WAL_ROLE,)
 TABLES = ("memory_chunk", "memory_access")
 PORT = 5432
 INTEGRITY_UNIT = "memory-store-integrity.service"
 INTEGRITY_SCRIPT = "/usr/local/sbin/memory-store-integrity"
+WAL_FETCH_SCRIPT = "/usr/local/sbin/memory-store-wal-fetch"
 BOOTSTRAP_SCRIPT = "/usr/local/sbin/memory-store-bootstrap"
 CONFIG_DIR = "/etc/homelab/memory-store"
 SCHEMA_FILE = f"{CONFIG_DIR}/schema.sql"
 ENV_FILE = f"{CONFIG_DIR}/memory-store.env"
+# What the restore's WAL fetch reads as postgres (CONFIG_DIR is root's): its settings and the
+# client certificate for the WAL receivers' spools.
+WAL_FETCH_DIR = "/etc/homelab/memory-store-wal-fetch"
 # Under the cluster's config directory: the server's certificate, key and the clients' CA.
 TLS_SUBDIR = "homelab-tls"
 # node-exporter's textfile collector directory (Debian's prometheus-node-exporter reads it).
@@ -162,6 +178,23 @@ DATA = Schema(
         (AGEIS_NODE,),
     ),
     Key(
+        "memory_store_synchronous_receivers",
+        Int(1, 10),
+        1,
+        "WAL receivers (wal_receiver hosts) that must have flushed a commit before it is"
+        " acknowledged (synchronous_standby_names = 'ANY n (...)'). With none reachable,"
+        " commits wait: they are never acknowledged unreplicated.",
+        (AGEIS_NODE,),
+    ),
+    Key(
+        "memory_store_slot_wal_keep",
+        Size(minimum=1024**3),
+        "16G",
+        "At most this much WAL is kept for a receiver that is away (max_slot_wal_keep_size);"
+        " past it, its slot is given up and its WAL must be re-streamed from the archive.",
+        (AGEIS_NODE,),
+    ),
+    Key(
         "memory_embedding_dimensions",
         Int(1, 2000),
         384,
@@ -183,6 +216,13 @@ SECRETS = (
         "password of the vector_indexer role of the memory store (any long random string)",
         "password",
     ),
+    SecretSpec(
+        WAL_PASSWORD_SECRET,
+        (AGEIS_NODE, HYPERVISOR, EMBEDDER),
+        "password of the wal_receiver replication role the WAL receivers log in with (any long"
+        " random string)",
+        "password",
+    ),
 )
 
 PORTS = (
@@ -191,7 +231,8 @@ PORTS = (
         "tcp",
         "postgresql",
         probe="tcp",
-        consumers=(EMBEDDER,),
+        # The vector indexer (embedder) and the WAL receivers (hypervisor, embedder).
+        consumers=(EMBEDDER, HYPERVISOR),
         extra_sources=lambda data: [
             f"{c['address']}/32" for c in (data.get("postgresql_extra_clients") or [])
         ],
@@ -262,7 +303,7 @@ class MemoryStoreState(FactBase[dict[str, Any] | None]):
             f"SELECT rolname || ':' || split_part({scram}, ':', 1) || ':'"
             f" || split_part({scram}, ':', 2) || ':'"
             " || encode(sha256(convert_to(rolpassword, 'UTF8')), 'hex') FROM pg_authid"
-            f" WHERE rolname IN ({', '.join(repr(r) for r in CLIENT_ROLES)})"
+            f" WHERE rolname IN ({', '.join(repr(r) for r in CLIENT_ROLES + REPLICATION_ROLES)})"
             " AND rolpassword LIKE 'SCRAM-SHA-256$%' ORDER BY 1"
         )
         return (
@@ -404,12 +445,37 @@ def hba_clients(extra: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return sorted(set(clients))
 
 
+def wal_receivers() -> list[tuple[str, str]]:
+    """(application name, LAN address) of each of the inventory's WAL receivers."""
+    return [
+        (application_name(target.name), str(MACHINE.read(target).lan_address))
+        for target in receivers()
+    ]
+
+
+def replication_clients() -> list[tuple[str, str]]:
+    """(role, CIDR) pg_hba admits to streaming replication: the receivers' addresses."""
+    return sorted({(WAL_ROLE, f"{address}/32") for _, address in wal_receivers()})
+
+
+def synchronous_settings(settings: Any) -> dict[str, Any] | None:
+    """synchronous_standby_names and the slots' WAL cap, or None without receivers."""
+    names = [name for name, _ in wal_receivers()]
+    if not names:
+        return None
+    return {
+        "names": standby_names(names, settings.memory_store_synchronous_receivers),
+        "keep": settings.memory_store_slot_wal_keep // 1024**2,
+    }
+
+
 def verifiers(stored: Mapping[str, Any]) -> dict[str, str]:
-    """Each client role's verifier: the stored one while its password matches, else new."""
+    """Each login role's verifier: the stored one while its password matches, else new."""
     secrets = load_secrets()
+    roles = CLIENT_ROLES + REPLICATION_ROLES
     missing = [
         f"memory_store_{role}_password"
-        for role in CLIENT_ROLES
+        for role in roles
         if f"memory_store_{role}_password" not in secrets
     ]
     if missing:
@@ -421,7 +487,7 @@ def verifiers(stored: Mapping[str, Any]) -> dict[str, str]:
         role: kept_or_new_verifier(
             secrets[f"memory_store_{role}_password"].reveal(), stored.get(role)
         )
-        for role in CLIENT_ROLES
+        for role in roles
     }
 
 
@@ -433,7 +499,8 @@ def render_schema(dimensions: int, role_verifiers: Mapping[str, str]) -> str:
         database=DATABASE,
         owner=OWNER,
         dimensions=dimensions,
-        verifiers=role_verifiers,
+        verifiers={r: v for r, v in role_verifiers.items() if r in CLIENT_ROLES},
+        replication={r: v for r, v in role_verifiers.items() if r in REPLICATION_ROLES},
         digest="@DIGEST@",
     )
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
@@ -561,14 +628,61 @@ def _bootstrap(cluster: Cluster, backup: Archiving) -> None:
         database=DATABASE,
         tables=" ".join(TABLES),
         textfile_dir=TEXTFILE_DIR,
-        extra={"PGBACKREST_STANZA": backup.stanza, "RESTORE_SCRATCH": backup.scratch},
+        extra={
+            "PGBACKREST_STANZA": backup.stanza,
+            "RESTORE_SCRATCH": backup.scratch,
+            # name=address of each WAL receiver (the restore's WAL after the archive's).
+            "WAL_RECEIVERS": shlex.quote(" ".join(f"{n}={a}" for n, a in wal_receivers())),
+            "WAL_SPOOL_PORT": SPOOL_PORT,
+            "WAL_FETCH": WAL_FETCH_SCRIPT,
+        },
     )
+    files.put(
+        name="Install the restore's WAL fetch (the archive, then the WAL receivers)",
+        src=file_path("memory-store-wal-fetch"),
+        dest=WAL_FETCH_SCRIPT,
+        mode="755",
+    )
+    _wal_fetch_files(backup.stanza)
     files.directory(name="node-exporter textfile directory", path=TEXTFILE_DIR, mode="755")
     if not cluster.exists:
         server.shell(
             name=f"Create cluster {major}/main with checksums (or restore it from the backups)",
             commands=[BOOTSTRAP_SCRIPT],
         )
+
+
+def _wal_fetch_files(stanza: str) -> None:
+    """The restore's WAL fetch: its settings and client certificate, postgres' only."""
+    tls = spool_tls(host)
+    files.directory(
+        name="WAL fetch directory (settings, client TLS)", path=WAL_FETCH_DIR, user="postgres",
+        group="postgres", mode="700",
+    )  # fmt: skip
+    receivers_words = " ".join(f"{n}={a}" for n, a in wal_receivers())
+    settings = (
+        "# Managed by homelab-as-code (memory_store.py): local changes are overwritten.\n"
+        "# Read by memory-store-wal-fetch, the restore's restore_command.\n"
+        f"PGBACKREST_STANZA={stanza}\nWAL_RECEIVERS='{receivers_words}'\n"
+        f"WAL_SPOOL_PORT={SPOOL_PORT}\n"
+    )
+    for name, text in (("fetch.env", settings), ("ca.crt", tls.ca_cert), ("client.crt", tls.cert)):
+        files.put(
+            name=f"WAL fetch {name}",
+            src=StringIO(text),
+            dest=f"{WAL_FETCH_DIR}/{name}",
+            user="postgres",
+            group="postgres",
+            mode="644",
+        )
+    secret_file(
+        name="WAL fetch client.key",
+        content=Secret(tls.key),
+        dest=f"{WAL_FETCH_DIR}/client.key",
+        user="postgres",
+        group="postgres",
+        mode="600",
+    )
 
 
 def server_addresses(target: Any, tailnet: Any) -> tuple[str, ...]:
@@ -639,6 +753,7 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
         tls_dir=f"{conf_dir}/{TLS_SUBDIR}",
         max_connections=settings.postgresql_max_connections,
         archive={"stanza": backup.stanza, "timeout": backup.timeout},
+        synchronous=synchronous_settings(settings),
         sizes=sizing(
             _ram(settings.postgresql_memory),
             settings.postgresql_memory_percent,
@@ -654,6 +769,7 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
         mode="640",
         database=DATABASE,
         clients=hba_clients(settings.postgresql_extra_clients),
+        replication_clients=replication_clients(),
     )
     mounts = files.template(
         name=f"{unit} needs its data directory's mount",
@@ -715,7 +831,12 @@ def _apply_schema(cluster: Cluster) -> None:
     )
     server.shell(
         name="Apply the memory store schema and roles (psql -f as postgres)",
-        commands=[f"runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -f - < {SCHEMA_FILE}"],
+        # Committed locally, not waiting for a WAL receiver: the schema comes from the repository
+        # (no memory is in it), and a rollout must not hang while the receivers are away.
+        commands=[
+            "runuser -u postgres -- env PGOPTIONS='-c synchronous_commit=local'"
+            f" psql -X -q -v ON_ERROR_STOP=1 -f - < {SCHEMA_FILE}"
+        ],
         _if=lambda: schema.did_change() or not current,
     )
     systemd.service(

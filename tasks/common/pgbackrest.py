@@ -304,6 +304,8 @@ def _serial(seed: str, label: str) -> int:
 PURPOSES = {
     "pgbackrest": ("", "homelab-as-code pgBackRest CA", False),
     "postgresql": ("postgresql ", "homelab-as-code memory store CA", True),
+    # The WAL receivers' spool (tasks/common/wal_stream.py): server and client, like pgBackRest's.
+    "wal-spool": ("wal-spool ", "homelab-as-code WAL spool CA", True),
 }
 
 
@@ -330,7 +332,7 @@ def host_tls(
     signing = {"ecdsa_deterministic": True} if ecdsa else {}
     ca_key = _derived_key(seed, f"{prefix}ca", ecdsa)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_common_name)])
-    ca = (
+    ca_builder = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
@@ -343,15 +345,22 @@ def host_tls(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
-        .sign(ca_key, digest, **signing)
     )
+    # Key identifiers: Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a chain
+    # without them. Only on the newer purposes, so existing certificates stay as they are.
+    key_ids = purpose == "wal-spool"
+    if key_ids:
+        ca_builder = ca_builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+    ca = ca_builder.sign(ca_key, digest, **signing)
     usages = [ExtendedKeyUsageOID.SERVER_AUTH]
-    if purpose == "pgbackrest":
+    if purpose in ("pgbackrest", "wal-spool"):
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     names: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName(f"{name}.{domain}")]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     key = _derived_key(seed, f"{prefix}host {name}", ecdsa)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_name)
@@ -362,8 +371,13 @@ def host_tls(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, digest, **signing)
     )
+    if key_ids:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    cert = builder.sign(ca_key, digest, **signing)
     pem = serialization.Encoding.PEM
     return HostTls(
         ca_cert=ca.public_bytes(pem).decode(),

@@ -89,7 +89,14 @@ def test_settings_sized_from_ram_listen_and_hba(plan_of, fleet) -> None:
         ["host", "memory_store", "actr_engine", "127.0.0.1/32", "scram-sha-256"],
         ["host", "memory_store", "actr_engine", "::1/128", "scram-sha-256"],
         ["hostssl", "memory_store", "vector_indexer", "192.168.1.30/32", "scram-sha-256"],
+        # The WAL receivers (pve, embedder): replication only, no database.
+        ["hostssl", "replication", "wal_receiver", "192.168.1.10/32", "scram-sha-256"],
+        ["hostssl", "replication", "wal_receiver", "192.168.1.30/32", "scram-sha-256"],
     ]
+    # A commit is acknowledged once one of the two receivers has flushed it too.
+    assert 'synchronous_standby_names = \'ANY 1 ("walrcv_embedder", "walrcv_pve")\'' in conf
+    assert "synchronous_commit = on" in conf
+    assert "max_slot_wal_keep_size = '16384MB'" in conf
 
 
 def test_network_clients_get_tls_with_a_certificate_of_the_stores_own_ca(plan_of, fleet) -> None:
@@ -148,9 +155,14 @@ def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:
     assert "embedding vector(384) NULL" in sql
     apply = result.op(NODE, "Apply the memory store schema")
     assert apply.commands == [
-        "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -f -"
-        " < /etc/homelab/memory-store/schema.sql"
+        "runuser -u postgres -- env PGOPTIONS='-c synchronous_commit=local'"
+        " psql -X -q -v ON_ERROR_STOP=1 -f - < /etc/homelab/memory-store/schema.sql"
     ]
+    # The WAL receivers' role: replication, no database (no CONNECT grant names it).
+    receiver = sql_verifiers(sql)["wal_receiver"]
+    assert verifier_checks(receiver, PLAN_SECRETS["memory_store_wal_receiver_password"])
+    assert "ALTER ROLE wal_receiver LOGIN REPLICATION NOSUPERUSER" in sql
+    assert not [line for line in sql.splitlines() if "GRANT" in line and "wal_receiver" in line]
 
 
 def sql_verifiers(sql: str) -> dict[str, str]:
@@ -248,7 +260,7 @@ def test_converged_store_keeps_its_verifiers_and_schema(plan_of, fleet) -> None:
 
     verifiers = {
         r: scram_verifier(PLAN_SECRETS[f"memory_store_{r}_password"])
-        for r in ("actr_engine", "vector_indexer")
+        for r in ("actr_engine", "vector_indexer", "wal_receiver")
     }
     sql = render_schema(384, verifiers)
     machine = fleet[NODE]

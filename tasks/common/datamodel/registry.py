@@ -48,6 +48,7 @@ TASK_MODULES = (
     "tasks.ageis_node.snapshot_guard",
     "tasks.ageis_node.memory_store",
     "tasks.common.pgbackrest",
+    "tasks.common.wal_stream",
     "tasks.hypervisor.proxmox_storage",
     "tasks.hypervisor.proxmox_guests",
     "tasks.hypervisor.proxmox_backup",

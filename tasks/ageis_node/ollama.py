@@ -1,7 +1,9 @@
 """Ollama on ageis-node: a pinned, verified release, its service and the models of the data.
 
-The release (``ollama_version``) is installed the documented way: ``ollama-linux-amd64.tgz``,
-plus ``ollama-linux-amd64-rocm.tgz`` on a host whose data declares an AMD GPU, downloaded from
+The release (``ollama_version``) is installed the documented way: ``ollama-linux-amd64.tar.zst``,
+plus ``ollama-linux-amd64-rocm.tar.zst`` on a host whose data declares an AMD GPU (releases
+since 0.14 publish their Linux archives as .tar.zst only; .tgz names still work for older
+ones), downloaded from
 ``ollama_release_url``, each checked against its SHA-256 (``ollama_sha256`` pins it; an archive
 not pinned there is checked against the ``sha256sum.txt`` the release publishes), the old
 libraries removed and the archives unpacked into ``/usr`` (``files/install-ollama``). The
@@ -62,18 +64,19 @@ DROP_IN = f"{DROP_IN_DIR}/homelab.conf"
 INSTALLER = "/usr/local/sbin/install-ollama"
 WAIT = "/usr/local/sbin/wait-for-http"
 API = f"http://127.0.0.1:{PORT}"
-BASE_ARCHIVE = "ollama-linux-amd64.tgz"
-ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tgz"
+# Linux archives are .tar.zst from Ollama 0.14 on (the release workflow builds no .tgz).
+BASE_ARCHIVE = "ollama-linux-amd64.tar.zst"
+ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tar.zst"
 
 # No authentication of its own: on loopback only, for this host's clients (actr-engine, the
 # pipeline); probed on the host.
 PORTS = (Port(PORT, "tcp", "ollama", probe="http:/api/version", loopback=True),)
 BIND = "127.0.0.1"
 
-VERSION = Str(r"[0-9]+\.[0-9]+\.[0-9]+(-rc[0-9]+)?", what='an Ollama version such as "0.12.11"')
+VERSION = Str(r"[0-9]+\.[0-9]+\.[0-9]+(-rc[0-9]+)?", what='an Ollama version such as "0.20.7"')
 ARCHIVE = Str(
     r"ollama-linux-amd64(-rocm)?\.(tgz|tar\.zst)",
-    what='an Ollama archive name such as "ollama-linux-amd64.tgz"',
+    what='an Ollama archive name such as "ollama-linux-amd64.tar.zst"',
 )
 SHA256 = Str(r"[0-9a-f]{64}", what="a SHA-256, 64 lower-case hex digits")
 URL = Str(r"https?://[^\s]+", what='an http(s) URL such as "https://github.com/..."')
@@ -93,7 +96,13 @@ ENV_VALUE = Str(r"[^\"\\\n]*", what="a value without quotes, backslashes or newl
 
 DATA = Schema(
     "ollama",
-    Key("ollama_version", VERSION, "0.12.11", "Ollama release installed (pinned).", GROUPS),
+    Key(
+        "ollama_version",
+        VERSION,
+        "0.20.7",
+        "Ollama release installed (pinned; >= 0.18 for the R9700: its ROCm 7.2 bundle).",
+        GROUPS,
+    ),
     Key(
         "ollama_release_url",
         URL,
@@ -125,7 +134,7 @@ DATA = Schema(
     Key(
         "ollama_sha256",
         MapOf(ARCHIVE, SHA256),
-        {BASE_ARCHIVE: "fb140ea4243706d0087b0108418ee5c6f74edcebf5f14e2f289b8e36bd303d0f"},
+        {BASE_ARCHIVE: "193c41ffee30411a76af4484dae9cdd4c2d6f8f877b7096925c36f2489af131f"},
         "Pinned SHA-256 per archive of ollama_version (others: the published list).",
         GROUPS,
     ),

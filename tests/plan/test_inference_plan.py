@@ -11,7 +11,7 @@ from tests.plan.harness import Plan
 HOST = "ageis-node"
 KEYRING = "/etc/apt/keyrings/rocm.gpg"
 AMD_FINGERPRINT = "CA8BB4727A47B4D09B4EE8969386B48A1A693C5C"
-OLLAMA_SHA = "fb140ea4243706d0087b0108418ee5c6f74edcebf5f14e2f289b8e36bd303d0f"
+OLLAMA_SHA = "193c41ffee30411a76af4484dae9cdd4c2d6f8f877b7096925c36f2489af131f"
 
 
 def cause(error: BaseException) -> str:
@@ -33,16 +33,16 @@ def node(plan_of) -> Plan:
 
 
 def test_rocm_sources_are_amds_versioned_repositories_for_noble(node: Plan) -> None:
-    assert upload(node, "AMD's ROCm 7.1.1 apt sources").splitlines()[4:] == [
+    assert upload(node, "AMD's ROCm 7.2.1 apt sources").splitlines()[4:] == [
         "Types: deb",
-        "URIs: https://repo.radeon.com/rocm/apt/7.1.1",
+        "URIs: https://repo.radeon.com/rocm/apt/7.2.1",
         "Suites: noble",
         "Components: main",
         "Architectures: amd64",
         f"Signed-By: {KEYRING}",
         "",
         "Types: deb",
-        "URIs: https://repo.radeon.com/amdgpu/30.20.1/ubuntu",
+        "URIs: https://repo.radeon.com/amdgpu/30.30.1/ubuntu",
         "Suites: noble",
         "Components: main",
         "Architectures: amd64",
@@ -79,7 +79,7 @@ def test_amdgpu_dkms_with_the_running_kernels_headers_and_rocm(node: Plan) -> No
         return next(i for i, name in enumerate(ops) if part in name)
 
     assert (
-        at("AMD's ROCm 7.1.1 apt sources")
+        at("AMD's ROCm 7.2.1 apt sources")
         < at("Refresh package lists for AMD's")
         < at("amdgpu-dkms, kernel headers")
     )
@@ -140,12 +140,17 @@ def test_a_model_that_cannot_fit_stops_the_run_with_numbers(plan_of) -> None:
 def test_ollama_release_is_pinned_and_verified(node: Plan) -> None:
     (install,) = node.op(HOST, "SHA-256 verified").commands
     assert install == (
-        "/usr/local/sbin/install-ollama ageis-node 0.12.11"
-        " https://github.com/ollama/ollama/releases/download/v0.12.11"
-        " https://github.com/ollama/ollama/releases/download/v0.12.11/sha256sum.txt"
+        "/usr/local/sbin/install-ollama ageis-node 0.20.7"
+        " https://github.com/ollama/ollama/releases/download/v0.20.7"
+        " https://github.com/ollama/ollama/releases/download/v0.20.7/sha256sum.txt"
         " /usr/lib/ollama/.homelab-release"
-        f" ollama-linux-amd64.tgz={OLLAMA_SHA} ollama-linux-amd64-rocm.tgz=-"
+        f" ollama-linux-amd64.tar.zst={OLLAMA_SHA} ollama-linux-amd64-rocm.tar.zst=-"
     )
+    # The .tar.zst archives need zstd, installed before the installer runs.
+    ops = [op.name for op in node.for_host(HOST)]
+    zstd = next(i for i, name in enumerate(ops) if "zstd (Ollama's .tar.zst archives)" in name)
+    assert "zstd" in " ".join(node.for_host(HOST)[zstd].commands)
+    assert zstd < next(i for i, name in enumerate(ops) if "SHA-256 verified" in name)
 
 
 def test_ollama_drop_in_carries_the_environment(node: Plan) -> None:
@@ -168,7 +173,7 @@ def test_ollama_drop_in_carries_the_environment(node: Plan) -> None:
 def test_converged_node_plans_no_install_and_no_pull(plan_of, fleet) -> None:
     machine = fleet[HOST]
     machine.files["/usr/lib/ollama/.homelab-release"] = (
-        "0.12.11 ollama-linux-amd64.tgz ollama-linux-amd64-rocm.tgz\n"
+        "0.20.7 ollama-linux-amd64.tar.zst ollama-linux-amd64-rocm.tar.zst\n"
     )
     machine.ollama_models = ["llama3.1:70b-instruct-q4_K_M"]
     result = plan_of("deploys/ageis_node.py", limit=[HOST])
@@ -177,7 +182,7 @@ def test_converged_node_plans_no_install_and_no_pull(plan_of, fleet) -> None:
     assert not any("Pull the model" in name for name in names)
 
 
-@pytest.mark.parametrize("change", ["ROCm 7.1.1 install", "Ollama 0.12.11 install"])
+@pytest.mark.parametrize("change", ["ROCm 7.2.1 install", "Ollama 0.20.7 install"])
 def test_installs_run_inside_the_snapshot_guard(node: Plan, change: str) -> None:
     names = [op.name for op in node.for_host(HOST)]
     snap = next(i for i, n in enumerate(names) if f"Snapshot VM 100 before {change}" in n)
@@ -196,10 +201,10 @@ def test_rocm_upgrade_is_guarded_and_named(plan_of, fleet) -> None:
     for name in ("linux-headers-6.8.0-86-generic", "linux-modules-extra-6.8.0-86-generic",
                  "amdgpu-dkms", "rocm-hip-runtime", "rocminfo", "amd-smi-lib"):  # fmt: skip
         machine.packages[name] = "1"
-    machine.packages["rocm-core"] = "7.1.0.70100-20~24.04"
+    machine.packages["rocm-core"] = "7.1.1.70101-38~24.04"
     result = plan_of("deploys/ageis_node.py", limit=[HOST])
-    assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.0 -> 7.1.1").conditional
-    (command,) = result.op(HOST, "Upgrade ROCm to 7.1.1").commands
+    assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.1 -> 7.2.1").conditional
+    (command,) = result.op(HOST, "Upgrade ROCm to 7.2.1").commands
     assert "--only-upgrade" in command or "install" in command
 
 

@@ -224,6 +224,14 @@ def installed_rocm_version() -> str | None:
     return ".".join(upstream.split(".")[:3])
 
 
+def driver_change_pending() -> bool:
+    """This run installs or upgrades amdgpu-dkms (a new ``rocm_version``): the new kernel
+    driver loads only at the next boot, so nothing on the GPU can be proven before it."""
+    settings = DATA.read(host)
+    packages = host.get_fact(DebPackages) or {}
+    return "amdgpu-dkms" not in packages or installed_rocm_version() != settings.rocm_version
+
+
 @deploy("ROCm", data_defaults=DATA.defaults())
 def rocm() -> None:
     settings = DATA.read(host)

@@ -228,6 +228,9 @@ def ollama_data() -> dict:
         # The main archive pinned; the ROCm one (when a GPU is declared) by the published list.
         "ollama_sha256": {ARCHIVES[0]: sha256(release / ARCHIVES[0])},
         "ollama_models": [{"name": "lab-standin:tiny", "size": "1M"}],
+        # The stand-in runs no model and probes no GPU (a container has none): the GPU proof
+        # is plan-tested (tests/plan/test_inference_plan.py) and checked on the real VM.
+        "ollama_gpu_proof": False,
     }
 
 

@@ -18,6 +18,10 @@ ollama_models = [{"name": "llama3.1:70b-instruct-q4_K_M", "size": "42G"}]
 ollama_context_length = 8192
 ollama_keep_alive = "30m"
 
+# --- PyTorch (ROCm build, in /opt/pytorch/venv) ---
+# A release PyTorch builds for ROCm 7.2 (2.11 to 2.13), from its rocm7.2 wheel index.
+pytorch_version = "2.11.0"
+
 # Data AIDE leaves out besides the pools (PostgreSQL's data and Ollama's models are there):
 # pgBackRest's WAL spool.
 file_integrity_exclude = ["/var/spool/pgbackrest"]

@@ -91,6 +91,9 @@ class Machine:
     # What OllamaDiscovery's command prints: "invocation <id>" and the discovery lines of
     # Ollama's journal since its start (empty: the unit has not run); its own parser reads it.
     ollama_discovery_output: list[str] = field(default_factory=list)
+    # What TorchInVenv's command prints: "venv" when the venv's python exists, then the torch
+    # version pip installed there ("2.11.0+rocm7.2"); empty: no venv.
+    torch_in_venv_output: list[str] = field(default_factory=list)
     # Versions apt would install (AptPolicy's candidate), by package, as the lists hold them.
     apt_candidates: dict[str, str] = field(default_factory=dict)
     # CloudInitState: "absent" (not installed), "active" (runs at boot) or "disabled".
@@ -214,6 +217,7 @@ class Machine:
                 "PciDeviceIds": self.pci_ids,
                 "OllamaModels": self.ollama_models,
                 "OllamaDiscovery": lambda kw: _ollama_discovery(self.ollama_discovery_output),
+                "TorchInVenv": lambda kw: _torch_in_venv(self.torch_in_venv_output),
                 "AptPolicy": lambda kw: {
                     "installed": self.packages.get(kw["package"]),
                     "candidate": self.apt_candidates.get(kw["package"]),
@@ -274,6 +278,13 @@ def _ollama_discovery(output: list[str]) -> Any:
     from tasks.ageis_node.ollama_discovery import OllamaDiscovery
 
     return OllamaDiscovery().process(list(output))
+
+
+def _torch_in_venv(output: list[str]) -> Any:
+    """The fact's answer from its command's output, by the fact's own ``process``."""
+    from tasks.ageis_node.pytorch import TorchInVenv
+
+    return TorchInVenv().process(list(output))
 
 
 def _now_minus(seconds: int | None) -> Any:

@@ -248,7 +248,7 @@ def test_ollama_on_the_cpu_stops_the_run_with_the_log_and_the_fix(plan_of, fleet
         "host 'ageis-node': its data declares the AMD GPU 'r9700' (AMD Radeon AI PRO R9700), but"
         " Ollama's GPU discovery since its last start found no ROCm device gfx1201:"
     )
-    # What the log said: the #13236 timeout and the CPU it fell back to.
+    # What the log said: the discovery timeout and the CPU it fell back to.
     assert (
         'msg="failure during GPU discovery" error="failed to finish discovery before timeout"'
         in text

@@ -19,6 +19,7 @@ from tasks.ageis_node.memory_store import memory_store
 from tasks.ageis_node.ollama import ollama
 from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
 from tasks.ageis_node.pgbackrest_database import memory_store_first_restore_test
+from tasks.ageis_node.pytorch import pytorch
 from tasks.ageis_node.rocm import rocm
 from tasks.ageis_node.storage_tier import storage_tier
 from tasks.base.admin_user import admin_user
@@ -138,6 +139,8 @@ ROLES: dict[str, tuple[Task, ...]] = {
         memory_store,
         rocm,
         ollama,
+        # After ROCm (its driver) and after Ollama: gigabytes of wheels do not hold up inference.
+        pytorch,
         storage_tier,
         actr_engine,
         openclaw_pipeline,

@@ -1,7 +1,9 @@
 """Ollama on ageis-node: a pinned, verified release, its service and the models of the data.
 
-The release (``ollama_version``) is installed the documented way: ``ollama-linux-amd64.tgz``,
-plus ``ollama-linux-amd64-rocm.tgz`` on a host whose data declares an AMD GPU, downloaded from
+The release (``ollama_version``) is installed the documented way: ``ollama-linux-amd64.tar.zst``,
+plus ``ollama-linux-amd64-rocm.tar.zst`` on a host whose data declares an AMD GPU (releases
+since 0.14 publish their Linux archives as .tar.zst only; .tgz names still work for older
+ones), downloaded from
 ``ollama_release_url``, each checked against its SHA-256 (``ollama_sha256`` pins it; an archive
 not pinned there is checked against the ``sha256sum.txt`` the release publishes), the old
 libraries removed and the archives unpacked into ``/usr`` (``files/install-ollama``). The
@@ -18,6 +20,14 @@ Before any model is pulled, the capacity preflight (``tasks/ageis_node/model_cap
 each model's size with the GPU's VRAM and the VM's RAM: a model that needs CPU offload is
 reported with the split and the RAM it needs; one that cannot fit stops the run with the
 numbers. Models are pulled only when ``/api/tags`` does not list them, with ollama's progress.
+
+Then the GPU proof, where an AMD GPU is declared (``ollama_gpu_proof``): Ollama's discovery at
+its last start (``ollama_discovery.py``, the unit's journal) must name a ROCm device of
+``rocm_gfx_target``. When it says CPU, or names no such device, the run stops naming the host,
+what the log said and the documented fix (the ROCm 7 kernel driver, a reboot). It is read at
+plan time when this run does not (re)start Ollama, and after the start (the API answering)
+when it does. A run that installs or upgrades amdgpu-dkms skips it with a warning: the new
+driver loads only at the next boot.
 """
 
 from __future__ import annotations
@@ -28,12 +38,16 @@ from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, python, server, systemd
 
 from tasks.ageis_node.inference_guard import guarded
 from tasks.ageis_node.model_capacity import fit, gib
-from tasks.ageis_node.rocm import GPU_GROUPS, amd_gpus
+from tasks.ageis_node.ollama_discovery import OllamaDiscovery, confirm_after_start, gpu_problem
+from tasks.ageis_node.rocm import DATA as ROCM
+from tasks.ageis_node.rocm import GPU_GROUPS, amd_gpus, driver_change_pending
+from tasks.common.changes import changed
 from tasks.common.datamodel.forms import (
     ABSOLUTE_PATH,
     Bool,
@@ -62,18 +76,19 @@ DROP_IN = f"{DROP_IN_DIR}/homelab.conf"
 INSTALLER = "/usr/local/sbin/install-ollama"
 WAIT = "/usr/local/sbin/wait-for-http"
 API = f"http://127.0.0.1:{PORT}"
-BASE_ARCHIVE = "ollama-linux-amd64.tgz"
-ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tgz"
+# Linux archives are .tar.zst from Ollama 0.14 on (the release workflow builds no .tgz).
+BASE_ARCHIVE = "ollama-linux-amd64.tar.zst"
+ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tar.zst"
 
 # No authentication of its own: on loopback only, for this host's clients (actr-engine, the
 # pipeline); probed on the host.
 PORTS = (Port(PORT, "tcp", "ollama", probe="http:/api/version", loopback=True),)
 BIND = "127.0.0.1"
 
-VERSION = Str(r"[0-9]+\.[0-9]+\.[0-9]+(-rc[0-9]+)?", what='an Ollama version such as "0.12.11"')
+VERSION = Str(r"[0-9]+\.[0-9]+\.[0-9]+(-rc[0-9]+)?", what='an Ollama version such as "0.20.7"')
 ARCHIVE = Str(
     r"ollama-linux-amd64(-rocm)?\.(tgz|tar\.zst)",
-    what='an Ollama archive name such as "ollama-linux-amd64.tgz"',
+    what='an Ollama archive name such as "ollama-linux-amd64.tar.zst"',
 )
 SHA256 = Str(r"[0-9a-f]{64}", what="a SHA-256, 64 lower-case hex digits")
 URL = Str(r"https?://[^\s]+", what='an http(s) URL such as "https://github.com/..."')
@@ -93,7 +108,13 @@ ENV_VALUE = Str(r"[^\"\\\n]*", what="a value without quotes, backslashes or newl
 
 DATA = Schema(
     "ollama",
-    Key("ollama_version", VERSION, "0.12.11", "Ollama release installed (pinned).", GROUPS),
+    Key(
+        "ollama_version",
+        VERSION,
+        "0.20.7",
+        "Ollama release installed (pinned; >= 0.18 for the R9700: its ROCm 7.2 bundle).",
+        GROUPS,
+    ),
     Key(
         "ollama_release_url",
         URL,
@@ -125,7 +146,7 @@ DATA = Schema(
     Key(
         "ollama_sha256",
         MapOf(ARCHIVE, SHA256),
-        {BASE_ARCHIVE: "fb140ea4243706d0087b0108418ee5c6f74edcebf5f14e2f289b8e36bd303d0f"},
+        {BASE_ARCHIVE: "193c41ffee30411a76af4484dae9cdd4c2d6f8f877b7096925c36f2489af131f"},
         "Pinned SHA-256 per archive of ollama_version (others: the published list).",
         GROUPS,
     ),
@@ -173,6 +194,14 @@ DATA = Schema(
         Size(),
         "2G",
         "VRAM kept for Ollama's runtime, KV cache and graph (capacity preflight).",
+        GROUPS,
+    ),
+    Key(
+        "ollama_gpu_proof",
+        Bool(),
+        True,
+        "Stop when Ollama's GPU discovery finds no ROCm device of rocm_gfx_target where an AMD"
+        " GPU is declared (off only in the lab: its Ollama is a test double, with no GPU).",
         GROUPS,
     ),
     Key(
@@ -365,7 +394,7 @@ def ollama() -> None:
         context_length=settings.ollama_context_length,
         extra_environment=settings.ollama_environment,
     )
-    systemd.service(
+    service = systemd.service(
         name="Ollama runs and starts at boot",
         service="ollama.service",
         running=True,
@@ -383,3 +412,73 @@ def ollama() -> None:
             name=f"Pull the model {name} ({gib(model['size'])})",
             commands=[f"{WAIT} {API}/api/version 120 && ollama pull {shlex.quote(name)}"],
         )
+    gpu_proof(settings, service)
+
+
+def not_on_gpu(problem: str, target: str, changed_anything: bool) -> RuntimeError:
+    """The run's error: host, the declared card, what Ollama's log said, the documented fix."""
+    gpu = amd_gpus(host.data)[0]
+    amdgpu = ROCM.read(host).rocm_amdgpu_version
+    return RuntimeError(
+        f"host {host.name!r}: its data declares the AMD GPU {gpu['name']!r} ({gpu['model']}),"
+        f" but Ollama's GPU discovery since its last start found no ROCm device {target}:"
+        f" {problem}. Ollama runs on the CPU. Its ROCm 7 libraries need the ROCm 7 kernel driver"
+        ' (Ollama\'s troubleshooting, "AMD Driver Version Mismatch"): check that amdgpu-dkms'
+        f" of amdgpu {amdgpu} is installed and built for the running kernel (`dkms status`),"
+        " reboot the VM so that it loads, then `rocminfo` must list"
+        f" {target} (`sudo dmesg | grep -i -e amdgpu -e kfd` shows why not). Leave"
+        " HSA_OVERRIDE_GFX_VERSION unset."
+        + ("" if changed_anything else " Nothing was changed.")
+        + " Set ollama_gpu_proof = False only on a host without the card."
+    )
+
+
+def confirm_on_gpu(target: str) -> None:
+    """After Ollama's (re)start: its discovery must name the ROCm device (python.call)."""
+    problem = confirm_after_start(lambda: host.get_fact(OllamaDiscovery), target)
+    if problem:
+        raise not_on_gpu(problem, target, changed_anything=True)
+    logger.info(f"{host.name}: Ollama runs on the GPU: ROCm {target}")
+
+
+def gpu_proof(settings: Any, service: OperationMeta) -> None:
+    """Ollama's discovery must name a ROCm device of ``rocm_gfx_target`` (see the module)."""
+    if not amd_gpus(host.data):
+        return
+    target = ROCM.read(host).rocm_gfx_target
+    if not settings.ollama_gpu_proof:
+        host.noop(f"Ollama's GPU proof ({target}): not checked, ollama_gpu_proof is off")
+        return
+    if driver_change_pending():
+        logger.warning(
+            f"{host.name}: Ollama's GPU proof ({target}) is left for the next rollout: this run"
+            " installs the amdgpu driver, which loads at the next boot; reboot the VM first"
+        )
+        return
+    if service.will_change:
+        # Read once the restarted server answers: it logs its devices before it serves.
+        server.shell(
+            name="Wait for Ollama's API after its start",
+            commands=[f"{WAIT} {API}/api/version 120"],
+            _if=lambda: changed(service),
+        )
+        python.call(
+            name=f"Ollama runs on the GPU (ROCm {target}): its discovery since the start",
+            function=confirm_on_gpu,
+            target=target,
+            _if=lambda: changed(service),
+        )
+        return
+    discovery = host.get_fact(OllamaDiscovery)
+    device = discovery.rocm(target)
+    if device is not None:
+        host.noop(f"Ollama runs on the GPU: {device.summary()}")
+        return
+    problem = gpu_problem(discovery, target) or ""
+    if discovery.reported:
+        raise not_on_gpu(problem, target, changed_anything=False)
+    # Running, but its journal no longer holds the start (rotated): no proof either way.
+    logger.warning(
+        f"{host.name}: Ollama's GPU use is not proven: {problem};"
+        " `systemctl restart ollama` and roll out again to check it"
+    )

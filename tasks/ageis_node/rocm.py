@@ -5,9 +5,9 @@ a host without one is told so and left alone. A declared GPU that the host's PCI
 show (``/sys/bus/pci/devices``, what ``lspci -n`` lists) stops the run before anything is
 touched, naming the host and the device: passthrough is missing or the data is wrong.
 
-The repositories are AMD's own, for the host's Ubuntu release (ROCm 7.1 supports the R9700,
-gfx1201, on Ubuntu 24.04 and 22.04, not on Debian): ``rocm/apt/<rocm_version>`` and
-``amdgpu/<rocm_amdgpu_version>/ubuntu`` (ROCm 7.1.1 ships amdgpu 30.20.1), one deb822 source
+The repositories are AMD's own, for the host's Ubuntu release (ROCm 7.2 supports the R9700,
+gfx1201, on Ubuntu 24.04.3 and 22.04.5, not on Debian): ``rocm/apt/<rocm_version>`` and
+``amdgpu/<rocm_amdgpu_version>/ubuntu`` (ROCm 7.2.1 ships amdgpu 30.30.1), one deb822 source
 signed by AMD's key (``rocm_key_fingerprint``, checked before it is trusted), and AMD's pin
 (``Pin: release o=repo.radeon.com``, priority 600) so distribution packages never shadow them.
 The version is in the repositories' URLs: changing ``rocm_version`` is an upgrade.
@@ -43,13 +43,13 @@ SOURCES = "/etc/apt/sources.list.d/rocm.sources"
 PIN_FILE = "/etc/apt/preferences.d/rocm-pin-600"
 # Groups whose members may open /dev/kfd and /dev/dri/renderD* (AMD's documented groups).
 GPU_GROUPS = ("render", "video")
-# Ubuntu releases ROCm 7.1 supports (os-release VERSION_CODENAME).
+# Ubuntu releases ROCm 7.2 supports the R9700 on (os-release VERSION_CODENAME).
 SUPPORTED_SUITES = ("noble", "jammy")
 AMD_VENDOR = "1002"
 
-VERSION = Str(r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='a ROCm version such as "7.1.1"')
+VERSION = Str(r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='a ROCm version such as "7.2.1"')
 AMDGPU_VERSION = Str(
-    r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='an amdgpu driver version such as "30.20.1"'
+    r"[0-9]+\.[0-9]+(\.[0-9]+)?", what='an amdgpu driver version such as "30.30.1"'
 )
 URL = Str(
     r"https?://[^\s{}]+(\{[a-z_]+\}[^\s{}]*)*",
@@ -59,12 +59,18 @@ PACKAGE = Str(r"[a-z0-9][a-z0-9+.{}_-]+", what='a package name such as "rocminfo
 
 DATA = Schema(
     "rocm",
-    Key("rocm_version", VERSION, "7.1.1", "ROCm release (the repository's version).", GROUPS),
+    Key(
+        "rocm_version",
+        VERSION,
+        "7.2.1",
+        "ROCm release (the repository's version; 7.x: Ollama's ROCm 7 bundle needs its driver).",
+        GROUPS,
+    ),
     Key(
         "rocm_amdgpu_version",
         AMDGPU_VERSION,
-        "30.20.1",
-        "amdgpu driver release that ships with rocm_version (ROCm 7.1.1: 30.20.1).",
+        "30.30.1",
+        "amdgpu driver release that ships with rocm_version (ROCm 7.2.1: 30.30.1).",
         GROUPS,
     ),
     Key(
@@ -210,12 +216,20 @@ def rocm_wanted(settings: Any, kernel: str) -> list[str]:
 
 
 def installed_rocm_version() -> str | None:
-    """The ``rocm-core`` version installed (its upstream part, "7.1.1"), None when absent."""
+    """The ``rocm-core`` version installed (its upstream part, "7.2.1"), None when absent."""
     versions = (host.get_fact(DebPackages) or {}).get("rocm-core") or []
     if not versions:
         return None
-    upstream = sorted(versions)[-1].split("-")[0]  # 7.1.1.70101-38~24.04 -> 7.1.1.70101
+    upstream = sorted(versions)[-1].split("-")[0]  # 7.2.1.70201-81~24.04 -> 7.2.1.70201
     return ".".join(upstream.split(".")[:3])
+
+
+def driver_change_pending() -> bool:
+    """This run installs or upgrades amdgpu-dkms (a new ``rocm_version``): the new kernel
+    driver loads only at the next boot, so nothing on the GPU can be proven before it."""
+    settings = DATA.read(host)
+    packages = host.get_fact(DebPackages) or {}
+    return "amdgpu-dkms" not in packages or installed_rocm_version() != settings.rocm_version
 
 
 @deploy("ROCm", data_defaults=DATA.defaults())

@@ -221,9 +221,16 @@ def ollama_data() -> dict:
         "ollama_version": OLLAMA_VERSION,
         "ollama_release_url": base_url() + "/ollama/v{version}",
         "ollama_checksums_url": base_url() + "/ollama/v{version}/sha256sum.txt",
+        # The stand-in is shaped like a release before 0.14 (.tgz archives); the real
+        # defaults name the .tar.zst archives of current releases.
+        "ollama_archive": ARCHIVES[0],
+        "ollama_rocm_archive": ARCHIVES[1],
         # The main archive pinned; the ROCm one (when a GPU is declared) by the published list.
         "ollama_sha256": {ARCHIVES[0]: sha256(release / ARCHIVES[0])},
         "ollama_models": [{"name": "lab-standin:tiny", "size": "1M"}],
+        # The stand-in runs no model and probes no GPU (a container has none): the GPU proof
+        # is plan-tested (tests/plan/test_inference_plan.py) and checked on the real VM.
+        "ollama_gpu_proof": False,
     }
 
 

@@ -202,6 +202,9 @@ def _host_data(lab_host: lab.LabHost) -> dict:
         # groups run for real against the stand-in (rocm_data turns the PCI check off).
         data["gpus"] = [_LAB_R9700]
         data.update(rocm_data())
+        # No GPU and no internet in the container: PyTorch's ROCm wheels (gigabytes from
+        # download.pytorch.org) are not installed; the task is plan-tested.
+        data["pytorch_install"] = False
         # Node.js and OpenClaw for the pipeline: the stand-in NodeSource repository and archive.
         data.update(pipeline_data())
     if {"hypervisor", "ageis_node"} & set(lab_host.groups):

@@ -88,6 +88,12 @@ class Machine:
     pci_ids: list[str] = field(default_factory=list)
     # Models the local Ollama lists (OllamaModels); None: Ollama does not answer.
     ollama_models: list[str] | None = None
+    # What OllamaDiscovery's command prints: "invocation <id>" and the discovery lines of
+    # Ollama's journal since its start (empty: the unit has not run); its own parser reads it.
+    ollama_discovery_output: list[str] = field(default_factory=list)
+    # What TorchInVenv's command prints: "venv" when the venv's python exists, then the torch
+    # version pip installed there ("2.11.0+rocm7.2"); empty: no venv.
+    torch_in_venv_output: list[str] = field(default_factory=list)
     # Versions apt would install (AptPolicy's candidate), by package, as the lists hold them.
     apt_candidates: dict[str, str] = field(default_factory=dict)
     # CloudInitState: "absent" (not installed), "active" (runs at boot) or "disabled".
@@ -210,6 +216,8 @@ class Machine:
                 "SensorChipDrivers": self.sensor_drivers,
                 "PciDeviceIds": self.pci_ids,
                 "OllamaModels": self.ollama_models,
+                "OllamaDiscovery": lambda kw: _ollama_discovery(self.ollama_discovery_output),
+                "TorchInVenv": lambda kw: _torch_in_venv(self.torch_in_venv_output),
                 "AptPolicy": lambda kw: {
                     "installed": self.packages.get(kw["package"]),
                     "candidate": self.apt_candidates.get(kw["package"]),
@@ -238,6 +246,45 @@ class Machine:
                 },
             }
         )
+
+
+# Ollama's discovery in the VM's journal, as OllamaDiscovery's command prints it, in the
+# format of Ollama 0.20.7's slog lines (discover/types.go, discover/runner.go): the R9700 found
+# through ROCm, and the CPU fallback after the probe timed out on an older kernel driver.
+OLLAMA_ON_GPU = [
+    "invocation 3f6c2a3e9d1b4c3f8a7e5d2c1b0a9f8e",
+    'time=2026-05-02T09:14:01.904Z level=INFO source=types.go:42 msg="inference compute"'
+    " id=0 filter_id=0 library=ROCm compute=gfx1201 name=ROCm0"
+    ' description="AMD Radeon AI PRO R9700" libdirs=ollama,rocm driver=70152.80'
+    ' pci_id=0000:01:00.0 type=discrete total="31.9 GiB" available="31.7 GiB"',
+]
+OLLAMA_CPU_FALLBACK = [
+    "invocation 9a1e0c4b7d2f4e6a8c3b5d7f9e1a2c4b",
+    "time=2026-05-02T09:14:31.512Z level=INFO source=runner.go:464"
+    ' msg="failure during GPU discovery"'
+    ' OLLAMA_LIBRARY_PATH="[/usr/lib/ollama /usr/lib/ollama/rocm]" extra_envs=map[]'
+    ' error="failed to finish discovery before timeout"',
+    "time=2026-05-02T09:14:31.512Z level=DEBUG source=runner.go:437"
+    ' msg="bootstrap discovery took" duration=30.000960852s'
+    ' OLLAMA_LIBRARY_PATH="[/usr/lib/ollama /usr/lib/ollama/rocm]" extra_envs=map[]',
+    'time=2026-05-02T09:14:31.530Z level=INFO source=types.go:60 msg="inference compute"'
+    ' id=cpu library=cpu compute="" name=cpu description=cpu libdirs=ollama driver=""'
+    ' pci_id="" type="" total="15.6 GiB" available="14.8 GiB"',
+]
+
+
+def _ollama_discovery(output: list[str]) -> Any:
+    """The fact's answer from its command's output, by the fact's own ``process``."""
+    from tasks.ageis_node.ollama_discovery import OllamaDiscovery
+
+    return OllamaDiscovery().process(list(output))
+
+
+def _torch_in_venv(output: list[str]) -> Any:
+    """The fact's answer from its command's output, by the fact's own ``process``."""
+    from tasks.ageis_node.pytorch import TorchInVenv
+
+    return TorchInVenv().process(list(output))
 
 
 def _now_minus(seconds: int | None) -> Any:

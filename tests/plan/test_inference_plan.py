@@ -7,11 +7,12 @@ import logging
 import pytest
 
 from tests.plan.harness import Plan
+from tests.plan.machines import OLLAMA_CPU_FALLBACK, OLLAMA_ON_GPU, Machine
 
 HOST = "ageis-node"
 KEYRING = "/etc/apt/keyrings/rocm.gpg"
 AMD_FINGERPRINT = "CA8BB4727A47B4D09B4EE8969386B48A1A693C5C"
-OLLAMA_SHA = "fb140ea4243706d0087b0108418ee5c6f74edcebf5f14e2f289b8e36bd303d0f"
+OLLAMA_SHA = "193c41ffee30411a76af4484dae9cdd4c2d6f8f877b7096925c36f2489af131f"
 
 
 def cause(error: BaseException) -> str:
@@ -33,16 +34,16 @@ def node(plan_of) -> Plan:
 
 
 def test_rocm_sources_are_amds_versioned_repositories_for_noble(node: Plan) -> None:
-    assert upload(node, "AMD's ROCm 7.1.1 apt sources").splitlines()[4:] == [
+    assert upload(node, "AMD's ROCm 7.2.1 apt sources").splitlines()[4:] == [
         "Types: deb",
-        "URIs: https://repo.radeon.com/rocm/apt/7.1.1",
+        "URIs: https://repo.radeon.com/rocm/apt/7.2.1",
         "Suites: noble",
         "Components: main",
         "Architectures: amd64",
         f"Signed-By: {KEYRING}",
         "",
         "Types: deb",
-        "URIs: https://repo.radeon.com/amdgpu/30.20.1/ubuntu",
+        "URIs: https://repo.radeon.com/amdgpu/30.30.1/ubuntu",
         "Suites: noble",
         "Components: main",
         "Architectures: amd64",
@@ -79,7 +80,7 @@ def test_amdgpu_dkms_with_the_running_kernels_headers_and_rocm(node: Plan) -> No
         return next(i for i, name in enumerate(ops) if part in name)
 
     assert (
-        at("AMD's ROCm 7.1.1 apt sources")
+        at("AMD's ROCm 7.2.1 apt sources")
         < at("Refresh package lists for AMD's")
         < at("amdgpu-dkms, kernel headers")
     )
@@ -140,12 +141,17 @@ def test_a_model_that_cannot_fit_stops_the_run_with_numbers(plan_of) -> None:
 def test_ollama_release_is_pinned_and_verified(node: Plan) -> None:
     (install,) = node.op(HOST, "SHA-256 verified").commands
     assert install == (
-        "/usr/local/sbin/install-ollama ageis-node 0.12.11"
-        " https://github.com/ollama/ollama/releases/download/v0.12.11"
-        " https://github.com/ollama/ollama/releases/download/v0.12.11/sha256sum.txt"
+        "/usr/local/sbin/install-ollama ageis-node 0.20.7"
+        " https://github.com/ollama/ollama/releases/download/v0.20.7"
+        " https://github.com/ollama/ollama/releases/download/v0.20.7/sha256sum.txt"
         " /usr/lib/ollama/.homelab-release"
-        f" ollama-linux-amd64.tgz={OLLAMA_SHA} ollama-linux-amd64-rocm.tgz=-"
+        f" ollama-linux-amd64.tar.zst={OLLAMA_SHA} ollama-linux-amd64-rocm.tar.zst=-"
     )
+    # The .tar.zst archives need zstd, installed before the installer runs.
+    ops = [op.name for op in node.for_host(HOST)]
+    zstd = next(i for i, name in enumerate(ops) if "zstd (Ollama's .tar.zst archives)" in name)
+    assert "zstd" in " ".join(node.for_host(HOST)[zstd].commands)
+    assert zstd < next(i for i, name in enumerate(ops) if "SHA-256 verified" in name)
 
 
 def test_ollama_drop_in_carries_the_environment(node: Plan) -> None:
@@ -168,7 +174,7 @@ def test_ollama_drop_in_carries_the_environment(node: Plan) -> None:
 def test_converged_node_plans_no_install_and_no_pull(plan_of, fleet) -> None:
     machine = fleet[HOST]
     machine.files["/usr/lib/ollama/.homelab-release"] = (
-        "0.12.11 ollama-linux-amd64.tgz ollama-linux-amd64-rocm.tgz\n"
+        "0.20.7 ollama-linux-amd64.tar.zst ollama-linux-amd64-rocm.tar.zst\n"
     )
     machine.ollama_models = ["llama3.1:70b-instruct-q4_K_M"]
     result = plan_of("deploys/ageis_node.py", limit=[HOST])
@@ -177,7 +183,7 @@ def test_converged_node_plans_no_install_and_no_pull(plan_of, fleet) -> None:
     assert not any("Pull the model" in name for name in names)
 
 
-@pytest.mark.parametrize("change", ["ROCm 7.1.1 install", "Ollama 0.12.11 install"])
+@pytest.mark.parametrize("change", ["ROCm 7.2.1 install", "Ollama 0.20.7 install"])
 def test_installs_run_inside_the_snapshot_guard(node: Plan, change: str) -> None:
     names = [op.name for op in node.for_host(HOST)]
     snap = next(i for i, n in enumerate(names) if f"Snapshot VM 100 before {change}" in n)
@@ -196,11 +202,124 @@ def test_rocm_upgrade_is_guarded_and_named(plan_of, fleet) -> None:
     for name in ("linux-headers-6.8.0-86-generic", "linux-modules-extra-6.8.0-86-generic",
                  "amdgpu-dkms", "rocm-hip-runtime", "rocminfo", "amd-smi-lib"):  # fmt: skip
         machine.packages[name] = "1"
-    machine.packages["rocm-core"] = "7.1.0.70100-20~24.04"
+    machine.packages["rocm-core"] = "7.1.1.70101-38~24.04"
     result = plan_of("deploys/ageis_node.py", limit=[HOST])
-    assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.0 -> 7.1.1").conditional
-    (command,) = result.op(HOST, "Upgrade ROCm to 7.1.1").commands
+    assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.1 -> 7.2.1").conditional
+    (command,) = result.op(HOST, "Upgrade ROCm to 7.2.1").commands
     assert "--only-upgrade" in command or "install" in command
+
+
+ROCM_PACKAGES = ("linux-headers-6.8.0-86-generic", "linux-modules-extra-6.8.0-86-generic",
+                 "amdgpu-dkms", "rocm-hip-runtime", "rocminfo", "amd-smi-lib")  # fmt: skip
+OLLAMA_UNIT = "/etc/systemd/system/ollama.service"
+OLLAMA_DROP_IN = "/etc/systemd/system/ollama.service.d/homelab.conf"
+
+
+def with_rocm_installed(machine: Machine) -> Machine:
+    """ROCm 7.2.1 and amdgpu-dkms installed by an earlier run (the VM rebooted since)."""
+    for name in ROCM_PACKAGES:
+        machine.packages[name] = "1"
+    machine.packages["rocm-core"] = "7.2.1.70201-81~24.04"
+    return machine
+
+
+def with_ollama_running(plan_of, machine: Machine) -> Machine:
+    """Ollama as an earlier run left it: this release, its unit and drop-in, running, the
+    model pulled. A rollout then plans no restart."""
+    first = plan_of("deploys/ageis_node.py", limit=[HOST])
+    for path in (OLLAMA_UNIT, OLLAMA_DROP_IN):
+        machine.files[path] = first.upload(HOST, path)
+        machine.directories.add(path.rsplit("/", 1)[0])
+    machine.files["/usr/lib/ollama/.homelab-release"] = (
+        "0.20.7 ollama-linux-amd64.tar.zst ollama-linux-amd64-rocm.tar.zst\n"
+    )
+    machine.running["ollama"] = machine.enabled["ollama"] = True
+    machine.ollama_models = ["llama3.1:70b-instruct-q4_K_M"]
+    return machine
+
+
+def test_ollama_on_the_cpu_stops_the_run_with_the_log_and_the_fix(plan_of, fleet) -> None:
+    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
+    machine.ollama_discovery_output = OLLAMA_CPU_FALLBACK
+    with pytest.raises(Exception) as error:
+        plan_of("deploys/ageis_node.py", limit=[HOST])
+    text = cause(error.value)
+    assert text.startswith(
+        "host 'ageis-node': its data declares the AMD GPU 'r9700' (AMD Radeon AI PRO R9700), but"
+        " Ollama's GPU discovery since its last start found no ROCm device gfx1201:"
+    )
+    # What the log said: the discovery timeout and the CPU it fell back to.
+    assert (
+        'msg="failure during GPU discovery" error="failed to finish discovery before timeout"'
+        in text
+    )
+    assert 'duration="30.000960852s"' in text and 'library=cpu total="15.6 GiB"' in text
+    assert "ROCm 7 kernel driver" in text and "amdgpu 30.30.1" in text
+    assert "reboot the VM" in text and "Nothing was changed" in text
+
+
+def test_ollama_on_the_r9700_passes_the_gpu_proof(plan_of, fleet, caplog) -> None:
+    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
+    machine.ollama_discovery_output = OLLAMA_ON_GPU
+    with caplog.at_level(logging.DEBUG, logger="pyinfra"):
+        result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert 'Ollama runs on the GPU: library=ROCm compute="gfx1201" name=ROCm0' in said
+    # Nothing restarts Ollama, so it is read now, not after a start.
+    assert result.op(HOST, "Ollama runs and starts at boot").commands == []
+    names = [op.name for op in result.for_host(HOST)]
+    assert not any("Ollama runs on the GPU" in name for name in names)
+
+
+def test_a_rocm_device_of_another_target_fails_too(plan_of, fleet) -> None:
+    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
+    machine.ollama_discovery_output = [
+        line.replace("compute=gfx1201", "compute=gfx1100") for line in OLLAMA_ON_GPU
+    ]
+    with pytest.raises(Exception) as error:
+        plan_of("deploys/ageis_node.py", limit=[HOST])
+    assert 'library=ROCm compute="gfx1100"' in cause(error.value)
+    assert "no ROCm device gfx1201" in cause(error.value)
+
+
+def test_after_a_restart_the_proof_waits_for_the_api_then_reads_the_journal(plan_of, fleet) -> None:
+    machine = with_rocm_installed(fleet[HOST])
+    # The journal of the run before the restart (CPU) says nothing about the new one.
+    machine.ollama_discovery_output = OLLAMA_CPU_FALLBACK
+    result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    names = [op.name for op in result.for_host(HOST)]
+
+    def at(part: str) -> int:
+        return next(i for i, name in enumerate(names) if part in name)
+
+    service, wait = at("Ollama runs and starts at boot"), at("Wait for Ollama's API after")
+    proof = at("Ollama runs on the GPU (ROCm gfx1201): its discovery since the start")
+    assert service < at("Pull the model") < wait < proof
+    assert result.op(HOST, "Wait for Ollama's API after").commands == [
+        "/usr/local/sbin/wait-for-http http://127.0.0.1:11434/api/version 120"
+    ]
+    # Both only when the service was (re)started, decided at run time.
+    assert result.op(HOST, "Wait for Ollama's API after").conditional
+    assert result.op(HOST, "Ollama runs on the GPU (ROCm").conditional
+
+
+def test_the_proof_waits_for_the_reboot_after_a_driver_install(plan_of, fleet, caplog) -> None:
+    fleet[HOST].ollama_discovery_output = OLLAMA_CPU_FALLBACK  # the inbox driver's result
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert "Ollama's GPU proof (gfx1201) is left for the next rollout" in said
+    assert "reboot the VM first" in said
+    assert not any("Ollama runs on the GPU" in op.name for op in result.for_host(HOST))
+
+
+def test_the_proof_is_off_only_by_the_data(plan_of, fleet) -> None:
+    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
+    machine.ollama_discovery_output = OLLAMA_CPU_FALLBACK
+    result = plan_of(
+        "deploys/ageis_node.py", limit=[HOST], override_data={"ollama_gpu_proof": False}
+    )
+    assert not any("Ollama runs on the GPU" in op.name for op in result.for_host(HOST))
 
 
 def test_actr_engine_unit_requires_the_integrity_check_and_waits_for_the_embedder(plan_of):

@@ -1,18 +1,25 @@
 """ageis-node's inference stack: ROCm, Ollama, actr-engine, openclaw-pipeline.
 
 Runs against the lab and the real VM alike. The GPU itself (``rocminfo`` lists the declared
-target, ``amd-smi`` sees the card) needs the real R9700: those checks are marked ``hardware``
-and skip on the lab, where the installed ROCm packages are the lab's test doubles
-(``/usr/share/homelab-standin/``).
+target, ``amd-smi`` sees the card, Ollama's discovery names it, a generation runs on it) needs
+the real R9700: those checks are marked ``hardware`` and skip on the lab, where the installed
+ROCm packages are the lab's test doubles (``/usr/share/homelab-standin/``).
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
+from tasks.ageis_node.model_capacity import fit, gib
+from tasks.ageis_node.ollama import API, full_name
+from tasks.ageis_node.ollama import DATA as OLLAMA
+from tasks.ageis_node.ollama_discovery import command as discovery_command
+from tasks.ageis_node.ollama_discovery import gpu_problem, parse
 from tasks.ageis_node.rocm import DATA as ROCM
+from tasks.common.datamodel.forms import Size
 from tasks.common.datamodel.machine import AGEIS_NODE
 from tests.verify.conftest import InventoryHost
 
@@ -40,8 +47,7 @@ def test_rocm_source_is_pinned_at_600(host_in: InventoryHost) -> None:
 
 @pytest.mark.hardware
 def test_rocminfo_lists_the_gpu_target(host_in: InventoryHost) -> None:
-    if not has_amd_gpu(host_in) or on_standin(host_in):
-        pytest.skip("stand-in: no GPU (the installed ROCm is the lab's test double)")
+    skip_without_the_gpu(host_in)
     target = ROCM.check(host_in.name, host_in.data)["rocm_gfx_target"]
     out = host_in.testinfra.check_output("/opt/rocm/bin/rocminfo")
     assert target in out, f"{host_in.name}: rocminfo does not list {target}"
@@ -49,10 +55,100 @@ def test_rocminfo_lists_the_gpu_target(host_in: InventoryHost) -> None:
 
 @pytest.mark.hardware
 def test_amd_smi_sees_the_card(host_in: InventoryHost) -> None:
-    if not has_amd_gpu(host_in) or on_standin(host_in):
-        pytest.skip("stand-in: no GPU (the installed ROCm is the lab's test double)")
+    skip_without_the_gpu(host_in)
     listing = json.loads(host_in.testinfra.check_output("/opt/rocm/bin/amd-smi list --json"))
     assert listing, f"{host_in.name}: amd-smi lists no GPU"
+
+
+def size_of(value: str | int) -> int:
+    """Bytes of a size as the data gives it ("42G") or as its form normalised it (an int)."""
+    return value if isinstance(value, int) else Size().check(value)
+
+
+def skip_without_the_gpu(node: InventoryHost) -> None:
+    if not has_amd_gpu(node) or on_standin(node):
+        pytest.skip("stand-in: no GPU (the installed ROCm is the lab's test double)")
+
+
+@pytest.mark.hardware
+def test_ollamas_discovery_names_the_rocm_device(host_in: InventoryHost) -> None:
+    """The rollout's GPU proof, read again: the journal of Ollama's current run."""
+    skip_without_the_gpu(host_in)
+    target = ROCM.check(host_in.name, host_in.data)["rocm_gfx_target"]
+    output = host_in.testinfra.check_output(discovery_command())
+    problem = gpu_problem(parse(output.splitlines()), target)
+    assert problem is None, f"{host_in.name}: Ollama does not run on ROCm {target}: {problem}"
+
+
+@pytest.mark.hardware
+def test_a_generation_runs_on_the_gpu_as_the_capacity_preflight_predicts(
+    host_in: InventoryHost, record_property: pytest.RecordProperty
+) -> None:
+    """A short generation with the first configured model, then ``/api/ps``: its VRAM share.
+
+    The preflight (model_capacity.fit, with the host's data) predicts the weights on the GPU.
+    A model split between VRAM and RAM must have ``size_vram`` within 10 % of that prediction.
+    A model that fits must be entirely on the GPU (``size_vram == size``, "100% GPU").
+    ``/api/ps``'s ``size`` also counts the KV cache and graph, so it is not compared with the
+    weights' size. Tokens per second (eval_count / eval_duration) are recorded and printed.
+    """
+    skip_without_the_gpu(host_in)
+    settings = OLLAMA.check(host_in.name, host_in.data)
+    if not settings["ollama_models"]:
+        pytest.skip(f"{host_in.name}: no ollama_models configured")
+    model = settings["ollama_models"][0]
+    name = full_name(model["name"])
+    request = json.dumps(
+        {
+            "model": name,
+            "prompt": "Name one prime number.",
+            "stream": False,
+            "options": {"num_predict": 32},
+        }
+    )
+    # A first load of a large model from disk takes minutes: a generous bound.
+    answer = json.loads(
+        host_in.testinfra.check_output(
+            "curl -fsS --max-time 900 -H 'Content-Type: application/json'"
+            f" -d {shlex.quote(request)} {API}/api/generate"
+        )
+    )
+    assert answer.get("done") and answer.get("eval_count", 0) > 0, answer
+    tokens_per_second = answer["eval_count"] / (answer["eval_duration"] / 1e9)
+    record_property("ollama_model", name)
+    record_property("ollama_tokens_per_second", round(tokens_per_second, 2))
+    print(
+        f"\n{host_in.name}: {name}: {answer['eval_count']} tokens at"
+        f" {tokens_per_second:.1f} tokens/s (load {answer.get('load_duration', 0) / 1e9:.1f} s)"
+    )
+
+    loaded = json.loads(host_in.testinfra.check_output(f"curl -fsS --max-time 10 {API}/api/ps"))
+    entry = next(
+        (m for m in loaded.get("models") or [] if name in (m.get("name"), m.get("model"))), None
+    )
+    assert entry is not None, f"{host_in.name}: /api/ps does not list {name}: {loaded}"
+    size_vram, size = entry["size_vram"], entry["size"]
+    record_property("ollama_size_vram", size_vram)
+    assert size_vram > 0, f"{host_in.name}: {name} is loaded on the CPU only (size_vram 0)"
+    vram = sum(size_of(gpu["vram"]) for gpu in host_in.data["gpus"] if gpu["vendor"] == "amd")
+    predicted = fit(
+        name,
+        size_of(model["size"]),
+        vram=vram,
+        ram=size_of(host_in.data["memory"]),
+        gpu_overhead=size_of(settings["ollama_gpu_overhead"]),
+        ram_reserve=size_of(settings["ollama_ram_reserve"]),
+    )
+    if predicted.verdict == "gpu":
+        assert size_vram == size, (
+            f"{host_in.name}: {name} should fit the GPU ({predicted.report()}), but only"
+            f" {gib(size_vram)} of {gib(size)} is in VRAM"
+        )
+    else:
+        assert abs(size_vram - predicted.on_gpu) <= 0.10 * predicted.on_gpu, (
+            f"{host_in.name}: {name} has {gib(size_vram)} in VRAM; the preflight predicts"
+            f" {gib(predicted.on_gpu)} ({predicted.report()})"
+        )
 
 
 @pytest.mark.parametrize(

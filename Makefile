@@ -185,6 +185,10 @@ drills: venv ## Memory store drills, full counts (10 power cuts), on the rolled-
 bench-actr: venv ## Benchmark: actr-engine retrieval vs plain pgvector, 100 000 memories (lab)
 	$(PY) tests/bench/actr_retrieval.py --count 100000 --queries 500
 
+.PHONY: bench-memory-store
+bench-memory-store: venv ## Benchmark: commit latency, synchronous (WAL receivers) vs local, 10 000 each (lab)
+	$(PY) tests/bench/memory_store_commits.py --commits 10000
+
 .PHONY: bench-rollout
 bench-rollout: venv ## Benchmark: no-change rollouts (full, per role, one template) beside the floor (lab)
 	$(PY) tests/bench/rollout.py --rounds $(or $(ROUNDS),3)

@@ -10,8 +10,9 @@ the controller, a pip requirement such as "my-engine==1.2", or a git URL with it
 The engine lives in a venv (``/opt/actr-engine/venv``, with the distribution's psycopg from
 the system site-packages), installed again only when the source changed. Its unit requires
 ``memory-store-integrity.service`` (a failed integrity check keeps it down), comes after
-Ollama, waits (bounded) for the embedding server on the embedder when one is configured, and
-restarts on failure with a growing delay. The database password (secret
+Ollama and ``ollama-model-ready.service`` (ordering only: memories work without the model),
+waits (bounded) for the embedding server on the embedder when one is configured, and restarts
+on failure with a growing delay. The database password (secret
 ``memory_store_actr_engine_password``) and the API token its clients must send to store and
 retrieve (secret ``actr_engine_api_token``) reach it as systemd credentials, never in its
 environment or on a command line; a new token is rolled out by changing the secret.

@@ -14,7 +14,9 @@ Boot order on ageis-node: mounts, PostgreSQL, memory-store-integrity, ollama, th
 actr-engine (ordered after it only: memories work without the model), openclaw-pipeline
 (``Requires=`` and ``After=`` it: a pipeline without its model is no use). The rollout restarts
 the unit when its unit or script changes (another model, keep-alive or check), which loads the
-model now; a converged host changes nothing.
+model now; a converged host changes nothing. Where the GPU is checked and its driver is not
+loaded yet (a first ROCm install loads it at the next boot), the unit is only enabled: started
+now it would find the model on the CPU; the VM's reboot, which the ROCm task asks for, runs it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import re
 import shlex
 from typing import Any
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
+from pyinfra.facts.files import Directory
 from pyinfra.operations import files, systemd
 
 from tasks.ageis_node.ollama import API, full_name
@@ -42,6 +45,8 @@ UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 SCRIPT = "/usr/local/sbin/ollama-model-ready"
 # Seconds the unit waits for Ollama's API after a start (GPU discovery included).
 API_WAIT = 180
+# Present while the amdgpu driver is loaded (a module or built in).
+DRIVER = "/sys/module/amdgpu"
 
 DATA = Schema(
     "model_ready",
@@ -81,6 +86,10 @@ def gpu_checked() -> bool:
     return bool(amd_gpus(host.data)) and ROCM.read(host).rocm_check_pci
 
 
+def driver_loaded() -> bool:
+    return bool(host.get_fact(Directory, path=DRIVER))
+
+
 def command(model: str | None, keep_alive: str, timeout: int, gpu: bool, whole: bool) -> str:
     words = [SCRIPT, "--api", API, *(["--model", model] if model else [])]
     # --keep-alive=VALUE: a value such as "-1" must not read as an option.
@@ -114,11 +123,20 @@ def model_ready() -> None:
         # The API wait, the load, and a margin for the check.
         timeout_start=API_WAIT + timeout + 60,
     )
+    now = not (gpu and model) or driver_loaded()
+    if not now:
+        logger.warning(
+            f"{host.name}: {UNIT_NAME} is enabled, not started: the amdgpu driver is not"
+            f" loaded yet ({DRIVER}); reboot the VM (as the ROCm task says) and the unit loads"
+            f" {model} on the GPU at that start"
+        )
     systemd.service(
-        name=f"{UNIT_NAME} has loaded the model and runs at every start",
+        name=f"{UNIT_NAME} has loaded the model and runs at every start"
+        if now
+        else f"{UNIT_NAME} runs at every start, from the next boot (no GPU driver loaded yet)",
         service=UNIT_NAME,
-        running=True,
+        running=True if now else None,
         enabled=True,
         daemon_reload=unit.will_change,
-        restarted=unit.will_change or script.will_change,
+        restarted=now and (unit.will_change or script.will_change),
     )

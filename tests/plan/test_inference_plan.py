@@ -384,9 +384,16 @@ def ready_exec(node: Plan) -> str:
     return line.removeprefix("ExecStart=")
 
 
+@pytest.fixture
+def driver_loaded(fleet) -> None:
+    """ageis-node after the reboot that loads the amdgpu driver ROCm's install built."""
+    fleet[HOST].directories.add("/sys/module/amdgpu")
+
+
 def test_model_ready_unit_loads_the_pipelines_model_after_ollama_and_checks_the_gpu(
-    node: Plan,
+    plan_of, driver_loaded: None
 ) -> None:
+    node = plan_of("deploys/ageis_node.py", limit=[HOST])
     unit = node.upload(HOST, READY_UNIT)
     assert unit.startswith("# Managed by homelab-as-code (templates/ollama-model-ready.service.j2)")
     lines = unit.splitlines()
@@ -414,6 +421,21 @@ def test_model_ready_unit_loads_the_pipelines_model_after_ollama_and_checks_the_
     assert "systemctl enable ollama-model-ready.service" in service
 
 
+def test_before_the_gpu_driver_is_loaded_the_unit_waits_for_the_reboot(plan_of, caplog) -> None:
+    # The fresh VM: ROCm's install (this run) builds amdgpu, which loads at the next boot;
+    # started now, the model would land on the CPU and the unit fail.
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        node = plan_of("deploys/ageis_node.py", limit=[HOST])
+    assert any(
+        "ollama-model-ready.service is enabled, not started: the amdgpu driver is not loaded"
+        in record.getMessage()
+        for record in caplog.records
+    )
+    service = node.op(HOST, "ollama-model-ready.service runs at every start, from the next boot")
+    assert any("systemctl enable ollama-model-ready.service" in c for c in service.commands)
+    assert not any("start" in c or "restart" in c for c in service.commands), service.commands
+
+
 def test_model_ready_comes_after_the_pulls_and_before_its_clients(node: Plan) -> None:
     names = [op.name for op in node.for_host(HOST)]
 
@@ -423,7 +445,7 @@ def test_model_ready_comes_after_the_pulls_and_before_its_clients(node: Plan) ->
     assert (
         at(f"Pull the model {SEED_MODEL}")
         < at("ollama-model-ready.service: ")
-        < at("ollama-model-ready.service has loaded the model")
+        < at("ollama-model-ready.service runs at every start")
         < at("actr-engine runs and starts at boot")
         < at("openclaw-pipeline runs and starts at boot")
     )
@@ -451,6 +473,14 @@ def test_model_ready_checks_the_gpu_only_where_the_data_says_there_is_one(
     command = ready_exec(node)
     assert command.endswith("--timeout 900" + (f" {flags}" if flags else ""))
     assert "--model " in command  # the load itself runs everywhere
+    # Without a GPU check the rollout loads the model at once; with one, on this fresh VM
+    # (no amdgpu driver loaded yet), the unit waits for the reboot.
+    started = any(
+        "systemctl start ollama-model-ready.service" in c
+        for op in node.for_host(HOST)
+        for c in op.commands
+    )
+    assert started == (flags == "")
 
 
 def test_model_ready_loads_openclaws_model_with_the_datas_keep_alive(plan_of) -> None:
@@ -480,7 +510,9 @@ def test_a_zero_keep_alive_is_refused_for_the_model_ready_unit(plan_of) -> None:
     assert "zero would unload it at once" in text
 
 
-def test_converged_node_changes_nothing_for_the_model_ready_unit(plan_of, fleet) -> None:
+def test_converged_node_changes_nothing_for_the_model_ready_unit(
+    plan_of, fleet, driver_loaded: None
+) -> None:
     first = plan_of("deploys/ageis_node.py", limit=[HOST])
     fresh = [op for op in first.for_host(HOST) if "ollama-model-ready" in op.name]
     assert [op.changes for op in fresh] == [True, True, True]  # a first rollout writes, starts

@@ -402,6 +402,7 @@ def test_model_ready_unit_loads_the_pipelines_model_after_ollama_and_checks_the_
         "After=ollama.service",
         "Type=oneshot",
         "RemainAfterExit=yes",
+        "DynamicUser=yes",
         # 180 s for the API, 900 s for the load (ollama_model_ready_timeout), 60 s margin.
         "TimeoutStartSec=1140",
         "WantedBy=multi-user.target",

@@ -16,6 +16,7 @@ from pyinfra import host
 
 from tasks.ageis_node.actr_engine import actr_engine
 from tasks.ageis_node.memory_store import memory_store
+from tasks.ageis_node.model_ready import model_ready
 from tasks.ageis_node.ollama import ollama
 from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
 from tasks.ageis_node.pgbackrest_database import memory_store_first_restore_test
@@ -139,6 +140,7 @@ ROLES: dict[str, tuple[Task, ...]] = {
         memory_store,
         rocm,
         ollama,
+        model_ready,  # after the pulls; before actr-engine and the pipeline, which order after it
         # After ROCm (its driver) and after Ollama: gigabytes of wheels do not hold up inference.
         pytorch,
         storage_tier,

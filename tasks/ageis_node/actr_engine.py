@@ -10,8 +10,9 @@ the controller, a pip requirement such as "my-engine==1.2", or a git URL with it
 The engine lives in a venv (``/opt/actr-engine/venv``, with the distribution's psycopg from
 the system site-packages), installed again only when the source changed. Its unit requires
 ``memory-store-integrity.service`` (a failed integrity check keeps it down), comes after
-Ollama, waits (bounded) for the embedding server when it has one, and
-restarts on failure with a growing delay.
+Ollama and ``ollama-model-ready.service`` (ordering only: memories work without the model),
+waits (bounded) for the embedding server when it has one, and restarts on failure with a
+growing delay.
 
 Text is embedded by default: memories stored and cues given as text go to the inventory's
 embedder (``actr_engine_embedder_url`` names another server, ``actr_engine_text_cues`` turns it

@@ -16,10 +16,12 @@ pipeline, reach it; the firewall opens nothing for it and node-exporter's local-
 checks it on the host), and from the data the models directory on the SSD pool, keep-alive,
 parallelism, flash attention and the context length.
 
-Before any model is pulled, the capacity preflight (``tasks/ageis_node/model_capacity.py``) compares
-each model's size with the GPU's VRAM and the VM's RAM: a model that needs CPU offload is
-reported with the split and the RAM it needs; one that cannot fit stops the run with the
-numbers. Models are pulled only when ``/api/tags`` does not list them, with ollama's progress.
+Before any model is pulled, the capacity preflight (``tasks/ageis_node/model_capacity.py``)
+compares each model's size with the usable VRAM and the RAM the host's other services leave: a
+model that does not fit is refused, at data validation before anything connects, unless the
+data allows CPU offload (``ollama_allow_cpu_offload``) and the rest fits the RAM; the plan
+reports each placement. Models are pulled only when ``/api/tags`` does not list them, with
+ollama's progress.
 
 Then the GPU proof, where an AMD GPU is declared (``ollama_gpu_proof``): Ollama's discovery at
 its last start (``ollama_discovery.py``, the unit's journal) must name a ROCm device of
@@ -43,7 +45,7 @@ from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, python, server, systemd
 
 from tasks.ageis_node.inference_guard import guarded
-from tasks.ageis_node.model_capacity import fit, gib
+from tasks.ageis_node.model_capacity import capacity_problems, gib, preflight
 from tasks.ageis_node.ollama_discovery import OllamaDiscovery, confirm_after_start, gpu_problem
 from tasks.ageis_node.rocm import DATA as ROCM
 from tasks.ageis_node.rocm import GPU_GROUPS, amd_gpus, driver_change_pending
@@ -208,9 +210,19 @@ DATA = Schema(
         "ollama_ram_reserve",
         Size(),
         "4G",
-        "RAM kept for the OS and the host's other services (capacity preflight).",
+        "RAM kept for the OS, actr-engine, the pipeline and Ollama's own buffers (capacity"
+        " preflight; PostgreSQL's postgresql_memory_percent is counted on top).",
         GROUPS,
     ),
+    Key(
+        "ollama_allow_cpu_offload",
+        Bool(),
+        False,
+        "Allow a model that does not fit the usable VRAM to run split between GPU and system"
+        " RAM (slower); False refuses it (capacity preflight).",
+        GROUPS,
+    ),
+    checks=(capacity_problems,),
 )
 
 
@@ -269,48 +281,10 @@ def install_command(settings: Any, wanted: list[str]) -> str:
     return " ".join(shlex.quote(arg) for arg in args)
 
 
-def _bytes(size: str | int) -> int:
-    return size if isinstance(size, int) else Size().check(size)
-
-
 def capacity_preflight(settings: Any) -> list[str]:
-    """Check every model against VRAM and RAM; report offload, stop on one that cannot fit."""
-    ram = host.data.get("memory")
-    if not settings.ollama_models:
-        return []
-    if ram is None:
-        raise RuntimeError(
-            f"host {host.name!r}: key 'memory' is None; the capacity preflight of "
-            'ollama_models needs the host\'s RAM, such as "16G"'
-        )
-    ram_bytes = _bytes(ram)
-    vram = sum(_bytes(gpu["vram"]) for gpu in amd_gpus(host.data))
-    reports: list[str] = []
-    for model in settings.ollama_models:
-        result = fit(
-            model["name"],
-            model["size"],
-            vram=vram,
-            ram=ram_bytes,
-            gpu_overhead=settings.ollama_gpu_overhead,
-            ram_reserve=settings.ollama_ram_reserve,
-        )
-        text = f"{host.name}: capacity: {result.report()}"
-        if result.verdict == "no-fit":
-            raise RuntimeError(
-                f"host {host.name!r}: key 'ollama_models' names {model['name']!r}, which cannot "
-                f"be loaded: {result.report()}. Nothing was changed: choose a smaller "
-                "quantisation, give the VM more RAM (guest.memory) or lower ollama_ram_reserve"
-            )
-        if result.verdict == "offload":
-            left = result.ram - result.ram_needed
-            if left < 1024**3:
-                text += f" - tight: {gib(left)} of RAM to spare"
-            logger.warning(text)
-        else:
-            logger.info(text)
-        reports.append(text)
-    return reports
+    """Each model against the host's budget (``model_capacity``): the plan reports where it
+    goes; one the host cannot hold stops the run (data validation refused it already)."""
+    return preflight(host, settings)
 
 
 @deploy("Ollama", data_defaults=DATA.defaults())

@@ -11,7 +11,8 @@ host (kind ``path``).
 The gateway's configuration (``openclaw.json``: the Ollama provider at the local Ollama, the
 default model, gateway port 18789 with token auth, the token from secret
 ``openclaw_gateway_token`` as a systemd credential) is written by the deploy. The unit comes
-last in ageis-node's boot order and requires ``memory-store-integrity.service`` and
+last in ageis-node's boot order and requires ``memory-store-integrity.service``,
+``ollama-model-ready.service`` (the model loaded, on the GPU where one is declared) and
 ``actr-engine.service``; before it starts it waits (bounded) for Ollama and actr-engine and
 runs the restart hook ``files/openclaw-pipeline-recover``: a run that did not stop cleanly
 left its half-done work in ``/var/lib/openclaw-pipeline/inflight``, which is resumed or

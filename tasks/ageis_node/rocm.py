@@ -148,7 +148,8 @@ DATA = Schema(
         "rocm_check_pci",
         Bool(),
         True,
-        "Stop when a declared AMD GPU is not on the host's PCI bus (off only in the lab).",
+        "Stop when a declared AMD GPU is not on the host's PCI bus, and require the model"
+        " on it after every start (ollama-model-ready); off only in the lab (no card).",
         GROUPS,
     ),
 )

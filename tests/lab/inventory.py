@@ -43,7 +43,7 @@ _GUESTS = {
         "kind": "qemu",
         "vmid": 100,
         "cores": 4,
-        "memory": "16G",
+        "memory": "24G",
         "disk_size": "256G",
         "os": "debian-13",
         "start_order": 2,
@@ -197,7 +197,7 @@ def _host_data(lab_host: lab.LabHost) -> dict:
     if "ageis_node" in lab_host.groups:
         # Ollama's release: the lab's stand-in (labctl serves it); the VM's RAM as on pve.
         data.update(ollama_data())
-        data["memory"] = "16G"
+        data["memory"] = "24G"
         # The R9700 as the VM's data declares it, so ROCm's repository, pin, packages and
         # groups run for real against the stand-in (rocm_data turns the PCI check off).
         data["gpus"] = [_LAB_R9700]

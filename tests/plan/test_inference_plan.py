@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.plan.harness import Plan
+from tasks.ageis_node.model_capacity import GIB
+from tasks.common.datamodel.preflight import InvalidData
+from tests.plan.conftest import PLAN_SECRETS
+from tests.plan.harness import REPO, Plan, plan
 from tests.plan.machines import OLLAMA_CPU_FALLBACK, OLLAMA_ON_GPU, Machine
 
 HOST = "ageis-node"
@@ -119,23 +124,98 @@ def test_no_amd_gpu_declared_means_no_rocm(plan_of) -> None:
     assert "rocm" not in install
 
 
-def test_seed_70b_is_reported_with_the_split_before_any_pull(plan_of, caplog) -> None:
+def refused_before_planning(controller_home: Path, fleet, pve_double, **data: Any) -> str:
+    """The data validation's refusal of ``data`` on the real facts: the run stops before any
+    of the host's facts is read, so nothing is planned and nothing touched."""
+    tables = {name: machine.facts() for name, machine in fleet.items()}
+    with pytest.raises(InvalidData) as caught:
+        plan(
+            "deploys/ageis_node.py",
+            tables,
+            home=controller_home,
+            secrets=PLAN_SECRETS,
+            limit=[HOST],
+            override_data={**pve_double.data, **data},
+        )
+    assert tables[HOST].asked == [], "refused only after the host's facts were read"
+    return caught.value.message
+
+
+def capacity_reports(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if ": capacity: " in r.getMessage()]
+
+
+def test_seed_70b_offload_is_allowed_by_the_data_and_reported_with_the_split(
+    plan_of, caplog
+) -> None:
+    # group_data/ageis_node.py allows the seed's split on purpose; inventory.py gives the VM
+    # 24 GiB for it: 24 - 2.9 (PostgreSQL, 12 %) - 4 (reserve) = 17.1 GiB left for 13 GiB.
     with caplog.at_level(logging.WARNING, logger="pyinfra"):
         result = plan_of("deploys/ageis_node.py", limit=[HOST])
-    (report,) = [r.getMessage() for r in caplog.records if "capacity" in r.getMessage()]
-    assert "llama3.1:70b-instruct-q4_K_M (42.0 GiB) does not fit 32.0 GiB of VRAM" in report
-    assert "30.0 GiB on the GPU" in report and "12.0 GiB in system RAM" in report
-    assert "needs 16.0 GiB of RAM" in report and "the host has 16.0 GiB" in report
+    (report,) = capacity_reports(caplog)
+    assert report.startswith(
+        "ageis-node: capacity: llama3.1:70b-instruct-q4_K_M (42.0 GiB) does not fit 29.0 GiB"
+        " of usable VRAM (32.0 GiB - 3.0 GiB overhead): CPU offload (ollama_allow_cpu_offload),"
+        " 29.0 GiB on the GPU (69%) and 13.0 GiB in system RAM of the 17.1 GiB the other"
+        " services leave; 4.1 GiB of RAM to spare"
+    )
+    assert "tight" not in report
     assert result.op(HOST, "Pull the model llama3.1:70b-instruct-q4_K_M").changes
 
 
-def test_a_model_that_cannot_fit_stops_the_run_with_numbers(plan_of) -> None:
+def test_over_budget_model_is_refused_before_anything_is_planned(
+    controller_home: Path, fleet, pve_double
+) -> None:
     big = [{"name": "llama3.1:405b", "size": "243G"}]
-    with pytest.raises(Exception) as error:
-        plan_of("deploys/ageis_node.py", limit=[HOST], override_data={"ollama_models": big})
-    text = cause(error.value)
-    assert "host 'ageis-node': key 'ollama_models' names 'llama3.1:405b'" in text
-    assert "213.0 GiB in system RAM" in text and "201.0 GiB short" in text
+    message = refused_before_planning(controller_home, fleet, pve_double, ollama_models=big)
+    assert "host 'ageis-node': key 'ollama_models[0]' is" in message
+    assert "{'name': 'llama3.1:405b', 'size': '243.0 GiB'}" in message
+    assert (
+        "llama3.1:405b (243.0 GiB) is refused: split, 29.0 GiB on the GPU and 214.0 GiB in"
+        " system RAM, but the other services leave 17.1 GiB of RAM: 196.9 GiB short" in message
+    )
+    assert "VRAM usable 29.0 GiB (32.0 GiB - 3.0 GiB ollama_gpu_overhead)" in message
+    assert "RAM left 17.1 GiB (24.0 GiB - 2.9 GiB PostgreSQL" in message
+    assert "Nothing was pulled or changed. Fix: a smaller quantisation" in message
+
+
+def test_offload_not_allowed_refuses_a_model_that_does_not_fit_the_gpu(
+    controller_home: Path, fleet, pve_double
+) -> None:
+    message = refused_before_planning(
+        controller_home, fleet, pve_double, ollama_allow_cpu_offload=False
+    )
+    assert "llama3.1:70b-instruct-q4_K_M (42.0 GiB) is refused" in message
+    assert "CPU offload is not allowed (ollama_allow_cpu_offload is False: the GPU is" in message
+    assert "the RAM part would fit (4.1 GiB to spare)" in message
+    assert "set ollama_allow_cpu_offload = True to run it split" in message
+
+
+def test_zero_headroom_is_refused_not_reported_as_tight(
+    controller_home: Path, fleet, pve_double
+) -> None:
+    # 32 GiB VRAM - 3 GiB = 29 GiB usable; RAM left 24 GiB - 12 % - 4 GiB: a model that
+    # leaves exactly nothing (sizes in bytes, as Size() reads "123B").
+    ram = 24 * GIB
+    left = ram - ram * 12 // 100 - 4 * GIB
+    exact = [{"name": "exact:fit", "size": f"{29 * GIB + left}B"}]
+    message = refused_before_planning(controller_home, fleet, pve_double, ollama_models=exact)
+    assert "exact:fit" in message and "no room to spare" in message
+
+
+def test_a_model_that_fits_the_gpu_passes_without_offload(plan_of, caplog) -> None:
+    small = [{"name": "qwen3:14b", "size": "9G"}]
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        result = plan_of(
+            "deploys/ageis_node.py",
+            limit=[HOST],
+            override_data={"ollama_models": small, "ollama_allow_cpu_offload": False},
+        )
+    assert capacity_reports(caplog) == [
+        "ageis-node: capacity: qwen3:14b (9.0 GiB) fits the GPU: 29.0 GiB of VRAM usable"
+        " (32.0 GiB - 3.0 GiB overhead), 20.0 GiB to spare"
+    ]
+    assert result.op(HOST, "Pull the model qwen3:14b").changes
 
 
 def test_ollama_release_is_pinned_and_verified(node: Plan) -> None:
@@ -329,7 +409,12 @@ def test_actr_engine_unit_requires_the_integrity_check_and_waits_for_the_embedde
     )
     unit = upload(node, "actr-engine's systemd unit")
     assert "Requires=memory-store-integrity.service" in unit
-    assert "After=memory-store-integrity.service ollama.service network-online.target" in unit
+    # Ordered after the model-ready unit, not requiring it: memories work without the model.
+    assert (
+        "After=memory-store-integrity.service ollama.service ollama-model-ready.service"
+        " network-online.target" in unit
+    )
+    assert "ollama-model-ready.service" not in unit.split("Requires=")[1].split("\n")[0]
     assert (
         "ExecStartPre=-/usr/local/sbin/wait-for-http http://embedder.home.arpa:8300/health 120"
         in unit
@@ -385,10 +470,13 @@ def test_a_users_own_engine_replaces_the_reference(plan_of) -> None:
 
 def test_pipeline_comes_last_with_its_restart_hook(node: Plan) -> None:
     unit = upload(node, "openclaw-pipeline's systemd unit")
-    assert "Requires=memory-store-integrity.service actr-engine.service" in unit
     assert (
-        "After=memory-store-integrity.service ollama.service actr-engine.service"
-        " network-online.target" in unit
+        "Requires=memory-store-integrity.service ollama-model-ready.service actr-engine.service"
+        in unit
+    )
+    assert (
+        "After=memory-store-integrity.service ollama.service ollama-model-ready.service"
+        " actr-engine.service network-online.target" in unit
     )
     assert (
         "ExecStartPre=/usr/local/sbin/openclaw-pipeline-recover resume /var/lib/openclaw-pipeline"
@@ -418,3 +506,163 @@ def test_nodejs_from_nodesource_pinned(node: Plan) -> None:
         "umask 022 && npm install --global --prefix /opt/openclaw --omit=dev --no-fund"
         " openclaw@2026.9.6"
     )
+
+
+# --- the model ready after every boot (ollama-model-ready.service) ---
+
+READY_UNIT = "/etc/systemd/system/ollama-model-ready.service"
+READY_SCRIPT = "/usr/local/sbin/ollama-model-ready"
+SEED_MODEL = "llama3.1:70b-instruct-q4_K_M"
+
+
+def ready_exec(node: Plan) -> str:
+    (line,) = [
+        line for line in node.upload(HOST, READY_UNIT).splitlines() if line.startswith("ExecStart=")
+    ]
+    return line.removeprefix("ExecStart=")
+
+
+@pytest.fixture
+def driver_loaded(fleet) -> None:
+    """ageis-node after the reboot that loads the amdgpu driver ROCm's install built."""
+    fleet[HOST].directories.add("/sys/module/amdgpu")
+
+
+def test_model_ready_unit_loads_the_pipelines_model_after_ollama_and_checks_the_gpu(
+    plan_of, driver_loaded: None
+) -> None:
+    node = plan_of("deploys/ageis_node.py", limit=[HOST])
+    unit = node.upload(HOST, READY_UNIT)
+    assert unit.startswith("# Managed by homelab-as-code (templates/ollama-model-ready.service.j2)")
+    lines = unit.splitlines()
+    for wanted in (
+        "Requires=ollama.service",
+        "After=ollama.service",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "DynamicUser=yes",
+        # 180 s for the API, 900 s for the load (ollama_model_ready_timeout), 60 s margin.
+        "TimeoutStartSec=1140",
+        "WantedBy=multi-user.target",
+    ):
+        assert wanted in lines, wanted
+    # The data's keep-alive (ollama_keep_alive); the GPU check, for the R9700 the data
+    # declares; offload allowed (group_data), so a split is no warning.
+    assert ready_exec(node) == (
+        f"{READY_SCRIPT} --api http://127.0.0.1:11434 --model {SEED_MODEL} --keep-alive=30m"
+        " --wait 180 --timeout 900 --require-gpu"
+    )
+    script = node.upload(HOST, READY_SCRIPT)
+    assert script == (REPO / "files/ollama-model-ready").read_text()
+    assert f"chmod 755 {READY_SCRIPT}" in node.op(HOST, f"Install {READY_SCRIPT}").commands
+    service = " ".join(node.op(HOST, "ollama-model-ready.service has loaded the model").commands)
+    assert "systemctl start ollama-model-ready.service" in service
+    assert "systemctl enable ollama-model-ready.service" in service
+
+
+def test_before_the_gpu_driver_is_loaded_the_unit_waits_for_the_reboot(plan_of, caplog) -> None:
+    # The fresh VM: ROCm's install (this run) builds amdgpu, which loads at the next boot;
+    # started now, the model would land on the CPU and the unit fail.
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        node = plan_of("deploys/ageis_node.py", limit=[HOST])
+    assert any(
+        "ollama-model-ready.service is enabled, not started: the amdgpu driver is not loaded"
+        in record.getMessage()
+        for record in caplog.records
+    )
+    service = node.op(HOST, "ollama-model-ready.service runs at every start, from the next boot")
+    assert any("systemctl enable ollama-model-ready.service" in c for c in service.commands)
+    assert not any("start" in c or "restart" in c for c in service.commands), service.commands
+
+
+def test_model_ready_comes_after_the_pulls_and_before_its_clients(node: Plan) -> None:
+    names = [op.name for op in node.for_host(HOST)]
+
+    def at(part: str) -> int:
+        return next(i for i, name in enumerate(names) if part in name)
+
+    assert (
+        at(f"Pull the model {SEED_MODEL}")
+        < at("ollama-model-ready.service: ")
+        < at("ollama-model-ready.service runs at every start")
+        < at("actr-engine runs and starts at boot")
+        < at("openclaw-pipeline runs and starts at boot")
+    )
+
+
+@pytest.mark.parametrize(
+    "data, flags",
+    [
+        # Offload not allowed: a model partly in system RAM is a warning in the journal.
+        (
+            {"ollama_models": [{"name": "qwen3:14b", "size": "9G"}],
+             "ollama_allow_cpu_offload": False},
+            "--require-gpu --whole-on-gpu",
+        ),
+        # The lab: the R9700 declared, the host without the card (its Ollama is a stand-in).
+        ({"rocm_check_pci": False}, ""),
+        # No GPU declared: the load runs, its placement is not checked.
+        ({"gpus": [], "guest": None, "ollama_models": [{"name": "qwen3:4b", "size": "3G"}]}, ""),
+    ],
+)  # fmt: skip
+def test_model_ready_checks_the_gpu_only_where_the_data_says_there_is_one(
+    plan_of, data: dict[str, Any], flags: str
+) -> None:
+    node = plan_of("deploys/ageis_node.py", limit=[HOST], override_data=data)
+    command = ready_exec(node)
+    assert command.endswith("--timeout 900" + (f" {flags}" if flags else ""))
+    assert "--model " in command  # the load itself runs everywhere
+    # Without a GPU check the rollout loads the model at once; with one, on this fresh VM
+    # (no amdgpu driver loaded yet), the unit waits for the reboot.
+    started = any(
+        "systemctl start ollama-model-ready.service" in c
+        for op in node.for_host(HOST)
+        for c in op.commands
+    )
+    assert started == (flags == "")
+
+
+def test_model_ready_loads_openclaws_model_with_the_datas_keep_alive(plan_of) -> None:
+    node = plan_of(
+        "deploys/ageis_node.py",
+        limit=[HOST],
+        override_data={
+            "ollama_models": [
+                {"name": "qwen3:14b", "size": "9G"},
+                {"name": "qwen3:8b", "size": "5G"},
+            ],
+            "openclaw_model": "qwen3:8b",
+            "ollama_keep_alive": "-1",
+            "ollama_model_ready_timeout": 300,
+        },
+    )
+    command = ready_exec(node)
+    assert " --model qwen3:8b --keep-alive=-1 --wait 180 --timeout 300 " in command
+    assert "TimeoutStartSec=540" in node.upload(HOST, READY_UNIT).splitlines()
+
+
+def test_a_zero_keep_alive_is_refused_for_the_model_ready_unit(plan_of) -> None:
+    with pytest.raises(Exception) as error:
+        plan_of("deploys/ageis_node.py", limit=[HOST], override_data={"ollama_keep_alive": "0"})
+    text = cause(error.value)
+    assert text.startswith("host 'ageis-node': key 'ollama_keep_alive' is '0'; expected a")
+    assert "zero would unload it at once" in text
+
+
+def test_converged_node_changes_nothing_for_the_model_ready_unit(
+    plan_of, fleet, driver_loaded: None
+) -> None:
+    first = plan_of("deploys/ageis_node.py", limit=[HOST])
+    fresh = [op for op in first.for_host(HOST) if "ollama-model-ready" in op.name]
+    assert [op.changes for op in fresh] == [True, True, True]  # a first rollout writes, starts
+    machine = fleet[HOST]
+    machine.files[READY_UNIT] = first.upload(HOST, READY_UNIT)
+    machine.files[READY_SCRIPT] = (REPO / "files/ollama-model-ready").read_text()
+    machine.modes[READY_SCRIPT] = 755
+    machine.directories |= {"/usr/local/sbin", "/etc/systemd/system"}
+    machine.running["ollama-model-ready"] = True  # a oneshot that exited: active (exited)
+    machine.enabled["ollama-model-ready"] = True
+    again = plan_of("deploys/ageis_node.py", limit=[HOST])
+    ready = [op for op in again.for_host(HOST) if "ollama-model-ready" in op.name]
+    assert len(ready) == 3, [op.name for op in ready]
+    assert [op.name for op in ready if op.changes] == []

@@ -77,8 +77,8 @@ def test_distribution_major_cluster_on_the_ssd_pool_with_checksums(
 def test_settings_sized_from_ram_listen_and_hba(plan_of, fleet) -> None:
     result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
     conf = result.upload(NODE, "/etc/postgresql/16/main/conf.d/homelab.conf")
-    # 16 GiB VM, 12 % for PostgreSQL: ~1.9 GiB budget, half of it shared_buffers.
-    assert "shared_buffers = '958MB'" in conf
+    # 24 GiB VM, 12 % for PostgreSQL: ~2.8 GiB budget, half of it shared_buffers.
+    assert "shared_buffers = '1442MB'" in conf
     assert "listen_addresses = '127.0.0.1,::1,192.168.1.20'" in conf
     assert "password_encryption = 'scram-sha-256'" in conf
     hba = result.upload(NODE, "/etc/postgresql/16/main/pg_hba.conf")

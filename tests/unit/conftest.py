@@ -110,10 +110,10 @@ def baseline_groups() -> dict[str, list[Any]]:
                 {
                     "lan_address": "192.168.1.20",
                     "cpu": {"vendor": "intel", "model": "Xeon E5-2690 v4 (vCPU)", "cores": 4},
-                    "memory": "16G",
+                    "memory": "24G",
                     "gpus": [_r9700(functions=[{**f, "address": None} for f in R9700_FUNCTIONS])],
                     "pools": {"ssd": {"type": "dir", "path": "/srv/ssd"}},
-                    "guest": _guest(100, "qemu", 4, "16G", "256G", passthrough_gpu="r9700"),
+                    "guest": _guest(100, "qemu", 4, "24G", "256G", passthrough_gpu="r9700"),
                 },
             )
         ],

@@ -356,7 +356,7 @@ CASES = [
         "16G",
         "memory",
         "'16G'",
-        "(ageis-node 16 GiB, monitoring 2 GiB, dns 0.5 GiB); it has 16 GiB",
+        "(ageis-node 24 GiB, monitoring 2 GiB, dns 0.5 GiB); it has 16 GiB",
     ),
     Bad(
         "guest-disk-over-its-pool",

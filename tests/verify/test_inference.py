@@ -1,9 +1,10 @@
 """ageis-node's inference stack: ROCm, Ollama, actr-engine, openclaw-pipeline.
 
 Runs against the lab and the real VM alike. The GPU itself (``rocminfo`` lists the declared
-target, ``amd-smi`` sees the card, Ollama's discovery names it, a generation runs on it) needs
-the real R9700: those checks are marked ``hardware`` and skip on the lab, where the installed
-ROCm packages are the lab's test doubles (``/usr/share/homelab-standin/``).
+target, ``amd-smi`` sees the card, Ollama's discovery names it, a generation runs on it, the
+pipeline's model loads into VRAM) needs the real R9700: those checks are marked ``hardware``
+and skip on the lab, where the installed ROCm packages are the lab's test doubles
+(``/usr/share/homelab-standin/``).
 """
 
 from __future__ import annotations
@@ -152,11 +153,49 @@ def test_a_generation_runs_on_the_gpu_as_the_capacity_preflight_predicts(
 
 
 @pytest.mark.parametrize(
-    "unit", ["ollama.service", "actr-engine.service", "openclaw-pipeline.service"]
+    "unit",
+    [
+        "ollama.service",
+        "ollama-model-ready.service",
+        "actr-engine.service",
+        "openclaw-pipeline.service",
+    ],
 )
 def test_inference_services_run_and_start_at_boot(host_in: InventoryHost, unit: str) -> None:
     service = host_in.testinfra.service(unit)
     assert service.is_running and service.is_enabled
+
+
+def test_the_model_was_ready_at_this_boot(host_in: InventoryHost) -> None:
+    show = host_in.testinfra.check_output(
+        "systemctl show ollama-model-ready.service --property=ActiveState,Result"
+    )
+    # systemctl prints the properties in its own order, not the order asked.
+    assert sorted(show.split()) == ["ActiveState=active", "Result=success"], show
+
+
+def pipeline_model(node: InventoryHost) -> str | None:
+    """The model ollama-model-ready loads: openclaw_model, else the first of ollama_models."""
+    chosen = node.data.get("openclaw_model")
+    models = node.data.get("ollama_models") or []
+    name = chosen or (models[0]["name"] if models else None)
+    return full_name(name) if name else None
+
+
+@pytest.mark.hardware
+def test_the_pipelines_model_loads_into_vram(host_in: InventoryHost) -> None:
+    model = pipeline_model(host_in)
+    if not has_amd_gpu(host_in) or on_standin(host_in) or model is None:
+        pytest.skip("stand-in or no model: no GPU to load it on")
+    body = shlex.quote(json.dumps({"model": model, "stream": False}))
+    # Loads it if the keep-alive let it go (minutes for a 42 GB model); no prompt, no output.
+    host_in.testinfra.check_output(
+        f"curl -fsS --max-time 900 localhost:11434/api/generate -d {body}"
+    )
+    ps = json.loads(host_in.testinfra.check_output("curl -fsS localhost:11434/api/ps"))
+    entry = next((m for m in ps["models"] if model in (m["name"], m["model"])), None)
+    assert entry is not None, f"{host_in.name}: {model} is not loaded: {ps}"
+    assert entry["size_vram"] > 0, f"{host_in.name}: {model} runs on the CPU only: {entry}"
 
 
 def test_ollama_and_actr_engine_answer(host_in: InventoryHost) -> None:

@@ -58,6 +58,7 @@ TASK_MODULES = (
     "tasks.ageis_node.rocm",
     "tasks.ageis_node.ollama",
     "tasks.ageis_node.pytorch",
+    "tasks.ageis_node.model_ready",
     "tasks.ageis_node.storage_tier",
     "tasks.ageis_node.actr_engine",
     "tasks.ageis_node.openclaw_pipeline",

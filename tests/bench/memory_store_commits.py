@@ -42,9 +42,12 @@ for mode, setting in modes.items():
 dims = conns["local"].execute(
     "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'memory_chunk'::regclass"
     " AND attname = 'embedding'").fetchone()[0]
-receivers = conns["local"].execute(
-    "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('quorum', 'sync')"
-).fetchone()[0]
+# pg_stat_replication's rows are the superuser's to read: asked as postgres.
+import subprocess
+receivers = int(subprocess.run(
+    ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-c",
+     "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('quorum', 'sync')"],
+    capture_output=True, text=True, check=True).stdout.strip())
 standby_names = conns["local"].execute("SHOW synchronous_standby_names").fetchone()[0]
 
 def store(conn, n):

@@ -159,6 +159,15 @@ DATA = Schema(
         GROUPS,
     ),
     Key(
+        "actr_engine_ef_search",
+        Int(10, 1000),
+        100,
+        "pgvector's HNSW search breadth for the nearest candidates (hnsw.ef_search; pgvector's"
+        " own 40 misses the nearest memory among many near-equal ones); at least"
+        " actr_engine_candidates.",
+        GROUPS,
+    ),
+    Key(
         "actr_engine_embedder_url",
         Optional(EMBEDDER_URL),
         None,
@@ -260,6 +269,7 @@ def environment(settings: Any) -> dict[str, str]:
         "ACTR_MISMATCH_PENALTY": settings.actr_engine_mismatch_penalty,
         "ACTR_THRESHOLD": settings.actr_engine_threshold or "",
         "ACTR_CANDIDATES": str(settings.actr_engine_candidates),
+        "ACTR_EF_SEARCH": str(max(settings.actr_engine_ef_search, settings.actr_engine_candidates)),
         "ACTR_EMBEDDER_URL": embedder_url(settings) or "",
     }
     env.update(settings.actr_engine_environment)

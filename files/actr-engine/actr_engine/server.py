@@ -26,7 +26,8 @@ the password), the password from the systemd credential ``db-password`` (or
 ``ACTR_DATABASE_PASSWORD_FILE``), ``ACTR_DECAY`` (0.5), ``ACTR_MISMATCH_PENALTY`` (1.0),
 ``ACTR_THRESHOLD`` (empty: none), ``ACTR_CANDIDATES`` (20), ``ACTR_EMBEDDER_URL`` (empty: the
 caller gives embeddings), ``ACTR_EMBEDDER_MODEL`` (empty: the server's own), ``ACTR_MAX_BODY``,
-``ACTR_CLIENT_TIMEOUT``.
+``ACTR_CLIENT_TIMEOUT``, ``ACTR_EF_SEARCH`` (100: pgvector's HNSW search breadth, set on each
+connection).
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class Config:
     api_token: str | None = None
     max_body: int = 1024 * 1024
     client_timeout: float = 10.0
+    # HNSW's search breadth (pgvector's hnsw.ef_search, 40 by default): with many near-equal
+    # memories (a drill's rows, repeated notes) 40 misses the true nearest one.
+    ef_search: int = 100
 
     @classmethod
     def from_environment(cls, env: dict[str, str] | None = None) -> Config:
@@ -116,6 +120,7 @@ class Config:
             api_token=token or None,
             max_body=int(env.get("ACTR_MAX_BODY", str(1024 * 1024))),
             client_timeout=float(env.get("ACTR_CLIENT_TIMEOUT", "10")),
+            ef_search=int(env.get("ACTR_EF_SEARCH", "100")),
         )
 
 
@@ -240,6 +245,7 @@ class Engine:
                     autocommit=True,
                     client_encoding="utf8",
                 )
+                conn.execute(f"SET hnsw.ef_search = {int(self.config.ef_search)}")
             self.local.conn = conn
         return conn
 

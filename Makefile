@@ -179,6 +179,7 @@ embedder-lock: ## Re-resolve files/embedder/requirements-{cpu,cuda}.txt (CPython
 .PHONY: drills
 drills: venv ## Memory store drills, full counts (10 power cuts), on the rolled-out lab (make lab)
 	HOMELAB_DRILL_REPEAT=10 HOMELAB_DRILL_WIPE=host HOMELAB_DRILL_WRITE_S=90 \
+	  HOMELAB_DRILL_RECEIVER_OUTAGE=60 \
 	  $(PYTEST) -q -rs -s tests/lab/test_memory_store_drills.py
 
 .PHONY: bench-actr

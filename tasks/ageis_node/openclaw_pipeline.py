@@ -235,28 +235,32 @@ def node_major(version: str) -> str:
     return version.split(".")[0]
 
 
+def actr_engine_url(settings: Any) -> str:
+    """Where actr-engine answers on this host (its bind address, loopback for a wildcard one)."""
+    bind = actr_engine.DATA.read(host).actr_engine_bind
+    address = "127.0.0.1" if bind in ("0.0.0.0", "127.0.0.1") else bind
+    return f"http://{address}:{actr_engine.PORT}"
+
+
 def memory_plugin_config(settings: Any) -> dict[str, Any]:
     """``plugins`` of openclaw.json: the actr-memory plugin, loaded from its directory and
     enabled with actr-engine's URL and the name of its token's credential (not the token)."""
-    engine = actr_engine.DATA.read(host)
+    candidates = actr_engine.DATA.read(host).actr_engine_candidates
     limit = settings.openclaw_memory_recall_limit
-    if limit > engine.actr_engine_candidates:
+    if limit > candidates:
         raise DataError(
             host.name,
             "openclaw_memory_recall_limit",
             limit,
-            f"at most actr_engine_candidates ({engine.actr_engine_candidates}): actr-engine"
-            " refuses a larger limit",
+            f"at most actr_engine_candidates ({candidates}): actr-engine refuses a larger limit",
         )
-    bind = engine.actr_engine_bind
-    address = "127.0.0.1" if bind in ("0.0.0.0", "127.0.0.1") else bind
     return {
         "load": {"paths": [PLUGIN_DIR]},
         "entries": {
             PLUGIN_ID: {
                 "enabled": True,
                 "config": {
-                    "baseUrl": f"http://{address}:{actr_engine.PORT}",
+                    "baseUrl": actr_engine_url(settings),
                     "tokenCredential": ACTR_CREDENTIAL,
                     "recallLimit": limit,
                     "timeoutMs": 10000,
@@ -479,6 +483,7 @@ def _configure(settings: Any, token: Secret, plugin: tuple[OperationMeta, ...]) 
         openclaw=f"{PREFIX}/bin/openclaw",
         wait=WAIT,
         wait_seconds=settings.openclaw_pipeline_wait,
+        actr_url=actr_engine_url(settings),
         start_timeout=2 * settings.openclaw_pipeline_wait + DISCARD_SECONDS,
         stop_timeout=STOP_TIMEOUT,
         command=" ".join(shlex.quote(word) for word in settings.openclaw_pipeline_command),

@@ -235,7 +235,7 @@ def node_major(version: str) -> str:
     return version.split(".")[0]
 
 
-def actr_engine_url(settings: Any) -> str:
+def actr_engine_url() -> str:
     """Where actr-engine answers on this host (its bind address, loopback for a wildcard one)."""
     bind = actr_engine.DATA.read(host).actr_engine_bind
     address = "127.0.0.1" if bind in ("0.0.0.0", "127.0.0.1") else bind
@@ -260,7 +260,7 @@ def memory_plugin_config(settings: Any) -> dict[str, Any]:
             PLUGIN_ID: {
                 "enabled": True,
                 "config": {
-                    "baseUrl": actr_engine_url(settings),
+                    "baseUrl": actr_engine_url(),
                     "tokenCredential": ACTR_CREDENTIAL,
                     "recallLimit": limit,
                     "timeoutMs": 10000,
@@ -483,7 +483,7 @@ def _configure(settings: Any, token: Secret, plugin: tuple[OperationMeta, ...]) 
         openclaw=f"{PREFIX}/bin/openclaw",
         wait=WAIT,
         wait_seconds=settings.openclaw_pipeline_wait,
-        actr_url=actr_engine_url(settings),
+        actr_url=actr_engine_url(),
         start_timeout=2 * settings.openclaw_pipeline_wait + DISCARD_SECONDS,
         stop_timeout=STOP_TIMEOUT,
         command=" ".join(shlex.quote(word) for word in settings.openclaw_pipeline_command),

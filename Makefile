@@ -68,8 +68,15 @@ $(PROMTOOLS)/.installed:
 .PHONY: promtools
 promtools: $(PROMTOOLS)/.installed ## Unpack promtool and amtool (Debian packages) under build/
 
+# Node.js runs the OpenClaw plugin's unit test (tests/unit/test_actr_memory_plugin.py): the
+# distribution's nodejs (>= 18 on Debian 12/13 and Ubuntu 24.04) where there is no node.
+.PHONY: nodejs
+nodejs:
+	@command -v node >/dev/null || { echo "--> installing nodejs"; apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; }
+
 .PHONY: test-unit
-test-unit: venv promtools ## Unit tests: data model, validation, helpers, Prometheus rules
+test-unit: venv promtools nodejs ## Unit tests: data model, validation, helpers, Prometheus rules
 	$(PYTEST) -q tests/unit
 
 .PHONY: test-plan
@@ -81,7 +88,7 @@ test-plan: venv promtools ## Plan tests: the real deploys on the real machines' 
 test-fast: venv promtools ## Lint, unit and plan tests side by side on two cores (make test runs this)
 	$(MAKE) -j3 --output-sync=target --no-print-directory lint test-shard-0 test-shard-1
 
-test-shard-0 test-shard-1: venv promtools
+test-shard-0 test-shard-1: venv promtools nodejs
 	$(PYTEST) -q --shard $(subst test-shard-,,$@)/2 tests/unit tests/plan
 
 .PHONY: docs

@@ -10,13 +10,20 @@ host (kind ``path``).
 
 The gateway's configuration (``openclaw.json``: the Ollama provider at the local Ollama, the
 default model, gateway port 18789 with token auth, the token from secret
-``openclaw_gateway_token`` as a systemd credential) is written by the deploy. The unit comes
-last in ageis-node's boot order and requires ``memory-store-integrity.service``,
+``openclaw_gateway_token`` as a systemd credential) is written by the deploy. The agents' memory
+is actr-engine, through OpenClaw's own extension mechanism: the plugin ``actr-memory``
+(``files/openclaw-actr-memory``, plain ESM, no dependency) is installed root-owned under
+``/usr/local/lib/openclaw-plugins``, named in ``plugins.load.paths`` and enabled with its config
+(actr-engine's URL, the name of the credential that holds its API token) in
+``plugins.entries``; the token itself is actr-engine's own token file loaded as a systemd
+credential, never in openclaw.json (world-readable) or a command line. The unit comes last in
+ageis-node's boot order and requires ``memory-store-integrity.service``,
 ``ollama-model-ready.service`` (the model loaded, on the GPU where one is declared) and
-``actr-engine.service``; before it starts it waits (bounded) for Ollama and actr-engine and
-runs the restart hook ``files/openclaw-pipeline-recover``: a run that did not stop cleanly
-left its half-done work in ``/var/lib/openclaw-pipeline/inflight``, which is resumed or
-discarded as ``openclaw_pipeline_on_restart`` says.
+``actr-engine.service``; before it starts it waits (bounded) for Ollama and actr-engine. The
+restart hook ``files/openclaw-pipeline-recover`` works on what OpenClaw keeps in flight: its
+own restart recovery resumes the turns a crash or power cut interrupted (``resume``), or the
+hook cancels them through the gateway's RPC once it answers (``discard``), as
+``openclaw_pipeline_on_restart`` says.
 """
 
 from __future__ import annotations
@@ -34,11 +41,13 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
 
+from tasks.ageis_node import actr_engine
 from tasks.ageis_node.ollama import API as OLLAMA_API
 from tasks.ageis_node.ollama import WAIT, full_name
 from tasks.common.apt_keys import Fingerprint, verified_keyring
 from tasks.common.datamodel.forms import (
     ABSOLUTE_PATH,
+    Bool,
     Field,
     Int,
     ListOf,
@@ -48,7 +57,7 @@ from tasks.common.datamodel.forms import (
     Str,
     Struct,
 )
-from tasks.common.datamodel.keys import Key, Schema
+from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
 from tasks.common.datamodel.secrets import Secret, SecretSpec, load_secrets
 from tasks.common.ports import TAILNET, Port
@@ -68,6 +77,20 @@ RECOVER = "/usr/local/sbin/openclaw-pipeline-recover"
 UNIT = "/etc/systemd/system/openclaw-pipeline.service"
 DROP_IN_DIR = "/etc/systemd/system/openclaw-pipeline.service.d"
 DROP_IN = f"{DROP_IN_DIR}/homelab.conf"
+# The memory plugin: root-owned and not writable by the gateway's user (OpenClaw refuses a
+# plugin path owned by another user than itself or root, or writable by all).
+PLUGIN_ID = "actr-memory"
+PLUGINS_DIR = "/usr/local/lib/openclaw-plugins"
+PLUGIN_DIR = f"{PLUGINS_DIR}/{PLUGIN_ID}"
+PLUGIN_FILES = ("package.json", "openclaw.plugin.json", "index.js")
+PLUGIN_SOURCE = "openclaw-actr-memory"
+ACTR_CREDENTIAL = "actr-engine-token"
+# Seconds the stop may take: OpenClaw drains active turns for up to 315 s and needs 15 s more;
+# its restart-recovery docs ask hand-written units for TimeoutStopSec=330 and KillMode=mixed.
+STOP_TIMEOUT = 330
+# The discard step's longest run after the start (files/openclaw-pipeline-recover: READY_WAIT
+# for the gateway, RECOVERY_WINDOW for its re-dispatches), with a margin.
+DISCARD_SECONDS = 180 + 60 + 60
 NODE_KEYRING = "/usr/share/keyrings/nodesource.gpg"
 NODE_SOURCES = "/etc/apt/sources.list.d/nodesource.sources"
 NODE_PIN = "/etc/apt/preferences.d/nodejs.pref"
@@ -171,10 +194,24 @@ DATA = Schema(
         GROUPS,
     ),
     Key(
+        "openclaw_memory_plugin",
+        Bool(),
+        True,
+        "The agents' memory is actr-engine: the actr-memory plugin (actr_remember, actr_recall).",
+        GROUPS,
+    ),
+    Key(
+        "openclaw_memory_recall_limit",
+        Int(1, 1000),
+        5,
+        "Most memories one actr_recall returns (at most actr_engine_candidates).",
+        GROUPS,
+    ),
+    Key(
         "openclaw_pipeline_on_restart",
         Str(choices=("resume", "discard")),
         "resume",
-        "After a run that did not stop cleanly: resume or discard its half-done work.",
+        "After a run that did not stop cleanly: resume its interrupted turns, or cancel them.",
         GROUPS,
     ),
     Key(
@@ -198,8 +235,44 @@ def node_major(version: str) -> str:
     return version.split(".")[0]
 
 
+def actr_engine_url() -> str:
+    """Where actr-engine answers on this host (its bind address, loopback for a wildcard one)."""
+    bind = actr_engine.DATA.read(host).actr_engine_bind
+    address = "127.0.0.1" if bind in ("0.0.0.0", "127.0.0.1") else bind
+    return f"http://{address}:{actr_engine.PORT}"
+
+
+def memory_plugin_config(settings: Any) -> dict[str, Any]:
+    """``plugins`` of openclaw.json: the actr-memory plugin, loaded from its directory and
+    enabled with actr-engine's URL and the name of its token's credential (not the token)."""
+    candidates = actr_engine.DATA.read(host).actr_engine_candidates
+    limit = settings.openclaw_memory_recall_limit
+    if limit > candidates:
+        raise DataError(
+            host.name,
+            "openclaw_memory_recall_limit",
+            limit,
+            f"at most actr_engine_candidates ({candidates}): actr-engine refuses a larger limit",
+        )
+    return {
+        "load": {"paths": [PLUGIN_DIR]},
+        "entries": {
+            PLUGIN_ID: {
+                "enabled": True,
+                "config": {
+                    "baseUrl": actr_engine_url(),
+                    "tokenCredential": ACTR_CREDENTIAL,
+                    "recallLimit": limit,
+                    "timeoutMs": 10000,
+                },
+            }
+        },
+    }
+
+
 def gateway_config(settings: Any) -> str:
-    """openclaw.json: the local Ollama as the only provider, token auth on the gateway."""
+    """openclaw.json: the local Ollama as the only provider, token auth on the gateway, and
+    (``openclaw_memory_plugin``) actr-engine as the agents' memory."""
     model = settings.openclaw_model
     if model is None:
         models = host.data.get("ollama_models") or []
@@ -225,6 +298,8 @@ def gateway_config(settings: Any) -> str:
     }
     if model:
         config["agents"] = {"defaults": {"model": {"primary": f"ollama/{model}"}}}
+    if settings.openclaw_memory_plugin:
+        config["plugins"] = memory_plugin_config(settings)
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
@@ -263,12 +338,14 @@ def install_id(settings: Any) -> str:
 
 @dataclass(frozen=True)
 class PipelineFiles:
-    """The operations that write the service's unit, drop-in, configuration and token."""
+    """The operations that write the service's unit, drop-in, configuration, token and
+    memory plugin (any change restarts the gateway: it loads plugins when it starts)."""
 
     unit: OperationMeta
     drop_in: OperationMeta
     config: OperationMeta
     secret: OperationMeta
+    plugin: tuple[OperationMeta, ...]
 
 
 @deploy("openclaw-pipeline", data_defaults=DATA.defaults())
@@ -277,7 +354,8 @@ def openclaw_pipeline() -> None:
     token = load_secrets()["openclaw_gateway_token"]
     _install_nodejs(settings)
     _install_openclaw(settings)
-    written = _configure(settings, token)
+    plugin = _install_memory_plugin(settings.openclaw_memory_plugin)
+    written = _configure(settings, token, plugin)
     _activate(written)
 
 
@@ -345,7 +423,36 @@ def _install_openclaw(settings: Any) -> None:
     )
 
 
-def _configure(settings: Any, token: Secret) -> PipelineFiles:
+def _install_memory_plugin(enabled: bool) -> tuple[OperationMeta, ...]:
+    """The actr-memory plugin's files, root-owned and read-only for the gateway; gone when
+    ``openclaw_memory_plugin`` is off."""
+    if not enabled:
+        return (
+            files.directory(
+                name="OpenClaw's actr-memory plugin (off: removed)", path=PLUGIN_DIR, present=False
+            ),
+        )
+    files.directory(name="OpenClaw plugins installed by the deploy", path=PLUGINS_DIR, mode="755")
+    directory = files.directory(
+        name="OpenClaw's actr-memory plugin", path=PLUGIN_DIR, user="root", group="root", mode="755"
+    )
+    return (
+        directory,
+        *(
+            files.put(
+                name=f"OpenClaw's actr-memory plugin: {name}",
+                src=file_path(f"{PLUGIN_SOURCE}/{name}"),
+                dest=f"{PLUGIN_DIR}/{name}",
+                user="root",
+                group="root",
+                mode="644",
+            )
+            for name in PLUGIN_FILES
+        ),
+    )
+
+
+def _configure(settings: Any, token: Secret, plugin: tuple[OperationMeta, ...]) -> PipelineFiles:
     """The gateway's configuration and token, the helper scripts, the unit and its
     environment drop-in."""
     files.directory(name="openclaw-pipeline's configuration", path=CONFIG_DIR, mode="755")
@@ -369,10 +476,16 @@ def _configure(settings: Any, token: Secret) -> PipelineFiles:
         dest=UNIT,
         mode="644",
         token_file=TOKEN_FILE,
+        actr_credential=ACTR_CREDENTIAL if settings.openclaw_memory_plugin else None,
+        actr_token_file=actr_engine.TOKEN_FILE,
         recover=RECOVER,
         on_restart=settings.openclaw_pipeline_on_restart,
+        openclaw=f"{PREFIX}/bin/openclaw",
         wait=WAIT,
         wait_seconds=settings.openclaw_pipeline_wait,
+        actr_url=actr_engine_url(),
+        start_timeout=2 * settings.openclaw_pipeline_wait + DISCARD_SECONDS,
+        stop_timeout=STOP_TIMEOUT,
         command=" ".join(shlex.quote(word) for word in settings.openclaw_pipeline_command),
     )
     files.directory(name="openclaw-pipeline's drop-in directory", path=DROP_IN_DIR, mode="755")
@@ -383,7 +496,7 @@ def _configure(settings: Any, token: Secret) -> PipelineFiles:
         mode="644",
         environment=service_environment(settings),
     )
-    return PipelineFiles(unit=unit, drop_in=drop_in, config=config, secret=secret)
+    return PipelineFiles(unit=unit, drop_in=drop_in, config=config, secret=secret, plugin=plugin)
 
 
 def service_environment(settings: Any) -> dict[str, str]:
@@ -411,5 +524,8 @@ def _activate(written: PipelineFiles) -> None:
         running=True,
         enabled=True,
         daemon_reload=unit.will_change or drop_in.will_change,
-        restarted=any(op.will_change for op in (unit, drop_in, written.config, written.secret)),
+        restarted=any(
+            op.will_change
+            for op in (unit, drop_in, written.config, written.secret, *written.plugin)
+        ),
     )

@@ -5,7 +5,9 @@ store and retrieve over HTTP. The order mounts, postgresql@..., memory-store-int
 ollama, ollama-model-ready, actr-engine, openclaw-pipeline is read from the journal's "Started"
 records after a clean reboot and after a pulled plug, and after a pulled plug the pipeline's
 start is compared with the model-ready unit's end (systemd's timestamps); a failing integrity
-check keeps actr-engine and the pipeline down. The benchmark runs in a small version here
+check keeps actr-engine and the pipeline down. The pipeline's memory plugin is in place and its
+gateway (the stand-in) has actr-engine's token as a credential. The benchmark runs in a small
+version here
 (its 100 000-memory run is ``make bench-actr``). Each test leaves the lab converged.
 """
 
@@ -273,6 +275,32 @@ def test_pipeline_starts_only_after_the_model_is_ready_after_a_power_cut() -> No
     assert [(m["name"], m["keep_alive"]) for m in ps["models"]] == [("lab-standin:tiny", "30m")]
     journal = ssh("journalctl -b -u ollama-model-ready.service -o cat").stdout
     assert "lab-standin:tiny loaded in" in journal and "placement not checked" in journal
+
+
+def test_the_pipeline_gets_the_memory_plugin_and_actr_engines_token() -> None:
+    """The deploy's half of the memory wiring, end to end on the lab's node: the plugin's files
+    root-owned and read-only for the gateway's user, and the running gateway (the stand-in, which
+    runs no plugin code) finds the plugin enabled and the token credential systemd passed it."""
+    plugin = "/usr/local/lib/openclaw-plugins/actr-memory"
+    listing = ssh(f"stat -c '%U:%G %a %n' {plugin} {plugin}/*").stdout.splitlines()
+    assert listing == [
+        f"root:root 755 {plugin}",
+        f"root:root 644 {plugin}/index.js",
+        f"root:root 644 {plugin}/openclaw.plugin.json",
+        f"root:root 644 {plugin}/package.json",
+    ], listing
+    assert ssh(f"runuser -u openclaw -- test -w {plugin}/index.js").returncode != 0
+    health = json.loads(ssh("curl -fsS --max-time 5 http://127.0.0.1:18789/health").stdout)
+    assert health["plugins"] == {
+        "actr-memory": {
+            "enabled": True,
+            "tools": ["actr_remember", "actr_recall"],
+            "baseUrl": "http://127.0.0.1:8100",
+            "credential": True,
+        }
+    }, health
+    config = ssh("cat /etc/openclaw-pipeline/openclaw.json").stdout
+    assert api_token() not in config  # a credential, never in the world-readable file
 
 
 def test_benchmark_small_n_runs_both_sides() -> None:

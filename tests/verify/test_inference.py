@@ -211,6 +211,45 @@ def test_credentials_are_root_only(host_in: InventoryHost) -> None:
         assert (secret.user, secret.mode) == ("root", 0o600), path
 
 
+PLUGIN = "/usr/local/lib/openclaw-plugins/actr-memory"
+OPENCLAW_STANDIN = "/opt/openclaw/lib/openclaw/TEST-DOUBLE"
+
+
+def test_the_memory_plugin_is_root_owned_and_enabled(host_in: InventoryHost) -> None:
+    if host_in.data.get("openclaw_memory_plugin") is False:
+        assert not host_in.testinfra.file(PLUGIN).exists
+        return
+    for path in (PLUGIN, *(f"{PLUGIN}/{name}" for name in ("index.js", "package.json"))):
+        item = host_in.testinfra.file(path)
+        assert (item.user, item.group) == ("root", "root"), path
+        assert item.mode == (0o755 if path == PLUGIN else 0o644), path
+    assert host_in.testinfra.run(f"runuser -u openclaw -- test -w {PLUGIN}").rc != 0
+    config = json.loads(host_in.testinfra.file("/etc/openclaw-pipeline/openclaw.json").content)
+    entry = config["plugins"]["entries"]["actr-memory"]
+    assert entry["enabled"] is True and config["plugins"]["load"]["paths"] == [PLUGIN]
+    assert entry["config"]["tokenCredential"] == "actr-engine-token"
+    unit = host_in.testinfra.check_output("systemctl cat openclaw-pipeline.service")
+    assert "LoadCredential=actr-engine-token:/etc/actr-engine/api-token" in unit
+
+
+def test_the_gateway_loads_the_memory_plugin_with_its_tools(host_in: InventoryHost) -> None:
+    """OpenClaw itself (not the lab's stand-in) loads the plugin and registers both tools."""
+    if host_in.testinfra.file(OPENCLAW_STANDIN).exists:
+        pytest.skip("the lab's OpenClaw is a stand-in: it loads no plugin code")
+    if host_in.data.get("openclaw_memory_plugin") is False:
+        pytest.skip("openclaw_memory_plugin is off on this host")
+    environment = host_in.testinfra.check_output(
+        "systemctl show openclaw-pipeline -p Environment --value"
+    )
+    inspect = host_in.testinfra.check_output(
+        f"runuser -u openclaw -- env {environment} /opt/openclaw/bin/openclaw plugins inspect"
+        " actr-memory --runtime --json"
+    )
+    plugin = json.loads(inspect)["plugin"]
+    assert plugin["status"] == "loaded", plugin.get("error")
+    assert plugin["toolNames"] == ["actr_remember", "actr_recall"]
+
+
 def test_ollama_can_write_its_models_directory(host_in: InventoryHost) -> None:
     """Every parent must let the ollama user through (a root-only parent broke pulls once)."""
     environment = host_in.testinfra.check_output("systemctl show ollama -p Environment --value")

@@ -280,8 +280,8 @@ def read_html(text: str) -> list[Block]:
     parser.close()
     parser.flush()
     blocks = parser.blocks
-    # The <title> heads the document unless the body starts with its own top heading.
-    if parser.title and not (blocks and blocks[0].level == 1):
+    # The <title> heads the document unless the body has its own top heading.
+    if parser.title and not any(block.level == 1 for block in blocks):
         blocks.insert(0, Block(parser.title, 1))
     return blocks
 
@@ -303,6 +303,8 @@ def read_pdf(data: bytes, alive: Callable[[], None] = lambda: None) -> list[Bloc
             for paragraph in _paragraphs(text):
                 blocks.append(Block(re.sub(r"[ \t]*\n[ \t]*", " ", paragraph)))
         return blocks
+    except DocumentError:
+        raise
     except (FileNotDecryptedError, DependencyError, NotImplementedError) as error:
         # A password, or an encryption pypdf cannot open without optional packages.
         raise DocumentError("encrypted", f"the PDF cannot be decrypted: {error}") from error

@@ -13,12 +13,12 @@ Settings are sized from the host's RAM (``postgresql_memory_percent`` of it, the
 Ollama), passwords are ``scram-sha-256``, PostgreSQL listens on loopback and the host's
 ``lan_address`` (and ``postgresql_tailnet_address``), and ``pg_hba`` admits exactly the
 declared clients: ``actr_engine`` locally and over loopback, ``vector_indexer`` and
-``document_ingest`` from the embedder's ``lan_address`` (plus ``postgresql_extra_clients``). Clients over the network must
-use TLS (``hostssl``, TLS 1.3): the server's certificate comes from the memory store's own CA,
-derived on the controller from the secret ``pgbackrest_tls_seed`` (its names: the host's
-inventory name, its FQDN, ``lan_address`` and the tailnet address), and the vector indexer
-verifies it (libpq's ``verify-full``) against that CA. Loopback and the Unix socket stay plain:
-their traffic never leaves the host.
+``document_ingest`` from the embedder's ``lan_address`` (plus ``postgresql_extra_clients``).
+Clients over the network must use TLS (``hostssl``, TLS 1.3): the server's certificate comes
+from the memory store's own CA, derived on the controller from the secret
+``pgbackrest_tls_seed`` (its names: the host's inventory name, its FQDN, ``lan_address`` and
+the tailnet address), and the embedder's services verify it (libpq's ``verify-full``) against
+that CA. Loopback and the Unix socket stay plain: their traffic never leaves the host.
 
 The ``memory_store`` database, its roles and schema come from one SQL template
 (``templates/memory-store-schema.sql.j2``, vector dimension ``memory_embedding_dimensions``),

@@ -30,12 +30,15 @@ EXPECTED = {
         (8006, "tcp", "proxmox-web"): ADMIN_PORT,
         (3493, "tcp", "nut"): ({EMBEDDER}, False),
         (8432, "tcp", "pgbackrest-server"): ({NODE, MONITOR}, False),
+        # The WAL receiver's spool: the memory store's restore fetches WAL from it.
+        (8433, "tcp", "wal-spool"): ({NODE, MONITOR}, False),
         (9100, "tcp", "node-exporter"): ({MONITOR}, False),
         (41641, "udp", "tailscaled"): ({LAN}, False),
     },
     "ageis-node": {
         (22, "tcp", "ssh"): ADMIN_PORT,
-        (5432, "tcp", "postgresql"): ({EMBEDDER, MONITOR}, False),
+        # The embedder's clients and the WAL receivers (pve, embedder).
+        (5432, "tcp", "postgresql"): ({PVE, EMBEDDER, MONITOR}, False),
         (8100, "tcp", "actr-engine"): ({MONITOR}, False),
         (8432, "tcp", "pgbackrest-server"): ({PVE, MONITOR}, False),
         (9100, "tcp", "node-exporter"): ({MONITOR}, False),
@@ -46,8 +49,10 @@ EXPECTED = {
         (22, "tcp", "ssh"): ADMIN_PORT,
         (5500, "tcp", "tts (piper)"): ({NODE, MONITOR}, False),
         (8300, "tcp", "embedding-server"): ({NODE, MONITOR}, False),
+        (8433, "tcp", "wal-spool"): ({NODE, MONITOR}, False),
         (9100, "tcp", "node-exporter"): ({MONITOR}, False),
         (9310, "tcp", "vector-indexer"): ({MONITOR}, False),
+        (9311, "tcp", "document-ingest"): ({MONITOR}, False),
         (41641, "udp", "tailscaled"): ({LAN}, False),
     },
     "monitoring": {

@@ -445,9 +445,14 @@ def test_an_unreadable_pdf_fails_until_it_changes_and_keeps_no_retry_loop(
 def test_limits_fail_a_document_with_its_reason(harness: Harness) -> None:
     drop(harness.root, "huge.txt", "word " * 50_000)  # 250 kB: over max_bytes
     drop(harness.root, "many.txt", "\n\n".join(f"Paragraph {i}. " * 8 for i in range(80)))
-    harness.until(lambda: len(harness.metrics.failures) == 2)
-    assert harness.metrics.failures == {"too_large": 1, "too_many_chunks": 1}
+    (harness.root / "scan.pdf").write_bytes(minimal_pdf([[]]))  # a page without text
+    drop(harness.root, "empty.txt", "\n")  # an empty text file is no failure
+    harness.until(lambda: len(harness.metrics.failures) == 3)
+    assert harness.metrics.failures == {"too_large": 1, "too_many_chunks": 1, "no_text": 1}
     assert harness.db.chunks == {}
+    harness.until(lambda: "empty.txt" in harness.ingester.seen)
+    assert harness.ingester.seen["empty.txt"].outcome == "empty"
+    assert harness.metrics.failed_documents == 3
 
 
 def test_the_embedding_server_away_delays_the_document_without_losing_it(

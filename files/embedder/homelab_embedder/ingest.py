@@ -15,8 +15,9 @@ old set or the new one, never both or neither); a deleted file's chunks are dele
 name ``source_kind = 'document'`` and this origin, and the store's row-level security lets
 this service's role see and touch no other rows.
 
-A document that cannot be read (damaged or encrypted PDF, over ``--max-bytes`` or
-``--max-chunks``) counts as failed until the file changes; its earlier chunks, if any, stay.
+A document that cannot be read (damaged or encrypted PDF, a PDF without text, over
+``--max-bytes`` or ``--max-chunks``, not readable by the service) counts as failed until the
+file changes; its earlier chunks, if any, stay.
 An embedding server or database that does not answer is retried with backoff (0.5 s doubling
 to 30 s) without end: the metrics show it. A document whose parsing killed the process (out
 of memory, the watchdog) is not parsed again until it changes (a marker in the state
@@ -502,7 +503,7 @@ class Ingester:
             marker.write_text(json.dumps({"path": rel, "sha256": sha}))
         try:
             blocks = documents.read(data, fmt, alive)
-            return documents.chunk(blocks, self.count, self.sizes)
+            chunks = documents.chunk(blocks, self.count, self.sizes)
         except documents.DocumentError:
             raise
         except Exception as error:  # a parser's own bug must not stop the service
@@ -513,6 +514,10 @@ class Ingester:
             if marker is not None:
                 with contextlib.suppress(OSError):
                     marker.unlink()
+        if not chunks and fmt == "pdf":
+            # An empty text file is just empty; a PDF without text is a scan nobody can find.
+            raise documents.DocumentError("no_text", "no text layer (a scan: OCR it first)")
+        return chunks
 
     def _store(
         self, rel: str, sha: str, fmt: str, chunks: list[documents.Chunk], signature: Signature

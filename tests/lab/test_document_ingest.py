@@ -30,7 +30,7 @@ import pytest
 
 from tests.fixtures.pdf import minimal_pdf
 from tests.lab import hosts, labctl
-from tests.lab.embedder_helpers import EMBEDDER, STORE, record, ssh
+from tests.lab.embedder_helpers import EMBEDDER, INGEST_URL, STORE, http, record, ssh, wait_healthy
 
 pytestmark = pytest.mark.lab
 T = TypeVar("T")
@@ -183,7 +183,7 @@ def run_tag() -> Iterator[str]:
     """A tag of this run; its documents and staging directory are removed afterwards."""
     tag = f"lab{time.time_ns() // 1_000_000}"
     assert "--inbox " + INBOX in ssh(EMBEDDER, "systemctl cat document-ingest.service")
-    assert ssh(EMBEDDER, "systemctl is-active document-ingest.service") == "active"
+    wait_healthy(f"{INGEST_URL}/health", timeout=60)
     try:
         yield tag
     finally:
@@ -254,6 +254,8 @@ def test_dropped_documents_are_findable_within_5_s_then_replaced_and_removed(
     missing = [name for name, seconds in latencies.items() if seconds == math.inf]
     assert not missing, f"never found through actr-engine: {missing}"
     assert p95 <= P95_LIMIT, f"p95 {p95:.2f} s over {P95_LIMIT} s: {latencies}"
+    status, metrics, _ = http("GET", f"{INGEST_URL}/metrics")
+    assert status == 200 and b"\ndocument_ingest_failed_documents 0\n" in metrics
 
     # A new version renamed over the first document: its new chunks, none of the old.
     path = f"{tag}/{changed_name}"

@@ -57,10 +57,11 @@ CONFIG_DIR = "/etc/document-ingest"
 PASSWORD_FILE = f"{CONFIG_DIR}/db-password"
 CA_FILE = f"{CONFIG_DIR}/memory-store-ca.crt"
 GROUPS = (EMBEDDER,)
-# System directories an inbox must never be (the deploy sets the inbox's owner and mode).
+# Where an inbox must never be: system directories (the deploy sets the inbox's owner and
+# mode), and /home, which the service's sandbox hides (ProtectHome).
 SYSTEM_DIRECTORIES = (
-    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys",
-    "/usr",
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/proc", "/root", "/run",
+    "/sbin", "/sys", "/usr",
 )  # fmt: skip
 
 PORTS = (Port(PORT, "tcp", "document-ingest", probe="http:/health", metrics_path="/metrics"),)
@@ -78,7 +79,7 @@ def _inbox_path_ok(path: str) -> bool:
 
 _INBOX_PATH_FORM = (
     "an absolute path of a directory of its own, at least two levels deep, letters, digits and"
-    ' ._- only, not under a system directory, such as "/srv/hdd/documents/inbox"'
+    ' ._- only, not under a system directory or /home, such as "/srv/hdd/documents/inbox"'
 )
 INBOX_PATH = Predicate(
     Str(r"/[A-Za-z0-9._/-]+", what=_INBOX_PATH_FORM), _inbox_path_ok, _INBOX_PATH_FORM

@@ -350,6 +350,10 @@ def test_inbox_path_and_writers_are_data(plan_of, fleet) -> None:
             " of its own, at least two levels deep",
         ),
         (
+            {"document_inbox_path": "/home/alice/inbox"},
+            "key 'document_inbox_path' is '/home/alice/inbox'; expected an absolute path",
+        ),
+        (
             {"document_inbox_path": "/srv/in box"},
             "key 'document_inbox_path' is '/srv/in box'; expected an absolute path",
         ),

@@ -673,7 +673,9 @@ def token_counter(model_dir: Path, max_tokens: int) -> documents.Count:
     a chunk size the model's window cannot hold stops the service."""
     from tokenizers import Tokenizer
 
-    window = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
+    from homelab_embedder.bert_onnx import model_settings
+
+    window = model_settings(model_dir)["max_length"]  # as the embedding server reads it
     if max_tokens > int(window) - 2:
         raise SystemExit(
             f"--chunk-tokens {max_tokens}: the model's window is {window} tokens with [CLS] and"

@@ -455,7 +455,11 @@ class Ingester:
         try:
             opened = regular_file(self.inbox.root / rel)
         except PermissionError as error:
-            st = (self.inbox.root / rel).stat(follow_symlinks=False)
+            try:
+                st = (self.inbox.root / rel).stat(follow_symlinks=False)
+            except OSError:
+                self._gone(rel)
+                return
             self._failed(rel, Signature.of(st), "", "permission", str(error))
             return
         except OSError as error:

@@ -54,6 +54,7 @@ from tasks.common.datamodel.machine import (
 from tasks.common.datamodel.preflight import require_valid_data
 from tasks.common.host_keys import require_trusted_host_keys
 from tasks.common.ports import Port
+from tasks.embedder.document_ingest import document_ingest
 from tasks.embedder.embedding_server import embedding_server
 from tasks.embedder.nvidia_driver import nvidia_driver
 from tasks.embedder.tts import tts
@@ -147,7 +148,15 @@ ROLES: dict[str, tuple[Task, ...]] = {
         actr_engine,
         openclaw_pipeline,
     ),
-    EMBEDDER: (tailscale, nvidia_driver, embedding_server, vector_indexer, wal_receiver, tts),
+    EMBEDDER: (
+        tailscale,
+        nvidia_driver,
+        embedding_server,
+        vector_indexer,
+        document_ingest,
+        wal_receiver,
+        tts,
+    ),
     SERVICE_GUESTS: (),
     DNS: (dns_resolver,),
     # Monitoring is given the table's port lookup, so its module need not import this one.

@@ -12,13 +12,13 @@ stops the run naming what differs.
 Settings are sized from the host's RAM (``postgresql_memory_percent`` of it, the rest belongs to
 Ollama), passwords are ``scram-sha-256``, PostgreSQL listens on loopback and the host's
 ``lan_address`` (and ``postgresql_tailnet_address``), and ``pg_hba`` admits exactly the
-declared clients: ``actr_engine`` locally and over loopback, ``vector_indexer`` from the
-embedder's ``lan_address`` (plus ``postgresql_extra_clients``). Clients over the network must
-use TLS (``hostssl``, TLS 1.3): the server's certificate comes from the memory store's own CA,
-derived on the controller from the secret ``pgbackrest_tls_seed`` (its names: the host's
-inventory name, its FQDN, ``lan_address`` and the tailnet address), and the vector indexer
-verifies it (libpq's ``verify-full``) against that CA. Loopback and the Unix socket stay plain:
-their traffic never leaves the host.
+declared clients: ``actr_engine`` locally and over loopback, ``vector_indexer`` and
+``document_ingest`` from the embedder's ``lan_address`` (plus ``postgresql_extra_clients``).
+Clients over the network must use TLS (``hostssl``, TLS 1.3): the server's certificate comes
+from the memory store's own CA, derived on the controller from the secret
+``pgbackrest_tls_seed`` (its names: the host's inventory name, its FQDN, ``lan_address`` and
+the tailnet address), and the embedder's services verify it (libpq's ``verify-full``) against
+that CA. Loopback and the Unix socket stay plain: their traffic never leaves the host.
 
 The ``memory_store`` database, its roles and schema come from one SQL template
 (``templates/memory-store-schema.sql.j2``, vector dimension ``memory_embedding_dimensions``),
@@ -91,7 +91,9 @@ DISTRIBUTION_MAJOR_BY_OS = {"ubuntu-24.04": 16, "debian-13": 17, "debian-12": 15
 
 DATABASE = "memory_store"
 OWNER = "memory_owner"
-CLIENT_ROLES = ("actr_engine", "vector_indexer")
+CLIENT_ROLES = ("actr_engine", "vector_indexer", "document_ingest")
+# The login roles of the embedder's services: each admitted from every embedder's lan_address.
+EMBEDDER_ROLES = ("vector_indexer", "document_ingest")
 # Login roles with REPLICATION and no database access: the WAL receivers'.
 REPLICATION_ROLES = (WAL_ROLE,)
 TABLES = ("memory_chunk", "memory_access")
@@ -217,6 +219,12 @@ SECRETS = (
         "password",
     ),
     SecretSpec(
+        "memory_store_document_ingest_password",
+        (AGEIS_NODE, EMBEDDER),
+        "password of the document_ingest role of the memory store (any long random string)",
+        "password",
+    ),
+    SecretSpec(
         WAL_PASSWORD_SECRET,
         (AGEIS_NODE, HYPERVISOR, EMBEDDER),
         "password of the wal_receiver replication role the WAL receivers log in with (any long"
@@ -231,7 +239,8 @@ PORTS = (
         "tcp",
         "postgresql",
         probe="tcp",
-        # The vector indexer (embedder) and the WAL receivers (hypervisor, embedder).
+        # The vector indexer and the document ingester (embedder), the WAL receivers
+        # (hypervisor, embedder).
         consumers=(EMBEDDER, HYPERVISOR),
         extra_sources=lambda data: [
             f"{c['address']}/32" for c in (data.get("postgresql_extra_clients") or [])
@@ -438,8 +447,9 @@ def _ram(configured: int | None) -> int:
 def hba_clients(extra: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(role, CIDR) pairs pg_hba admits over the network, beyond local and loopback."""
     clients = [
-        ("vector_indexer", f"{MACHINE.read(other).lan_address}/32")
+        (role, f"{MACHINE.read(other).lan_address}/32")
         for other in inventory.get_group(EMBEDDER, [])
+        for role in EMBEDDER_ROLES
     ]
     clients += [(c["role"], f"{ipaddress.IPv4Address(c['address'])}/32") for c in extra]
     return sorted(set(clients))

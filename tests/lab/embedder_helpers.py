@@ -25,6 +25,7 @@ MONITORING = hosts.by_name("monitoring")
 EMBED_URL = f"http://{EMBEDDER.address}:8300"
 TTS_URL = f"http://{EMBEDDER.address}:5500"
 INDEXER_URL = f"http://{EMBEDDER.address}:9310"
+INGEST_URL = f"http://{EMBEDDER.address}:9311"
 BENCH_DIR = Path(os.environ.get("HOMELAB_BENCH_DIR", hosts.STATE_DIR / "bench"))
 
 
@@ -49,7 +50,7 @@ def copy(host: hosts.LabHost, source: Path, dest: str) -> None:
 
 
 # Who consumes each of the embedder's ports (tasks/embedder/*.py declare the same).
-CONSUMER_OF_PORT = {8300: STORE, 5500: STORE, 9310: MONITORING}
+CONSUMER_OF_PORT = {8300: STORE, 5500: STORE, 9310: MONITORING, 9311: MONITORING}
 
 
 def http(

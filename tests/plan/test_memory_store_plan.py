@@ -88,6 +88,8 @@ def test_settings_sized_from_ram_listen_and_hba(plan_of, fleet) -> None:
         ["local", "memory_store", "actr_engine", "scram-sha-256"],
         ["host", "memory_store", "actr_engine", "127.0.0.1/32", "scram-sha-256"],
         ["host", "memory_store", "actr_engine", "::1/128", "scram-sha-256"],
+        # The embedder's vector indexer and document ingester, each with its own role.
+        ["hostssl", "memory_store", "document_ingest", "192.168.1.30/32", "scram-sha-256"],
         ["hostssl", "memory_store", "vector_indexer", "192.168.1.30/32", "scram-sha-256"],
         # The WAL receivers (pve, embedder): replication only, no database.
         ["hostssl", "replication", "wal_receiver", "192.168.1.10/32", "scram-sha-256"],
@@ -163,6 +165,30 @@ def test_passwords_travel_only_as_scram_verifiers(plan_of, fleet) -> None:
     assert verifier_checks(receiver, PLAN_SECRETS["memory_store_wal_receiver_password"])
     assert "ALTER ROLE wal_receiver LOGIN REPLICATION NOSUPERUSER" in sql
     assert not [line for line in sql.splitlines() if "GRANT" in line and "wal_receiver" in line]
+
+
+def test_document_ingest_role_reaches_only_document_rows(plan_of, fleet) -> None:
+    result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
+    sql = result.upload(NODE, "/etc/homelab/memory-store/schema.sql")
+    verifier = sql_verifiers(sql)["document_ingest"]
+    assert verifier_checks(verifier, PLAN_SECRETS["memory_store_document_ingest_password"])
+    grants = [line for line in sql.splitlines() if "GRANT" in line and "document_ingest" in line]
+    assert grants == [
+        "GRANT CONNECT ON DATABASE memory_store TO actr_engine, vector_indexer, document_ingest;",
+        "GRANT USAGE ON SCHEMA public TO actr_engine, vector_indexer, document_ingest;",
+        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO actr_engine, document_ingest;",
+        "GRANT SELECT, INSERT, DELETE ON memory_chunk TO document_ingest;",
+        "GRANT INSERT ON memory_access TO document_ingest;",
+    ]
+    assert "ALTER TABLE memory_chunk ENABLE ROW LEVEL SECURITY;" in sql
+    assert (
+        "CREATE POLICY memory_chunk_documents ON memory_chunk TO document_ingest\n"
+        "  USING (metadata->>'source_kind' = 'document')\n"
+        "  WITH CHECK (metadata->>'source_kind' = 'document');"
+    ) in sql
+    # Policies change inside one transaction: no client is ever left without one.
+    body = sql.split("BEGIN;\n", 1)[1].split("COMMIT;\n", 1)[0]
+    assert body.count("CREATE POLICY") == 4 and "ENABLE ROW LEVEL SECURITY" in body
 
 
 def sql_verifiers(sql: str) -> dict[str, str]:
@@ -260,7 +286,7 @@ def test_converged_store_keeps_its_verifiers_and_schema(plan_of, fleet) -> None:
 
     verifiers = {
         r: scram_verifier(PLAN_SECRETS[f"memory_store_{r}_password"])
-        for r in ("actr_engine", "vector_indexer", "wal_receiver")
+        for r in ("actr_engine", "vector_indexer", "document_ingest", "wal_receiver")
     }
     sql = render_schema(384, verifiers)
     machine = fleet[NODE]

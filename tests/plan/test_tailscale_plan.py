@@ -93,11 +93,14 @@ def test_auth_key_is_a_root_only_file_never_a_command_line_value(full: Plan) -> 
     assert f"upload /etc/tailscale/authkey\n{SECRET}" in commands
     assert "chmod 600 /etc/tailscale/authkey" in commands
     assert "chown root:root /etc/tailscale/authkey" in commands
-    # (Plan secrets share one value: the vector indexer's database password file, NUT's
-    # upsmon.conf, root:nut 640, and the WAL receiver's root-only passfile hold it too.)
+    # (Plan secrets share one value: the vector indexer's and the document ingester's database
+    # password files, the WAL receiver's pgpass and NUT's upsmon.conf, root:nut 640, hold it
+    # too.)
     others = (
         "upload /etc/tailscale/authkey",
         "upload /etc/vector-indexer/db-password",
+        "upload /etc/document-ingest/db-password",
+        "upload /etc/homelab/wal-receiver/pgpass",
         "upload /etc/nut/upsmon.conf",
         "upload /etc/homelab/wal-receiver/pgpass",
     )

@@ -11,7 +11,7 @@ from tests.verify.conftest import InventoryHost
 
 pytestmark = pytest.mark.verify
 ROLE = "embedder"
-UNITS = ("embedding-server", "vector-indexer", "piper-tts")
+UNITS = ("embedding-server", "vector-indexer", "document-ingest", "piper-tts")
 
 
 def _in_group(group: str, everyone: list[InventoryHost]) -> InventoryHost:
@@ -36,7 +36,11 @@ def test_endpoints_answer_their_consumers_and_no_one_else(
     consumer = _in_group("ageis_node", inventory_hosts)
     monitoring = _in_group("monitoring", inventory_hosts)
     address = host_in.data["lan_address"]
-    for url in (f"http://{address}:8300/health", f"http://{address}:9310/health"):
+    for url in (
+        f"http://{address}:8300/health",
+        f"http://{address}:9310/health",
+        f"http://{address}:9311/health",
+    ):
         result = monitoring.testinfra.run("curl -fsS --max-time 10 %s", url)
         assert result.rc == 0, f"{monitoring.name} -> {url}: {result.stderr}"
         assert json.loads(result.stdout)["status"] == "ok", result.stdout
@@ -49,10 +53,12 @@ def test_endpoints_answer_their_consumers_and_no_one_else(
     )
     assert result.rc == 0, f"{consumer.name} -> embeddings: {result.stderr}"
     assert len(json.loads(result.stdout)["data"][0]["embedding"]) == 384
+    result = monitoring.testinfra.run("curl -fsS --max-time 10 http://%s:9311/metrics", address)
+    assert result.rc == 0 and "document_ingest_failed_documents" in result.stdout
     result = consumer.testinfra.run("curl -fsS --max-time 10 http://%s:5500/voices", address)
     assert result.rc == 0, f"{consumer.name} -> TTS: {result.stderr}"
     outsider = _in_group("dns", inventory_hosts)
-    for port in (8300, 5500):
+    for port in (8300, 5500, 9311):
         result = outsider.testinfra.run("curl -sS --max-time 3 http://%s:%s/", address, str(port))
         # 28: timed out, the firewall dropped the SYN (7 would mean refused: a rule reached it).
         assert result.rc == 28, f"{outsider.name} -> {address}:{port}: rc {result.rc}"
@@ -83,3 +89,17 @@ def test_nvidia_driver_lists_the_declared_card(host_in: InventoryHost) -> None:
         if display.get("address"):
             assert display["address"][5:] in listed, f"{gpu['model']} missing: {listed}"
         assert gpu["model"].lower() in listed, f"{gpu['model']} missing: {listed}"
+
+
+def test_the_document_inbox_is_its_groups_only(host_in: InventoryHost) -> None:
+    """root:<group> 2770 (setgid): group members drop files, nobody else looks in; the service
+    reads it through the group, read-only."""
+    unit = host_in.testinfra.check_output("systemctl cat document-ingest.service")
+    inbox = unit.split("--inbox ", 1)[1].split()[0]
+    group = host_in.data.get("document_inbox_group", "homelab-ingest")
+    directory = host_in.testinfra.file(inbox)
+    assert directory.is_directory, inbox
+    assert (directory.user, directory.group, directory.mode) == ("root", group, 0o2770)
+    assert f"SupplementaryGroups={group}" in unit and f"ReadOnlyPaths={inbox}" in unit
+    health = json.loads(host_in.testinfra.check_output("curl -fsS http://127.0.0.1:9311/health"))
+    assert health == {"status": "ok", "database": True, "embedding_server": True}, health

@@ -94,9 +94,9 @@ def test_hba_is_scram_only_and_roles_are_least_privilege(host_in: InventoryHost)
     verifiers = sql(
         host_in,
         "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid"
-        " WHERE rolname IN ('actr_engine', 'vector_indexer')",
+        " WHERE rolname IN ('actr_engine', 'vector_indexer', 'document_ingest')",
     ).split()
-    assert verifiers == ["t", "t"]
+    assert verifiers == ["t", "t", "t"]
     privileges = sql(
         host_in,
         "SELECT has_table_privilege('actr_engine', 'memory_chunk', 'DELETE'),"
@@ -106,6 +106,19 @@ def test_hba_is_scram_only_and_roles_are_least_privilege(host_in: InventoryHost)
         database="memory_store",
     )
     assert privileges == "t|f|t|f"
+    # The document ingester: its rows only, by row-level security, and no updates at all.
+    ingest = sql(
+        host_in,
+        "SELECT has_table_privilege('document_ingest', 'memory_chunk', 'INSERT'),"
+        " has_table_privilege('document_ingest', 'memory_chunk', 'UPDATE'),"
+        " has_table_privilege('document_ingest', 'memory_access', 'SELECT'),"
+        " (SELECT bool_and(relrowsecurity) FROM pg_class"
+        "  WHERE relname IN ('memory_chunk', 'memory_access')),"
+        " (SELECT string_agg(policyname, ',' ORDER BY policyname) FROM pg_policies"
+        "  WHERE 'document_ingest' = ANY (roles))",
+        database="memory_store",
+    )
+    assert ingest == "t|f|f|t|memory_access_documents,memory_chunk_documents"
 
 
 def test_network_clients_use_tls_13(host_in: InventoryHost) -> None:

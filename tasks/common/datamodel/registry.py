@@ -44,6 +44,7 @@ TASK_MODULES = (
     "tasks.embedder.embedder_runtime",
     "tasks.embedder.embedding_server",
     "tasks.embedder.vector_indexer",
+    "tasks.embedder.document_ingest",
     "tasks.embedder.tts",
     "tasks.ageis_node.snapshot_guard",
     "tasks.ageis_node.memory_store",

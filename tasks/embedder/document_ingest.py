@@ -245,6 +245,15 @@ def document_ingest() -> None:
         system=True,
     )
     _writers(settings)
+    # The default inbox's parent (<pool>/documents) made explicitly: created on the way, it
+    # would take the login's umask (027) and keep the group's members and the service out. A
+    # document_inbox_path's parents are the user's.
+    if not settings.document_inbox_path:
+        files.directory(
+            name=f"Document inbox's parent {inbox.rsplit('/', 1)[0]}",
+            path=inbox.rsplit("/", 1)[0], user="root", group=settings.document_inbox_group,
+            mode="750",
+        )  # fmt: skip
     files.directory(
         name=f"Document inbox {inbox} (group members drop files, setgid)",
         path=inbox, user="root", group=settings.document_inbox_group, mode="2770",

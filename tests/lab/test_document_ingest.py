@@ -110,7 +110,10 @@ for source, target, due in json.load(sys.stdin):
     os.rename(source, target)
     print(json.dumps([target, time.time()]), flush=True)
 """
-# Asks actr-engine with each due document's cue until one of its chunks comes back.
+# Asks actr-engine with each due document's cue until one of its chunks comes back, among as
+# many as it ranks (actr_engine_candidates, 20): its nearest by similarity. ACT-R orders them by
+# activation, where recency counts, so with five a newer note on a shared line could push the
+# one that means the same out of the answer on a slow machine.
 POLLER = """
 import json, sys, time, urllib.request
 config = json.load(sys.stdin)
@@ -118,7 +121,7 @@ found, pending = {}, list(config["documents"])
 while pending and time.time() < config["deadline"]:
     for doc in [d for d in pending if d["due"] <= time.time()]:
         request = urllib.request.Request(
-            config["url"], json.dumps({"cue": doc["cue"], "limit": 5}).encode(),
+            config["url"], json.dumps({"cue": doc["cue"], "limit": 20}).encode(),
             {"Content-Type": "application/json", "Authorization": "Bearer " + config["token"]})
         with urllib.request.urlopen(request, timeout=10) as response:
             chunks = json.load(response)["chunks"]

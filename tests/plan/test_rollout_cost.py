@@ -35,14 +35,14 @@ from tests.plan.harness import Plan
 # Then OpenClaw's actr-memory plugin on ageis-node: its two directories and three files, each
 # put checking the file and its directory (+22, +8 different).
 # Then document ingestion on the embedder: its inbox, group, credentials and unit, and the
-# four modules of its code, each uploaded file by file (+53, +18 different).
-FACT_BUDGET = {"pve": 722, "ageis-node": 913, "embedder": 617, "monitoring": 419, "dns": 327}
+# four modules of its code, each uploaded file by file, the inbox's parent (+55, +19 different).
+FACT_BUDGET = {"pve": 722, "ageis-node": 913, "embedder": 619, "monitoring": 419, "dns": 327}
 # The different facts (fact and arguments) among them: with the fact cache, what a no-change run
 # really asks, each a line of the host's one batched command (tasks/common/fact_cache.py).
 DISTINCT_FACT_BUDGET = {
     "pve": 287,
     "ageis-node": 351,
-    "embedder": 248,
+    "embedder": 249,
     "monitoring": 163,
     "dns": 133,
 }

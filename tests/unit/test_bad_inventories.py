@@ -37,6 +37,7 @@ SECRETS_TOML = (
     f'memory_store_actr_engine_password = "{THROW_AWAY}"\n'
     f'memory_store_vector_indexer_password = "{THROW_AWAY}"\n'
     f'memory_store_wal_receiver_password = "{THROW_AWAY}"\n'
+    f'memory_store_document_ingest_password = "{THROW_AWAY}"\n'
     f'pgbackrest_tls_seed = "{THROW_AWAY}"\n'
     f'pve_exporter_token_secret = "{THROW_AWAY}"\n'
     f'openclaw_gateway_token = "{THROW_AWAY}"\n'

@@ -17,6 +17,7 @@ SECRETS = {
     "memory_store_actr_engine_password": Secret("test-double-value"),
     "memory_store_vector_indexer_password": Secret("test-double-value"),
     "memory_store_wal_receiver_password": Secret("test-double-value"),
+    "memory_store_document_ingest_password": Secret("test-double-value"),
     "pgbackrest_tls_seed": Secret("test-double-value"),
     "pve_exporter_token_secret": Secret("test-double-value"),
     "openclaw_gateway_token": Secret("test-double-value"),
@@ -81,6 +82,7 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
         ("ageis-node", "secret memory_store_actr_engine_password"),
         ("ageis-node", "secret memory_store_vector_indexer_password"),
         ("pve", "secret memory_store_wal_receiver_password"),
+        ("ageis-node", "secret memory_store_document_ingest_password"),
         ("pve", "secret pgbackrest_tls_seed"),
         ("monitoring", "secret pve_exporter_token_secret"),
         ("ageis-node", "secret openclaw_gateway_token"),
@@ -91,7 +93,7 @@ def test_every_problem_is_reported_at_once(baseline) -> None:
     assert text.splitlines()[0] == (
         "The inventory data in inventory.py is not valid; nothing was touched:"
     )
-    assert len(text.splitlines()) == 14
+    assert len(text.splitlines()) == 15
 
 
 def test_address_outside_lan_cidr(baseline) -> None:
@@ -284,12 +286,14 @@ def test_no_secrets_given_skips_the_secret_check(baseline) -> None:
 
 def test_no_hypervisor_means_no_secret_needed(baseline) -> None:
     baseline.groups = {"embedder": baseline.groups["embedder"]}
-    # The embedder needs its Tailscale key, the vector indexer's and the WAL receiver's
-    # passwords and the TLS seed (the memory store's CA it verifies against), and only those.
+    # The embedder needs its Tailscale key, the vector indexer's, the WAL receiver's and the
+    # document ingester's passwords and the TLS seed (the memory store's CA it verifies
+    # against), and only those.
     only_these = {
         "tailscale_auth_key": Secret("test-double-value"),
         "memory_store_vector_indexer_password": Secret("test-double-value"),
         "memory_store_wal_receiver_password": Secret("test-double-value"),
+        "memory_store_document_ingest_password": Secret("test-double-value"),
         "pgbackrest_tls_seed": Secret("test-double-value"),
     }
     assert problems(baseline, secrets=only_these) == []

@@ -15,13 +15,11 @@ from functools import partial
 from pyinfra import host
 
 from tasks.ageis_node.actr_engine import actr_engine
+from tasks.ageis_node.inference_guard import inference
 from tasks.ageis_node.memory_store import memory_store
-from tasks.ageis_node.model_ready import model_ready
-from tasks.ageis_node.ollama import ollama
 from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
 from tasks.ageis_node.pgbackrest_database import memory_store_first_restore_test
 from tasks.ageis_node.pytorch import pytorch
-from tasks.ageis_node.rocm import rocm
 from tasks.ageis_node.storage_tier import storage_tier
 from tasks.base.admin_user import admin_user
 from tasks.base.apt_sources import apt_sources
@@ -138,9 +136,9 @@ ROLES: dict[str, tuple[Task, ...]] = {
     AGEIS_NODE: (
         tailscale,
         memory_store,
-        rocm,
-        ollama,
-        model_ready,  # after the pulls; before actr-engine and the pipeline, which order after it
+        # ROCm, Ollama and the model-ready unit in one snapshot guard that spans their proof
+        # (a reboot or restart, then the GPU checks); before actr-engine and the pipeline.
+        inference,
         # After ROCm (its driver) and after Ollama: gigabytes of wheels do not hold up inference.
         pytorch,
         storage_tier,

@@ -60,6 +60,7 @@ from tasks.hypervisor.gpu_passthrough import gpu_passthrough
 from tasks.hypervisor.guest_bridge import guest_bridge
 from tasks.hypervisor.guest_restore_test import guest_restore_test
 from tasks.hypervisor.guest_shares import guest_shares
+from tasks.hypervisor.kernel_update import kernel_update
 from tasks.hypervisor.pgbackrest_repository import pgbackrest_repository, pgbackrest_stanza
 from tasks.hypervisor.proxmox_api import proxmox_api_check, proxmox_api_stage
 from tasks.hypervisor.proxmox_backup import proxmox_backup_job
@@ -123,6 +124,8 @@ ROLES: dict[str, tuple[Task, ...]] = {
         storage_pools,
         guest_shares,  # before the guests: a VM with a share does not start without it
         gpu_passthrough,
+        # After the VFIO setup: a new kernel boots once and must pass its IOMMU/VFIO proof.
+        kernel_update,
         tailscale,
         # At plan time, or after the installation on a host this run makes Proxmox VE.
         partial(

@@ -99,6 +99,9 @@ class Machine:
     # What TorchInVenv's command prints: "venv" when the venv's python exists, then the torch
     # version pip installed there ("2.11.0+rocm7.2"); empty: no venv.
     torch_in_venv_output: list[str] = field(default_factory=list)
+    # What ProxmoxKernels's command prints: the Proxmox kernels in /boot ("image <version>"),
+    # proxmox-boot-tool's pins ("file <path> <version>"), the rollout's marker ("marker ...").
+    proxmox_kernels_output: list[str] = field(default_factory=list)
     # Versions apt would install (AptPolicy's candidate), by package, as the lists hold them.
     apt_candidates: dict[str, str] = field(default_factory=dict)
     # CloudInitState: "absent" (not installed), "active" (runs at boot) or "disabled".
@@ -225,6 +228,7 @@ class Machine:
                 "TorchInVenv": lambda kw: _torch_in_venv(self.torch_in_venv_output),
                 "RocmAgents": lambda kw: _processed("RocmAgents", self.rocminfo_output),
                 "UnitRuns": lambda kw: _processed("UnitRuns", self.unit_runs_output),
+                "ProxmoxKernels": lambda kw: _proxmox_kernels(self.proxmox_kernels_output),
                 "AptPolicy": lambda kw: {
                     "installed": self.packages.get(kw["package"]),
                     "candidate": self.apt_candidates.get(kw["package"]),
@@ -334,6 +338,13 @@ def _processed(fact: str, output: list[str]) -> Any:
     from tasks.ageis_node import gpu_proof
 
     return getattr(gpu_proof, fact)().process(list(output))
+
+
+def _proxmox_kernels(output: list[str]) -> Any:
+    """The fact's answer from its command's output, by the fact's own ``process``."""
+    from tasks.hypervisor.kernel_update import ProxmoxKernels
+
+    return ProxmoxKernels().process(list(output))
 
 
 def _torch_in_venv(output: list[str]) -> Any:
@@ -571,6 +582,8 @@ def proxmox_ve_9() -> Machine:
             "curl": "8.14.1-2",
             "pciutils": "1:3.13.0-2",
             "proxmox-archive-keyring": "4.0",
+            # The kernel's meta package: its version names no kernel (it depends on the series').
+            "proxmox-default-kernel": "2.0.0",
             "rpcbind": "1.2.7-1",
             "zfsutils-linux": "2.3.4-pve1",
         },
@@ -582,7 +595,9 @@ def proxmox_ve_9() -> Machine:
         commands=COMMANDS,
         apt_updated_seconds_ago=3 * 86400,
         # Debian 13's own pgBackRest (what apt would install without PGDG).
-        apt_candidates={"pgbackrest": "2.55.1-1"},
+        apt_candidates={"pgbackrest": "2.55.1-1", "proxmox-default-kernel": "2.0.0"},
+        # The one Proxmox kernel in /boot: the running one; no pin.
+        proxmox_kernels_output=["image 6.14.8-2-pve"],
         # Installed on ext4/LVM (UEFI): GRUB. The PVE kernel turns the Intel IOMMU on by
         # default, so the groups exist before the command line names it.
         pci=xeon_pci(),

@@ -137,6 +137,7 @@ def kernel_update() -> None:
         _after_a_trial(state, running, host.get_fact(BootLoader))
         return
     newest = state["images"][-1] if state["images"] else running
+    newer = version_key(newest) > version_key(running)
     if not settings.proxmox_kernel_update:
         if state["fallback"]:
             logger.warning(
@@ -144,7 +145,7 @@ def kernel_update() -> None:
                 f" ({MARKER}): roll out with proxmox_kernel_update = True to finish it, or"
                 f" `proxmox-boot-tool kernel unpin && rm {MARKER}`"
             )
-        elif newest != running:
+        elif newer:
             logger.warning(
                 f"{host.name}: kernel {newest} is installed, {running} runs: {newest} boots at"
                 f" the next reboot, unproven; proxmox_kernel_update = True lets a rollout boot"
@@ -161,7 +162,7 @@ def kernel_update() -> None:
         return
     policy = host.get_fact(AptPolicy, package=META)
     upgrade = bool(policy["candidate"]) and policy["installed"] != policy["candidate"]
-    if not upgrade and newest == running:
+    if not upgrade and not newer:
         host.noop(f"Kernel update: {running} runs and is the newest Proxmox kernel")
         return
     loader = host.get_fact(BootLoader)
@@ -199,7 +200,8 @@ def _trial(running: str, loader: dict[str, Any], upgrade: tuple[str, str] | None
     server.shell(
         name="Boot the newest kernel once (kernel pin --next-boot); the default stays",
         commands=[
-            f'new={newest}; if [ -z "$new" ] || [ "$new" = {old} ]; then'
+            f'new={newest}; if [ -z "$new" ] || [ "$new" = {old} ] ||'
+            f' [ "$(printf \'%s\\n\' {old} "$new" | sort -V | tail -n 1)" != "$new" ]; then'
             f' echo "host {host.name!r}: no Proxmox kernel newer than {running} in /boot" >&2;'
             f' exit 1; fi; proxmox-boot-tool kernel pin "$new" --next-boot'
             + "".join(f" && {command}" for command in _refresh(loader))

@@ -9,6 +9,7 @@ PCI functions, groups and drivers are those the kernel shows in /sys on the real
 from __future__ import annotations
 
 import logging
+import subprocess
 from typing import Any
 
 import pytest
@@ -675,7 +676,8 @@ def test_a_kernel_upgrade_pins_the_running_kernel_boots_the_new_once_proves_then
     (command,) = next_boot
     assert command.startswith(
         "new=$(ls /boot/vmlinuz-*-pve | sed 's|^/boot/vmlinuz-||' | sort -V | tail -n 1);"
-        f' if [ -z "$new" ] || [ "$new" = {RUNNING} ]; then echo "host \'pve\': no Proxmox'
+        f' if [ -z "$new" ] || [ "$new" = {RUNNING} ] || [ "$(printf \'%s\\n\' {RUNNING}'
+        ' "$new" | sort -V | tail -n 1)" != "$new" ]; then echo "host \'pve\': no Proxmox'
         f' kernel newer than {RUNNING} in /boot" >&2; exit 1; fi;'
     )
     assert command.endswith(
@@ -689,6 +691,36 @@ def test_a_kernel_upgrade_pins_the_running_kernel_boots_the_new_once_proves_then
     assert names.index(next(n for n in names if "Every GPU function is bound to vfio-pci" in n)) < (
         names.index(ops[0][0])
     )
+
+
+def test_the_next_boot_step_picks_the_newest_kernel_in_boot_or_fails(
+    plan_of, fleet, tmp_path
+) -> None:
+    # The planned command in a real shell, on a stand-in /boot and a proxmox-boot-tool that
+    # echoes (test doubles): the newest by version, not by name; none newer is a failure.
+    with_newer_kernel_available(fleet["pve"])
+    ops = kernel_ops(plan_pve(plan_of, override_data=KERNEL_UPDATE))
+    (command,) = next(commands for name, commands in ops if "--next-boot" in name)
+    boot, marker = tmp_path / "boot", tmp_path / "marker"
+    boot.mkdir()
+    for version in (RUNNING, "6.14.11-1-pve", "6.8.12-4-pve"):
+        (boot / f"vmlinuz-{version}").write_text("")
+    stand_in = (
+        command.replace("/boot/", f"{boot}/")
+        .replace("proxmox-boot-tool", "echo proxmox-boot-tool")
+        .replace(KERNEL_MARKER, str(marker))
+    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", stand_in], capture_output=True, text=True, check=False)
+
+    done = run()
+    assert done.stdout == "proxmox-boot-tool kernel pin 6.14.11-1-pve --next-boot\n", done
+    assert marker.read_text() == "trial 6.14.11-1-pve\n"
+    (boot / "vmlinuz-6.14.11-1-pve").unlink()
+    refused = run()
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == f"host 'pve': no Proxmox kernel newer than {RUNNING} in /boot\n"
 
 
 def test_an_installed_newer_kernel_is_booted_the_same_way_without_an_upgrade(

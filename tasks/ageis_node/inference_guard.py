@@ -36,9 +36,9 @@ from pyinfra.operations import python, server
 from tasks.ageis_node import gpu_proof
 from tasks.ageis_node.model_ready import UNIT_NAME, model_ready
 from tasks.ageis_node.model_ready import start_timeout as model_ready_timeout
+from tasks.ageis_node.ollama import API, WAIT, gpu_proof_from_facts, ollama
 from tasks.ageis_node.ollama import DATA as OLLAMA
 from tasks.ageis_node.ollama import PORTS as OLLAMA_PORTS
-from tasks.ageis_node.ollama import gpu_proof_from_facts, ollama
 from tasks.ageis_node.rocm import DATA as ROCM
 from tasks.ageis_node.rocm import amd_gpus, rocm
 from tasks.ageis_node.snapshot_guard import Span, open_span
@@ -51,6 +51,9 @@ TITLE = "a change to ROCm, Ollama or the model"
 REBOOT_TIMEOUT = 900
 # Seconds the boot may take besides ollama-model-ready's own start timeout.
 BOOT_MARGIN = 300
+# Ollama logs its GPU discovery before its API answers: the proof reads the journal after this.
+# Not a verdict of its own (the proof's steps say what is wrong, with the host's words).
+API_UP = f"{WAIT} {API}/api/version 120 || true"
 
 
 @deploy("Inference")
@@ -86,7 +89,10 @@ def settle(span: Span, driver_changes: bool) -> None:
         # "degraded" (some unit failed) is for the proof to judge, so never a failure here.
         server.shell(
             name=f"Wait for the boot to finish ({UNIT_NAME} loads the model)",
-            commands=[f"timeout {wait} systemctl is-system-running --wait >/dev/null 2>&1; true"],
+            commands=[
+                f"timeout {wait} systemctl is-system-running --wait >/dev/null 2>&1; true",
+                API_UP,
+            ],
             _if=span.changed,
         )
         return
@@ -101,6 +107,7 @@ def settle(span: Span, driver_changes: bool) -> None:
         name=f"Restart Ollama and load the model ({UNIT_NAME})",
         commands=[
             "systemctl restart ollama.service",
+            API_UP,
             f"systemctl start {shlex.quote(UNIT_NAME)} || true",
         ],
         _if=span.changed,

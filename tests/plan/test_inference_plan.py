@@ -364,7 +364,8 @@ def test_a_first_install_is_snapshotted_rebooted_proven_then_released(node: Plan
         assert node.op(HOST, step).conditional, step
     assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in node.op(HOST, steps[5]).commands
     assert node.op(HOST, steps[6]).commands == [
-        "timeout 1440 systemctl is-system-running --wait >/dev/null 2>&1; true"
+        "timeout 1440 systemctl is-system-running --wait >/dev/null 2>&1; true",
+        "/usr/local/sbin/wait-for-http http://127.0.0.1:11434/api/version 120 || true",
     ]
     # The boot restarts Ollama and runs the unit: no restart of their own before it.
     assert not any("Restart Ollama" in name for name in names)
@@ -429,6 +430,7 @@ def test_a_model_or_parameter_change_restarts_ollama_and_proves_without_a_reboot
     assert result.op(HOST, restart).conditional
     assert result.op(HOST, restart).commands == [
         "systemctl restart ollama.service",
+        "/usr/local/sbin/wait-for-http http://127.0.0.1:11434/api/version 120 || true",
         "systemctl start ollama-model-ready.service || true",
     ]
     # The driver is as it was: no reboot; Ollama restarts once, in the span, after the pulls.

@@ -15,13 +15,11 @@ from functools import partial
 from pyinfra import host
 
 from tasks.ageis_node.actr_engine import actr_engine
+from tasks.ageis_node.inference_guard import inference
 from tasks.ageis_node.memory_store import memory_store
-from tasks.ageis_node.model_ready import model_ready
-from tasks.ageis_node.ollama import ollama
 from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
 from tasks.ageis_node.pgbackrest_database import memory_store_first_restore_test
 from tasks.ageis_node.pytorch import pytorch
-from tasks.ageis_node.rocm import rocm
 from tasks.ageis_node.storage_tier import storage_tier
 from tasks.base.admin_user import admin_user
 from tasks.base.apt_sources import apt_sources
@@ -63,6 +61,7 @@ from tasks.hypervisor.gpu_passthrough import gpu_passthrough
 from tasks.hypervisor.guest_bridge import guest_bridge
 from tasks.hypervisor.guest_restore_test import guest_restore_test
 from tasks.hypervisor.guest_shares import guest_shares
+from tasks.hypervisor.kernel_update import kernel_update
 from tasks.hypervisor.pgbackrest_repository import pgbackrest_repository, pgbackrest_stanza
 from tasks.hypervisor.proxmox_api import proxmox_api_check, proxmox_api_stage
 from tasks.hypervisor.proxmox_backup import proxmox_backup_job
@@ -126,6 +125,8 @@ ROLES: dict[str, tuple[Task, ...]] = {
         storage_pools,
         guest_shares,  # before the guests: a VM with a share does not start without it
         gpu_passthrough,
+        # After the VFIO setup: a new kernel boots once and must pass its IOMMU/VFIO proof.
+        kernel_update,
         tailscale,
         # At plan time, or after the installation on a host this run makes Proxmox VE.
         partial(
@@ -139,9 +140,9 @@ ROLES: dict[str, tuple[Task, ...]] = {
     AGEIS_NODE: (
         tailscale,
         memory_store,
-        rocm,
-        ollama,
-        model_ready,  # after the pulls; before actr-engine and the pipeline, which order after it
+        # ROCm, Ollama and the model-ready unit in one snapshot guard that spans their proof
+        # (a reboot or restart, then the GPU checks); before actr-engine and the pipeline.
+        inference,
         # After ROCm (its driver) and after Ollama: gigabytes of wheels do not hold up inference.
         pytorch,
         storage_tier,

@@ -12,11 +12,13 @@ a model partly in system RAM is a warning with the split.
 
 Boot order on ageis-node: mounts, PostgreSQL, memory-store-integrity, ollama, this unit,
 actr-engine (ordered after it only: memories work without the model), openclaw-pipeline
-(``Requires=`` and ``After=`` it: a pipeline without its model is no use). The rollout restarts
-the unit when its unit or script changes (another model, keep-alive or check), which loads the
-model now; a converged host changes nothing. Where the GPU is checked and its driver is not
-loaded yet (a first ROCm install loads it at the next boot), the unit is only enabled: started
-now it would find the model on the CPU; the VM's reboot, which the ROCm task asks for, runs it.
+(``Requires=`` and ``After=`` it: a pipeline without its model is no use). The unit and script
+are triggers of the inference span (``inference_guard.py``): when they, Ollama or ROCm change,
+the span runs the unit after the changes (a restart of Ollama, or the VM's reboot when the
+amdgpu driver changed) and the proof reads its verdict; the operation here then only enables
+it. A converged host changes nothing, and starts the unit only when it is not active (where
+the GPU is checked, only while the amdgpu driver is loaded: started without it, the model
+would land on the CPU and the unit fail).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tasks.ageis_node.ollama import API, full_name
 from tasks.ageis_node.ollama import DATA as OLLAMA
 from tasks.ageis_node.rocm import DATA as ROCM
 from tasks.ageis_node.rocm import amd_gpus
+from tasks.ageis_node.snapshot_guard import Span
 from tasks.common.datamodel.forms import Int
 from tasks.common.datamodel.keys import Key, Schema
 from tasks.common.datamodel.machine import AGEIS_NODE
@@ -99,8 +102,13 @@ def command(model: str | None, keep_alive: str, timeout: int, gpu: bool, whole: 
     return " ".join(shlex.quote(word) for word in words)
 
 
+def start_timeout() -> int:
+    """The unit's TimeoutStartSec: the API wait, the load, and a margin for the check."""
+    return API_WAIT + DATA.read(host).ollama_model_ready_timeout + 60
+
+
 @deploy("Ollama model ready", data_defaults=DATA.defaults())
-def model_ready() -> None:
+def model_ready(span: Span) -> None:
     settings = DATA.read(host)
     ollama = OLLAMA.read(host)
     require_kept_loaded(ollama.ollama_keep_alive)
@@ -120,23 +128,26 @@ def model_ready() -> None:
         command=command(
             model, ollama.ollama_keep_alive, timeout, gpu, not ollama.ollama_allow_cpu_offload
         ),
-        # The API wait, the load, and a margin for the check.
-        timeout_start=API_WAIT + timeout + 60,
+        timeout_start=start_timeout(),
     )
-    now = not (gpu and model) or driver_loaded()
-    if not now:
+    span.trigger(f"{UNIT_NAME} ({model or 'no model'})", script, unit)
+    if span.planned():
+        # The span runs the unit after the changes (restart or reboot) and reads its verdict.
+        name, running = f"{UNIT_NAME} runs at every start (run after the change, below)", None
+    elif not (gpu and model) or driver_loaded():
+        name, running = f"{UNIT_NAME} has loaded the model and runs at every start", True
+    else:
         logger.warning(
             f"{host.name}: {UNIT_NAME} is enabled, not started: the amdgpu driver is not"
-            f" loaded yet ({DRIVER}); reboot the VM (as the ROCm task says) and the unit loads"
-            f" {model} on the GPU at that start"
+            f" loaded ({DRIVER}), and without it {model} would land on the CPU; `dkms status`"
+            " must show amdgpu built for the running kernel (a new kernel without its headers"
+            " has none), then reboot the VM"
         )
+        name, running = f"{UNIT_NAME} runs at every start (no GPU driver loaded now)", None
     systemd.service(
-        name=f"{UNIT_NAME} has loaded the model and runs at every start"
-        if now
-        else f"{UNIT_NAME} runs at every start, from the next boot (no GPU driver loaded yet)",
+        name=name,
         service=UNIT_NAME,
-        running=True if now else None,
+        running=running,
         enabled=True,
         daemon_reload=unit.will_change,
-        restarted=now and (unit.will_change or script.will_change),
     )

@@ -23,13 +23,17 @@ data allows CPU offload (``ollama_allow_cpu_offload``) and the rest fits the RAM
 reports each placement. Models are pulled only when ``/api/tags`` does not list them, with
 ollama's progress.
 
-Then the GPU proof, where an AMD GPU is declared (``ollama_gpu_proof``): Ollama's discovery at
-its last start (``ollama_discovery.py``, the unit's journal) must name a ROCm device of
-``rocm_gfx_target``. When it says CPU, or names no such device, the run stops naming the host,
-what the log said and the documented fix (the ROCm 7 kernel driver, a reboot). It is read at
-plan time when this run does not (re)start Ollama, and after the start (the API answering)
-when it does. A run that installs or upgrades amdgpu-dkms skips it with a warning: the new
-driver loads only at the next boot.
+The release, unit, environment and every pull are triggers of the inference span
+(``inference_guard.py``): a change to them snapshots the VM first, and after them Ollama is
+restarted (or the VM rebooted, when ROCm's kernel driver changed too) and the change proven
+(``gpu_proof.py``). The service operation here only starts and enables Ollama: the restart that
+applies a new release or environment is the span's, once, after the pulls.
+
+Where this run changes nothing of the inference stack, the GPU proof is read while planning
+(``gpu_proof_from_facts``), where an AMD GPU is declared (``ollama_gpu_proof``): Ollama's
+discovery at its last start (``ollama_discovery.py``, the unit's journal) must name a ROCm
+device of ``rocm_gfx_target``. When it says CPU, or names no such device, the run stops naming
+the host, what the log said and the documented fix (the ROCm 7 kernel driver, a reboot).
 """
 
 from __future__ import annotations
@@ -40,16 +44,14 @@ from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
-from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents
-from pyinfra.operations import apt, files, python, server, systemd
+from pyinfra.operations import apt, files, server, systemd
 
-from tasks.ageis_node.inference_guard import guarded
 from tasks.ageis_node.model_capacity import capacity_problems, gib, preflight
-from tasks.ageis_node.ollama_discovery import OllamaDiscovery, confirm_after_start, gpu_problem
+from tasks.ageis_node.ollama_discovery import OllamaDiscovery, gpu_problem
 from tasks.ageis_node.rocm import DATA as ROCM
-from tasks.ageis_node.rocm import GPU_GROUPS, amd_gpus, driver_change_pending
-from tasks.common.changes import changed
+from tasks.ageis_node.rocm import GPU_GROUPS, amd_gpus
+from tasks.ageis_node.snapshot_guard import Span
 from tasks.common.datamodel.forms import (
     ABSOLUTE_PATH,
     Bool,
@@ -288,7 +290,7 @@ def capacity_preflight(settings: Any) -> list[str]:
 
 
 @deploy("Ollama", data_defaults=DATA.defaults())
-def ollama() -> None:
+def ollama(span: Span) -> None:
     settings = DATA.read(host)
     directory = models_dir(settings)
     capacity_preflight(settings)
@@ -336,8 +338,8 @@ def ollama() -> None:
         else f"Ollama {settings.ollama_version} install"
     )
     command = install_command(settings, wanted)
-    # The guard snapshots the VM only when the install plans a change (a new release).
-    guarded(
+    # A trigger of the span: the VM is snapshotted only when the install plans a change.
+    span.watch(
         change,
         lambda: server.shell(
             name=f"{change} ({', '.join(wanted)}, SHA-256 verified)",
@@ -368,13 +370,15 @@ def ollama() -> None:
         context_length=settings.ollama_context_length,
         extra_environment=settings.ollama_environment,
     )
-    service = systemd.service(
+    # What loads on the GPU and how: a change is proven after the span's restart.
+    span.trigger("Ollama's unit and environment", unit, drop_in)
+    # Running for the pulls; the span restarts it once after them when anything changed.
+    systemd.service(
         name="Ollama runs and starts at boot",
         service="ollama.service",
         running=True,
         enabled=True,
         daemon_reload=unit.will_change or drop_in.will_change,
-        restarted=installed or unit.will_change or drop_in.will_change,
     )
 
     present = host.get_fact(OllamaModels)
@@ -382,11 +386,13 @@ def ollama() -> None:
         name = full_name(model["name"])
         if present is not None and name in present:
             continue
-        server.shell(
-            name=f"Pull the model {name} ({gib(model['size'])})",
-            commands=[f"{WAIT} {API}/api/version 120 && ollama pull {shlex.quote(name)}"],
+        span.watch(
+            f"the model {name}",
+            lambda name=name, model=model: server.shell(
+                name=f"Pull the model {name} ({gib(model['size'])})",
+                commands=[f"{WAIT} {API}/api/version 120 && ollama pull {shlex.quote(name)}"],
+            ),
         )
-    gpu_proof(settings, service)
 
 
 def not_on_gpu(problem: str, target: str, changed_anything: bool) -> RuntimeError:
@@ -407,41 +413,14 @@ def not_on_gpu(problem: str, target: str, changed_anything: bool) -> RuntimeErro
     )
 
 
-def confirm_on_gpu(target: str) -> None:
-    """After Ollama's (re)start: its discovery must name the ROCm device (python.call)."""
-    problem = confirm_after_start(lambda: host.get_fact(OllamaDiscovery), target)
-    if problem:
-        raise not_on_gpu(problem, target, changed_anything=True)
-    logger.info(f"{host.name}: Ollama runs on the GPU: ROCm {target}")
-
-
-def gpu_proof(settings: Any, service: OperationMeta) -> None:
-    """Ollama's discovery must name a ROCm device of ``rocm_gfx_target`` (see the module)."""
+def gpu_proof_from_facts() -> None:
+    """Where this run changes nothing of the inference stack: Ollama's discovery at its last
+    start must name a ROCm device of ``rocm_gfx_target`` (see the module), read now."""
     if not amd_gpus(host.data):
         return
     target = ROCM.read(host).rocm_gfx_target
-    if not settings.ollama_gpu_proof:
+    if not DATA.read(host).ollama_gpu_proof:
         host.noop(f"Ollama's GPU proof ({target}): not checked, ollama_gpu_proof is off")
-        return
-    if driver_change_pending():
-        logger.warning(
-            f"{host.name}: Ollama's GPU proof ({target}) is left for the next rollout: this run"
-            " installs the amdgpu driver, which loads at the next boot; reboot the VM first"
-        )
-        return
-    if service.will_change:
-        # Read once the restarted server answers: it logs its devices before it serves.
-        server.shell(
-            name="Wait for Ollama's API after its start",
-            commands=[f"{WAIT} {API}/api/version 120"],
-            _if=lambda: changed(service),
-        )
-        python.call(
-            name=f"Ollama runs on the GPU (ROCm {target}): its discovery since the start",
-            function=confirm_on_gpu,
-            target=target,
-            _if=lambda: changed(service),
-        )
         return
     discovery = host.get_fact(OllamaDiscovery)
     device = discovery.rocm(target)

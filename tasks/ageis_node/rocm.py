@@ -14,9 +14,12 @@ The version is in the repositories' URLs: changing ``rocm_version`` is an upgrad
 
 Then ``amdgpu-dkms`` with the running kernel's headers (and Ubuntu's modules-extra), the ROCm
 packages of ``rocm_packages``, and ``rocm_gpu_users`` (Ollama's user joins itself) in
-``render`` and ``video``. The install and every upgrade run inside the snapshot guard (a VM
-snapshot first). After install the driver loads at the next boot; ``rocminfo`` must then list
-``rocm_gfx_target`` and ``amd-smi`` see the card (``tests/verify``, hardware-only checks).
+``render`` and ``video``. The repository and packages are triggers of the inference span
+(``inference_guard.py``): a change to them snapshots the VM first. A change to the kernel
+driver (amdgpu-dkms installed or upgraded, or the running kernel's headers missing, so DKMS
+builds it now) loads only at the next boot: the span reboots the VM and then proves that
+``rocminfo`` lists ``rocm_gfx_target`` (``gpu_proof.py``) before the snapshot goes; ``amd-smi``
+seeing the card is checked by ``tests/verify`` (hardware-only checks).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import KernelVersion, LinuxDistribution
 from pyinfra.operations import apt, files, server
 
-from tasks.ageis_node.inference_guard import guarded
+from tasks.ageis_node.snapshot_guard import Span
 from tasks.common.apt_keys import Fingerprint, verified_keyring
 from tasks.common.changes import changed
 from tasks.common.datamodel.forms import UNIX_NAME, Bool, ListOf, Optional, Str
@@ -226,20 +229,29 @@ def installed_rocm_version() -> str | None:
 
 
 def driver_change_pending() -> bool:
-    """This run installs or upgrades amdgpu-dkms (a new ``rocm_version``): the new kernel
-    driver loads only at the next boot, so nothing on the GPU can be proven before it."""
+    """This run installs or upgrades amdgpu-dkms (a new ``rocm_version``), or installs the
+    running kernel's headers (DKMS then builds the driver for it): the new kernel driver loads
+    only at the next boot, so nothing on the GPU can be proven before it."""
     settings = DATA.read(host)
     packages = host.get_fact(DebPackages) or {}
-    return "amdgpu-dkms" not in packages or installed_rocm_version() != settings.rocm_version
+    kernel = host.get_fact(KernelVersion)
+    kernel_packages = [name.format(kernel=kernel) for name in settings.rocm_kernel_packages]
+    return (
+        "amdgpu-dkms" not in packages
+        or installed_rocm_version() != settings.rocm_version
+        or any(name not in packages for name in kernel_packages)
+    )
 
 
 @deploy("ROCm", data_defaults=DATA.defaults())
-def rocm() -> None:
+def rocm(span: Span) -> bool:
+    """ROCm's operations inside ``span``; True when the amdgpu kernel driver changes (the VM
+    must reboot before the GPU can be proven)."""
     settings = DATA.read(host)
     gpus = amd_gpus(host.data)
     if not gpus:
         host.noop(f"ROCm: {host.name}'s data declares no AMD GPU: nothing to do")
-        return
+        return False
     if settings.rocm_check_pci:
         require_declared_gpus_present(gpus)
     apt_suite = suite(settings)
@@ -258,18 +270,18 @@ def rocm() -> None:
         if missing
         else f"ROCm {settings.rocm_version}"
     )
-    # The guard snapshots the VM only when one of these operations plans a change.
-    guarded(
+    # Triggers of the span: the VM is snapshotted only when one of them plans a change.
+    span.watch(
         change,
         lambda: _repository_and_packages(
             settings, apt_suite, rocm_url, amdgpu_url, wanted, upgrade
         ),
     )
-    if missing or upgrade:
-        logger.warning(
+    driver = driver_change_pending()
+    if driver:
+        logger.info(
             f"{host.name}: {change} ({', '.join(missing or wanted)}): amdgpu-dkms builds the"
-            f" driver for {kernel}; it loads at the next boot: reboot the VM, then `rocminfo`"
-            f" lists {settings.rocm_gfx_target} (make verify)"
+            f" driver for {kernel}; it loads at boot, so the VM reboots before the proof"
         )
     # The admin user is not added: admin_user sets its groups exactly (it uses sudo for the GPU).
     for user in settings.rocm_gpu_users:
@@ -279,6 +291,7 @@ def rocm() -> None:
             groups=list(GPU_GROUPS),
             append=True,
         )
+    return driver
 
 
 def _repository_and_packages(

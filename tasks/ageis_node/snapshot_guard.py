@@ -3,31 +3,43 @@
 Usage, in a task of a host that is a Proxmox VM (its inventory data has ``guest`` with
 ``kind: qemu``)::
 
-    from tasks.ageis_node.snapshot_guard import snapshot_guard
+    from tasks.ageis_node.snapshot_guard import open_span, snapshot_guard
 
     snapshot_guard("ROCm 7.1", install_rocm)   # install_rocm: a function that adds operations
 
+    span = open_span("a change to ROCm")       # or: a span with its proof inside it
+    span.watch("ROCm 7.1 install", install_rocm)
+    server.reboot(..., _if=span.changed)      # the proof: reboot, then check what matters
+    python.call(..., _if=span.changed)
+    span.close()
+
 How it fits pyinfra 3's two phases (plan, then execute):
 
-- While planning, ``guarded()`` is called and adds its operations as usual; the guard notes
-  which operations those are. Around them it adds two operations: *snapshot* before and
-  *remove the snapshot* after, each with an ``_if`` that is true only when one of the guarded
-  operations planned a change. A converged host therefore takes no snapshot and reports no
-  change, and ``--dry`` shows where the snapshot would be taken.
+- While planning, ``open_span`` adds the *snapshot* operation; ``watch(reason, add)`` runs
+  ``add`` and counts the operations it adds as the span's *triggers*; every operation added
+  until ``close()`` is *inside* the span (the proof after the change: a reboot, the checks);
+  ``close()`` adds *remove the snapshot*. The snapshot is taken only when a trigger changes
+  something (``changed()``, asked at run time, before any trigger has run:
+  ``tasks/common/changes.py``), so a converged host takes no snapshot and reports no change,
+  and ``--dry`` shows where the snapshot would be taken. ``planned()`` answers the same from
+  the plan, for the triggers without an ``_if`` of their own (pyinfra evaluates an ``_if`` only
+  at run time): a task decides with it which proof operations to plan at all.
 - While executing, the snapshot is taken through the hypervisor's Proxmox API (the
   hypervisor is ``guest.hypervisor``; its API settings are those of
   ``tasks/hypervisor/proxmox_api.py``)
-  and waited on. When a guarded operation fails, pyinfra skips the rest of the host's
-  operations, so the clean-up operation never runs; instead a state callback (pyinfra's
-  ``operation_host_error``, which fires at execute time for exactly that failure) applies
-  ``snapshot_guard_on_failure``: ``rollback`` rolls the VM back to the snapshot (restarting it
-  when it ran when the snapshot was taken), removes the snapshot and logs what it did;
-  ``keep`` leaves the VM as the failure left it and the snapshot in place for an operator
-  (``qm rollback VMID NAME``). The run still fails for that host, as it should.
-- After the guarded operations all succeed, the snapshot is removed: nothing is left behind.
+  and waited on. When an operation inside the span fails (a trigger, the reboot, a proof),
+  pyinfra skips the rest of the host's operations, so the clean-up operation never runs;
+  instead a state callback (pyinfra's ``operation_host_error``, which fires at execute time for
+  exactly that failure) applies ``snapshot_guard_on_failure``: ``rollback`` rolls the VM back
+  to the snapshot (restarting it when it ran when the snapshot was taken), removes the
+  snapshot and logs what it did and which operation failed; ``keep`` leaves the VM as the
+  failure left it and the snapshot in place for an operator (``qm rollback VMID NAME``). The
+  run still fails for that host, as it should.
+- After every operation inside the span has succeeded, the proof included, the snapshot is
+  removed: nothing is left behind.
 
-On a host that is not a Proxmox VM (no ``guest`` data, or an LXC guest) the guarded
-operations run unguarded, and the plan says so.
+On a host that is not a Proxmox VM (no ``guest`` data, or an LXC guest) the operations run
+unguarded, the proof included, and the plan says so.
 """
 
 from __future__ import annotations
@@ -40,9 +52,11 @@ from typing import Any
 
 from pyinfra import host, logger, state
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.operations import python
 
+from tasks.common.changes import changed
 from tasks.common.datamodel.forms import Bool, Str
 from tasks.common.datamodel.keys import DataError, Key, Schema
 from tasks.hypervisor.proxmox_api import Proxmox, ProxmoxError, connect, hypervisor_named
@@ -95,7 +109,9 @@ class Guard:
     def path(self) -> str:
         return f"nodes/{self.client().node}/qemu/{self.vmid}"
 
-    def take(self) -> None:
+    def take(self, reason: str | None = None) -> None:
+        """Snapshot the VM; ``reason``: what is about to change (known once the plan ran)."""
+        self.reason = reason or self.reason
         api = self.client()
         status = api.get(f"{self.path()}/status/current")
         self.was_running = status.get("status") == "running"
@@ -126,7 +142,7 @@ class Guard:
         self.settled = True
 
     def failed(self, operation: str) -> None:
-        """A guarded operation failed: apply the policy and report (never raises)."""
+        """An operation inside the span failed: apply the policy and report (never raises)."""
         if self.settled or self.snapshot is None:
             return
         self.settled = True
@@ -169,7 +185,7 @@ class Guard:
 
 
 class _GuardCallbacks(BaseStateCallback):
-    """Execute-time hook: a failed guarded operation triggers its guard's failure policy."""
+    """Execute-time hook: a failed operation inside a span triggers its guard's policy."""
 
     def __init__(self) -> None:
         self.guards: list[Guard] = []
@@ -192,15 +208,76 @@ def _callbacks() -> _GuardCallbacks:
     return handler
 
 
-@deploy("Snapshot guard", data_defaults=DATA.defaults())
-def snapshot_guard(reason: str, guarded: Callable[[], Any]) -> None:
-    """Run ``guarded()`` (a function adding operations) with the host's VM snapshotted first,
-    the snapshot removed after success, and the failure policy applied if one fails."""
+def _has_if(op: OperationMeta) -> bool:
+    return bool(state.get_op_data_for_host(host, op._hash).global_arguments.get("_if"))
+
+
+@dataclass(repr=False)
+class Span:
+    """The operations of the current host between a snapshot and its removal (see the module).
+
+    ``triggers``: (reason, operations) as ``watch`` recorded them. ``guard`` is None where the
+    host is not a Proxmox VM: then nothing is snapshotted and the operations run unguarded.
+    """
+
+    title: str
+    guard: Guard | None
+    start: int
+    triggers: list[tuple[str, list[OperationMeta]]] = field(default_factory=list)
+    closed: bool = False
+
+    def __repr__(self) -> str:
+        # Short: pyinfra shows the arguments of a Python step (the proofs take the span).
+        return f"Span({self.title!r})"
+
+    def watch(self, reason: str, add: Callable[[], Any]) -> list[OperationMeta]:
+        """Run ``add`` (a function adding operations); its operations are triggers."""
+        before = set(host.op_hash_order)
+        add()
+        added = [state.ops[host][h].operation_meta for h in host.op_hash_order if h not in before]
+        self.triggers.append((reason, added))
+        return added
+
+    def trigger(self, reason: str, *ops: OperationMeta) -> None:
+        """Count operations added already (inside the span) as triggers."""
+        self.triggers.append((reason, list(ops)))
+
+    def changed(self) -> bool:
+        """A trigger changes the host (before it ran) or changed it (after): run time."""
+        return any(changed(op) for _, ops in self.triggers for op in ops)
+
+    def planned(self) -> bool:
+        """A trigger without an ``_if`` plans a change (plan time: the plan's own answer)."""
+        return any(op.will_change for _, ops in self.triggers for op in ops if not _has_if(op))
+
+    def reason(self) -> str:
+        """What changes, for the snapshot's name and the messages (the planned reasons)."""
+        reasons = [r for r, ops in self.triggers if any(changed(op) for op in ops)]
+        return ", ".join(dict.fromkeys(reasons)) or self.title
+
+    def close(self) -> None:
+        """Everything added since ``open_span`` is inside; then the snapshot's removal."""
+        if self.closed:
+            raise RuntimeError(f"{host.name}: the span for {self.title} is closed already")
+        self.closed = True
+        if self.guard is None:
+            return
+        guard = self.guard
+        guard.op_hashes.update(host.op_hash_order[self.start :])
+        _callbacks().guards.append(guard)
+        python.call(name=f"Remove the snapshot taken before {self.title}", function=guard.remove,
+                    _if=lambda: guard.snapshot is not None)  # fmt: skip
+
+
+def open_span(title: str) -> Span:
+    """Begin a span on the current host: the snapshot operation, when the host is a VM."""
     spec = host.data.get("guest")
     if not spec or spec.get("kind") != "qemu":
-        host.noop(f"{reason}: {host.name} is not a Proxmox VM in the inventory; no snapshot")
-        guarded()
-        return
+        host.noop(
+            f"{title}: {host.name} is not a Proxmox VM in the inventory; no snapshot: the"
+            " change and its proof run unguarded"
+        )
+        return Span(title, None, len(host.op_hash_order))
     settings = DATA.read(host)
     if settings.snapshot_guard_vmstate and spec.get("share_pool"):
         raise DataError(
@@ -212,29 +289,24 @@ def snapshot_guard(reason: str, guarded: Callable[[], Any]) -> None:
         )
     guard = Guard(
         host_name=host.name,
-        reason=reason,
+        reason=title,
         vmid=int(spec["vmid"]),
         hypervisor=hypervisor_named(spec["hypervisor"]),
         on_failure=settings.snapshot_guard_on_failure,
         vmstate=settings.snapshot_guard_vmstate,
     )
-    planned: list[Any] = []
-
-    def changes() -> bool:
-        return any(meta.will_change for meta in planned)
-
-    # The three parts in this order, one line after another: pyinfra orders a deploy's
-    # operations by where they are called.
-    python.call(name=f"Snapshot VM {guard.vmid} before {reason}", function=guard.take, _if=changes)
-    _run_guarded(guarded, planned, guard)
-    python.call(name=f"Remove the snapshot taken before {reason}", function=guard.remove,
-                _if=lambda: guard.snapshot is not None)  # fmt: skip
+    span = Span(title, guard, 0)
+    # pyinfra orders a deploy's operations by where they are called: the snapshot first.
+    python.call(name=f"Snapshot VM {guard.vmid} before {title}",
+                function=lambda: guard.take(span.reason()), _if=span.changed)  # fmt: skip
+    span.start = len(host.op_hash_order)
+    return span
 
 
-def _run_guarded(guarded: Callable[[], Any], planned: list[Any], guard: Guard) -> None:
-    before = set(host.op_hash_order)
-    guarded()
-    added = [op_hash for op_hash in host.op_hash_order if op_hash not in before]
-    guard.op_hashes.update(added)
-    planned.extend(state.ops[host][op_hash].operation_meta for op_hash in added)
-    _callbacks().guards.append(guard)
+@deploy("Snapshot guard", data_defaults=DATA.defaults())
+def snapshot_guard(reason: str, guarded: Callable[[], Any]) -> None:
+    """Run ``guarded()`` (a function adding operations) with the host's VM snapshotted first,
+    the snapshot removed after success, and the failure policy applied if one fails."""
+    span = open_span(reason)
+    span.watch(reason, guarded)
+    span.close()

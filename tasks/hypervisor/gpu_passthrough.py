@@ -239,25 +239,38 @@ def check_after_reboot(gpus: list[dict[str, Any]]) -> Generator[Any, None, None]
     """At execution only (facts of the host as it is now): IOMMU on and the groups safe."""
     if not context.state.is_executing:
         return
-    devices = host.get_fact(PciDevices)
-    problems: list[str] = []
-    if not any(d["iommu_group"] for d in devices.values()):
-        problems.append(
-            "the kernel made no IOMMU groups although the IOMMU flags are on its command line:"
-            " turn on VT-d (Intel) / AMD-Vi, IOMMU (AMD) in the firmware"
-        )
-    else:
-        problems = [
-            p
-            for p in preflight(
-                host.name, gpus, devices, [], "unknown", "unknown", check_groups=True
-            )
-            if "IOMMU group" in p
-        ]
+    problems = iommu_problems(host.name, gpus, host.get_fact(PciDevices))
     if problems:
         message = f"host {host.name!r}: GPU passthrough refused before VFIO was configured:\n"
         message += "\n".join(f"  - {problem}" for problem in problems)
         yield StringCommand(f"printf '%s\\n' {shlex.quote(message)} >&2; exit 1")
+
+
+def binding_problems(gpus: list[dict[str, Any]], devices: Mapping[str, PciDevice]) -> list[str]:
+    """Each declared function not bound to vfio-pci: address, ID and the driver that has it."""
+    wrong = []
+    for gpu in gpus:
+        for function in gpu["functions"]:
+            driver = (devices.get(function["address"]) or {}).get("driver")
+            if driver != "vfio-pci":
+                wrong.append(f"{function['address']} [{function['id']}]: driver {driver or 'none'}")
+    return wrong
+
+
+def iommu_problems(
+    host_name: str, gpus: list[dict[str, Any]], devices: Mapping[str, PciDevice]
+) -> list[str]:
+    """No IOMMU groups at all, or a GPU's group no longer safe (the kernel's grouping)."""
+    if not any(d["iommu_group"] for d in devices.values()):
+        return [
+            "the kernel made no IOMMU groups although the IOMMU flags are on its command line:"
+            " turn on VT-d (Intel) / AMD-Vi, IOMMU (AMD) in the firmware"
+        ]
+    return [
+        p
+        for p in preflight(host_name, gpus, devices, [], "unknown", "unknown", check_groups=True)
+        if "IOMMU group" in p
+    ]
 
 
 @operation(is_idempotent=True)
@@ -265,13 +278,7 @@ def prove_vfio_binding(gpus: list[dict[str, Any]]) -> Generator[Any, None, None]
     """At execution only: every declared function is bound to vfio-pci, or the op fails."""
     if not context.state.is_executing:
         return
-    devices = host.get_fact(PciDevices)
-    wrong = []
-    for gpu in gpus:
-        for function in gpu["functions"]:
-            driver = (devices.get(function["address"]) or {}).get("driver")
-            if driver != "vfio-pci":
-                wrong.append(f"{function['address']} [{function['id']}]: driver {driver or 'none'}")
+    wrong = binding_problems(gpus, host.get_fact(PciDevices))
     if wrong:
         message = (
             f"host {host.name!r}: not bound to vfio-pci after the reboot: {'; '.join(wrong)}."

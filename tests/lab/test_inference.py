@@ -143,8 +143,11 @@ def test_an_archive_missing_from_the_published_list_is_refused() -> None:
 
 
 def test_rocm_and_ollama_installs_run_inside_the_snapshot_guard(vm_in_the_double: Any) -> None:
-    """ROCm's packages removed and Ollama's release forgotten: the next rollout reinstalls both,
-    each after a snapshot of VM 100 (through the Proxmox API double), removed after success."""
+    """ROCm's packages removed and Ollama's release forgotten: the next rollout reinstalls both
+    inside one span of the snapshot guard: a snapshot of VM 100 (through the Proxmox API
+    double), the installs, Ollama restarted and the model loaded (a container is never
+    rebooted), the proof the lab can give (rocminfo installed: no card; the model-ready unit
+    succeeded since Ollama's start), then the snapshot removed."""
     api = vm_in_the_double
     gone = ssh(
         "apt-get -y -qq purge rocm-core rocm-hip-runtime rocminfo amd-smi-lib >/dev/null"
@@ -154,16 +157,22 @@ def test_rocm_and_ollama_installs_run_inside_the_snapshot_guard(vm_in_the_double
     result = rollout()
     assert result.returncode == 0, result.stdout[-3000:]
     out = result.stdout
-    for change, guarded in (
-        ("rocm-7-1-1", "Snapshot guard | amdgpu-dkms, kernel headers and ROCm"),
-        ("ollama-0-12-11", "Snapshot guard | Ollama 0.12.11 install ("),
-    ):
-        marks = [f"VM 100 snapshot 'guard-{change}-", guarded, f"done; snapshot 'guard-{change}-"]
-        found = [out.find(mark) for mark in marks]
-        assert -1 not in found and found == sorted(found), (marks, found, out[-4000:])
+    marks = [
+        "VM 100 snapshot 'guard-rocm-7-1-1-install-",
+        "ROCm | amdgpu-dkms, kernel headers and ROCm",
+        "Ollama | Ollama 0.12.11 install (",
+        "Restart Ollama and load the model (ollama-model-ready.service)",
+        "proof: rocminfo is installed (no card here",
+        "proof: ollama-model-ready.service loaded the model since Ollama's start",
+        "done; snapshot 'guard-rocm-7-1-1-install-",
+    ]
+    found = [out.find(mark) for mark in marks]
+    assert -1 not in found and found == sorted(found), (marks, found, out[-4000:])
+    assert "Reboot the VM" not in out  # a container has no kernel of its own
     assert [s["name"] for s in api.qemu(VMID).snapshot.get()] == ["current"]
     assert ssh("dpkg-query -W -f='${Version}' rocm-core").stdout.startswith("7.1.1.")
     assert ssh("cat /usr/lib/ollama/.homelab-release").stdout.split()[0] == "0.12.11"
+    assert ssh("systemctl is-active ollama-model-ready.service").stdout.strip() == "active"
 
 
 def test_converged_node_takes_no_snapshot(vm_in_the_double: Any) -> None:

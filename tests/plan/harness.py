@@ -173,7 +173,8 @@ def plan(
     ``~/.ssh/id_ed25519.pub`` is read from). ``override_data`` sets data keys on every host,
     as pyinfra's ``--data`` does. ``run_python`` also runs, in order, the functions of the
     planned ``python.call`` operations (controller-side work such as Proxmox API calls, against
-    the API test double); shell commands are never run.
+    the API test double); shell commands are never run. A function that raises fires the
+    host's ``operation_host_error`` callbacks, as a failed Python step does in a run.
     """
     with _environment(home, secrets or {}):
         with ctx_state.use(State()):
@@ -269,6 +270,11 @@ def _plan_host(
                         state.is_executing = True
                         try:
                             command.function(*command.args, **command.kwargs)
+                        except Exception:
+                            # As pyinfra does when a Python step fails: the host's error
+                            # callbacks fire (the snapshot guard's rollback), the run stops.
+                            state.trigger_callbacks("operation_host_error", host, op_hash, 0, 0)
+                            raise
                         finally:
                             state.is_executing = False
             op_name = " / ".join(sorted(state.op_meta[op_hash].names))

@@ -91,9 +91,17 @@ class Machine:
     # What OllamaDiscovery's command prints: "invocation <id>" and the discovery lines of
     # Ollama's journal since its start (empty: the unit has not run); its own parser reads it.
     ollama_discovery_output: list[str] = field(default_factory=list)
+    # What RocmAgents's command prints (rocminfo's gfx agents, exit status and last lines);
+    # the fresh VM has no rocminfo. And what UnitRuns's prints: ollama-model-ready's and
+    # Ollama's current runs and the former's journal (empty: neither has run).
+    rocminfo_output: list[str] = field(default_factory=lambda: ["#missing"])
+    unit_runs_output: list[str] = field(default_factory=list)
     # What TorchInVenv's command prints: "venv" when the venv's python exists, then the torch
     # version pip installed there ("2.11.0+rocm7.2"); empty: no venv.
     torch_in_venv_output: list[str] = field(default_factory=list)
+    # What ProxmoxKernels's command prints: the Proxmox kernels in /boot ("image <version>"),
+    # proxmox-boot-tool's pins ("file <path> <version>"), the rollout's marker ("marker ...").
+    proxmox_kernels_output: list[str] = field(default_factory=list)
     # Versions apt would install (AptPolicy's candidate), by package, as the lists hold them.
     apt_candidates: dict[str, str] = field(default_factory=dict)
     # CloudInitState: "absent" (not installed), "active" (runs at boot) or "disabled".
@@ -218,6 +226,9 @@ class Machine:
                 "OllamaModels": self.ollama_models,
                 "OllamaDiscovery": lambda kw: _ollama_discovery(self.ollama_discovery_output),
                 "TorchInVenv": lambda kw: _torch_in_venv(self.torch_in_venv_output),
+                "RocmAgents": lambda kw: _processed("RocmAgents", self.rocminfo_output),
+                "UnitRuns": lambda kw: _processed("UnitRuns", self.unit_runs_output),
+                "ProxmoxKernels": lambda kw: _proxmox_kernels(self.proxmox_kernels_output),
                 "AptPolicy": lambda kw: {
                     "installed": self.packages.get(kw["package"]),
                     "candidate": self.apt_candidates.get(kw["package"]),
@@ -278,6 +289,62 @@ def _ollama_discovery(output: list[str]) -> Any:
     from tasks.ageis_node.ollama_discovery import OllamaDiscovery
 
     return OllamaDiscovery().process(list(output))
+
+
+# After the VM's boot with the ROCm 7 driver, as the GPU proof's facts print it
+# (tasks/ageis_node/gpu_proof.py): rocminfo lists the R9700 (gfx1201); ollama-model-ready ran
+# after Ollama's start and succeeded (the model partly in VRAM: offload is allowed).
+ROCMINFO_R9700 = ["#exit 0", "#agent gfx1201", "*** Done ***"]
+# The inbox amdgpu of Ubuntu's kernel is not ROCm 7's: rocminfo finds no GPU agent.
+ROCMINFO_NO_GPU = [
+    "#exit 1",
+    "ROCk module version 6.8.0 is loaded",
+    "hsa api call failure at: /longer_pathname_so_that_rpms_can_support_packaging_the_debug_"
+    "info_for_all_os_flavors/src/rocminfo/rocminfo.cc:1306",
+    "Call returned HSA_STATUS_ERROR_OUT_OF_RESOURCES: The runtime failed to allocate the"
+    " necessary resources.",
+]
+MODEL_READY_AFTER_START = [
+    "#unit ollama-model-ready.service",
+    "ExecMainStartTimestampMonotonic=41862310",
+    "Result=success",
+    "ActiveState=active",
+    "InvocationID=5c0b1e7f3a2d4e6f8a9b0c1d2e3f4a5b",
+    "#unit ollama.service",
+    "ExecMainStartTimestampMonotonic=38120977",
+    "Result=success",
+    "ActiveState=active",
+    "InvocationID=3f6c2a3e9d1b4c3f8a7e5d2c1b0a9f8e",
+    "#journal",
+    "ollama-model-ready: llama3.1:70b-instruct-q4_K_M loaded in 71s: 39.6 GiB, 27.4 GiB (69%)"
+    " of it in VRAM; kept loaded for 30m (ollama_keep_alive)",
+]
+# The unit's verdict when Ollama fell back to the CPU (files/ollama-model-ready, --require-gpu).
+MODEL_READY_ON_CPU = [
+    "#unit ollama-model-ready.service",
+    "ExecMainStartTimestampMonotonic=41862310",
+    "Result=exit-code",
+    "ActiveState=failed",
+    "InvocationID=5c0b1e7f3a2d4e6f8a9b0c1d2e3f4a5b",
+    *MODEL_READY_AFTER_START[5:11],
+    "ollama-model-ready: FAILED: llama3.1:70b-instruct-q4_K_M loaded on the CPU only (39.6 GiB,"
+    " 0.0 GiB (0%) of it in VRAM, /api/ps size_vram 0), though the data declares an AMD GPU:"
+    " Ollama found no usable GPU.",
+]
+
+
+def _processed(fact: str, output: list[str]) -> Any:
+    """The GPU proof's fact's answer from its command's output, by the fact's own ``process``."""
+    from tasks.ageis_node import gpu_proof
+
+    return getattr(gpu_proof, fact)().process(list(output))
+
+
+def _proxmox_kernels(output: list[str]) -> Any:
+    """The fact's answer from its command's output, by the fact's own ``process``."""
+    from tasks.hypervisor.kernel_update import ProxmoxKernels
+
+    return ProxmoxKernels().process(list(output))
 
 
 def _torch_in_venv(output: list[str]) -> Any:
@@ -515,6 +582,8 @@ def proxmox_ve_9() -> Machine:
             "curl": "8.14.1-2",
             "pciutils": "1:3.13.0-2",
             "proxmox-archive-keyring": "4.0",
+            # The kernel's meta package: its version names no kernel (it depends on the series').
+            "proxmox-default-kernel": "2.0.0",
             "rpcbind": "1.2.7-1",
             "zfsutils-linux": "2.3.4-pve1",
         },
@@ -526,7 +595,9 @@ def proxmox_ve_9() -> Machine:
         commands=COMMANDS,
         apt_updated_seconds_ago=3 * 86400,
         # Debian 13's own pgBackRest (what apt would install without PGDG).
-        apt_candidates={"pgbackrest": "2.55.1-1"},
+        apt_candidates={"pgbackrest": "2.55.1-1", "proxmox-default-kernel": "2.0.0"},
+        # The one Proxmox kernel in /boot: the running one; no pin.
+        proxmox_kernels_output=["image 6.14.8-2-pve"],
         # Installed on ext4/LVM (UEFI): GRUB. The PVE kernel turns the Intel IOMMU on by
         # default, so the groups exist before the command line names it.
         pci=xeon_pci(),

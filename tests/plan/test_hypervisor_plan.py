@@ -8,6 +8,8 @@ PCI functions, groups and drivers are those the kernel shows in /sys on the real
 
 from __future__ import annotations
 
+import logging
+import subprocess
 from typing import Any
 
 import pytest
@@ -28,7 +30,7 @@ from tests.plan.machines import (
 )
 
 DEPLOY = "deploys/hypervisor.py"
-TASKS = ("Proxmox VE |", "Storage pools |", "GPU passthrough")
+TASKS = ("Proxmox VE |", "Storage pools |", "GPU passthrough", "Kernel update |")
 GRUB_DROPIN = "/etc/default/grub.d/homelab-iommu.cfg"
 MODPROBE = "/etc/modprobe.d/homelab-vfio.conf"
 MODULES = "/etc/modules-load.d/homelab-vfio.conf"
@@ -618,6 +620,201 @@ def test_a_converged_hypervisor_plans_zero_changes(plan_of, fleet) -> None:
     names = op_names(result)
     assert not any("Reboot" in name for name in names)
     assert not any("update-initramfs" in c for c in result.commands("pve"))
+
+
+# --- kernel updates: the running kernel stays the fallback until the new one is proven ---
+
+RUNNING = "6.14.8-2-pve"
+KERNEL_MARKER = "/var/lib/homelab/kernel-update"
+KERNEL_UPDATE = {"proxmox_kernel_update": True}
+
+
+def kernel_ops(result: Plan) -> list[tuple[str, list[str]]]:
+    """The kernel update's operations, each with its commands (the proof has none at plan
+    time: it reads the host's facts when it runs, after the reboot)."""
+    return [(op.name, op.commands) for op in result.for_host("pve") if "Kernel update |" in op.name]
+
+
+def with_newer_kernel_available(machine: Machine) -> Machine:
+    """Converged, and the repository's proxmox-default-kernel is newer than the installed."""
+    converge(machine)
+    machine.apt_candidates["proxmox-default-kernel"] = "2.0.1"
+    return machine
+
+
+def test_no_kernel_change_plans_nothing(plan_of, fleet) -> None:
+    converge(fleet["pve"])
+    result = plan_pve(plan_of, override_data=KERNEL_UPDATE)
+    assert kernel_ops(result) == []
+    assert not any("Reboot" in name for name in op_names(result))
+
+
+def test_a_kernel_upgrade_pins_the_running_kernel_boots_the_new_once_proves_then_unpins(
+    plan_of, fleet
+) -> None:
+    with_newer_kernel_available(fleet["pve"])
+    result = plan_pve(plan_of, override_data=KERNEL_UPDATE)
+    ops = kernel_ops(result)
+    assert [name.split(" | ", 1)[1] for name, _ in ops] == [
+        f"Keep {RUNNING} the boot default while a new kernel is proven (kernel pin)",
+        "Upgrade the Proxmox kernel (proxmox-default-kernel 2.0.0 -> 2.0.1)",
+        "Boot the newest kernel once (kernel pin --next-boot); the default stays",
+        f"Reboot into the new kernel, once ({RUNNING} stays the default)",
+        "Proof: the new kernel runs, IOMMU groups are there, the GPU is bound to vfio-pci",
+        "Make the new kernel the boot default (kernel unpin: the newest, proven kernel)",
+    ]
+    pin, upgrade, next_boot, reboot, proof, unpin = (commands for _, commands in ops)
+    # GRUB on the root file system: the pin runs update-grub itself, no refresh.
+    assert pin == [
+        f"mkdir -p /var/lib/homelab && echo fallback {RUNNING} > {KERNEL_MARKER}",
+        f"proxmox-boot-tool kernel pin {RUNNING}",
+    ]
+    assert upgrade[0].endswith(
+        ' install -y -o Dpkg::Options::="--force-confdef" -o Dpkg::Options::="--force-confold"'
+        " proxmox-default-kernel"
+    )
+    (command,) = next_boot
+    assert command.startswith(
+        "new=$(ls /boot/vmlinuz-*-pve | sed 's|^/boot/vmlinuz-||' | sort -V | tail -n 1);"
+        f' if [ -z "$new" ] || [ "$new" = {RUNNING} ] || [ "$(printf \'%s\\n\' {RUNNING}'
+        ' "$new" | sort -V | tail -n 1)" != "$new" ]; then echo "host \'pve\': no Proxmox'
+        f' kernel newer than {RUNNING} in /boot" >&2; exit 1; fi;'
+    )
+    assert command.endswith(
+        f'proxmox-boot-tool kernel pin "$new" --next-boot && echo "trial $new" >> {KERNEL_MARKER}'
+    )
+    assert REBOOT in reboot
+    assert proof == []  # decided at run time, with the facts after the reboot
+    assert unpin == ["proxmox-boot-tool kernel unpin", f"rm -f {KERNEL_MARKER}"]
+    # After the VFIO setup (its proof), before the guests' API tasks.
+    names = op_names(result)
+    assert names.index(next(n for n in names if "Every GPU function is bound to vfio-pci" in n)) < (
+        names.index(ops[0][0])
+    )
+
+
+def test_the_next_boot_step_picks_the_newest_kernel_in_boot_or_fails(
+    plan_of, fleet, tmp_path
+) -> None:
+    # The planned command in a real shell, on a stand-in /boot and a proxmox-boot-tool that
+    # echoes (test doubles): the newest by version, not by name; none newer is a failure.
+    with_newer_kernel_available(fleet["pve"])
+    ops = kernel_ops(plan_pve(plan_of, override_data=KERNEL_UPDATE))
+    (command,) = next(commands for name, commands in ops if "--next-boot" in name)
+    boot, marker = tmp_path / "boot", tmp_path / "marker"
+    boot.mkdir()
+    for version in (RUNNING, "6.14.11-1-pve", "6.8.12-4-pve"):
+        (boot / f"vmlinuz-{version}").write_text("")
+    stand_in = (
+        command.replace("/boot/", f"{boot}/")
+        .replace("proxmox-boot-tool", "echo proxmox-boot-tool")
+        .replace(KERNEL_MARKER, str(marker))
+    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", stand_in], capture_output=True, text=True, check=False)
+
+    done = run()
+    assert done.stdout == "proxmox-boot-tool kernel pin 6.14.11-1-pve --next-boot\n", done
+    assert marker.read_text() == "trial 6.14.11-1-pve\n"
+    (boot / "vmlinuz-6.14.11-1-pve").unlink()
+    refused = run()
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == f"host 'pve': no Proxmox kernel newer than {RUNNING} in /boot\n"
+
+
+def test_an_installed_newer_kernel_is_booted_the_same_way_without_an_upgrade(
+    plan_of, fleet
+) -> None:
+    machine = fleet["pve"]
+    converge(machine)
+    machine.proxmox_kernels_output = [f"image {RUNNING}", "image 6.14.11-1-pve"]
+    ops = kernel_ops(plan_pve(plan_of, override_data=KERNEL_UPDATE))
+    names = [name for name, _ in ops]
+    assert not any("Upgrade the Proxmox kernel" in name for name in names)
+    assert [name.split(" | ", 1)[1].split(" ")[0] for name in names] == [
+        "Keep", "Boot", "Reboot", "Proof:", "Make",
+    ]  # fmt: skip
+
+
+def test_where_proxmox_boot_tool_keeps_the_esps_each_pin_is_refreshed(plan_of, fleet) -> None:
+    machine = with_newer_kernel_available(fleet["pve"])
+    machine.boot_loader = {"loader": "systemd-boot", "proxmox_boot_tool": True, "efi": True}
+    machine.files["/etc/kernel/cmdline"] = (
+        "root=ZFS=rpool/ROOT/pve-1 boot=zfs intel_iommu=on iommu=pt\n"
+    )
+    ops = dict(kernel_ops(plan_pve(plan_of, override_data=KERNEL_UPDATE)))
+    pin = next(c for n, c in ops.items() if "(kernel pin)" in n)
+    assert pin[-2:] == [f"proxmox-boot-tool kernel pin {RUNNING}", "proxmox-boot-tool refresh"]
+    (next_boot,) = next(c for n, c in ops.items() if "--next-boot" in n)
+    assert "--next-boot && proxmox-boot-tool refresh && echo" in next_boot
+    unpin = next(c for n, c in ops.items() if "kernel unpin" in n)
+    assert unpin == [
+        "proxmox-boot-tool kernel unpin", "proxmox-boot-tool refresh", f"rm -f {KERNEL_MARKER}",
+    ]  # fmt: skip
+
+
+def test_without_the_key_a_rollout_boots_no_kernel_and_says_one_is_waiting(
+    plan_of, fleet, caplog
+) -> None:
+    machine = with_newer_kernel_available(fleet["pve"])
+    machine.proxmox_kernels_output = [f"image {RUNNING}", "image 6.14.11-1-pve"]
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        result = plan_pve(plan_of)
+    assert kernel_ops(result) == []
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert f"pve: kernel 6.14.11-1-pve is installed, {RUNNING} runs" in said
+    assert "proxmox_kernel_update = True lets a rollout boot it" in said
+
+
+def test_a_kernel_on_trial_that_runs_is_proven_and_unpinned_without_a_reboot(
+    plan_of, fleet
+) -> None:
+    # The last rollout's proof failed (or it stopped after the reboot): the new kernel runs,
+    # the old one is still pinned.
+    machine = fleet["pve"]
+    converge(machine)
+    machine.kernel = "6.14.11-1-pve"
+    machine.proxmox_kernels_output = [
+        f"image {RUNNING}", "image 6.14.11-1-pve", f"file /etc/kernel/proxmox-boot-pin {RUNNING}",
+        f"marker fallback {RUNNING}", "marker trial 6.14.11-1-pve",
+    ]  # fmt: skip
+    ops = kernel_ops(plan_pve(plan_of, override_data=KERNEL_UPDATE))
+    assert [name.split(" | ", 1)[1] for name, _ in ops] == [
+        "Proof: 6.14.11-1-pve runs, IOMMU groups are there, the GPU is bound to vfio-pci",
+        "Make 6.14.11-1-pve the boot default (kernel unpin: the newest, proven kernel)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "pins, says",
+    [
+        # The kernel on trial did not pass, and the host runs the old one again.
+        (
+            [f"file /etc/kernel/proxmox-boot-pin {RUNNING}", f"marker fallback {RUNNING}",
+             "marker trial 6.14.11-1-pve"],
+            "kernel 6.14.11-1-pve was booted once by an earlier rollout and 6.14.8-2-pve runs"
+            " now: 6.14.11-1-pve failed its IOMMU/VFIO proof or did not come up, and"
+            f" {RUNNING} stays the pinned default. The rollout does not try 6.14.11-1-pve"
+            f" again by itself: fix the cause, then `rm {KERNEL_MARKER}`",
+        ),
+        # An operator's pin.
+        (
+            [f"file /etc/kernel/proxmox-boot-pin {RUNNING}"],
+            f"a kernel is pinned by hand (/etc/kernel/proxmox-boot-pin: {RUNNING},"
+            " /etc/kernel/next-boot-pin: None): the rollout updates no kernel while it is",
+        ),
+    ],
+)  # fmt: skip
+def test_a_failed_trial_or_a_pin_by_hand_leaves_the_kernels_alone(
+    plan_of, fleet, caplog, pins: list[str], says: str
+) -> None:
+    machine = with_newer_kernel_available(fleet["pve"])
+    machine.proxmox_kernels_output = [f"image {RUNNING}", "image 6.14.11-1-pve", *pins]
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        result = plan_pve(plan_of, override_data=KERNEL_UPDATE)
+    assert kernel_ops(result) == []
+    assert says in " ".join(record.getMessage() for record in caplog.records)
 
 
 # --- storage pools ---

@@ -12,7 +12,15 @@ from tasks.ageis_node.model_capacity import GIB
 from tasks.common.datamodel.preflight import InvalidData
 from tests.plan.conftest import PLAN_SECRETS
 from tests.plan.harness import REPO, Plan, plan
-from tests.plan.machines import OLLAMA_CPU_FALLBACK, OLLAMA_ON_GPU, Machine
+from tests.plan.machines import (
+    MODEL_READY_AFTER_START,
+    MODEL_READY_ON_CPU,
+    OLLAMA_CPU_FALLBACK,
+    OLLAMA_ON_GPU,
+    ROCMINFO_NO_GPU,
+    ROCMINFO_R9700,
+    Machine,
+)
 
 HOST = "ageis-node"
 KEYRING = "/etc/apt/keyrings/rocm.gpg"
@@ -263,40 +271,41 @@ def test_converged_node_plans_no_install_and_no_pull(plan_of, fleet) -> None:
     assert not any("Pull the model" in name for name in names)
 
 
-@pytest.mark.parametrize("change", ["ROCm 7.2.1 install", "Ollama 0.20.7 install"])
-def test_installs_run_inside_the_snapshot_guard(node: Plan, change: str) -> None:
-    names = [op.name for op in node.for_host(HOST)]
-    snap = next(i for i, n in enumerate(names) if f"Snapshot VM 100 before {change}" in n)
-    remove = next(i for i, n in enumerate(names) if f"snapshot taken before {change}" in n)
-    guarded = names[snap + 1 : remove]
-    assert guarded and all("Snapshot guard" in name for name in guarded)
-    wanted = "amdgpu-dkms, kernel headers" if "ROCm" in change else "SHA-256 verified"
-    assert any(wanted in name for name in guarded)
-    # Taken and removed only when a guarded operation changes something (checked at run time).
-    assert node.op(HOST, f"Snapshot VM 100 before {change}").conditional
-    assert node.op(HOST, f"snapshot taken before {change}").conditional
-
-
-def test_rocm_upgrade_is_guarded_and_named(plan_of, fleet) -> None:
-    machine = fleet[HOST]
-    for name in ("linux-headers-6.8.0-86-generic", "linux-modules-extra-6.8.0-86-generic",
-                 "amdgpu-dkms", "rocm-hip-runtime", "rocminfo", "amd-smi-lib"):  # fmt: skip
-        machine.packages[name] = "1"
-    machine.packages["rocm-core"] = "7.1.1.70101-38~24.04"
-    result = plan_of("deploys/ageis_node.py", limit=[HOST])
-    assert result.op(HOST, "Snapshot VM 100 before ROCm 7.1.1 -> 7.2.1").conditional
-    (command,) = result.op(HOST, "Upgrade ROCm to 7.2.1").commands
-    assert "--only-upgrade" in command or "install" in command
-
+# --- the inference span: snapshot, change, reboot or restart, proof, then the snapshot goes ---
 
 ROCM_PACKAGES = ("linux-headers-6.8.0-86-generic", "linux-modules-extra-6.8.0-86-generic",
                  "amdgpu-dkms", "rocm-hip-runtime", "rocminfo", "amd-smi-lib")  # fmt: skip
+ROCM_SOURCES = "/etc/apt/sources.list.d/rocm.sources"
+ROCM_PIN = "/etc/apt/preferences.d/rocm-pin-600"
 OLLAMA_UNIT = "/etc/systemd/system/ollama.service"
 OLLAMA_DROP_IN = "/etc/systemd/system/ollama.service.d/homelab.conf"
+READY_UNIT = "/etc/systemd/system/ollama-model-ready.service"
+READY_SCRIPT = "/usr/local/sbin/ollama-model-ready"
+SEED_MODEL = "llama3.1:70b-instruct-q4_K_M"
+SPAN = "a change to ROCm, Ollama or the model"
 
 
-def with_rocm_installed(machine: Machine) -> Machine:
-    """ROCm 7.2.1 and amdgpu-dkms installed by an earlier run (the VM rebooted since)."""
+def put(machine: Machine, dest: str, content: str, mode: int = 644) -> None:
+    """``dest`` on the machine as a rollout leaves it (root's, ``mode``, its parent there)."""
+    machine.files[dest] = content
+    machine.modes[dest] = mode
+    machine.directories.add(dest.rsplit("/", 1)[0])
+
+
+def with_rocm_installed(plan_of, machine: Machine) -> Machine:
+    """ROCm 7.2.1 as an earlier run left it, the VM rebooted since (the driver is loaded): AMD's
+    key, sources and pin, amdgpu-dkms, the kernel headers and ROCm's packages."""
+    first = plan_of("deploys/ageis_node.py", limit=[HOST])
+    for dest in (ROCM_SOURCES, ROCM_PIN):
+        put(machine, dest, first.upload(HOST, dest))
+    put(
+        machine,
+        "/usr/local/sbin/install-apt-key",
+        (REPO / "files/install-apt-key").read_text(),
+        755,
+    )
+    machine.keyrings[KEYRING] = [AMD_FINGERPRINT]
+    machine.directories |= {"/etc/apt/keyrings", "/sys/module/amdgpu"}
     for name in ROCM_PACKAGES:
         machine.packages[name] = "1"
     machine.packages["rocm-core"] = "7.2.1.70201-81~24.04"
@@ -304,22 +313,283 @@ def with_rocm_installed(machine: Machine) -> Machine:
 
 
 def with_ollama_running(plan_of, machine: Machine) -> Machine:
-    """Ollama as an earlier run left it: this release, its unit and drop-in, running, the
-    model pulled. A rollout then plans no restart."""
+    """Ollama and ollama-model-ready as an earlier run left them: this release, its unit and
+    drop-in, running, the model pulled, the model-ready unit and script, run at this boot."""
     first = plan_of("deploys/ageis_node.py", limit=[HOST])
-    for path in (OLLAMA_UNIT, OLLAMA_DROP_IN):
-        machine.files[path] = first.upload(HOST, path)
-        machine.directories.add(path.rsplit("/", 1)[0])
+    for dest in (OLLAMA_UNIT, OLLAMA_DROP_IN, READY_UNIT):
+        put(machine, dest, first.upload(HOST, dest))
+    put(machine, READY_SCRIPT, (REPO / "files/ollama-model-ready").read_text(), 755)
     machine.files["/usr/lib/ollama/.homelab-release"] = (
         "0.20.7 ollama-linux-amd64.tar.zst ollama-linux-amd64-rocm.tar.zst\n"
     )
-    machine.running["ollama"] = machine.enabled["ollama"] = True
-    machine.ollama_models = ["llama3.1:70b-instruct-q4_K_M"]
+    for unit in ("ollama", "ollama-model-ready"):
+        machine.running[unit] = machine.enabled[unit] = True
+    machine.ollama_models = [SEED_MODEL]
     return machine
 
 
+def converged(plan_of, machine: Machine) -> Machine:
+    return with_ollama_running(plan_of, with_rocm_installed(plan_of, machine))
+
+
+def names_of(result: Plan) -> list[str]:
+    return [op.name for op in result.for_host(HOST)]
+
+
+def position(names: list[str], part: str) -> int:
+    return next(i for i, name in enumerate(names) if part in name)
+
+
+def test_a_first_install_is_snapshotted_rebooted_proven_then_released(node: Plan) -> None:
+    names = names_of(node)
+    # One span: the snapshot before the first change; the reboot (amdgpu-dkms is new: its
+    # driver loads at boot) after the last; the proof; the snapshot's removal after the proof.
+    steps = [
+        f"Snapshot VM 100 before {SPAN}",
+        "amdgpu-dkms, kernel headers and ROCm",
+        "Ollama 0.20.7 install (",
+        f"Pull the model {SEED_MODEL}",
+        "ollama-model-ready.service: ",
+        "Reboot the VM: the new amdgpu driver loads at boot",
+        "Wait for the boot to finish (ollama-model-ready.service loads the model)",
+        "Proof: rocminfo lists gfx1201",
+        "Proof: Ollama's discovery at its start names ROCm gfx1201",
+        "Proof: ollama-model-ready.service succeeded since Ollama's start",
+        f"Remove the snapshot taken before {SPAN}",
+    ]
+    found = [position(names, step) for step in steps]
+    assert found == sorted(found), list(zip(steps, found, strict=True))
+    # Each runs only when a trigger changed something (decided at run time).
+    for step in (steps[0], *steps[5:]):
+        assert node.op(HOST, step).conditional, step
+    assert "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &" in node.op(HOST, steps[5]).commands
+    assert node.op(HOST, steps[6]).commands == [
+        "timeout 1440 systemctl is-system-running --wait >/dev/null 2>&1; true",
+        "/usr/local/sbin/wait-for-http http://127.0.0.1:11434/api/version 120 || true",
+    ]
+    # The boot restarts Ollama and runs the unit: no restart of their own before it.
+    assert not any("Restart Ollama" in name for name in names)
+    assert not any("restart" in c for c in node.op(HOST, "Ollama runs and starts").commands)
+    ready = node.op(HOST, "ollama-model-ready.service runs at every start (run after the change")
+    assert not any("start ollama-model-ready" in c for c in ready.commands), ready.commands
+
+
+def test_a_rocm_upgrade_reboots_and_proves_before_the_snapshot_goes(plan_of, fleet, caplog) -> None:
+    machine = converged(plan_of, fleet[HOST])
+    machine.packages["rocm-core"] = "7.1.1.70101-38~24.04"
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    names = names_of(result)
+    assert (
+        position(names, f"Snapshot VM 100 before {SPAN}")
+        < position(names, "Upgrade ROCm to 7.2.1")
+        < position(names, "Reboot the VM: the new amdgpu driver")
+        < position(names, "Proof: rocminfo lists gfx1201")
+        < position(names, f"Remove the snapshot taken before {SPAN}")
+    )
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert "ageis-node: ROCm 7.1.1 -> 7.2.1 (" in said
+    assert "it loads at boot, so the VM reboots before the proof" in said
+    # Ollama and the model-ready unit are as they were: nothing of theirs changes.
+    assert result.op(HOST, "SHA-256 verified").commands == []
+    assert result.op(HOST, "Ollama's environment (drop-in)").commands == []
+
+
+@pytest.mark.parametrize(
+    "data, trigger",
+    [
+        ({"ollama_context_length": 16384}, "Ollama's environment (drop-in)"),
+        ({"ollama_flash_attention": False}, "Ollama's environment (drop-in)"),
+        ({"ollama_model_ready_timeout": 600}, "ollama-model-ready.service: "),
+        (
+            {"ollama_models": [{"name": "qwen3:14b", "size": "9G"},
+                               {"name": SEED_MODEL, "size": "42G"}]},
+            "Pull the model qwen3:14b",
+        ),
+    ],
+)  # fmt: skip
+def test_a_model_or_parameter_change_restarts_ollama_and_proves_without_a_reboot(
+    plan_of, fleet, data: dict[str, Any], trigger: str
+) -> None:
+    converged(plan_of, fleet[HOST])
+    result = plan_of("deploys/ageis_node.py", limit=[HOST], override_data=data)
+    names = names_of(result)
+    assert result.op(HOST, trigger).changes
+    restart = "Restart Ollama and load the model (ollama-model-ready.service)"
+    steps = [
+        f"Snapshot VM 100 before {SPAN}",
+        trigger,
+        restart,
+        "Proof: rocminfo lists gfx1201",
+        "Proof: Ollama's discovery at its start names ROCm gfx1201",
+        "Proof: ollama-model-ready.service succeeded since Ollama's start",
+        f"Remove the snapshot taken before {SPAN}",
+    ]
+    found = [position(names, step) for step in steps]
+    assert found == sorted(found), list(zip(steps, found, strict=True))
+    assert result.op(HOST, restart).conditional
+    assert result.op(HOST, restart).commands == [
+        "systemctl restart ollama.service",
+        "/usr/local/sbin/wait-for-http http://127.0.0.1:11434/api/version 120 || true",
+        "systemctl start ollama-model-ready.service || true",
+    ]
+    # The driver is as it was: no reboot; Ollama restarts once, in the span, after the pulls.
+    assert not any("Reboot" in name for name in names)
+    assert not any("restart" in c for c in result.op(HOST, "Ollama runs and starts").commands)
+
+
+def test_a_converged_stack_plans_no_reboot_restart_or_proof(plan_of, fleet, caplog) -> None:
+    machine = converged(plan_of, fleet[HOST])
+    machine.ollama_discovery_output = OLLAMA_ON_GPU
+    with caplog.at_level(logging.DEBUG, logger="pyinfra"):
+        result = plan_of("deploys/ageis_node.py", limit=[HOST])
+    inference = [op.name for op in result.for_host(HOST) if op.name.startswith("Inference | ")]
+    assert not any(part in name for name in inference for part in ("Reboot", "Restart", "Proof:"))
+    assert not any("Pull the model" in name for name in inference)
+    # No trigger plans a change, so the snapshot (run-time condition) will not be taken.
+    for trigger in ("AMD's ROCm signing key", "AMD's ROCm 7.2.1 apt sources", "Pin AMD's",
+                    "amdgpu-dkms, kernel headers and ROCm", "SHA-256 verified",
+                    "Ollama's systemd unit", "Ollama's environment (drop-in)",
+                    f"Install {READY_SCRIPT}", "ollama-model-ready.service: "):  # fmt: skip
+        assert result.op(HOST, trigger).commands == [], trigger
+    assert result.op(HOST, f"Snapshot VM 100 before {SPAN}").conditional
+    # The GPU proof is then read while planning: Ollama's discovery at its last start.
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert 'Ollama runs on the GPU: library=ROCm compute="gfx1201" name=ROCm0' in said
+
+
+def seed_vm(pve_double) -> None:
+    pve_double.double.state.guests[100] = {
+        "kind": "qemu", "config": {"name": HOST, "cores": "4"}, "status": "running",
+        "snapshots": {},
+    }  # fmt: skip
+
+
+def requests(pve_double, method: str) -> list[str]:
+    return [path for m, path, _, _ in pve_double.double.requests if m == method]
+
+
+def upgrade_after_reboot(plan_of, fleet) -> Machine:
+    """A ROCm upgrade on a converged node, the host's facts as they read after the reboot."""
+    machine = converged(plan_of, fleet[HOST])
+    machine.packages["rocm-core"] = "7.1.1.70101-38~24.04"
+    machine.rocminfo_output = ROCMINFO_R9700
+    machine.ollama_discovery_output = OLLAMA_ON_GPU
+    machine.unit_runs_output = MODEL_READY_AFTER_START
+    return machine
+
+
+def test_a_passing_proof_releases_the_snapshot(plan_of, fleet, pve_double, caplog) -> None:
+    upgrade_after_reboot(plan_of, fleet)
+    seed_vm(pve_double)
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        plan_of("deploys/ageis_node.py", limit=[HOST], run_python=True)
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert "ageis-node: VM 100 snapshot 'guard-rocm-7-1-1-7-2-1-" in said
+    for proof in ("rocminfo lists gfx1201", "Ollama runs on the GPU (ROCm gfx1201)",
+                  "ollama-model-ready.service loaded the model since Ollama's start"):  # fmt: skip
+        assert f"ageis-node: proof: {proof}" in said, proof
+    assert "ROCm 7.1.1 -> 7.2.1 done; snapshot 'guard-rocm-7-1-1-7-2-1-" in said
+    assert not any(p.endswith("/rollback") for p in requests(pve_double, "POST"))
+    assert pve_double.double.state.guests[100]["snapshots"] == {}
+    pve_double.assert_all_accepted()
+
+
+@pytest.mark.parametrize(
+    "fault, failed, says",
+    [
+        (
+            {"rocminfo_output": ROCMINFO_NO_GPU},
+            "Proof: rocminfo lists gfx1201",
+            "rocminfo: rocminfo lists no GPU agent (exit status 1), not gfx1201: ROCk module"
+            " version 6.8.0 is loaded",
+        ),
+        (
+            {"ollama_discovery_output": OLLAMA_CPU_FALLBACK},
+            "Proof: Ollama's discovery at its start names ROCm gfx1201",
+            'found no ROCm device gfx1201: the log says: msg="failure during GPU discovery"'
+            ' error="failed to finish discovery before timeout"',
+        ),
+        (
+            {"unit_runs_output": MODEL_READY_ON_CPU},
+            "Proof: ollama-model-ready.service succeeded since Ollama's start",
+            "the model is not ready: ollama-model-ready.service is failed (result exit-code);"
+            " its journal: ollama-model-ready: FAILED: llama3.1:70b-instruct-q4_K_M loaded on"
+            " the CPU only",
+        ),
+    ],
+)
+def test_a_failing_proof_rolls_the_vm_back_and_says_why(
+    plan_of, fleet, pve_double, caplog, fault: dict[str, Any], failed: str, says: str
+) -> None:
+    machine = upgrade_after_reboot(plan_of, fleet)
+    for name, value in fault.items():
+        setattr(machine, name, value)
+    seed_vm(pve_double)
+    with caplog.at_level(logging.INFO, logger="pyinfra"), pytest.raises(RuntimeError) as error:
+        plan_of("deploys/ageis_node.py", limit=[HOST], run_python=True)
+    assert str(error.value).startswith(
+        "host 'ageis-node': the proof after ROCm 7.1.1 -> 7.2.1 failed: "
+    )
+    assert says in str(error.value)
+    # The guard's policy (rollback): the VM back to the snapshot taken before the upgrade,
+    # started again, the snapshot removed, and the log names the step that failed.
+    posts = requests(pve_double, "POST")
+    assert any(p.endswith("/snapshot") for p in posts) and posts[-1].endswith("/rollback")
+    assert pve_double.double.state.guests[100]["snapshots"] == {}
+    assert pve_double.double.state.guests[100]["status"] == "running"
+    said = " ".join(record.getMessage() for record in caplog.records)
+    step = repr(f"Inference | {failed}")[:-1]  # the step's name as the log quotes it
+    assert f"ROCm 7.1.1 -> 7.2.1 failed in {step}" in said
+    assert "VM 100 was rolled back to snapshot 'guard-rocm-7-1-1-7-2-1-" in said
+    pve_double.assert_all_accepted()
+
+
+def test_not_a_vm_the_change_and_its_proof_run_unguarded(plan_of, caplog) -> None:
+    # A host that is no Proxmox VM (no guest data; no GPU passed through to it either).
+    plain = {"guest": None, "gpus": [], "ollama_models": [{"name": "qwen3:4b", "size": "3G"}]}
+    with caplog.at_level(logging.DEBUG, logger="pyinfra"):
+        result = plan_of("deploys/ageis_node.py", limit=[HOST], override_data=plain)
+    names = names_of(result)
+    assert not any("snapshot" in name.lower() for name in names)
+    assert (
+        position(names, "Ollama 0.20.7 install (")
+        < position(names, "Restart Ollama and load the model")
+        < position(names, "Proof: ollama-model-ready.service succeeded since Ollama's start")
+    )
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert (
+        f"{SPAN}: ageis-node is not a Proxmox VM in the inventory; no snapshot: the change and"
+        " its proof run unguarded" in said
+    )
+
+
+def test_in_a_container_without_the_card_the_lab_restarts_and_proves_what_it_can(
+    plan_of, fleet
+) -> None:
+    # The lab's ageis-node: a container (no kernel, no reboot), the R9700 declared but absent
+    # (rocm_check_pci off), Ollama a test double (ollama_gpu_proof off).
+    fleet[HOST].container = "systemd-nspawn"
+    lab = {"rocm_check_pci": False, "ollama_gpu_proof": False}
+    result = plan_of("deploys/ageis_node.py", limit=[HOST], override_data=lab)
+    names = names_of(result)
+    assert not any("Reboot" in name for name in names)
+    steps = [
+        "amdgpu-dkms, kernel headers and ROCm",
+        "Restart Ollama and load the model (ollama-model-ready.service)",
+        "Proof: rocminfo is installed (no card here: rocm_check_pci is off)",
+        "Proof: ollama-model-ready.service succeeded since Ollama's start",
+        f"Remove the snapshot taken before {SPAN}",
+    ]
+    found = [position(names, step) for step in steps]
+    assert found == sorted(found)
+    assert not any("Proof: Ollama's discovery" in name for name in names)
+    # Without the card the unit loads the model with no GPU check (--require-gpu absent).
+    assert "--require-gpu" not in ready_exec(result)
+
+
 def test_ollama_on_the_cpu_stops_the_run_with_the_log_and_the_fix(plan_of, fleet) -> None:
-    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
+    machine = converged(plan_of, fleet[HOST])
     machine.ollama_discovery_output = OLLAMA_CPU_FALLBACK
     with pytest.raises(Exception) as error:
         plan_of("deploys/ageis_node.py", limit=[HOST])
@@ -338,21 +608,8 @@ def test_ollama_on_the_cpu_stops_the_run_with_the_log_and_the_fix(plan_of, fleet
     assert "reboot the VM" in text and "Nothing was changed" in text
 
 
-def test_ollama_on_the_r9700_passes_the_gpu_proof(plan_of, fleet, caplog) -> None:
-    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
-    machine.ollama_discovery_output = OLLAMA_ON_GPU
-    with caplog.at_level(logging.DEBUG, logger="pyinfra"):
-        result = plan_of("deploys/ageis_node.py", limit=[HOST])
-    said = " ".join(record.getMessage() for record in caplog.records)
-    assert 'Ollama runs on the GPU: library=ROCm compute="gfx1201" name=ROCm0' in said
-    # Nothing restarts Ollama, so it is read now, not after a start.
-    assert result.op(HOST, "Ollama runs and starts at boot").commands == []
-    names = [op.name for op in result.for_host(HOST)]
-    assert not any("Ollama runs on the GPU" in name for name in names)
-
-
 def test_a_rocm_device_of_another_target_fails_too(plan_of, fleet) -> None:
-    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
+    machine = converged(plan_of, fleet[HOST])
     machine.ollama_discovery_output = [
         line.replace("compute=gfx1201", "compute=gfx1100") for line in OLLAMA_ON_GPU
     ]
@@ -362,44 +619,16 @@ def test_a_rocm_device_of_another_target_fails_too(plan_of, fleet) -> None:
     assert "no ROCm device gfx1201" in cause(error.value)
 
 
-def test_after_a_restart_the_proof_waits_for_the_api_then_reads_the_journal(plan_of, fleet) -> None:
-    machine = with_rocm_installed(fleet[HOST])
-    # The journal of the run before the restart (CPU) says nothing about the new one.
+def test_the_discovery_proof_is_off_only_by_the_data(plan_of, fleet) -> None:
+    machine = converged(plan_of, fleet[HOST])
     machine.ollama_discovery_output = OLLAMA_CPU_FALLBACK
-    result = plan_of("deploys/ageis_node.py", limit=[HOST])
-    names = [op.name for op in result.for_host(HOST)]
-
-    def at(part: str) -> int:
-        return next(i for i, name in enumerate(names) if part in name)
-
-    service, wait = at("Ollama runs and starts at boot"), at("Wait for Ollama's API after")
-    proof = at("Ollama runs on the GPU (ROCm gfx1201): its discovery since the start")
-    assert service < at("Pull the model") < wait < proof
-    assert result.op(HOST, "Wait for Ollama's API after").commands == [
-        "/usr/local/sbin/wait-for-http http://127.0.0.1:11434/api/version 120"
-    ]
-    # Both only when the service was (re)started, decided at run time.
-    assert result.op(HOST, "Wait for Ollama's API after").conditional
-    assert result.op(HOST, "Ollama runs on the GPU (ROCm").conditional
-
-
-def test_the_proof_waits_for_the_reboot_after_a_driver_install(plan_of, fleet, caplog) -> None:
-    fleet[HOST].ollama_discovery_output = OLLAMA_CPU_FALLBACK  # the inbox driver's result
-    with caplog.at_level(logging.WARNING, logger="pyinfra"):
-        result = plan_of("deploys/ageis_node.py", limit=[HOST])
-    said = " ".join(record.getMessage() for record in caplog.records)
-    assert "Ollama's GPU proof (gfx1201) is left for the next rollout" in said
-    assert "reboot the VM first" in said
-    assert not any("Ollama runs on the GPU" in op.name for op in result.for_host(HOST))
-
-
-def test_the_proof_is_off_only_by_the_data(plan_of, fleet) -> None:
-    machine = with_ollama_running(plan_of, with_rocm_installed(fleet[HOST]))
-    machine.ollama_discovery_output = OLLAMA_CPU_FALLBACK
-    result = plan_of(
-        "deploys/ageis_node.py", limit=[HOST], override_data={"ollama_gpu_proof": False}
-    )
-    assert not any("Ollama runs on the GPU" in op.name for op in result.for_host(HOST))
+    off = {"ollama_gpu_proof": False}
+    plan_of("deploys/ageis_node.py", limit=[HOST], override_data=off)  # converged: no verdict
+    changed = plan_of("deploys/ageis_node.py", limit=[HOST],
+                      override_data={**off, "ollama_context_length": 4096})  # fmt: skip
+    names = names_of(changed)
+    assert not any("Proof: Ollama's discovery" in name for name in names)
+    assert any("Proof: ollama-model-ready.service succeeded" in name for name in names)
 
 
 def test_actr_engine_unit_requires_the_integrity_check_and_waits_for_the_embedder(plan_of):
@@ -510,10 +739,6 @@ def test_nodejs_from_nodesource_pinned(node: Plan) -> None:
 
 # --- the model ready after every boot (ollama-model-ready.service) ---
 
-READY_UNIT = "/etc/systemd/system/ollama-model-ready.service"
-READY_SCRIPT = "/usr/local/sbin/ollama-model-ready"
-SEED_MODEL = "llama3.1:70b-instruct-q4_K_M"
-
 
 def ready_exec(node: Plan) -> str:
     (line,) = [
@@ -522,15 +747,12 @@ def ready_exec(node: Plan) -> str:
     return line.removeprefix("ExecStart=")
 
 
-@pytest.fixture
-def driver_loaded(fleet) -> None:
-    """ageis-node after the reboot that loads the amdgpu driver ROCm's install built."""
-    fleet[HOST].directories.add("/sys/module/amdgpu")
-
-
 def test_model_ready_unit_loads_the_pipelines_model_after_ollama_and_checks_the_gpu(
-    plan_of, driver_loaded: None
+    plan_of, fleet
 ) -> None:
+    # ROCm as an earlier run left it: the unit is new, so the span starts it after Ollama's
+    # restart (no reboot: the driver is loaded and unchanged).
+    with_rocm_installed(plan_of, fleet[HOST])
     node = plan_of("deploys/ageis_node.py", limit=[HOST])
     unit = node.upload(HOST, READY_UNIT)
     assert unit.startswith("# Managed by homelab-as-code (templates/ollama-model-ready.service.j2)")
@@ -555,14 +777,36 @@ def test_model_ready_unit_loads_the_pipelines_model_after_ollama_and_checks_the_
     script = node.upload(HOST, READY_SCRIPT)
     assert script == (REPO / "files/ollama-model-ready").read_text()
     assert f"chmod 755 {READY_SCRIPT}" in node.op(HOST, f"Install {READY_SCRIPT}").commands
-    service = " ".join(node.op(HOST, "ollama-model-ready.service has loaded the model").commands)
-    assert "systemctl start ollama-model-ready.service" in service
-    assert "systemctl enable ollama-model-ready.service" in service
+    service = node.op(HOST, "ollama-model-ready.service runs at every start (run after the change")
+    assert "systemctl enable ollama-model-ready.service" in service.commands
+    assert not any("start ollama-model-ready" in c for c in service.commands)
+    restart = node.op(HOST, "Restart Ollama and load the model")
+    assert "systemctl start ollama-model-ready.service || true" in restart.commands
 
 
-def test_before_the_gpu_driver_is_loaded_the_unit_waits_for_the_reboot(plan_of, caplog) -> None:
-    # The fresh VM: ROCm's install (this run) builds amdgpu, which loads at the next boot;
-    # started now, the model would land on the CPU and the unit fail.
+def test_on_a_fresh_vm_the_unit_first_runs_at_the_reboot_after_the_driver_install(
+    node: Plan,
+) -> None:
+    # ROCm's install (this run) builds amdgpu, which loads at boot: the span's reboot starts
+    # Ollama and the unit; started before it, the model would land on the CPU.
+    service = node.op(HOST, "ollama-model-ready.service runs at every start (run after the change")
+    assert "systemctl enable ollama-model-ready.service" in service.commands
+    assert not any("start" in c.split() for c in service.commands), service.commands
+    names = names_of(node)
+    assert position(names, "ollama-model-ready.service runs at every start") < position(
+        names, "Reboot the VM: the new amdgpu driver loads at boot"
+    )
+
+
+def test_a_converged_node_without_the_driver_loaded_warns_and_does_not_start_the_unit(
+    plan_of, fleet, caplog
+) -> None:
+    # A boot without the amdgpu module (its DKMS build missing for this kernel): started, the
+    # unit would find the model on the CPU.
+    machine = converged(plan_of, fleet[HOST])
+    machine.directories.discard("/sys/module/amdgpu")
+    machine.running["ollama-model-ready"] = False
+    machine.ollama_discovery_output = OLLAMA_ON_GPU
     with caplog.at_level(logging.WARNING, logger="pyinfra"):
         node = plan_of("deploys/ageis_node.py", limit=[HOST])
     assert any(
@@ -570,9 +814,8 @@ def test_before_the_gpu_driver_is_loaded_the_unit_waits_for_the_reboot(plan_of, 
         in record.getMessage()
         for record in caplog.records
     )
-    service = node.op(HOST, "ollama-model-ready.service runs at every start, from the next boot")
-    assert any("systemctl enable ollama-model-ready.service" in c for c in service.commands)
-    assert not any("start" in c or "restart" in c for c in service.commands), service.commands
+    service = node.op(HOST, "ollama-model-ready.service runs at every start (no GPU driver")
+    assert service.commands == []
 
 
 def test_model_ready_comes_after_the_pulls_and_before_its_clients(node: Plan) -> None:
@@ -585,6 +828,7 @@ def test_model_ready_comes_after_the_pulls_and_before_its_clients(node: Plan) ->
         at(f"Pull the model {SEED_MODEL}")
         < at("ollama-model-ready.service: ")
         < at("ollama-model-ready.service runs at every start")
+        < at("Proof: ollama-model-ready.service succeeded")
         < at("actr-engine runs and starts at boot")
         < at("openclaw-pipeline runs and starts at boot")
     )
@@ -612,14 +856,12 @@ def test_model_ready_checks_the_gpu_only_where_the_data_says_there_is_one(
     command = ready_exec(node)
     assert command.endswith("--timeout 900" + (f" {flags}" if flags else ""))
     assert "--model " in command  # the load itself runs everywhere
-    # Without a GPU check the rollout loads the model at once; with one, on this fresh VM
-    # (no amdgpu driver loaded yet), the unit waits for the reboot.
-    started = any(
-        "systemctl start ollama-model-ready.service" in c
-        for op in node.for_host(HOST)
-        for c in op.commands
-    )
-    assert started == (flags == "")
+    # On this fresh VM the span runs the unit after the change: at the reboot where ROCm's
+    # driver is installed (an AMD GPU declared), else after Ollama's restart.
+    names = names_of(node)
+    rebooted = any("Reboot the VM" in name for name in names)
+    restarted = any("Restart Ollama and load the model" in name for name in names)
+    assert (rebooted, restarted) == ((True, False) if data.get("gpus") != [] else (False, True))
 
 
 def test_model_ready_loads_openclaws_model_with_the_datas_keep_alive(plan_of) -> None:
@@ -649,12 +891,12 @@ def test_a_zero_keep_alive_is_refused_for_the_model_ready_unit(plan_of) -> None:
     assert "zero would unload it at once" in text
 
 
-def test_converged_node_changes_nothing_for_the_model_ready_unit(
-    plan_of, fleet, driver_loaded: None
-) -> None:
+def test_converged_node_changes_nothing_for_the_model_ready_unit(plan_of, fleet) -> None:
+    fleet[HOST].directories.add("/sys/module/amdgpu")
     first = plan_of("deploys/ageis_node.py", limit=[HOST])
-    fresh = [op for op in first.for_host(HOST) if "ollama-model-ready" in op.name]
-    assert [op.changes for op in fresh] == [True, True, True]  # a first rollout writes, starts
+    task = "Inference | Ollama model ready | "
+    fresh = [op for op in first.for_host(HOST) if op.name.startswith(task)]
+    assert [op.changes for op in fresh] == [True, True, True]  # a first rollout writes, enables
     machine = fleet[HOST]
     machine.files[READY_UNIT] = first.upload(HOST, READY_UNIT)
     machine.files[READY_SCRIPT] = (REPO / "files/ollama-model-ready").read_text()
@@ -663,6 +905,6 @@ def test_converged_node_changes_nothing_for_the_model_ready_unit(
     machine.running["ollama-model-ready"] = True  # a oneshot that exited: active (exited)
     machine.enabled["ollama-model-ready"] = True
     again = plan_of("deploys/ageis_node.py", limit=[HOST])
-    ready = [op for op in again.for_host(HOST) if "ollama-model-ready" in op.name]
+    ready = [op for op in again.for_host(HOST) if op.name.startswith(task)]
     assert len(ready) == 3, [op.name for op in ready]
     assert [op.name for op in ready if op.changes] == []

@@ -129,12 +129,12 @@ def test_tasks_are_grouped_by_role() -> None:
 
 
 def test_guarded_tasks_ask_changed_not_did_change() -> None:
-    """The snapshot guard asks its guarded operations whether they will change before any has
-    run; an ``_if`` calling ``did_change()`` there raises on a converged host."""
+    """The snapshot guard asks its triggers whether they will change before any has run; an
+    ``_if`` calling ``did_change()`` there raises on a converged host."""
     guarded = [
         path
         for path in (REPO / "tasks").rglob("*.py")
-        if "inference_guard import" in path.read_text()
+        if "snapshot_guard import" in path.read_text()
     ]
     assert guarded, "no module enters the snapshot guard; this test checks nothing"
     offenders = [str(p.relative_to(REPO)) for p in guarded if ".did_change(" in p.read_text()]

@@ -30,7 +30,11 @@ def _seed_vm(double: PveApiDouble) -> None:
     }  # fmt: skip
 
 
-def _run(tmp_path: Path, running: RunningDouble, step: str, policy: str = "rollback"):
+def _run(
+    tmp_path: Path, running: RunningDouble, step: str, policy: str = "rollback", wrap: bool = True
+):
+    """Run ``step`` inside ``snapshot_guard("test upgrade", ...)``, or (``wrap`` False) as the
+    deploy's own code after ``change_vm``."""
     inventory = tmp_path / "inventory.py"
     inventory.write_text(
         textwrap.dedent(
@@ -61,12 +65,15 @@ def _run(tmp_path: Path, running: RunningDouble, step: str, policy: str = "rollb
             def change_vm():
                 api = connect(hypervisor_named("pve"))
                 api.call("POST", "nodes/pve/qemu/100/config", "test change", cores=8)
-
-            def step():
             """
         )
-        + textwrap.indent(textwrap.dedent(step), "    ")
-        + '\nsnapshot_guard("test upgrade", step)\n'
+        + (
+            "\ndef step():\n"
+            + textwrap.indent(textwrap.dedent(step), "    ")
+            + '\nsnapshot_guard("test upgrade", step)\n'
+            if wrap
+            else textwrap.dedent(step)
+        )
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOMELAB_SECRET_PROXMOX_API_SECRET": TEST_SECRET}
     env.pop("HOMELAB_SECRETS_FILE", None)
@@ -189,3 +196,58 @@ def test_a_changing_step_with_a_dependent_operation_is_snapshotted(
     assert any(p.endswith("/snapshot") for p in _paths(double, "POST")), "no snapshot was taken"
     assert "Runs only after a change" in result.stdout + result.stderr
     pve_double.assert_all_accepted()
+
+
+# A span whose proof comes after the guarded step: the step succeeds, the proof fails. The
+# proof is inside the span, so its failure rolls the VM back, and the log names it.
+_PROOF_STEP = """
+    from tasks.ageis_node.snapshot_guard import open_span
+    span = open_span("a test change")
+    span.watch("test upgrade", lambda: python.call(name="Change the VM", function=change_vm))
+    server.shell(name="Proof after the change", commands=["echo no GPU >&2; exit 4"],
+                 _if=span.changed)
+    span.close()
+"""
+
+
+def test_a_failing_proof_after_a_passing_step_rolls_the_vm_back(
+    tmp_path: Path, pve_double: RunningDouble
+) -> None:
+    double = pve_double.double
+    _seed_vm(double)
+    result = _run(tmp_path, pve_double, _PROOF_STEP, wrap=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    vm = double.state.guests[100]
+    assert vm["config"] == VM_CONFIG, "the VM was not rolled back"
+    assert vm["snapshots"] == {}
+    assert "test upgrade failed in 'Proof after the change'" in output, output[-3000:]
+    assert "no GPU" in output
+    pve_double.assert_all_accepted()
+
+
+def test_a_passing_proof_releases_the_snapshot_after_it(
+    tmp_path: Path, pve_double: RunningDouble
+) -> None:
+    double = pve_double.double
+    _seed_vm(double)
+    step = _PROOF_STEP.replace("echo no GPU >&2; exit 4", "true")
+    result = _run(tmp_path, pve_double, step, wrap=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert double.state.guests[100]["config"]["cores"] == "8", "the change stays"
+    assert double.state.guests[100]["snapshots"] == {}
+    assert output.index("Proof after the change") < output.index("test upgrade done; snapshot")
+    pve_double.assert_all_accepted()
+
+
+def test_a_span_that_changes_nothing_runs_no_proof(tmp_path: Path, pve_double: RunningDouble):
+    double = pve_double.double
+    _seed_vm(double)
+    step = _PROOF_STEP.replace(
+        'lambda: python.call(name="Change the VM", function=change_vm)',
+        f"lambda: files.directory(name='Already there', path={str(tmp_path)!r})",
+    ).replace("echo no GPU >&2; exit 4", "exit 5")
+    result = _run(tmp_path, pve_double, step, wrap=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert double.requests == [], "a converged host must not touch the API"

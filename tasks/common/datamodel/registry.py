@@ -56,6 +56,7 @@ TASK_MODULES = (
     "tasks.hypervisor.guest_restore_test",
     "tasks.hypervisor.proxmox_ve",
     "tasks.hypervisor.gpu_passthrough",
+    "tasks.hypervisor.kernel_update",
     "tasks.ageis_node.rocm",
     "tasks.ageis_node.ollama",
     "tasks.ageis_node.pytorch",

@@ -115,16 +115,20 @@ def test_actr_engine_stores_and_retrieves_by_activation() -> None:
         )
         assert status == 201, answer
         ids[name] = answer["id"]
-    # A cue closest to "apple": it is retrieved, with its activation's parts.
-    status, answer = call("/retrieve", {"embedding": unit_vector(1, 2), "limit": 2})
+    # A cue closest to "apple": of these three it ranks first, with its activation's parts.
+    # (Among all the store's memories another may rank higher: one that other tests retrieved
+    # often just now has a higher base level, as ACT-R means it to; so all its candidates are
+    # asked for, and the order of these three is checked.)
+    status, answer = call("/retrieve", {"embedding": unit_vector(1, 2), "limit": 20})
     assert status == 200, answer
-    best = answer["chunks"][0]
+    ours = [c for c in answer["chunks"] if c["id"] in ids.values()]
+    best = ours[0]
     assert best["id"] == ids["apple"] and best["similarity"] == pytest.approx(1.0)
     assert best["activation"] == pytest.approx(best["base_level"])  # P * (1 - 1) = 0
     # Each retrieval is recorded as an access (just after the reply); the count below proves it.
     time.sleep(0.5)
-    status, again = call("/retrieve", {"embedding": unit_vector(1, 2), "limit": 1})
-    assert again["chunks"][0]["id"] == ids["apple"]
+    status, again = call("/retrieve", {"embedding": unit_vector(1, 2), "limit": 20})
+    assert next(c["id"] for c in again["chunks"] if c["id"] in ids.values()) == ids["apple"]
     time.sleep(0.5)
     accesses = ssh(
         "sudo -u postgres psql -tA memory_store -c "

@@ -403,6 +403,21 @@ def postgresql_major(configured: int | None) -> int:
     return DISTRIBUTION_MAJOR[key]
 
 
+def major_from_data(target: Any) -> int:
+    """``target``'s PostgreSQL major from its data alone (``postgresql_version``, else its
+    ``guest.os``): what another host knows of the memory store without its facts."""
+    major = DATA.read(target).postgresql_version
+    guest = MACHINE.read(target).guest
+    if major is None and guest:
+        major = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"])
+    if major is None:
+        raise RuntimeError(
+            f"host {host.name!r}: cannot tell the PostgreSQL major of {target.name!r} from the"
+            f" data: set postgresql_version for {target.name} (or its guest.os)"
+        )
+    return major
+
+
 def pool_path_of(target: Any, pool: str) -> str:
     """The path of ``target``'s pool ``pool`` (``target``: a pyinfra host)."""
     pools = MACHINE.read(target).pools

@@ -31,7 +31,7 @@ from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files, server, systemd
 
 from tasks.ageis_node.memory_store import DATA as STORE
-from tasks.ageis_node.memory_store import DISTRIBUTION_MAJOR_BY_OS, data_directory_of
+from tasks.ageis_node.memory_store import data_directory_of, major_from_data
 from tasks.common.datamodel.machine import AGEIS_NODE, MACHINE
 from tasks.common.datamodel.secrets import Secret, load_secrets
 from tasks.common.pgbackrest import (
@@ -62,17 +62,7 @@ JOBS = ("full", "diff", "verify")
 def _database_data_directory(name: str) -> str:
     """The data directory of the database host ``name``, from that host's data."""
     other = inventory.get_host(name)
-    store = STORE.read(other)
-    major = store.postgresql_version
-    guest = MACHINE.read(other).guest
-    if major is None and guest:
-        major = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"])
-    if major is None:
-        raise RuntimeError(
-            f"host {host.name!r}: cannot tell the PostgreSQL major of {name!r} from the data:"
-            f" set postgresql_version for {name} (or its guest.os)"
-        )
-    return data_directory_of(other, store.postgresql_pool, major)
+    return data_directory_of(other, STORE.read(other).postgresql_pool, major_from_data(other))
 
 
 @deploy("pgBackRest repository", data_defaults=DATA.defaults())

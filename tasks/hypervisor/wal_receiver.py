@@ -33,11 +33,10 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
-from tasks.ageis_node.memory_store import DATA as STORE
 from tasks.ageis_node.memory_store import (
     DISTRIBUTION_MAJOR,
-    DISTRIBUTION_MAJOR_BY_OS,
     PORT,
+    major_from_data,
     server_tls,
 )
 from tasks.common.datamodel.machine import AGEIS_NODE, MACHINE
@@ -81,20 +80,6 @@ def database_host() -> Any | None:
     return nodes[0] if nodes else None
 
 
-def server_major(store: Any) -> int:
-    """The memory store's PostgreSQL major, from its data (it may not be in this run)."""
-    major = STORE.read(store).postgresql_version
-    guest = MACHINE.read(store).guest
-    if major is None and guest:
-        major = DISTRIBUTION_MAJOR_BY_OS.get(guest["os"])
-    if major is None:
-        raise RuntimeError(
-            f"host {host.name!r}: cannot tell the PostgreSQL major of {store.name!r} from the"
-            f" data: set postgresql_version for {store.name} (or its guest.os)"
-        )
-    return major
-
-
 def client_major(store_major: int) -> int:
     """The client major to install: the release's own when it is at least the server's
     (pg_receivewal refuses a newer server), else the server's, from PGDG."""
@@ -126,7 +111,7 @@ def wal_receiver() -> None:
         return
     name = application_name(host.name)
     directory = spool_directory(host, store.name)
-    major = client_major(server_major(store))
+    major = client_major(major_from_data(store))
     apt.packages(
         name=f"PostgreSQL {major} client (pg_receivewal)",
         packages=[f"postgresql-client-{major}", "python3"],

@@ -68,6 +68,9 @@ def test_actr_engines_token_reaches_the_gateway_only_as_a_credential(node: Plan)
     assert "LoadCredential=gateway-token:/etc/openclaw-pipeline/gateway-token" in lines
     # actr-engine's own root-only token file: one source, rotated with actr-engine.
     assert "LoadCredential=actr-engine-token:/etc/actr-engine/api-token" in lines
+    # Credentials with ExecStartPost=: Type=exec, so the post step starts after the gateway's
+    # process has its credentials (Type=simple races on them: "Protocol error" on a restart).
+    assert "Type=exec" in lines and "Type=simple" not in lines
     assert node.upload(HOST, "/etc/actr-engine/api-token") == SECRET + "\n"
     # Not in openclaw.json (mode 644), the unit, its environment or any other command of the
     # pipeline's: only the root-only files of the two tokens hold it.

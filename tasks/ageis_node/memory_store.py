@@ -101,6 +101,8 @@ PORT = 5432
 INTEGRITY_UNIT = "memory-store-integrity.service"
 INTEGRITY_SCRIPT = "/usr/local/sbin/memory-store-integrity"
 WAL_FETCH_SCRIPT = "/usr/local/sbin/memory-store-wal-fetch"
+ROLL_FORWARD_SCRIPT = "/usr/local/sbin/memory-store-roll-forward"
+ROLL_FORWARD_UNIT = "memory-store-roll-forward.service"
 BOOTSTRAP_SCRIPT = "/usr/local/sbin/memory-store-bootstrap"
 CONFIG_DIR = "/etc/homelab/memory-store"
 SCHEMA_FILE = f"{CONFIG_DIR}/schema.sql"
@@ -777,7 +779,7 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
         port=PORT,
         tls_dir=f"{conf_dir}/{TLS_SUBDIR}",
         max_connections=settings.postgresql_max_connections,
-        archive={"stanza": backup.stanza, "timeout": backup.timeout},
+        archive={"stanza": backup.stanza, "timeout": backup.timeout, "fetch": WAL_FETCH_SCRIPT},
         synchronous=synchronous_settings(settings),
         sizes=sizing(
             _ram(settings.postgresql_memory),
@@ -819,6 +821,7 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
     systemd.service(
         name=f"{unit} runs and starts at boot", service=unit, running=True, enabled=True
     )
+    _roll_forward(cluster)
     server.shell(
         name="PostgreSQL takes the new settings (reload; restart only when one needs it)",
         commands=[
@@ -828,6 +831,45 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
             f" then systemctl restart {unit}; fi",
         ],
         _if=lambda: conf.did_change() or hba.did_change() or any(t.did_change() for t in tls),
+    )
+
+
+def _roll_forward(cluster: Cluster) -> None:
+    """The check before every start of PostgreSQL that brings a rolled-back cluster forward.
+
+    Installed after PostgreSQL first runs: a new cluster has nothing to catch up with, and its
+    archive and receivers may not exist yet."""
+    files.put(
+        name="Install the memory store's roll-forward check",
+        src=file_path("memory-store-roll-forward"),
+        dest=ROLL_FORWARD_SCRIPT,
+        mode="755",
+    )
+    unit = files.template(
+        name=f"{ROLL_FORWARD_UNIT}: before PostgreSQL, catch up after a rollback",
+        src=template_path("memory-store-roll-forward.service.j2"),
+        dest=f"/etc/systemd/system/{ROLL_FORWARD_UNIT}",
+        mode="644",
+        postgresql_unit=cluster.unit,
+        paths=[cluster.datadir],
+        script=ROLL_FORWARD_SCRIPT,
+    )
+    dropin = files.template(
+        name=f"{cluster.unit} starts after the roll-forward check",
+        src=template_path("postgresql-homelab-roll-forward.conf.j2"),
+        dest=f"/etc/systemd/system/{cluster.unit}.d/homelab-roll-forward.conf",
+        mode="644",
+        unit=ROLL_FORWARD_UNIT,
+    )
+    systemd.daemon_reload(
+        name="systemd reads the roll-forward check",
+        _if=lambda: unit.did_change() or dropin.did_change(),
+    )
+    systemd.service(
+        name=f"{ROLL_FORWARD_UNIT} runs before PostgreSQL at every boot",
+        service=ROLL_FORWARD_UNIT,
+        running=True,
+        enabled=True,
     )
 
 

@@ -361,3 +361,31 @@ def test_checksums_off_stops_the_run(plan_of, fleet) -> None:
     with pytest.raises(BaseException) as error:
         ageis_plan(plan_of, fleet, "ubuntu-24.04")
     assert "runs without data checksums" in str(cause(error))
+
+
+def test_a_rolled_back_cluster_is_checked_before_postgresql_starts(plan_of, fleet) -> None:
+    """The roll-forward check runs before PostgreSQL (Requires=, so a failed check keeps it
+    down); it is installed after PostgreSQL first runs (a new cluster has nothing to catch up
+    with), and recovery's restore_command is the archive-then-receivers fetch."""
+    result = ageis_plan(plan_of, fleet, "ubuntu-24.04")
+    unit = result.upload(NODE, "/etc/systemd/system/memory-store-roll-forward.service")
+    assert "Before=postgresql@16-main.service\n" in unit
+    assert "ExecStart=/usr/local/sbin/memory-store-roll-forward\n" in unit
+    assert "RequiresMountsFor=/srv/ssd/postgresql/16/main\n" in unit
+    dropin = result.upload(
+        NODE, "/etc/systemd/system/postgresql@16-main.service.d/homelab-roll-forward.conf"
+    )
+    assert "Requires=memory-store-roll-forward.service\n" in dropin
+    assert "After=memory-store-roll-forward.service\n" in dropin
+    names = [op.name for op in result.for_host(NODE)]
+
+    def position(name: str) -> int:
+        return next(i for i, n in enumerate(names) if name in n)
+
+    assert position("postgresql@16-main.service runs and starts at boot") < position(
+        "postgresql@16-main.service starts after the roll-forward check"
+    )
+    enable = result.op(NODE, "memory-store-roll-forward.service runs before PostgreSQL")
+    assert any("enable memory-store-roll-forward.service" in c for c in enable.commands)
+    conf = result.upload(NODE, "/etc/postgresql/16/main/conf.d/homelab.conf")
+    assert "restore_command = '/usr/local/sbin/memory-store-wal-fetch %f \"%p\"'\n" in conf

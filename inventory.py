@@ -192,6 +192,8 @@ dns = [
                 "storage": "ssd",
                 "os": "debian-13",
                 "start_order": 1,
+                # The resolver answers before the AI VM (order 2) starts and asks it for names.
+                "start_delay": 10,
             },
         },
     ),

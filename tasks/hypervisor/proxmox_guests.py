@@ -28,6 +28,7 @@ storage, NIC on the bridge with the guest's address, the admin's SSH keys for ro
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -158,6 +159,12 @@ def _volume(api: Proxmox, storage: str, content: str, name: str) -> bool:
     path = f"nodes/{api.node}/storage/{storage}/content"
     listing = get_or_none(api, path, content=content) or []
     return any(str(v.get("volid", "")).endswith(f"/{name}") for v in listing)
+
+
+def startup(spec: Mapping[str, Any]) -> str:
+    """Proxmox's ``startup`` property: the boot order, and the wait after this guest's start."""
+    delay = spec.get("start_delay") or 0
+    return f"order={spec['start_order']}" + (f",up={delay}" if delay else "")
 
 
 def _mib(size: int) -> int:
@@ -312,7 +319,7 @@ def _qemu(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: An
         "ostype": "l26",
         "agent": "enabled=1",
         "onboot": 1,
-        "startup": f"order={spec['start_order']}",
+        "startup": startup(spec),
         "boot": "order=scsi0",
         "ciuser": admin.admin_user,
         "sshkeys": "\n".join(admin.admin_ssh_public_key_files),
@@ -436,7 +443,7 @@ def _lxc(api: Proxmox, settings: Any, name: str, spec: dict[str, Any], data: Any
         "memory": _mib(spec["memory"]),
         "swap": 512,
         "onboot": 1,
-        "startup": f"order={spec['start_order']}",
+        "startup": startup(spec),
         "nameserver": nameserver,
         "searchdomain": data.get("domain", "home.arpa"),
     }

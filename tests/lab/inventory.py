@@ -67,6 +67,7 @@ _GUESTS = {
         "disk_size": "8G",
         "os": "debian-13",
         "start_order": 1,
+        "start_delay": 5,
     },
 }
 _LAB_R9700 = {

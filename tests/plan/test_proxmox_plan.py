@@ -81,6 +81,8 @@ def test_creating_twice_creates_once(hypervisor: Any, pve_double: RunningDouble)
     vm = double.state.guests[100]["config"]
     assert vm["machine"] == "q35" and vm["bios"] == "ovmf" and vm["cpu"] == "host"
     assert vm["balloon"] == "0" and vm["onboot"] == "1" and vm["startup"] == "order=2"
+    # The resolver's start_delay: Proxmox waits 10 s after it before the next guest.
+    assert double.state.guests[111]["config"]["startup"] == "order=1,up=10"
     assert vm["hostpci0"] == "0000:03:00,pcie=1", "root@pam: the raw address, every function"
     assert vm["scsi0"].startswith("ssd:vm-100-disk-") and "size=256G" in vm["scsi0"]
     assert vm["efidisk0"].startswith("ssd:") and "efitype=4m" in vm["efidisk0"]

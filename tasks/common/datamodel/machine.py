@@ -191,6 +191,13 @@ GUEST = Struct(
             Optional(GPU_NAME), required=False, doc="name of a hypervisor GPU passed to this VM"
         ),
         "start_order": Field(Int(1, 1000), required=False, default=10, doc="boot order"),
+        "start_delay": Field(
+            Int(0, 3600),
+            required=False,
+            default=0,
+            doc="seconds the hypervisor waits after starting this guest before the next one"
+            " (Proxmox's startup up=): time for what the later guests need from it",
+        ),
         "share_pool": Field(
             Optional(POOL_NAME),
             required=False,

@@ -192,9 +192,7 @@ def test_missing_snapshots_and_unknown_guests_are_refused(disks: Disks, tmp_path
     assert not store.exists() or not any(store.rglob("*"))
 
 
-def test_requests_are_answered_through_the_exchange_in_order(
-    disks: Disks, tmp_path: Path
-) -> None:
+def test_requests_are_answered_through_the_exchange_in_order(disks: Disks, tmp_path: Path) -> None:
     exchange, store = tmp_path / "pve-root/var/lib/homelab-lab-vm-agent", tmp_path / "snapshots"
     fake = ControlsTestDouble(disks)
     guests = {"ageis-node": disks}

@@ -13,16 +13,28 @@ in tests and in the lab, where Proxmox itself cannot run. What it does like the 
   ``hostpci`` address (only a PCI resource mapping), as on the real API;
 - state for one node: storages, qemu VMs and LXC containers with their config (disks
   allocated from ``STORAGE:SIZE``, ``import-from`` and ``STORAGE:cloudinit``, NICs given a MAC,
-  ``delete=``, ``digest``), run state, snapshots (with rollback), backup jobs
+  ``delete=``, ``digest``), run state, snapshots (with rollback; see below), backup jobs
   (``/cluster/backup``), PCI and directory resource mappings (``/cluster/mapping/pci``,
   ``/cluster/mapping/dir``: a ``virtiofs`` key must name one), storage volumes
   (``download-url``, ``aplinfo`` templates);
 - writes that are tasks on the real API answer a UPID; ``/nodes/{node}/tasks/{upid}/status``
   reports it running, then stopped with ``exitstatus`` ``OK`` (or the error injected with
-  ``fail_task``), ``/log`` its log lines;
+  ``fail_tasks``), ``/log`` its log lines; a task that waits on the lab's VM agent runs in the
+  background and reports ``running`` until it has finished (one that a restart of the double
+  cut short is failed, "interrupted");
 - the read endpoints a monitoring exporter and a status report use (``/version``,
   ``/cluster/status``, ``/cluster/resources``, ``/nodes``, ``/nodes/{node}/status``,
   ``/nodes/{node}/storage``, ``/nodes/{node}/qemu/{vmid}/status/current``).
+
+What is real and what is bookkeeping: guests, disks and volumes are records only (no VM runs,
+nothing is downloaded or allocated). Snapshots are records too, except for a guest that is a lab
+host, with ``lab_vm_agent`` (``--lab-vm-agent DIR``) set and the guest's name (``name``, or an
+LXC's ``hostname``) listed in ``DIR/guests``: then a snapshot, its deletion and a rollback are
+done for real by the lab's VM agent (``tests/lab/vm_agent.py``, on the lab machine) on the lab
+container standing in for the guest: a frozen copy of its root and disks, a rollback that pulls
+its plug, restores the files and starts it again (``start=1``). The double asks through ``DIR``
+(``requests/<id>.json``, ``replies/<id>.json``) and records the snapshot once the agent
+answered; it cannot save RAM (``vmstate=1`` is refused for such a guest).
 
 Run in-process (``PveApiDouble(...).start()``, tests) or as a program (the lab starts it inside
 the ``pve`` container on port 8006: ``python3 pve_api.py --help``). Standard library only.
@@ -62,6 +74,9 @@ SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$")
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # What a downloaded cloud image or template counts as, in bytes (the double fetches nothing).
 FAKE_VOLUME_SIZE = 2 * 1024**3
+# How long a snapshot task waits for the lab's VM agent (a first full copy of a root is slow).
+AGENT_TIMEOUT = 900.0
+INTERRUPTED = "interrupted: the API double restarted while the task ran"
 
 
 def size_bytes(text: str) -> int:
@@ -153,6 +168,8 @@ class PveApiDouble:
         state_file: Path | None = None,
         check_paths: bool = False,
         running_polls: int = 1,
+        lab_vm_agent: Path | None = None,
+        agent_timeout: float = AGENT_TIMEOUT,
     ) -> None:
         self.schema = _schema(version)
         self.version = version
@@ -161,11 +178,17 @@ class PveApiDouble:
         self.state_file = state_file
         self.check_paths = check_paths
         self.running_polls = running_polls
+        self.lab_vm_agent = lab_vm_agent
+        self.agent_timeout = agent_timeout
         self.lock = threading.RLock()
         if state_file is not None and state_file.exists():
             self.state = PveState.from_json(json.loads(state_file.read_text()))
         else:
             self.state = PveState(node, address)
+        for record in self.state.tasks.values():  # their threads died with the last process
+            if record["exitstatus"] is None:
+                record["exitstatus"] = INTERRUPTED
+                record["log"].append(f"TASK ERROR: {INTERRUPTED}")
         self.tickets: dict[str, str] = {}  # ticket -> user
         self.csrf: dict[str, str] = {}  # ticket -> CSRF token
         self.fail_tasks: dict[str, str] = {}  # task type -> error (in-process fault injection)
@@ -289,29 +312,21 @@ class PveApiDouble:
         who: str,
         work: Any = None,
         log: list[str] | None = None,
+        background: Any = None,
     ) -> str:
-        """Run ``work`` (a callable) as a task; return its UPID. An exception fails the task."""
+        """Run ``work`` (a callable) as a task; return its UPID. An ApiError fails the task.
+
+        With ``background`` (a callable returning log lines), the task runs in a thread: first
+        ``background()`` without ``self.lock`` (the slow part, e.g. waiting for the lab's VM
+        agent), then ``work()`` under it; until then the task has no exit status and its status
+        reads ``running``. Called with ``self.lock`` held (as ``route`` is)."""
         self.state.counter += 1
         now = int(time.time())
         upid = (
             f"UPID:{self.state.node}:{0x1000 + self.state.counter:08X}:"
             f"{0x2000 + self.state.counter:08X}:{now:08X}:{kind}:{ident}:{who}:"
         )
-        lines = list(log or [])
-        exitstatus = "OK"
-        failure = self.fail_tasks.pop(kind, None)
-        if failure is not None:
-            exitstatus = failure
-            lines.append(f"TASK ERROR: {failure}")
-        else:
-            try:
-                if work is not None:
-                    lines.extend(work() or [])
-                lines.append("TASK OK")
-            except ApiError as error:
-                exitstatus = error.message
-                lines.append(f"TASK ERROR: {error.message}")
-        self.state.tasks[upid] = {
+        record: dict[str, Any] = {
             "upid": upid,
             "type": kind,
             "id": ident,
@@ -319,17 +334,63 @@ class PveApiDouble:
             "node": self.state.node,
             "starttime": now,
             "pid": 0x1000 + self.state.counter,
-            "exitstatus": exitstatus,
-            "log": lines,
+            "exitstatus": None,  # running
+            "log": list(log or []),
             "polls": 0,
         }
+        self.state.tasks[upid] = record
+        failure = self.fail_tasks.pop(kind, None)
+        if failure is not None:
+            self._finish(record, ApiError(500, failure))
+        elif background is None:
+            self._run_task(record, work)
+        else:
+            thread = threading.Thread(
+                target=self._run_background, args=(record, background, work), daemon=True
+            )
+            thread.start()
         return upid
+
+    @staticmethod
+    def _finish(record: dict[str, Any], error: ApiError | None = None) -> None:
+        record["log"].append(f"TASK ERROR: {error.message}" if error else "TASK OK")
+        record["exitstatus"] = error.message if error else "OK"
+
+    def _run_task(self, record: dict[str, Any], work: Any) -> None:
+        try:
+            if work is not None:
+                record["log"].extend(work() or [])
+        except ApiError as error:
+            self._finish(record, error)
+        else:
+            self._finish(record)
+
+    def _run_background(self, record: dict[str, Any], background: Any, work: Any) -> None:
+        try:
+            lines = list(background() or [])
+        except ApiError as error:
+            failure: ApiError | None = error
+        except Exception as error:  # a bug in the double: the task says so
+            failure = ApiError(500, f"test double error: {error!r}")
+        else:
+            failure = None
+        with self.lock:
+            if failure is not None:
+                self._finish(record, failure)
+            else:
+                record["log"].extend(lines)
+                self._run_task(record, work)
+            self.save()
 
     def get_nodes_node_tasks(self, pp: dict, params: dict, who: str) -> list:
         """The node's finished tasks, newest first (``typefilter``, ``limit``), as the task
         list shows them: ``status`` is the exit status."""
         kind = params.get("typefilter")
-        found = [t for t in self.state.tasks.values() if not kind or t["type"] == kind]
+        found = [
+            t
+            for t in self.state.tasks.values()
+            if (not kind or t["type"] == kind) and t["exitstatus"] is not None
+        ]
         found.sort(key=lambda t: (t["starttime"], t["pid"]), reverse=True)
         return [
             {
@@ -343,7 +404,7 @@ class PveApiDouble:
     def get_nodes_node_tasks_upid_status(self, pp: dict, params: dict, who: str) -> dict:
         task = self._task(pp["upid"])
         task["polls"] += 1
-        running = task["polls"] <= self.running_polls
+        running = task["exitstatus"] is None or task["polls"] <= self.running_polls
         result = {k: task[k] for k in ("upid", "type", "id", "user", "node", "starttime", "pid")}
         result["pstart"] = task["pid"] + 0x1000
         result["status"] = "running" if running else "stopped"
@@ -951,6 +1012,7 @@ class PveApiDouble:
 
     def _set_status(self, vmid: str, kind: str, status: str, who: str, task: str) -> str:
         guest = self._guest(vmid, kind)
+        self._unlocked(guest, kind)
 
         def work() -> list[str]:
             guest["status"] = status
@@ -984,34 +1046,50 @@ class PveApiDouble:
 
     def _snapshot(self, vmid: str, kind: str, params: dict[str, Any], who: str) -> str:
         guest = self._guest(vmid, kind)
+        self._unlocked(guest, kind)
         name = params["snapname"]
         if name in guest["snapshots"]:
             raise ApiError(500, f"snapshot name '{name}' already used")
+        vmstate = str(params.get("vmstate", "0")) == "1"
+        lab_host = self._lab_host(guest)
+        if lab_host is not None and vmstate:
+            raise ApiError(
+                500,
+                f"snapshot '{name}' with vmstate=1: the lab cannot save a container's RAM"
+                f" (the lab's VM agent copies {lab_host}'s disks only)",
+            )
+        # Taken when asked, as Proxmox does (the guest is locked until the snapshot exists).
+        config, status = copy.deepcopy(guest["config"]), guest["status"]
 
         def work() -> list[str]:
-            vmstate = str(params.get("vmstate", "0")) == "1"
-            if vmstate and guest["status"] == "running":
-                shares = [k for k in guest["config"] if VIRTIOFS_KEY.match(k)]
+            if vmstate and status == "running":
+                shares = [k for k in config if VIRTIOFS_KEY.match(k)]
                 if shares:
                     # QEMU's vhost-user-fs device blocks migration, and so saving the RAM.
                     raise ApiError(500, f"{shares[0]}: VirtIO-FS device blocks saving the VM state")
             guest["snapshots"][name] = {
-                "config": copy.deepcopy(guest["config"]),
+                "config": config,
                 "snaptime": int(time.time()),
                 "description": params.get("description", ""),
                 "parent": guest.get("parent"),
-                "vmstate": str(params.get("vmstate", "0")) == "1",
-                "status": guest["status"],
+                "vmstate": vmstate,
+                "status": status,
             }
             guest["parent"] = name
             return [f"snapshot '{name}' created"]
 
-        return self.task("qmsnapshot" if kind == "qemu" else "vzsnapshot", str(vmid), who, work)
+        kind_name = "qmsnapshot" if kind == "qemu" else "vzsnapshot"
+        return self._guest_task(
+            guest, "snapshot", kind_name, str(vmid), who, work,
+            None if lab_host is None else (lambda: self._ask_agent("snapshot", lab_host, name)),
+        )  # fmt: skip
 
     def _delsnapshot(self, vmid: str, kind: str, name: str, who: str) -> str:
         guest = self._guest(vmid, kind)
+        self._unlocked(guest, kind)
         if name not in guest["snapshots"]:
             raise ApiError(500, f"snapshot '{name}' does not exist")
+        lab_host = self._lab_host(guest)
 
         def work() -> list[str]:
             snap = guest["snapshots"].pop(name)
@@ -1022,24 +1100,107 @@ class PveApiDouble:
                 guest["parent"] = snap.get("parent")
             return [f"snapshot '{name}' removed"]
 
-        return self.task(
-            "qmdelsnapshot" if kind == "qemu" else "vzdelsnapshot", str(vmid), who, work
-        )
+        kind_name = "qmdelsnapshot" if kind == "qemu" else "vzdelsnapshot"
+        return self._guest_task(
+            guest, "snapshot-delete", kind_name, str(vmid), who, work,
+            None if lab_host is None else (lambda: self._ask_agent("delete", lab_host, name)),
+        )  # fmt: skip
 
     def _rollback(self, vmid: str, kind: str, name: str, params: dict[str, Any], who: str) -> str:
         guest = self._guest(vmid, kind)
+        self._unlocked(guest, kind)
         if name not in guest["snapshots"]:
             raise ApiError(500, f"snapshot '{name}' does not exist")
+        lab_host = self._lab_host(guest)
+        start = str(params.get("start", "0")) == "1"
+        if lab_host is not None and guest["snapshots"][name]["vmstate"]:
+            raise ApiError(
+                500, f"snapshot '{name}' holds RAM state, which the lab cannot restore ({lab_host})"
+            )
 
         def work() -> list[str]:
             snap = guest["snapshots"][name]
             guest["config"] = copy.deepcopy(snap["config"])
             guest["parent"] = name
-            running = snap["vmstate"] or str(params.get("start", "0")) == "1"
+            running = snap["vmstate"] or start
             guest["status"] = "running" if running else "stopped"
             return [f"rolled back to snapshot '{name}'"]
 
-        return self.task("qmrollback" if kind == "qemu" else "vzrollback", str(vmid), who, work)
+        kind_name = "qmrollback" if kind == "qemu" else "vzrollback"
+        return self._guest_task(
+            guest, "rollback", kind_name, str(vmid), who, work,
+            None if lab_host is None
+            else (lambda: self._ask_agent("rollback", lab_host, name, start=start)),
+        )  # fmt: skip
+
+    # the lab's VM agent (tests/lab/vm_agent.py): real snapshots of lab hosts
+
+    def _guest_task(
+        self, guest: dict, lock: str, kind: str, ident: str, who: str, work: Any, agent: Any
+    ) -> str:
+        """A snapshot task: bookkeeping only, or in the background after the agent's work, with
+        the guest locked (``lock``) until it has finished."""
+        if agent is None:
+            return self.task(kind, ident, who, work)
+        upid = self.task(kind, ident, who, work, background=agent)
+        guest["lock"] = {"lock": lock, "upid": upid}
+        return upid
+
+    def _unlocked(self, guest: dict[str, Any], kind: str) -> None:
+        """Refuse while a snapshot task of the guest runs, as Proxmox does (``lock``)."""
+        lock = guest.get("lock") or {}
+        task = self.state.tasks.get(lock.get("upid", ""))
+        if task is not None and task["exitstatus"] is None:
+            raise ApiError(500, f"{'VM' if kind == 'qemu' else 'CT'} is locked ({lock['lock']})")
+
+    def _lab_host(self, guest: dict[str, Any]) -> str | None:
+        """The lab host the VM agent serves as ``guest``, or None (snapshots are records)."""
+        if self.lab_vm_agent is None:
+            return None
+        name = guest["config"].get("name") or guest["config"].get("hostname")
+        try:
+            served = (self.lab_vm_agent / "guests").read_text().split()
+        except OSError:
+            return None
+        return str(name) if name in served else None
+
+    def _ask_agent(self, action: str, lab_host: str, snapshot: str, start: bool = False) -> list:
+        """Hand the agent one request and wait for its reply (no lock held); its log lines.
+        ApiError when it fails or gives no answer in ``agent_timeout``."""
+        assert self.lab_vm_agent is not None
+        ident = f"{time.time_ns():020d}-{secrets.token_hex(4)}"  # names sort by age
+        requests, replies = self.lab_vm_agent / "requests", self.lab_vm_agent / "replies"
+        requests.mkdir(parents=True, exist_ok=True)
+        request = {
+            "id": ident,
+            "action": action,
+            "guest": lab_host,
+            "snapshot": snapshot,
+            "start": start,
+        }
+        tmp = requests / f".{ident}.json.tmp"
+        tmp.write_text(json.dumps(request))
+        tmp.replace(requests / f"{ident}.json")
+        reply_path = replies / f"{ident}.json"
+        deadline = time.monotonic() + self.agent_timeout
+        while not reply_path.exists():
+            if time.monotonic() > deadline:
+                (requests / f"{ident}.json").unlink(missing_ok=True)  # no late action
+                try:
+                    log = (self.lab_vm_agent / "log").read_text().strip()
+                except OSError:
+                    log = "vm-agent.log in the lab's log directory"
+                raise ApiError(
+                    500,
+                    f"{action} {snapshot} of {lab_host}: the lab's VM agent gave no answer in"
+                    f" {self.agent_timeout:.0f} s (request {ident}); see its log: {log}",
+                )
+            time.sleep(0.1)
+        reply = json.loads(reply_path.read_text())
+        reply_path.unlink(missing_ok=True)
+        if not reply.get("ok"):
+            raise ApiError(500, f"lab VM agent: {reply.get('error') or 'failed, no error given'}")
+        return [str(line) for line in reply.get("lines", [])]
 
     # --- qemu ---------------------------------------------------------------------------
 
@@ -1360,6 +1521,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password-file", type=Path, help="root@pam's password (file)")
     parser.add_argument("--token-file", type=Path, help="lines USER@REALM!TOKENID=SECRET")
     parser.add_argument("--state-file", type=Path, help="keep the state here across restarts")
+    parser.add_argument(
+        "--lab-vm-agent",
+        type=Path,
+        metavar="DIR",
+        help="the lab's VM agent exchange: real snapshots of the lab hosts listed in DIR/guests",
+    )
     args = parser.parse_args(argv)
     password = args.password_file.read_text().strip() if args.password_file else None
     tokens = {}
@@ -1376,6 +1543,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens=tokens,
         state_file=args.state_file,
         check_paths=True,
+        lab_vm_agent=args.lab_vm_agent,
     )
     port = double.start(args.bind, args.port, args.cert, args.key)
     print(f"Proxmox VE API test double (schema v{args.version}) on {args.bind}:{port}", flush=True)

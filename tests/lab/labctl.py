@@ -26,6 +26,10 @@ Commands::
 Each container runs under a small supervisor (``labctl.py _supervise HOST``, detached, logging to
 ``STATE_DIR/logs/HOST.log``) that restarts systemd-nspawn when the container reboots (exit status
 133) and stops on any other exit, so a pulled plug stays down until ``start``.
+
+The VM agent (``labctl.py _vm-agent``, ``vm_agent.py``; detached, pid file ``RUN_DIR/vm-agent.pid``,
+log ``STATE_DIR/logs/vm-agent.log``) makes the API double's snapshots of lab hosts real: started
+by ``up`` and ``guests``, stopped by ``down``; its copies live in ``STATE_DIR/snapshots``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from tests.lab import (
     proxmox_prep,
     pve_api_double,
     standin_repo,
+    vm_agent,
     wheelhouse,
 )
 from tests.lab.hosts import LabHost
@@ -106,6 +111,8 @@ HOST_PACKAGES = (
     "iputils-ping",
     # The exposure test (test_exposure.py) scans every lab host's TCP ports.
     "nmap",
+    # The VM agent (vm_agent.py) copies guests' roots for the API double's snapshots.
+    "rsync",
 )
 
 NFT_FAMILY = "ip"
@@ -119,6 +126,9 @@ RUN_DIR = hosts.STATE_DIR / "run"
 ACNG_CONF_DIR = hosts.STATE_DIR / "apt-cacher-ng"
 ACNG_LOG_DIR = LOG_DIR / "apt-cacher-ng"
 ACNG_PID_FILE = RUN_DIR / "apt-cacher-ng.pid"
+VM_AGENT_PID_FILE = RUN_DIR / "vm-agent.pid"
+VM_AGENT_LOG = LOG_DIR / "vm-agent.log"
+SNAPSHOTS_DIR = hosts.STATE_DIR / "snapshots"  # the VM agent's copies, one directory a host
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IP_FORWARD_SAVED = RUN_DIR / "ip_forward.saved"
 APT_PROXY_CONF = "etc/apt/apt.conf.d/01homelab-lab-proxy"
@@ -1428,6 +1438,102 @@ def stop_container(host: LabHost) -> None:
     supervisor_pid_file(host).unlink(missing_ok=True)
 
 
+# --- the VM agent: real snapshots for the API double (vm_agent.py) ---------------------------
+# The double runs inside pve's container; the agent, out here, copies and restores the other
+# containers' roots. The double and the agent talk through a directory in pve's root.
+
+
+def hypervisor_host() -> LabHost:
+    return next(h for h in hosts.HOSTS if "hypervisor" in h.groups)
+
+
+def vm_agent_exchange() -> Path:
+    """The exchange directory on this machine (``vm_agent.EXCHANGE_INSIDE`` inside pve)."""
+    return hypervisor_host().root_dir / vm_agent.EXCHANGE_INSIDE.lstrip("/")
+
+
+def vm_agent_guests() -> dict[str, vm_agent.Disks]:
+    """Every lab host but the hypervisor: its root and its own pools (not virtiofs shares)."""
+    hypervisor = hypervisor_host()
+    return {
+        h.name: vm_agent.Disks(h.name, h.root_dir, {p: h.pool_dir(p) for p in h.pools})
+        for h in hosts.HOSTS
+        if h != hypervisor
+    }
+
+
+def cgroup2_base() -> Path:
+    """``CGROUP_NAME`` in the cgroup2 hierarchy (the one with ``cgroup.freeze``)."""
+    for base in cgroup_bases():
+        if (base.parent / "cgroup.controllers").exists():
+            return base
+    raise LabError("no cgroup2 hierarchy is mounted: the VM agent cannot freeze a container")
+
+
+@contextmanager
+def freeze_container(name: str) -> Iterator[None]:
+    """Freeze a running lab host for the time of a copy; a stopped one holds still anyway."""
+    host = hosts.by_name(name)
+    if nspawn_pid(host) is None:
+        yield
+        return
+    with vm_agent.frozen(cgroup2_base() / host.name):
+        yield
+
+
+def power_off_container(name: str) -> bool:
+    """Pull a host's plug and wait until its supervisor is gone; True when it was running."""
+    host = hosts.by_name(name)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    stop_file(host).touch()  # its supervisor must not boot it again (a reboot just then)
+    was_running = pull_plug(host)
+    if not wait_until(lambda: supervisor_pid(host) is None, 20):
+        raise LabError(f"{host.name}: its supervisor did not exit after the plug was pulled")
+    return was_running
+
+
+def vm_agent_controls() -> vm_agent.Controls:
+    return vm_agent.Controls(
+        freeze=freeze_container,
+        power_off=power_off_container,
+        power_on=lambda name: start_container(hosts.by_name(name)),
+    )
+
+
+def vm_agent_pid() -> int | None:
+    return read_pid(VM_AGENT_PID_FILE, "_vm-agent")
+
+
+def ensure_vm_agent() -> None:
+    """Start the VM agent unless it runs."""
+    pid = vm_agent_pid()
+    if pid is not None:
+        say(f"VM agent: running (pid {pid})")
+        return
+    pid = daemonize([sys.executable, str(Path(__file__).resolve()), "_vm-agent"], VM_AGENT_LOG)
+    if not wait_until(lambda: vm_agent_pid() == pid or not alive(pid), 10) or not alive(pid):
+        text = VM_AGENT_LOG.read_text(errors="replace") if VM_AGENT_LOG.exists() else ""
+        raise LabError(f"VM agent did not start (see {VM_AGENT_LOG}):\n{tail(text)}")
+    say(f"VM agent (pid {pid}): real snapshots of {', '.join(vm_agent_guests())} for the API"
+        f" double, copies in {SNAPSHOTS_DIR}")  # fmt: skip
+
+
+def stop_vm_agent() -> None:
+    if stop_daemon(vm_agent_pid(), VM_AGENT_PID_FILE):
+        say("VM agent stopped")
+
+
+def cmd_vm_agent(args: argparse.Namespace) -> int:
+    return vm_agent.serve(
+        vm_agent_exchange(),
+        vm_agent_guests(),
+        SNAPSHOTS_DIR,
+        vm_agent_controls(),
+        pid_file=VM_AGENT_PID_FILE,
+        log_path=VM_AGENT_LOG,
+    )
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -1488,10 +1594,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         def prepare(host: LabHost) -> None:
             created = create_root(host, image, fresh=args.fresh)
+            if args.fresh:  # a new root: the copies of the old one are no snapshots of it
+                remove_tree(SNAPSHOTS_DIR / host.name)
             configure_root(host, public_key, nameservers, first_boot=created)
 
         in_parallel(to_boot, prepare, lambda h: h.name)
         write_known_hosts()
+        ensure_vm_agent()
 
         def boot(host: LabHost) -> None:
             if host in to_boot:
@@ -1515,6 +1624,7 @@ def cmd_guests(args: argparse.Namespace) -> int:
         ensure_deps()
         if nspawn_pid(hypervisor) is None:
             raise LabError(f"{hypervisor.name}: not running; its API double holds the guests")
+        ensure_vm_agent()
         ensure_apt_proxy()
         ensure_standin_repo()
         ensure_wheelhouse()
@@ -1593,6 +1703,8 @@ def leftovers() -> list[str]:
             found.append(f"supervisor {' '.join(argv[-2:])} (pid {pid})")
     if apt_proxy_pid() is not None:
         found.append(f"apt-cacher-ng (pid {apt_proxy_pid()})")
+    if (agent := vm_agent_pid()) is not None:
+        found.append(f"VM agent (pid {agent})")
     for served in SERVED:
         if (pid := served.pid()) is not None:
             found.append(f"{served.label} server (pid {pid})")
@@ -1608,6 +1720,7 @@ def leftovers() -> list[str]:
 
 def lab_down() -> bool:
     started = time.monotonic()
+    stop_vm_agent()  # first: no rollback may start a container while they are stopped
     running = [host for host in hosts.HOSTS if nspawn_pid(host) is not None]
     stopped = [host for host in hosts.HOSTS if host not in running]
     in_parallel(running, stop_container, lambda h: h.name)
@@ -1648,7 +1761,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
         if not lab_down():
             print(f"labctl: not deleting {hosts.STATE_DIR} while something runs", file=sys.stderr)
             return 1
-        remove_tree(hosts.STATE_DIR)
+        remove_tree(hosts.STATE_DIR)  # the VM agent's copies (SNAPSHOTS_DIR) too
     say(f"deleted {hosts.STATE_DIR} (the cache {hosts.CACHE_DIR} stays)")
     return 0
 
@@ -1834,6 +1947,8 @@ def parser() -> argparse.ArgumentParser:
     supervise_parser = sub.add_parser("_supervise")  # internal: the per-container supervisor
     supervise_parser.add_argument("host", metavar="HOST")
     supervise_parser.set_defaults(func=cmd_supervise)
+    # internal: the VM agent (vm_agent.py), started detached by `up` and `guests`
+    sub.add_parser("_vm-agent").set_defaults(func=cmd_vm_agent)
     return top
 
 

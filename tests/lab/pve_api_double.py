@@ -13,6 +13,8 @@ until ``labctl up --fresh`` recreates the root. Never installed by the deploy.
   (``tasks/hypervisor/proxmox_ca.py``), as on a real node.
 - Login: ``root@pam`` with the lab secret ``proxmox_api_secret``, and the API token
   ``root@pam!homelab`` with the same secret (for token-mode tests).
+- Snapshots of lab hosts are real: the double asks the lab's VM agent (``vm_agent.py``, run by
+  labctl on the lab machine) through ``/var/lib/homelab-lab-vm-agent`` in pve's root.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from tests.doubles.certs import self_signed
 from tests.doubles.pve_schema import schema_bytes
-from tests.lab import hosts
+from tests.lab import hosts, vm_agent
 from tests.lab.hosts import LabHost
 
 PORT = 8006
@@ -111,12 +113,15 @@ def install(host: LabHost) -> None:
         f" --cert {conf}/pve.pem --key {conf}/pve.key --node {host.name}"
         f" --address {host.address} --password-file {conf}/password"
         f" --token-file {conf}/tokens"
-        " --state-file /var/lib/homelab-pve-api-double/state.json\n"
+        " --state-file /var/lib/homelab-pve-api-double/state.json"
+        f" --lab-vm-agent {vm_agent.EXCHANGE_INSIDE}\n"
         "StateDirectory=homelab-pve-api-double\n"
         "Restart=on-failure\n\n"
         "[Install]\nWantedBy=multi-user.target\n",
         0o644,
     )
+    # The lab's VM agent (labctl, on the lab machine) reads and writes here: real snapshots.
+    (root / vm_agent.EXCHANGE_INSIDE.lstrip("/")).mkdir(mode=0o700, parents=True, exist_ok=True)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     link = wants / UNIT

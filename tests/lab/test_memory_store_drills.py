@@ -24,11 +24,14 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
-from tests.lab import hosts, labctl
+from tests.lab import hosts, labctl, pve_api_double
 from tests.lab.lab_cli import labctl_run
 from tests.lab.memory_writer import MemoryWriter, lost
 
@@ -47,6 +50,8 @@ ARCHIVE_TIMEOUT = 60  # pgbackrest_archive_timeout's default, which the lab uses
 WIPE = os.environ.get("HOMELAB_DRILL_WIPE", "data")
 WRITE_BEFORE_LOSS = float(os.environ.get("HOMELAB_DRILL_WRITE_S", "5"))
 RESULTS = hosts.STATE_DIR / "drills-memory-store.jsonl"
+# Memories acknowledged between the snapshot and the rollback.
+WRITE_AFTER_SNAPSHOT = int(os.environ.get("HOMELAB_DRILL_ROLLBACK_WRITES", "100"))
 STANZA = "memory"
 
 
@@ -463,3 +468,178 @@ def test_receiver_outages_never_lose_or_unreplicate_a_commit(store: None) -> Non
     assert acked_with_none == 0, f"{acked_with_none} commits acknowledged with no receiver"
     assert waiting >= 1, "no commit waited for a receiver while both were away"
     assert not missing, f"lost {len(missing)} acknowledged commits"
+
+
+VM = "nodes/pve/qemu/100"  # ageis-node in the lab's inventory (tests/lab/inventory.py)
+ARCHIVED_WITHIN = 60.0
+
+
+def pve_api(method: str, path: str, **params: Any) -> Any:
+    """A call to the lab's Proxmox API (the test double on pve:8006) with the rollout's token;
+    a task is waited on and must end OK. Plain requests: pyinfra's inventory loaded in this
+    process would patch ssl under the memory writer's connections."""
+    token = f"PVEAPIToken={pve_api_double.TOKEN}={pve_api_double.lab_secret()}"
+    url = f"https://{REPO_HOST.address}:{pve_api_double.PORT}/api2/json/{path}"
+    verify = str(pve_api_double.ca_file())
+    answer = requests.request(method, url, data=params, headers={"Authorization": token},
+                              verify=verify, timeout=30)  # fmt: skip
+    assert answer.status_code == 200, f"{method} {path}: {answer.status_code} {answer.text}"
+    data = answer.json()["data"]
+    if not (isinstance(data, str) and data.startswith("UPID:")):
+        return data
+    deadline = time.monotonic() + 900
+    while True:
+        status = pve_api("GET", f"nodes/pve/tasks/{data}/status")
+        if status["status"] == "stopped":
+            assert status["exitstatus"] == "OK", f"{method} {path}: {status}"
+            return data
+        assert time.monotonic() < deadline, f"{method} {path}: task still running: {data}"
+        time.sleep(0.5)
+
+
+def timeline() -> int:
+    return int(sql("SELECT timeline_id FROM pg_control_checkpoint()"))
+
+
+def test_snapshot_rollback_keeps_the_memories(store: None) -> None:
+    """A snapshot of ageis-node (a real copy of its root and its SSD disk, by the lab's VM
+    agent), memories written, the VM rolled back: the roll-forward check brings the store to
+    its last acknowledged commit on a new timeline, and archiving and backups go on."""
+    before = timeline()
+    name = f"drill-rollback-{time.strftime('%H%M%S')}"
+    with MemoryWriter() as writer:
+        writer.wait_for_acks(10)
+        started = time.monotonic()
+        pve_api("POST", f"{VM}/snapshot", snapname=name, vmstate=0)
+        snapshot_s = time.monotonic() - started
+        taken = time.time()
+        writer.wait_for_acks(WRITE_AFTER_SNAPSHOT)
+        written_after = writer.acked_since(taken)
+        rolled = time.monotonic()
+        try:
+            pve_api("POST", f"{VM}/snapshot/{name}/rollback", start=1)
+        finally:
+            pve_api("DELETE", f"{VM}/snapshot/{name}")
+        wait_client_ready()
+        back_s = time.monotonic() - rolled
+        writer.wait_for_acks(10)
+    missing = lost(writer.log)
+    journal = ssh(DB, "journalctl -b -u memory-store-roll-forward -o cat --no-pager")
+    after = timeline()
+    switched = time.monotonic()
+    segment = switch_and_wait_archived(timeout=ARCHIVED_WITHIN)
+    archived_s = time.monotonic() - switched
+    ssh(DB, f"runuser -u postgres -- pgbackrest --stanza={STANZA} check")
+    ssh(REPO_HOST, f"/usr/local/sbin/pgbackrest-run {STANZA} diff")
+    record(
+        "snapshot-rollback",
+        snapshot_s=round(snapshot_s, 1),
+        commits_after_snapshot=written_after,
+        rollback_to_clients_ready_s=round(back_s, 1),
+        timeline_before=before,
+        timeline_after=after,
+        switched_segment_archived_s=round(archived_s, 1),
+        commits_acknowledged=len(writer.log.acks),
+        commits_lost=len(missing),
+    )
+    assert "the cluster is behind" in journal, journal[-2000:]
+    assert after > before, f"no new timeline after the roll-forward ({before} -> {after})"
+    assert segment.startswith(f"{after:08X}"), segment
+    assert written_after >= WRITE_AFTER_SNAPSHOT
+    assert not missing, f"lost {len(missing)} acknowledged commits, e.g. {missing[:5]}"
+
+
+SITE_CUTS = int(os.environ.get("HOMELAB_DRILL_SITE_CUTS", "3"))
+DOUBLE_STATE = REPO_HOST.root_dir / "var/lib/homelab-pve-api-double/state.json"
+# The physical machines: the power comes back to them; the guests are pve's to start.
+MACHINES = (REPO_HOST, hosts.by_name("embedder"))
+FRESH_SERIES = ("up", "probe_success", "homelab_local_probe_success")
+
+
+def guests_in_start_order() -> list[tuple[hosts.LabHost, int]]:
+    """pve's guests with ``onboot``, in Proxmox's start order (``startup`` order=, then the
+    ID), each with its ``up=`` delay: the config the rollout gave them in the API double."""
+    guests = json.loads(DOUBLE_STATE.read_text())["guests"]
+    started = []
+    for vmid, guest in guests.items():
+        config = guest["config"]
+        if str(config.get("onboot", "0")) != "1":
+            continue
+        startup = dict(p.split("=", 1) for p in str(config.get("startup", "")).split(",") if p)
+        name = config.get("name") or config.get("hostname")
+        order = int(startup.get("order", 10**6))
+        started.append((order, int(vmid), hosts.by_name(name), int(startup.get("up", 0))))
+    return [(host, delay) for _, _, host, delay in sorted(started, key=lambda g: g[:2])]
+
+
+def series_counts(since: float | None) -> dict[str, int] | None:
+    """How many series of each probe metric are 1 (and, with ``since``, scraped after it);
+    None while Prometheus does not answer."""
+    from tests.lab.test_monitoring import query
+
+    counts = {}
+    try:
+        for metric in FRESH_SERIES:
+            expr = f"{metric} == 1" if since is None else (
+                f"({metric} == 1) and (timestamp({metric}) > {since:.3f})"
+            )  # fmt: skip
+            counts[metric] = len(query(expr))
+    except (OSError, ValueError, AssertionError):  # down, starting, or answering 503
+        return None
+    return counts
+
+
+def test_whole_site_power_cut(store: None) -> None:
+    """The power fails for every lab host at once; it comes back to pve and the embedder, and pve
+    starts its guests in their start order with their delays (the lab plays Proxmox's
+    pve-guests from the guests' config in the API double: the guests are containers of their
+    own). Measured: from the power's return until every scrape target and probe Prometheus had
+    before is up again with a sample taken after it; no acknowledged commit lost."""
+    healthy = series_counts(None)
+    assert healthy and all(healthy.values()), f"not every probe is up before the drill: {healthy}"
+    order = guests_in_start_order()
+    assert [h.name for h, _ in order][-1:] != [], "pve has no guest to start"
+    times: list[float] = []
+    with MemoryWriter() as writer:
+        writer.wait_for_acks(20)
+        for _ in range(SITE_CUTS):
+            writer.wait_for_acks(25)  # commits in flight when the power goes
+            for host in hosts.HOSTS:
+                labctl.stop_file(host).parent.mkdir(parents=True, exist_ok=True)
+                labctl.stop_file(host).touch()  # no supervisor restarts its container
+            with ThreadPoolExecutor(len(hosts.HOSTS)) as pool:
+                list(pool.map(labctl.pull_plug, hosts.HOSTS))
+            assert not any(labctl.nspawn_pid(h) for h in hosts.HOSTS), "a host still runs"
+            back = time.time()
+            with ThreadPoolExecutor(len(MACHINES)) as pool:
+                list(pool.map(lambda h: labctl_run("start", h.name), MACHINES))
+            for guest, delay in order:
+                labctl_run("start", guest.name)
+                time.sleep(delay)
+            deadline = time.monotonic() + 600
+            while series_counts(back) != healthy:
+                assert time.monotonic() < deadline, (
+                    f"not every probe up 600 s after the power came back: {series_counts(back)}"
+                    f" of {healthy}"
+                )
+                time.sleep(1)
+            times.append(time.time() - back)
+            wait_client_ready()
+            client_started_after_integrity()
+        writer.wait_for_acks(10)
+    missing = lost(writer.log)
+    record(
+        "whole-site-power-cut",
+        cuts=SITE_CUTS,
+        start_order=[f"{h.name} up={d}" for h, d in order],
+        probes=healthy,
+        power_back_to_all_probes_up_s={
+            "min": round(min(times), 1),
+            "median": round(statistics.median(times), 1),
+            "max": round(max(times), 1),
+        },
+        commits_acknowledged=len(writer.log.acks),
+        commits_lost=len(missing),
+        failed_attempts=writer.log.errors,
+    )
+    assert not missing, f"lost {len(missing)} acknowledged commits after site power cuts"

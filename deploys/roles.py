@@ -16,7 +16,7 @@ from pyinfra import host
 
 from tasks.ageis_node.actr_engine import actr_engine
 from tasks.ageis_node.inference_guard import inference
-from tasks.ageis_node.memory_store import memory_store
+from tasks.ageis_node.memory_store import memory_store, memory_store_roll_forward
 from tasks.ageis_node.openclaw_pipeline import openclaw_pipeline
 from tasks.ageis_node.pgbackrest_database import memory_store_first_restore_test
 from tasks.ageis_node.pytorch import pytorch
@@ -168,7 +168,8 @@ ROLES: dict[str, tuple[Task, ...]] = {
 # firewall, which every host reaches at the same point, so every host's role tasks are done.
 AFTER_FIREWALL: dict[str, tuple[Task, ...]] = {
     HYPERVISOR: (pgbackrest_stanza,),
-    AGEIS_NODE: (memory_store_first_restore_test,),
+    # The roll-forward check once the archive and the receivers exist (a first install).
+    AGEIS_NODE: (memory_store_first_restore_test, memory_store_roll_forward),
 }
 
 # Last on every host: root login goes off only once everything else (reboots included, which

@@ -821,7 +821,6 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
     systemd.service(
         name=f"{unit} runs and starts at boot", service=unit, running=True, enabled=True
     )
-    _roll_forward(cluster)
     server.shell(
         name="PostgreSQL takes the new settings (reload; restart only when one needs it)",
         commands=[
@@ -834,11 +833,21 @@ def _configure_and_run(settings: Any, cluster: Cluster, backup: Archiving) -> No
     )
 
 
-def _roll_forward(cluster: Cluster) -> None:
+@deploy("Memory store roll-forward check", data_defaults=DATA.defaults())
+def memory_store_roll_forward() -> None:
     """The check before every start of PostgreSQL that brings a rolled-back cluster forward.
 
-    Installed after PostgreSQL first runs: a new cluster has nothing to catch up with, and its
-    archive and receivers may not exist yet."""
+    Runs after the firewalls (deploys/roles.py: AFTER_FIREWALL), once the repository's stanza
+    and first backup exist and the WAL receivers are set up: a reboot earlier in a first
+    install (the ROCm driver's) starts a new cluster that has nothing to catch up with, and
+    the check could not ask an archive that does not exist yet."""
+    settings = DATA.read(host)
+    major = postgresql_major(settings.postgresql_version)
+    datadir = data_directory_of(host, settings.postgresql_pool, major)
+    _roll_forward(f"postgresql@{major}-main.service", datadir)
+
+
+def _roll_forward(postgresql_unit: str, datadir: str) -> None:
     files.put(
         name="Install the memory store's roll-forward check",
         src=file_path("memory-store-roll-forward"),
@@ -850,14 +859,14 @@ def _roll_forward(cluster: Cluster) -> None:
         src=template_path("memory-store-roll-forward.service.j2"),
         dest=f"/etc/systemd/system/{ROLL_FORWARD_UNIT}",
         mode="644",
-        postgresql_unit=cluster.unit,
-        paths=[cluster.datadir],
+        postgresql_unit=postgresql_unit,
+        paths=[datadir],
         script=ROLL_FORWARD_SCRIPT,
     )
     dropin = files.template(
-        name=f"{cluster.unit} starts after the roll-forward check",
+        name=f"{postgresql_unit} starts after the roll-forward check",
         src=template_path("postgresql-homelab-roll-forward.conf.j2"),
-        dest=f"/etc/systemd/system/{cluster.unit}.d/homelab-roll-forward.conf",
+        dest=f"/etc/systemd/system/{postgresql_unit}.d/homelab-roll-forward.conf",
         mode="644",
         unit=ROLL_FORWARD_UNIT,
     )

@@ -576,21 +576,31 @@ def guests_in_start_order() -> list[tuple[hosts.LabHost, int]]:
     return [(host, delay) for _, _, host, delay in sorted(started, key=lambda g: g[:2])]
 
 
-def series_counts(since: float | None) -> dict[str, int] | None:
-    """How many series of each probe metric are 1 (and, with ``since``, scraped after it);
-    None while Prometheus does not answer."""
+def series_counts(since: float | None, value: str = "== 1") -> dict[str, int] | None:
+    """How many series of each probe metric are 1 (``value=""``: any value) and, with
+    ``since``, were scraped after it; None while Prometheus does not answer."""
     from tests.lab.test_monitoring import query
 
     counts = {}
     try:
         for metric in FRESH_SERIES:
-            expr = f"{metric} == 1" if since is None else (
-                f"({metric} == 1) and (timestamp({metric}) > {since:.3f})"
+            expr = f"{metric} {value}" if since is None else (
+                f"({metric} {value}) and (timestamp({metric}) > {since:.3f})"
             )  # fmt: skip
             counts[metric] = len(query(expr))
     except (OSError, ValueError, AssertionError):  # down, starting, or answering 503
         return None
     return counts
+
+
+def wait_all_probes_up(since: float | None, expected: dict[str, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (counts := series_counts(since)) != expected:
+        assert time.monotonic() < deadline, (
+            f"not every probe up (and scraped since the power came back) within {timeout:.0f}"
+            f" s: {counts} of {expected} series are 1"
+        )
+        time.sleep(1)
 
 
 def test_whole_site_power_cut(store: None) -> None:
@@ -599,8 +609,9 @@ def test_whole_site_power_cut(store: None) -> None:
     pve-guests from the guests' config in the API double: the guests are containers of their
     own). Measured: from the power's return until every scrape target and probe Prometheus had
     before is up again with a sample taken after it; no acknowledged commit lost."""
-    healthy = series_counts(None)
-    assert healthy and all(healthy.values()), f"not every probe is up before the drill: {healthy}"
+    healthy = series_counts(None, value="")  # every series, whatever its value
+    assert healthy and all(healthy.values()), f"Prometheus has no probe series: {healthy}"
+    wait_all_probes_up(None, healthy, 180)  # a drill before may have left one coming back
     order = guests_in_start_order()
     assert [h.name for h, _ in order][-1:] != [], "pve has no guest to start"
     times: list[float] = []
@@ -620,13 +631,7 @@ def test_whole_site_power_cut(store: None) -> None:
             for guest, delay in order:
                 labctl_run("start", guest.name)
                 time.sleep(delay)
-            deadline = time.monotonic() + 600
-            while series_counts(back) != healthy:
-                assert time.monotonic() < deadline, (
-                    f"not every probe up 600 s after the power came back: {series_counts(back)}"
-                    f" of {healthy}"
-                )
-                time.sleep(1)
+            wait_all_probes_up(back, healthy, 600)
             times.append(time.time() - back)
             wait_client_ready()
             client_started_after_integrity()

@@ -75,8 +75,15 @@ nodejs:
 	@command -v node >/dev/null || { echo "--> installing nodejs"; apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; }
 
+# rsync runs the lab VM agent's copies (tests/unit/test_vm_agent.py runs them on plain
+# directories; the lab installs it too, labctl's HOST_PACKAGES).
+.PHONY: rsync
+rsync:
+	@command -v rsync >/dev/null || { echo "--> installing rsync"; apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
+
 .PHONY: test-unit
-test-unit: venv promtools nodejs ## Unit tests: data model, validation, helpers, Prometheus rules
+test-unit: venv promtools nodejs rsync ## Unit tests: data model, validation, helpers, Prometheus rules
 	$(PYTEST) -q tests/unit
 
 .PHONY: test-plan
@@ -88,7 +95,7 @@ test-plan: venv promtools ## Plan tests: the real deploys on the real machines' 
 test-fast: venv promtools ## Lint, unit and plan tests side by side on two cores (make test runs this)
 	$(MAKE) -j3 --output-sync=target --no-print-directory lint test-shard-0 test-shard-1
 
-test-shard-0 test-shard-1: venv promtools nodejs
+test-shard-0 test-shard-1: venv promtools nodejs rsync
 	$(PYTEST) -q --shard $(subst test-shard-,,$@)/2 tests/unit tests/plan
 
 .PHONY: docs
@@ -211,7 +218,8 @@ FAST_LOG := build/test-fast.log
 # In make drills only: ageis-node's plug pulled alone (make test's whole-site power cuts pull
 # it with every other host's).
 TEST_ONLY_IN_DRILLS := --deselect tests/lab/test_memory_store_drills.py::test_pull_the_plug
-test: venv promtools ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)
+# The unit tests' tools are installed first: apt beside the lab's own install would race for its lock.
+test: venv promtools nodejs rsync ## All layers: lint, unit, plan, lab rollout + idempotence + verify (tears the lab down)
 	@trap '$(LABCTL) down >/dev/null 2>&1 || true' EXIT; \
 	mkdir -p build; \
 	$(MAKE) --no-print-directory test-fast > $(FAST_LOG) 2>&1 & fast=$$!; \

@@ -169,6 +169,15 @@ def test_a_rolled_back_cluster_replays_to_the_last_commit_on_a_new_timeline(
     assert scratch.sql("SELECT timeline_id FROM pg_control_checkpoint()") == "2"
 
 
+def test_without_the_check_a_rolled_back_cluster_misses_the_commits(scratch: Scratch) -> None:
+    """The control: the same rollback started as it is loses what came after the snapshot."""
+    snapshot_then_commit(scratch, 25)
+    scratch.copy(scratch.base / "snapshot", scratch.data)
+    scratch.pg_ctl("start")
+    assert scratch.sql("SELECT count(*) FROM memory") == "10"
+    assert scratch.sql("SELECT timeline_id FROM pg_control_checkpoint()") == "1"
+
+
 def test_a_cluster_that_lost_nothing_starts_as_usual(scratch: Scratch) -> None:
     snapshot_then_commit(scratch, 25)  # killed, not rolled back: a power cut
     result = scratch.roll_forward()

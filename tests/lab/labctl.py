@@ -1723,7 +1723,12 @@ def lab_down() -> bool:
     stop_vm_agent()  # first: no rollback may start a container while they are stopped
     running = [host for host in hosts.HOSTS if nspawn_pid(host) is not None]
     stopped = [host for host in hosts.HOSTS if host not in running]
-    in_parallel(running, stop_container, lambda h: h.name)
+    # The guests first, as a hypervisor stops its guests before it powers off: ageis-node's
+    # PostgreSQL then ends its WAL streams to receivers that are still there (gone at once,
+    # they leave its walsenders waiting for wal_sender_timeout and the poweroff past its limit).
+    guests = [h for h in running if not {"hypervisor", "embedder"} & set(h.groups)]
+    in_parallel(guests, stop_container, lambda h: h.name)
+    in_parallel([h for h in running if h not in guests], stop_container, lambda h: h.name)
     for host in stopped:  # supervisors or stray state of hosts already down
         stop_container(host)
     stop_apt_proxy()

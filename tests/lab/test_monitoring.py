@@ -204,13 +204,13 @@ def standin_disk() -> Iterator[str]:
 
 
 def test_filling_a_standin_disk_fires_the_fill_prediction(standin_disk: str) -> None:
-    """A 64 MiB tmpfs written at 1 MiB/s: predicted full within 24 h and under 40 % free."""
+    """A 64 MiB tmpfs written at 2 MiB/s: predicted full within 24 h and under 40 % free."""
     start = time.monotonic()
     writer = subprocess.Popen(
         [
             *labctl.ssh_argv(
                 FILL_HOST,
-                f"for i in $(seq 1 56); do dd if=/dev/zero of={standin_disk}/f$i bs=1M count=1"
+                f"for i in $(seq 1 28); do dd if=/dev/zero of={standin_disk}/f$i bs=2M count=1"
                 " status=none; sleep 1; done",
             )
         ]
@@ -226,7 +226,7 @@ def test_filling_a_standin_disk_fires_the_fill_prediction(standin_disk: str) -> 
         writer.wait()
     assert alert[0]["annotations"]["runbook"]
     MEASURED["fill alert"] = (
-        f"64 MiB tmpfs filled at 1 MiB/s: FilesystemFillsWithin24h active after"
+        f"64 MiB tmpfs filled at 2 MiB/s: FilesystemFillsWithin24h active after"
         f" {time.monotonic() - start:.0f} s"
     )
 

@@ -145,15 +145,15 @@ lab-rollout: venv ## Full rollout on the lab
 	$(PYINFRA) -y $(LAB_INVENTORY) deploys/full.py; \
 	echo "--> full rollout over the lab: $$(( $$(date +%s) - start ))s"
 
-# Three pytest processes side by side, each every third test (tests/conftest.py: --shard): the
+# Four pytest processes side by side, each every fourth test (tests/conftest.py: --shard): the
 # checks are read-only and wait on SSH, not on the CPU.
-VERIFY_SHARDS := lab-verify-0 lab-verify-1 lab-verify-2
+VERIFY_SHARDS := lab-verify-0 lab-verify-1 lab-verify-2 lab-verify-3
 .PHONY: lab-verify $(VERIFY_SHARDS)
 lab-verify: venv ## The verify suite against the lab
-	$(MAKE) -j3 --output-sync=target --no-print-directory $(VERIFY_SHARDS)
+	$(MAKE) -j4 --output-sync=target --no-print-directory $(VERIFY_SHARDS)
 
 $(VERIFY_SHARDS): venv
-	$(PYTEST) -q --shard $(subst lab-verify-,,$@)/3 tests/verify --inventory $(LAB_INVENTORY)
+	$(PYTEST) -q --shard $(subst lab-verify-,,$@)/4 tests/verify --inventory $(LAB_INVENTORY)
 
 .PHONY: lab
 lab: venv ## Fresh lab, ready-made hosts (the fast loop): boot all, full rollout, verify

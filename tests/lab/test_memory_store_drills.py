@@ -10,7 +10,7 @@ Repetitions are parameters: ``HOMELAB_DRILL_REPEAT`` power cuts of ageis-node al
 ``make drills``; ``make test`` leaves this drill out), ``HOMELAB_DRILL_SITE_CUTS`` whole-site
 power cuts (3 in ``make test``, 10 in ``make drills``), ``HOMELAB_DRILL_ROLLBACK_WRITES``
 memories written between a snapshot and its rollback (100; 1000 in ``make drills``),
-``HOMELAB_DRILL_OUTAGE`` seconds of repository outage (30; 75 in ``make drills``),
+``HOMELAB_DRILL_OUTAGE`` seconds of repository outage (20; 75 in ``make drills``),
 ``HOMELAB_DRILL_WIPE`` what the lost SSD takes (``data``: the data volume, in make test;
 ``host``: the whole VM, in make drills), ``HOMELAB_DRILL_WRITE_S`` seconds of writing before
 the loss (5; 90 in make drills), ``HOMELAB_DRILL_RECEIVER_OUTAGE`` seconds one WAL receiver stays
@@ -47,7 +47,7 @@ REPO_HOST = hosts.by_name("pve")
 CLIENT = "memory-store-client-standin.service"
 CLIENT_UNIT = REPO / "tests" / "lab" / "fixtures" / CLIENT
 REPEAT = int(os.environ.get("HOMELAB_DRILL_REPEAT", "3"))
-OUTAGE = float(os.environ.get("HOMELAB_DRILL_OUTAGE", "30"))
+OUTAGE = float(os.environ.get("HOMELAB_DRILL_OUTAGE", "20"))
 ARCHIVE_TIMEOUT = 60  # pgbackrest_archive_timeout's default, which the lab uses
 # Lose the SSD: "data" (make test) wipes the data volume, "host" (make drills) the whole host.
 WIPE = os.environ.get("HOMELAB_DRILL_WIPE", "data")
@@ -447,7 +447,7 @@ RECEIVER_UNIT = "homelab-wal-receiver.service"
 # How long one receiver stays away at least (60 s in make drills); it stays away until its alert
 # fired in any case, which takes 35-45 s in the lab.
 RECEIVER_OUTAGE = float(os.environ.get("HOMELAB_DRILL_RECEIVER_OUTAGE", "30"))
-BOTH_AWAY = 15.0
+BOTH_AWAY = 10.0
 
 
 def streaming_receivers() -> set[str]:
